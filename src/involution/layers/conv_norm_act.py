@@ -1,0 +1,51 @@
+"""A convolution followed by optional normalisation and activation, with the child names ``conv``/``bn``/``act``.
+
+The names match mmcv's ``ConvModule``, so official checkpoints load key for key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+LayerFactory = Callable[..., nn.Module]
+
+
+class ConvNormAct(nn.Module):
+    """``act(bn(conv(x)))``; ``norm_layer=None`` / ``act_layer=None`` leave that step out.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, groups: as for ``nn.Conv2d``.
+        bias: defaults to True only when there is no normalisation.
+        norm_layer: called as ``norm_layer(out_channels)``; default ``nn.BatchNorm2d``.
+        act_layer: called as ``act_layer()``; default ``nn.ReLU`` (in place).
+    Shapes: ``(N, in_channels, H, W) -> (N, out_channels, Ho, Wo)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int | None = None,
+        groups: int = 1,
+        bias: bool | None = None,
+        norm_layer: LayerFactory | None = nn.BatchNorm2d,
+        act_layer: LayerFactory | None = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        if padding is None:
+            padding = kernel_size // 2
+        if bias is None:
+            bias = norm_layer is None
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
+        self.bn = norm_layer(out_channels) if norm_layer is not None else nn.Identity()
+        if act_layer is None:
+            self.act = nn.Identity()
+        else:
+            self.act = act_layer(inplace=True) if act_layer in (nn.ReLU, nn.ReLU6, nn.SiLU) else act_layer()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.bn(self.conv(x)))

@@ -1,0 +1,107 @@
+"""The involution layer of Li et al. (CVPR 2021): a kernel generator followed by the involution op."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..ops import involution2d
+from ..ops._shapes import IntOrPair, pair
+from .conv_norm_act import ConvNormAct, LayerFactory
+
+
+class Involution2d(nn.Module):
+    """Involution: every output pixel aggregates its K x K neighbourhood with a kernel generated from that pixel.
+
+    The kernel generator is ``conv1`` (1x1, C -> C/r, no bias) + norm + activation, then ``conv2`` (1x1,
+    C/r -> G*Kh*Kw, with bias). With ``stride > 1`` the generator sees the input average-pooled by the stride
+    (``ceil_mode=True``, so odd sizes work and even sizes equal the official pooling). Each kernel is shared by the
+    C/G channels of its group. Submodule names follow the official code (``conv1.conv``, ``conv1.bn``,
+    ``conv2.conv``), so its checkpoints load as they are.
+
+    Args:
+        channels: input channels C.
+        kernel_size: K, an odd int or an odd ``(Kh, Kw)`` pair. Default 7.
+        stride: aggregation stride (int or pair). Default 1.
+        dilation: tap spacing (int or pair). Default 1. Padding keeps the size: ``dilation * (K - 1) // 2``.
+        group_channels: channels per group (paper: 16); the group count is ``max(1, C // group_channels)``.
+        groups: the group count G instead (must divide C); overrides ``group_channels``.
+        reduction_ratio: r, the generator's channel reduction (hidden width ``max(1, C // r)``). Default 4.
+        out_channels: if given and different from C, a 1x1 projection follows the aggregation.
+        norm_layer, act_layer: the generator's normalisation and activation factories.
+
+    Shapes: ``(N, C, H, W) -> (N, out_channels or C, ceil(H / s), ceil(W / s))``.
+
+    Example::
+
+        >>> layer = Involution2d(64, kernel_size=7, stride=2)
+        >>> layer(torch.randn(2, 64, 15, 15)).shape
+        torch.Size([2, 64, 8, 8])
+        >>> layer.generate_kernel(torch.randn(2, 64, 15, 15)).shape   # (N, G, Kh, Kw, Ho, Wo)
+        torch.Size([2, 4, 7, 7, 8, 8])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: IntOrPair = 7,
+        stride: IntOrPair = 1,
+        dilation: IntOrPair = 1,
+        group_channels: int = 16,
+        groups: int | None = None,
+        reduction_ratio: int = 4,
+        out_channels: int | None = None,
+        norm_layer: LayerFactory | None = nn.BatchNorm2d,
+        act_layer: LayerFactory | None = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.dilation = pair(dilation, "dilation")
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        if any(k < 1 or k % 2 == 0 for k in self.kernel_size):
+            raise ValueError(f"kernel_size must be odd and >= 1 so the output keeps its size, got {self.kernel_size}")
+        if min(self.stride) < 1 or min(self.dilation) < 1:
+            raise ValueError(f"stride and dilation must be >= 1, got stride {self.stride}, dilation {self.dilation}")
+        if reduction_ratio < 1:
+            raise ValueError(f"reduction_ratio must be >= 1, got {reduction_ratio}")
+        if groups is None:
+            if group_channels < 1:
+                raise ValueError(f"group_channels must be >= 1, got {group_channels}")
+            groups = max(1, channels // group_channels)
+        if groups < 1 or channels % groups != 0:
+            raise ValueError(f"groups={groups} must be >= 1 and divide channels={channels}")
+        self.channels = channels
+        self.groups = groups
+        self.padding = tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
+        kh, kw = self.kernel_size
+        hidden = max(1, channels // reduction_ratio)
+
+        self.avgpool = (
+            nn.AvgPool2d(self.stride, self.stride, ceil_mode=True) if max(self.stride) > 1 else nn.Identity()
+        )
+        self.conv1 = ConvNormAct(channels, hidden, 1, norm_layer=norm_layer, act_layer=act_layer)
+        self.conv2 = ConvNormAct(hidden, groups * kh * kw, 1, bias=True, norm_layer=None, act_layer=None)
+        self.out_channels = out_channels or channels
+        self.proj = (
+            nn.Conv2d(channels, self.out_channels, 1, bias=False) if self.out_channels != channels else nn.Identity()
+        )
+
+    def generate_kernel(self, x: Tensor) -> Tensor:
+        """The kernels this layer applies to ``x``: ``(N, C, H, W) -> (N, G, Kh, Kw, Ho, Wo)``.
+
+        Useful for visualisation; no copy is made (a channels_last generator output is viewed in place).
+        """
+        return self.conv2(self.conv1(self.avgpool(x))).unflatten(1, (self.groups, *self.kernel_size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"Involution2d expects input (N, {self.channels}, H, W), got {tuple(x.shape)}")
+        out = involution2d(x, self.generate_kernel(x), self.stride, self.padding, self.dilation)
+        return self.proj(out)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, dilation={self.dilation}, "
+            f"groups={self.groups}"
+        )

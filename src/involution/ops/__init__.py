@@ -1,0 +1,22 @@
+"""The involution operator: functional API, ``torch.library`` registration and backends.
+
+>>> import torch, involution
+>>> x = torch.randn(2, 32, 16, 16)
+>>> w = torch.randn(2, 2, 7, 7, 16, 16)          # (N, G, Kh, Kw, Ho, Wo)
+>>> involution.ops.involution2d(x, w, padding=3).shape
+torch.Size([2, 32, 16, 16])
+"""
+
+from ._shapes import output_size
+from .backends import available_backends, backend_status, current_backends, list_backends, use_backend
+from .involution2d import involution2d
+
+__all__ = [
+    "available_backends",
+    "backend_status",
+    "current_backends",
+    "involution2d",
+    "list_backends",
+    "output_size",
+    "use_backend",
+]

@@ -1,0 +1,187 @@
+"""The involution operator as a ``torch.library`` custom op: schema, fake impls, autograd and autocast rules.
+
+Three ops live in the ``involution`` namespace:
+
+* ``involution::involution2d(input, weight, stride, padding, dilation) -> out``
+* ``involution::involution2d_backward_input(grad_output, weight, input_size, stride, padding, dilation) -> grad_input``
+* ``involution::involution2d_backward_weight(grad_output, input, weight, stride, padding, dilation) -> grad_weight``
+
+Each gradient has its own kernel, so nothing is unfolded in backward either. The three ops are adjoint to one
+another (every one is bilinear), so each one's autograd formula is written with the other two, which also gives
+double backward for free. The schemas are defined here in Python, so the op exists even where no compiler is
+available; the kernels behind them are chosen at run time by :mod:`involution.ops.backends`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._shapes import empty_features, empty_weight_grad
+from .backends import select_backend
+
+_NAMESPACE = "involution"
+
+
+def _pairs(*seqs: Sequence[int]) -> list[tuple[int, int]]:
+    return [(int(s[0]), int(s[1])) for s in seqs]
+
+
+# --------------------------------------------------------------------------------------------------- forward
+@torch.library.custom_op(f"{_NAMESPACE}::involution2d", mutates_args=())
+def involution2d_op(
+    input: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]
+) -> Tensor:
+    out = _forward_fake(input, weight, stride, padding, dilation)
+    select_backend(input.device).forward(input, weight, out, *_pairs(stride, padding, dilation))
+    return out
+
+
+@involution2d_op.register_fake
+def _forward_fake(
+    input: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]
+) -> Tensor:
+    n, c = input.shape[:2]
+    ho, wo = weight.shape[-2:]
+    return empty_features(input, (n, c, ho, wo))
+
+
+# ------------------------------------------------------------------------------------------- backward: input
+@torch.library.custom_op(f"{_NAMESPACE}::involution2d_backward_input", mutates_args=())
+def involution2d_backward_input_op(
+    grad_output: Tensor,
+    weight: Tensor,
+    input_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> Tensor:
+    grad_input = _backward_input_fake(grad_output, weight, input_size, stride, padding, dilation)
+    select_backend(grad_output.device).backward_input(
+        grad_output, weight, grad_input, *_pairs(stride, padding, dilation)
+    )
+    return grad_input
+
+
+@involution2d_backward_input_op.register_fake
+def _backward_input_fake(
+    grad_output: Tensor,
+    weight: Tensor,
+    input_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> Tensor:
+    return empty_features(grad_output, input_size)
+
+
+# ------------------------------------------------------------------------------------------ backward: weight
+@torch.library.custom_op(f"{_NAMESPACE}::involution2d_backward_weight", mutates_args=())
+def involution2d_backward_weight_op(
+    grad_output: Tensor,
+    input: Tensor,
+    weight: Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> Tensor:
+    """``weight`` only gives the gradient's shape and strides; its values are not read."""
+    grad_weight = _backward_weight_fake(grad_output, input, weight, stride, padding, dilation)
+    select_backend(input.device).backward_weight(grad_output, input, grad_weight, *_pairs(stride, padding, dilation))
+    return grad_weight
+
+
+@involution2d_backward_weight_op.register_fake
+def _backward_weight_fake(
+    grad_output: Tensor,
+    input: Tensor,
+    weight: Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> Tensor:
+    return empty_weight_grad(weight)
+
+
+# ----------------------------------------------------------------------------------------------- autograd
+_fwd = torch.ops.involution.involution2d
+_bwd_in = torch.ops.involution.involution2d_backward_input
+_bwd_w = torch.ops.involution.involution2d_backward_weight
+
+
+def _setup_forward(ctx, inputs, output) -> None:
+    input, weight, stride, padding, dilation = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.conv_args = (stride, padding, dilation)
+
+
+def _grad_forward(ctx, grad_out: Tensor):
+    input, weight = ctx.saved_tensors
+    args = ctx.conv_args
+    grad_input = _bwd_in(grad_out, weight, input.shape, *args) if ctx.needs_input_grad[0] else None
+    grad_weight = _bwd_w(grad_out, input, weight, *args) if ctx.needs_input_grad[1] else None
+    return grad_input, grad_weight, None, None, None
+
+
+def _setup_backward_input(ctx, inputs, output) -> None:
+    grad_output, weight, input_size, stride, padding, dilation = inputs
+    ctx.save_for_backward(grad_output, weight)
+    ctx.conv_args = (stride, padding, dilation)
+
+
+def _grad_backward_input(ctx, ggx: Tensor):
+    # grad_input = A(weight)^T grad_output, bilinear in (grad_output, weight).
+    grad_output, weight = ctx.saved_tensors
+    args = ctx.conv_args
+    g_gy = _fwd(ggx, weight, *args) if ctx.needs_input_grad[0] else None
+    g_w = _bwd_w(grad_output, ggx, weight, *args) if ctx.needs_input_grad[1] else None
+    return g_gy, g_w, None, None, None, None
+
+
+def _setup_backward_weight(ctx, inputs, output) -> None:
+    grad_output, input, weight, stride, padding, dilation = inputs
+    ctx.save_for_backward(grad_output, input)
+    ctx.conv_args = (stride, padding, dilation)
+
+
+def _grad_backward_weight(ctx, ggw: Tensor):
+    # grad_weight is bilinear in (grad_output, input); `weight` only fixes the layout.
+    grad_output, input = ctx.saved_tensors
+    args = ctx.conv_args
+    g_gy = _fwd(input, ggw, *args) if ctx.needs_input_grad[0] else None
+    g_x = _bwd_in(grad_output, ggw, input.shape, *args) if ctx.needs_input_grad[1] else None
+    return g_gy, g_x, None, None, None, None
+
+
+involution2d_op.register_autograd(_grad_forward, setup_context=_setup_forward)
+involution2d_backward_input_op.register_autograd(_grad_backward_input, setup_context=_setup_backward_input)
+involution2d_backward_weight_op.register_autograd(_grad_backward_weight, setup_context=_setup_backward_weight)
+
+
+# ----------------------------------------------------------------------------------------------- autocast
+def _register_autocast(device_type: str) -> None:
+    """Under autocast, cast input and weight to the autocast dtype in effect, then run the op with autocast off.
+
+    ``torch.library.register_autocast`` fixes one cast dtype per device at registration; AMP users pick float16 or
+    bfloat16 at run time, so this rule reads ``torch.get_autocast_dtype`` instead and otherwise does the same.
+    """
+    key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    key = getattr(torch._C.DispatchKey, key_name)
+    op = _fwd.default
+
+    def cast_and_call(input, weight, stride, padding, dilation):
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
+            return op(input.to(dtype), weight.to(dtype), stride, padding, dilation)
+
+    if op.has_kernel_for_dispatch_key(key):  # re-import (e.g. importlib.reload): replace, do not stack
+        op.py_kernels.pop(key, None)
+    op.py_impl(key)(cast_and_call)  # used while tracing (torch.compile / torch.export)
+    _AUTOCAST_LIB.impl("involution2d", lambda _keyset, *args: cast_and_call(*args), key_name, with_keyset=True)
+
+
+_AUTOCAST_LIB = torch.library.Library(_NAMESPACE, "FRAGMENT")
+for _device_type in ("cpu", "cuda"):
+    _register_autocast(_device_type)
