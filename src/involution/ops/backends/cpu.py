@@ -1,21 +1,139 @@
-"""The ``"cpu"`` backend: compiled C++ kernels (placeholder until the extension lands)."""
+"""The ``"cpu"`` backend: vectorised C++ kernels (``ops/csrc/involution_cpu.cpp``), compiled on first use.
+
+The extension is built once by ``torch.utils.cpp_extension.load`` and cached in ``TORCH_EXTENSIONS_DIR``
+(default ``~/.cache/torch_extensions``); a changed source or flag set rebuilds it. If it cannot be built (no
+compiler, ``INVOLUTION_DISABLE_CPU_EXT=1``), the backend reports itself unavailable with the reason and the op
+falls back to the ``"torch"`` backend.
+
+The kernels work on NHWC feature maps in float32/float64. Other layouts are converted here (one copy in, one
+copy out), bfloat16/float16 are computed in float32; weights are read in place through their strides.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+from pathlib import Path
+
 import torch
+from torch import Tensor
 
+from .._shapes import Pair
 from . import register_backend
-from .torch_impl import TorchBackend
+
+_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "involution_cpu.cpp"
+_NATIVE = (torch.float32, torch.float64)
 
 
-class CpuBackend(TorchBackend):
+def _compile_flags() -> list[str]:
+    flags = ["-O3"]  # cpp_extension adds the C++ standard this torch needs
+    capability = torch.backends.cpu.get_cpu_capability()  # what this CPU runs: "AVX512", "AVX2", "DEFAULT", ...
+    if capability in ("AVX2", "AVX512"):
+        # at::vec is scalar unless told which instruction set to use; AVX2 is safe on both.
+        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2"]
+    return flags
+
+
+class CpuBackend:
     name = "cpu"
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded: bool | None = None
+        self._error = ""
+
+    # ------------------------------------------------------------------------------------------ building
+    def _load(self) -> bool:
+        with self._lock:
+            if self._loaded is None:
+                self._loaded = self._build()
+            return self._loaded
+
+    def _build(self) -> bool:
+        if os.environ.get("INVOLUTION_DISABLE_CPU_EXT", "") not in ("", "0"):
+            self._error = "disabled by INVOLUTION_DISABLE_CPU_EXT"
+            return False
+        try:
+            # Importing cpp_extension logs a CUDA_HOME warning on CUDA builds of torch without a CUDA runtime; it
+            # does not concern a CPU-only build.
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            from torch.utils import cpp_extension
+
+            cpp_extension.load(
+                name="involution_cpu_ext",
+                sources=[str(_SOURCE)],
+                extra_cflags=_compile_flags(),
+                is_python_module=False,
+                verbose=os.environ.get("INVOLUTION_VERBOSE_BUILD", "") not in ("", "0"),
+            )
+        except Exception as exc:  # no compiler, no ninja, a broken toolchain: fall back, but say why
+            self._error = f"could not build the C++ extension: {type(exc).__name__}: {str(exc).strip()[-2000:]}"
+            return False
+        return True
+
     def is_available(self) -> bool:
-        return False
+        return self._load()
+
+    def unavailable_reason(self) -> str:
+        return self._error or "available"
 
     def supports(self, device: torch.device) -> bool:
         return device.type == "cpu"
+
+    # ------------------------------------------------------------------------------------------- kernels
+    @staticmethod
+    def _nhwc(t: Tensor) -> Tensor:
+        """``t`` in float32/float64 with channel stride 1 (no copy if it already is)."""
+        if t.dtype not in _NATIVE:
+            t = t.float()
+        if t.stride(1) != 1 and t.shape[1] != 1:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    @staticmethod
+    def _weight(t: Tensor, dtype: torch.dtype) -> Tensor:
+        return t.to(dtype) if t.dtype != dtype else t
+
+    @classmethod
+    def _run(cls, kernel, out: Tensor, *args) -> None:
+        """Run ``kernel(..., target, ...)`` writing into ``out`` directly when its layout and dtype allow."""
+        direct = out.dtype in _NATIVE and (out.stride(1) == 1 or out.shape[1] == 1)
+        target = out if direct else torch.empty(
+            out.shape, dtype=args[0].dtype, device=out.device, memory_format=torch.channels_last
+        )
+        kernel(*args[:2], target, *args[2:])
+        if not direct:
+            out.copy_(target)
+
+    def forward(self, input: Tensor, weight: Tensor, out: Tensor, stride: Pair, padding: Pair, dilation: Pair) -> None:
+        x = self._nhwc(input)
+        self._run(torch.ops.involution_cpu.forward, out, x, self._weight(weight, x.dtype), stride, padding, dilation)
+
+    def backward_input(
+        self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Pair, padding: Pair, dilation: Pair
+    ) -> None:
+        gy = self._nhwc(grad_output)
+        self._run(
+            torch.ops.involution_cpu.backward_input,
+            grad_input,
+            gy,
+            self._weight(weight, gy.dtype),
+            stride,
+            padding,
+            dilation,
+        )
+
+    def backward_weight(
+        self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Pair, padding: Pair, dilation: Pair
+    ) -> None:
+        gy, x = self._nhwc(grad_output), self._nhwc(input)
+        if grad_weight.dtype == x.dtype:
+            torch.ops.involution_cpu.backward_weight(gy, x, grad_weight, stride, padding, dilation)
+        else:
+            target = torch.empty_like(grad_weight, dtype=x.dtype)
+            torch.ops.involution_cpu.backward_weight(gy, x, target, stride, padding, dilation)
+            grad_weight.copy_(target)
 
 
 register_backend(CpuBackend())

@@ -1,0 +1,46 @@
+"""Architectures built on the involution layers: the RedNet family, ResNet baselines, the registry, checkpoints.
+
+>>> from involution.models import create_model
+>>> model = create_model("rednet26", num_classes=10)                  # an ImageNet-style classifier
+>>> tiny = create_model("rednet26_small", num_classes=10, width=0.25)  # for 32x32 images
+>>> backbone = create_model("rednet50", features_only=True)          # 4 maps, strides 4/8/16/32
+"""
+
+from . import rednet, resnet  # noqa: F401  (registers the models)
+from ._base import FeatureInfo, ResidualNet
+from .checkpoint import (
+    LoadReport,
+    apply_state_dict,
+    convert_official,
+    load_checkpoint,
+    load_model,
+    official_to_ours,
+    ours_to_official,
+    read_checkpoint,
+    save_checkpoint,
+)
+from .rednet import RedNet, RedNetBottleneck
+from .registry import create_model, is_model, list_models, model_entrypoint, register_model
+from .resnet import ResNet
+
+__all__ = [
+    "FeatureInfo",
+    "LoadReport",
+    "RedNet",
+    "RedNetBottleneck",
+    "ResNet",
+    "ResidualNet",
+    "apply_state_dict",
+    "convert_official",
+    "create_model",
+    "is_model",
+    "list_models",
+    "load_checkpoint",
+    "load_model",
+    "model_entrypoint",
+    "official_to_ours",
+    "ours_to_official",
+    "read_checkpoint",
+    "register_model",
+    "save_checkpoint",
+]

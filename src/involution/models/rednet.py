@@ -1,0 +1,306 @@
+"""RedNet (Li et al., CVPR 2021): ResNet with the 3x3 convolution of every bottleneck replaced by involution.
+
+The structure follows the official mmcls backbone (``style='pytorch'``, ``avg_down=False``) module for module, and
+the module names are the official ones, so an official checkpoint maps onto this model by stripping prefixes
+(``backbone.`` and ``head.``, see :mod:`involution.models.checkpoint`):
+
+* ``stem``: ``0`` 3x3 conv (C_in -> 32, stride 2) + BN + ReLU, ``1`` involution (32 channels, K=3, 2 groups),
+  ``2`` BN, ``3`` ReLU, ``4`` 3x3 conv (32 -> 64) + BN + ReLU; then ``maxpool`` (3x3, stride 2, padding 1).
+* ``layer1..4``: bottlenecks ``conv1`` (1x1) ``bn1`` ReLU, ``conv2`` (involution K=7, the stage's stride on the
+  first block) ``bn2`` ReLU, ``conv3`` (1x1, x4 channels) ``bn3``, plus the identity or ``downsample`` (1x1 conv
+  with the stride + BN wherever the shape changes), then ReLU.
+* ``global_pool`` + ``fc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from ..layers import ConvNormAct, Involution2d
+from ..layers.conv_norm_act import LayerFactory
+from ._base import ResidualNet
+from .registry import build_model, default_cfg, register_model, small_cfg
+
+
+class RedNetBottleneck(nn.Module):
+    """Bottleneck with an involution in the middle: ``(N, C_in, H, W) -> (N, 4 * mid, ceil(H/s), ceil(W/s))``.
+
+    Args:
+        in_channels: C_in.
+        mid_channels: channels of the involution; the block outputs ``expansion * mid_channels``.
+        stride: stride of the involution (and of the downsample branch).
+        downsample: module applied to the identity branch (``None``: the identity itself).
+        kernel_size, group_channels, reduction_ratio: of the involution (official: 7, 16, 4).
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_channels: int,
+        mid_channels: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        kernel_size: int = 7,
+        group_channels: int = 16,
+        reduction_ratio: int = 4,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        out_channels = mid_channels * self.expansion
+        self.in_channels, self.mid_channels, self.out_channels = in_channels, mid_channels, out_channels
+        self.stride = stride
+        self.conv1 = nn.Conv2d(in_channels, mid_channels, 1, bias=False)
+        self.bn1 = norm_layer(mid_channels)
+        self.conv2 = Involution2d(
+            mid_channels,
+            kernel_size=kernel_size,
+            stride=stride,
+            group_channels=group_channels,
+            reduction_ratio=reduction_ratio,
+            norm_layer=norm_layer,
+        )
+        self.bn2 = norm_layer(mid_channels)
+        self.conv3 = nn.Conv2d(mid_channels, out_channels, 1, bias=False)
+        self.bn3 = norm_layer(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+class RedNet(ResidualNet):
+    """RedNet classifier / backbone.
+
+    Args:
+        layers: blocks per stage, e.g. ``(3, 4, 6, 3)`` for RedNet-50.
+        num_classes: classifier outputs; 0 keeps no classifier (``forward`` returns pooled features).
+        in_chans: input channels.
+        width: multiplier of every width (stem 64, stages 64/128/256/512 x4); groups stay
+            ``max(1, C // group_channels)``, so narrow models (0.25) work.
+        stem_kernel_size: K of the stem involution: 3 (official classification) or 7 (official det/seg backbone).
+        small_input: for 8x8 to 32x32 images: the stem's first conv has stride 1 and there is no max-pool, so the
+            stage reductions are 1/2/4/8 instead of 4/8/16/32.
+        kernel_size: K of the bottleneck involutions (official 7).
+        group_channels: channels per involution group (official 16).
+        reduction_ratio: the kernel generator's reduction (official 4).
+        avg_down: downsample the identity with a 2x2 average pool before a stride-1 1x1 conv (official option,
+            off in the official RedNets; adds no parameters).
+        zero_init_residual: zero the last BN of every block (official: True).
+        drop_rate: dropout before the classifier.
+        grad_checkpointing: recompute block activations in backward (official ``with_cp``).
+        features_only, out_indices: return the maps of these stages (0..3) instead of logits.
+        norm_layer: normalisation factory (default ``nn.BatchNorm2d``).
+
+    Shapes: ``(N, in_chans, H, W) -> (N, num_classes)``; any H, W (odd included) of at least 1 pixel per stage.
+    """
+
+    first_conv = "stem.0.conv"
+
+    def __init__(
+        self,
+        layers: Sequence[int] = (3, 4, 6, 3),
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        width: float = 1.0,
+        stem_kernel_size: int = 3,
+        small_input: bool = False,
+        kernel_size: int = 7,
+        group_channels: int = 16,
+        reduction_ratio: int = 4,
+        avg_down: bool = False,
+        zero_init_residual: bool = True,
+        drop_rate: float = 0.0,
+        grad_checkpointing: bool = False,
+        features_only: bool = False,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        layers = tuple(int(n) for n in layers)
+        if len(layers) != 4 or min(layers) < 1:
+            raise ValueError(f"layers must give 4 stage depths >= 1, got {layers}")
+        if width <= 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        self.layers = layers
+        self.zero_init_residual = zero_init_residual
+        self.small_input = small_input
+        stem_channels = _scaled(64, width)
+        half = max(1, stem_channels // 2)
+        stem_stride = 1 if small_input else 2
+        self.stem = nn.Sequential(
+            ConvNormAct(in_chans, half, 3, stride=stem_stride, padding=1, norm_layer=norm_layer),
+            Involution2d(
+                half,
+                kernel_size=stem_kernel_size,
+                group_channels=group_channels,
+                reduction_ratio=reduction_ratio,
+                norm_layer=norm_layer,
+            ),
+            norm_layer(half),
+            nn.ReLU(inplace=True),
+            ConvNormAct(half, stem_channels, 3, padding=1, norm_layer=norm_layer),
+        )
+        self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
+
+        block_kwargs = dict(
+            kernel_size=kernel_size,
+            group_channels=group_channels,
+            reduction_ratio=reduction_ratio,
+            norm_layer=norm_layer,
+        )
+        in_channels = stem_channels
+        channels, reductions = [], []
+        reduction = 1 if small_input else 4
+        for i, depth in enumerate(layers):
+            mid = _scaled(64 * 2**i, width)
+            stride = 1 if i == 0 else 2
+            reduction *= stride
+            out = mid * RedNetBottleneck.expansion
+            downsample = None
+            if stride != 1 or in_channels != out:
+                parts: list[nn.Module] = []
+                conv_stride = stride
+                if avg_down and stride != 1:
+                    parts.append(nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False))
+                    conv_stride = 1
+                parts += [nn.Conv2d(in_channels, out, 1, stride=conv_stride, bias=False), norm_layer(out)]
+                downsample = nn.Sequential(*parts)
+            blocks = [RedNetBottleneck(in_channels, mid, stride, downsample, **block_kwargs)]
+            blocks += [RedNetBottleneck(out, mid, 1, None, **block_kwargs) for _ in range(depth - 1)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            in_channels = out
+            channels.append(out)
+            reductions.append(reduction)
+        self._finish(channels, reductions, num_classes, drop_rate, features_only, out_indices, grad_checkpointing)
+
+    def _zero_init_residual(self) -> None:
+        for m in self.modules():
+            if isinstance(m, RedNetBottleneck):
+                nn.init.zeros_(m.bn3.weight)
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.stem(x))
+
+
+# --- registered variants --------------------------------------------------------------------------------------
+
+_DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+# Official model zoo (README of d-li14/involution; ImageNet 224x224 single crop): params (M), GFLOPs, top-1, top-5.
+_CARDS = {
+    26: (9.23, 1.73, 75.96, 93.19),
+    38: (12.39, 2.22, 77.48, 93.57),
+    50: (15.54, 2.71, 78.35, 94.13),
+    101: (25.65, 4.74, 78.92, 94.35),
+    152: (33.99, 6.79, 79.12, 94.38),
+}
+
+
+def _rednet_cfg(depth: int, small: bool) -> dict:
+    params, gflops, top1, top5 = _CARDS[depth]
+    card = {
+        "first_conv": "stem.0.conv",
+        "classifier": "fc",
+        "paper": "https://arxiv.org/abs/2103.06255",
+        "origin": "official mmcls RedNet (d-li14/involution), style='pytorch'",
+    }
+    if small:
+        return small_cfg(**card)
+    return default_cfg(**card, paper_params_m=params, paper_gflops=gflops, paper_top1=top1, paper_top5=top5)
+
+
+def _create(depth: int, small: bool, kwargs: dict) -> RedNet:
+    name = f"rednet{depth}" + ("_small" if small else "")
+    args = {"layers": _DEPTHS[depth]}
+    if small:
+        kwargs = {"small_input": True, **kwargs}
+    return build_model(RedNet, name, args, kwargs, _rednet_cfg(depth, small))
+
+
+@register_model
+def rednet26(**kwargs) -> RedNet:
+    """RedNet-26: stages (1, 2, 4, 1). 9,233,166 parameters (9.23 M) with the 1000-class head, 1.73 GFLOPs at 224.
+
+    Official ImageNet results: top-1 75.96 %, top-5 93.19 % (vs ResNet-26: 32.8 % fewer parameters).
+    """
+    return _create(26, False, kwargs)
+
+
+@register_model
+def rednet38(**kwargs) -> RedNet:
+    """RedNet-38: stages (2, 3, 5, 2). 12,386,986 parameters (12.39 M), 2.22 GFLOPs at 224.
+
+    Official ImageNet results: top-1 77.48 % (77.47 in the paper), top-5 93.57 %.
+    """
+    return _create(38, False, kwargs)
+
+
+@register_model
+def rednet50(**kwargs) -> RedNet:
+    """RedNet-50: stages (3, 4, 6, 3). 15,540,806 parameters (15.54 M), 2.71 GFLOPs at 224.
+
+    Official ImageNet results: top-1 78.35 %, top-5 94.13 %. The official detection/segmentation backbone is this
+    model with ``stem_kernel_size=7``.
+    """
+    return _create(50, False, kwargs)
+
+
+@register_model
+def rednet101(**kwargs) -> RedNet:
+    """RedNet-101: stages (3, 4, 23, 3). 25,652,950 parameters (25.65 M), 4.74 GFLOPs at 224.
+
+    Official ImageNet results: top-1 78.92 %, top-5 94.35 %.
+    """
+    return _create(101, False, kwargs)
+
+
+@register_model
+def rednet152(**kwargs) -> RedNet:
+    """RedNet-152: stages (3, 8, 36, 3). 33,984,582 parameters (the README rounds to 33.99 M), 6.79 GFLOPs at 224.
+
+    Official ImageNet results: top-1 79.12 %, top-5 94.38 %.
+    """
+    return _create(152, False, kwargs)
+
+
+@register_model
+def rednet26_small(**kwargs) -> RedNet:
+    """RedNet-26 for 8x8-32x32 images (CIFAR-like): stride-1 stem, no max-pool; ``width`` scales every width."""
+    return _create(26, True, kwargs)
+
+
+@register_model
+def rednet38_small(**kwargs) -> RedNet:
+    """RedNet-38 for 8x8-32x32 images: stride-1 stem, no max-pool; ``width`` scales every width."""
+    return _create(38, True, kwargs)
+
+
+@register_model
+def rednet50_small(**kwargs) -> RedNet:
+    """RedNet-50 for 8x8-32x32 images: stride-1 stem, no max-pool; ``width`` scales every width."""
+    return _create(50, True, kwargs)
+
+
+@register_model
+def rednet101_small(**kwargs) -> RedNet:
+    """RedNet-101 for 8x8-32x32 images: stride-1 stem, no max-pool; ``width`` scales every width."""
+    return _create(101, True, kwargs)
+
+
+@register_model
+def rednet152_small(**kwargs) -> RedNet:
+    """RedNet-152 for 8x8-32x32 images: stride-1 stem, no max-pool; ``width`` scales every width."""
+    return _create(152, True, kwargs)

@@ -1,0 +1,180 @@
+"""timm-style model registry: ``@register_model`` entry points, :func:`create_model`, :func:`list_models`.
+
+>>> from involution.models import create_model, list_models
+>>> list_models("rednet*")[:3]
+['rednet101', 'rednet101_small', 'rednet152']
+>>> model = create_model("rednet26", num_classes=10)
+>>> backbone = create_model("rednet50", features_only=True, out_indices=(1, 2, 3))
+>>> backbone.feature_info.channels()
+[512, 1024, 2048]
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from torch import nn
+
+_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
+_MODULES: dict[str, str] = {}
+
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+# Normalisation of the official mmcls pipelines (0-255 pixel scale, applied after BGR -> RGB), and the same
+# numbers on the 0-1 scale of ``ToTensor`` (timm's convention for ``mean``/``std``).
+IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
+IMAGENET_STD_255 = (58.395, 57.12, 57.375)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_cfg(**overrides: Any) -> dict[str, Any]:
+    """The pretrained_cfg defaults of an ImageNet classifier (the official mmcls evaluation pipeline).
+
+    Keys: ``input_size`` (C, H, W), ``mean``/``std`` on the 0-1 pixel scale, ``mean_255``/``std_255`` the same on
+    the 0-255 scale (as in mmcls configs), ``to_rgb`` (inputs are RGB), ``resize`` (shorter side before the crop),
+    ``crop_pct`` (crop / resize), ``crop_mode``, ``interpolation``, ``num_classes``, ``first_conv``, ``classifier``,
+    ``pool_size`` (last map at input_size), plus model-card fields added per model.
+    """
+    cfg: dict[str, Any] = {
+        "input_size": (3, 224, 224),
+        "min_input_size": (3, 32, 32),
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "mean_255": IMAGENET_MEAN_255,
+        "std_255": IMAGENET_STD_255,
+        "to_rgb": True,
+        "resize": 256,
+        "crop_pct": 0.875,
+        "crop_mode": "center",
+        "interpolation": "bilinear",
+        "num_classes": 1000,
+        "pool_size": (7, 7),
+        "first_conv": "conv1",
+        "classifier": "fc",
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def small_cfg(**overrides: Any) -> dict[str, Any]:
+    """pretrained_cfg defaults of the ``*_small`` variants (32x32 inputs, no resize or crop)."""
+    return default_cfg(
+        input_size=(3, 32, 32),
+        min_input_size=(3, 8, 8),
+        resize=32,
+        crop_pct=1.0,
+        pool_size=(4, 4),
+        **overrides,
+    )
+
+
+def register_model(fn: F) -> F:
+    """Register a model entry point under its function name; ``create_model(name)`` then calls it."""
+    name = fn.__name__
+    if name in _ENTRYPOINTS and _ENTRYPOINTS[name] is not fn:
+        raise ValueError(f"a model named {name!r} is already registered (by {_MODULES[name]})")
+    _ENTRYPOINTS[name] = fn
+    _MODULES[name] = fn.__module__
+    return fn
+
+
+def list_models(filter: str | Iterable[str] = "", module: str = "") -> list[str]:
+    """Registered model names, sorted; ``filter`` is a shell-style pattern (or several), ``module`` e.g. 'rednet'."""
+    names = sorted(_ENTRYPOINTS)
+    if filter:
+        patterns = [filter] if isinstance(filter, str) else list(filter)
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if module:
+        names = [n for n in names if _MODULES[n].rsplit(".", 1)[-1] == module]
+    return names
+
+
+def is_model(name: str) -> bool:
+    return name in _ENTRYPOINTS
+
+
+def model_entrypoint(name: str) -> Callable[..., nn.Module]:
+    """The registered builder of ``name``; an unknown name raises ``ValueError`` listing the close matches."""
+    if name not in _ENTRYPOINTS:
+        close = difflib.get_close_matches(name, _ENTRYPOINTS, n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} Available models: {', '.join(list_models())}")
+    return _ENTRYPOINTS[name]
+
+
+def build_model(
+    model_cls: type[nn.Module],
+    name: str,
+    model_args: dict[str, Any],
+    kwargs: dict[str, Any],
+    pretrained_cfg: dict[str, Any],
+) -> nn.Module:
+    """Build ``model_cls(**model_args, **kwargs)`` and attach ``model_name``, ``model_kwargs``, ``pretrained_cfg``.
+
+    ``model_args`` are the variant's fixed arguments (stage depths ...); ``kwargs`` the caller's, recorded in
+    ``model.model_kwargs`` so that :func:`involution.models.save_checkpoint` can rebuild the same model.
+    """
+    fixed = set(model_args) & set(kwargs)
+    if fixed:
+        raise TypeError(f"{name} fixes {sorted(fixed)}; pass them to the model class instead")
+    model = model_cls(**model_args, **kwargs)
+    cfg = copy.deepcopy(pretrained_cfg)
+    cfg["architecture"] = name
+    cfg["num_classes"] = getattr(model, "num_classes", cfg.get("num_classes"))
+    cfg["first_conv"] = getattr(model, "first_conv", cfg.get("first_conv"))
+    in_chans = kwargs.get("in_chans", 3)
+    if in_chans != 3:
+        cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
+        cfg["min_input_size"] = (in_chans, *cfg["min_input_size"][1:])
+        for key in ("mean", "std", "mean_255", "std_255"):
+            cfg[key] = (round(sum(cfg[key]) / 3, 4),) * in_chans
+    model.pretrained_cfg = cfg
+    model.default_cfg = cfg  # timm's older name
+    model.model_name = name
+    model.model_kwargs = dict(kwargs)
+    return model
+
+
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    features_only: bool = False,
+    out_indices: Sequence[int] = (0, 1, 2, 3),
+    checkpoint: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model, optionally loading a checkpoint into it.
+
+    Args:
+        name: a name from :func:`list_models`, e.g. ``"rednet50"``, ``"resnet26_small"``.
+        num_classes: classifier outputs (0: no classifier; ``forward`` gives pooled features).
+        in_chans: input channels.
+        features_only: build a backbone returning the stage maps (``feature_info`` describes them).
+        out_indices: the stages (0..3, strides 4/8/16/32) returned when ``features_only``.
+        checkpoint: a file to load: official mmcls ``.pth``, a plain state dict, or this library's safetensors
+            (see :func:`involution.models.load_checkpoint`). A different class count keeps the backbone and
+            re-initialises the classifier with a warning.
+        **kwargs: passed to the model class (``width``, ``stem_kernel_size``, ``grad_checkpointing``,
+            ``drop_rate``, ``zero_init_residual`` ...).
+
+    Raises:
+        ValueError: unknown name (with close matches), unreadable checkpoint (naming the path).
+        RuntimeError: a checkpoint of another architecture (listing missing, unexpected and mismatched keys).
+    """
+    entry = model_entrypoint(name)
+    kwargs = dict(kwargs, num_classes=num_classes, in_chans=in_chans)
+    if features_only:
+        kwargs.update(features_only=True, out_indices=tuple(out_indices))
+    model = entry(**kwargs)
+    if checkpoint is not None:
+        from .checkpoint import load_checkpoint
+
+        load_checkpoint(model, checkpoint)
+    return model

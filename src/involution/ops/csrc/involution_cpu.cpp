@@ -1,0 +1,423 @@
+// CPU kernels of the involution op: forward, grad_input and grad_weight.
+//
+// Feature maps (input, output and their gradients) are read and written in NHWC (channels_last) order, which
+// puts the C/G channels of a group next to each other: one generated kernel weight is broadcast into a vector
+// register and multiplied with a vector of channels, and each pixel's accumulators stay in registers for all its
+// Kh*Kw taps. Weights (N, G, Kh, Kw, Ho, Wo) are read through their strides, so a channels_last kernel generator's
+// output is used in place. The Python side (backends/cpu.py) converts other layouts and dtypes.
+//
+// Every kernel is a gather (each thread owns whole rows of what it writes), so results are deterministic and no
+// atomics are needed. Compiled on first use by torch.utils.cpp_extension; only ATen and torch/library.h are
+// included to keep that build short.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+namespace {
+
+using at::vec::Vectorized;
+
+struct Geometry {
+  int64_t N, C, G, Cg, H, W, Kh, Kw, Ho, Wo;
+  int64_t sh, sw, ph, pw, dh, dw;
+};
+
+// Strides of a 4-D NHWC feature map (the channel stride is 1 and not stored).
+struct FeatStrides {
+  int64_t n, h, w;
+  explicit FeatStrides(const at::Tensor& t) : n(t.stride(0)), h(t.stride(2)), w(t.stride(3)) {}
+};
+
+struct WeightStrides {
+  int64_t n, g, u, v, i, j;
+  explicit WeightStrides(const at::Tensor& t)
+      : n(t.stride(0)), g(t.stride(1)), u(t.stride(2)), v(t.stride(3)), i(t.stride(4)), j(t.stride(5)) {}
+};
+
+// The taps of one output position along one axis that read inside the input, as an arithmetic progression:
+// kernel offsets k0, k0 + kstep, ... and the positions they pair with, p0, p0 + pstep, ... (count of them).
+// Forward: for output o, positions read are o * stride - pad + k * dil (kstep 1, pstep dil).
+// Backward (input gradient): for input position h, the outputs o with o * stride - pad + k * dil == h; the k that
+// solve this are spaced by stride / gcd(stride, dil), the matching o by -dil / gcd(stride, dil).
+struct Taps {
+  int64_t k0 = 0, kstep = 1, p0 = 0, pstep = 0, count = 0;
+};
+
+std::vector<Taps> forward_taps(int64_t size_in, int64_t size_out, int64_t K, int64_t stride, int64_t pad,
+                               int64_t dil) {
+  std::vector<Taps> taps(size_out);
+  for (int64_t o = 0; o < size_out; ++o) {
+    Taps t;
+    t.kstep = 1;
+    t.pstep = dil;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t p = o * stride - pad + k * dil;
+      if (p < 0 || p >= size_in) continue;
+      if (t.count == 0) {
+        t.k0 = k;
+        t.p0 = p;
+      }
+      ++t.count;  // valid taps are contiguous in k: p grows with k
+    }
+    taps[o] = t;
+  }
+  return taps;
+}
+
+std::vector<Taps> backward_taps(int64_t size_in, int64_t size_out, int64_t K, int64_t stride, int64_t pad,
+                                int64_t dil) {
+  std::vector<Taps> taps(size_in);
+  const int64_t gcd = std::gcd(stride, dil);
+  for (int64_t h = 0; h < size_in; ++h) {
+    Taps t;
+    t.kstep = stride / gcd;
+    t.pstep = -dil / gcd;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t num = h + pad - k * dil;
+      if (num < 0 || num % stride != 0 || num / stride >= size_out) continue;
+      if (t.count == 0) {
+        t.k0 = k;
+        t.p0 = num / stride;
+      }
+      ++t.count;  // solutions are exactly every kstep-th k, until o leaves [0, size_out)
+    }
+    taps[h] = t;
+  }
+  return taps;
+}
+
+// A 2-D walk over taps: `rows` x `cols` steps; moving one row tap advances the weight pointer by w_row and the
+// source pointer by s_row, one column tap by w_col and s_col.
+struct Walk {
+  int64_t rows, cols, w_row, s_row, w_col, s_col;
+};
+
+// dst[c] = sum over the walk of weight * src[c], for one group's Cg channels. NV vectors of channels are held in
+// registers across all taps; channels past the last full vector are summed as scalars.
+template <typename T, int NV>
+inline void accumulate_block(const T* w0, const T* s0, const Walk& walk, T* dst) {
+  using Vec = Vectorized<T>;
+  Vec acc[NV];
+  for (int k = 0; k < NV; ++k) acc[k] = Vec(T(0));
+  for (int64_t a = 0; a < walk.rows; ++a) {
+    const T* wp = w0 + a * walk.w_row;
+    const T* sp = s0 + a * walk.s_row;
+    for (int64_t b = 0; b < walk.cols; ++b) {
+      const Vec wv(wp[b * walk.w_col]);
+      const T* s = sp + b * walk.s_col;
+#pragma GCC unroll 4
+      for (int k = 0; k < NV; ++k) acc[k] = at::vec::fmadd(wv, Vec::loadu(s + k * Vec::size()), acc[k]);
+    }
+  }
+  for (int k = 0; k < NV; ++k) acc[k].store(dst + k * Vec::size());
+}
+
+template <typename T>
+inline void accumulate_group(int64_t Cg, const T* w0, const T* s0, const Walk& walk, T* dst) {
+  constexpr int64_t VS = Vectorized<T>::size();
+  int64_t c0 = 0;
+  for (; c0 + 4 * VS <= Cg; c0 += 4 * VS) accumulate_block<T, 4>(w0, s0 + c0, walk, dst + c0);
+  const int64_t rest = (Cg - c0) / VS;
+  if (rest == 3) accumulate_block<T, 3>(w0, s0 + c0, walk, dst + c0);
+  if (rest == 2) accumulate_block<T, 2>(w0, s0 + c0, walk, dst + c0);
+  if (rest == 1) accumulate_block<T, 1>(w0, s0 + c0, walk, dst + c0);
+  for (int64_t c = c0 + rest * VS; c < Cg; ++c) {
+    T acc = 0;
+    for (int64_t a = 0; a < walk.rows; ++a)
+      for (int64_t b = 0; b < walk.cols; ++b)
+        acc += w0[a * walk.w_row + b * walk.w_col] * s0[a * walk.s_row + b * walk.s_col + c];
+    dst[c] = acc;
+  }
+}
+
+template <typename T>
+void forward_impl(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& out, const Geometry& g) {
+  const T* x = input.data_ptr<T>();
+  const T* w = weight.data_ptr<T>();
+  T* y = out.data_ptr<T>();
+  const FeatStrides xs(input), ys(out);
+  const WeightStrides ws(weight);
+  const auto row_taps = forward_taps(g.H, g.Ho, g.Kh, g.sh, g.ph, g.dh);
+  const auto col_taps = forward_taps(g.W, g.Wo, g.Kw, g.sw, g.pw, g.dw);
+  at::parallel_for(0, g.N * g.Ho, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t n = idx / g.Ho, i = idx % g.Ho;
+      const Taps& r = row_taps[i];
+      for (int64_t j = 0; j < g.Wo; ++j) {
+        const Taps& c = col_taps[j];
+        const Walk walk{r.count, c.count, ws.u, r.pstep * xs.h, ws.v, c.pstep * xs.w};
+        const T* w0 = w + n * ws.n + i * ws.i + j * ws.j + r.k0 * ws.u + c.k0 * ws.v;
+        const T* s0 = x + n * xs.n + r.p0 * xs.h + c.p0 * xs.w;
+        T* d0 = y + n * ys.n + i * ys.h + j * ys.w;
+        for (int64_t gr = 0; gr < g.G; ++gr)
+          accumulate_group<T>(g.Cg, w0 + gr * ws.g, s0 + gr * g.Cg, walk, d0 + gr * g.Cg);
+      }
+    }
+  });
+}
+
+// grad_input by scatter: each output pixel's grad_output channels stay in registers while its kernel taps add
+// into grad_input. The weights are then read pixel by pixel (contiguous for a channels_last generator), which a
+// gather cannot do. Threads own bands of output rows; bands whose writes could overlap run in different phases.
+template <typename T, int NV>
+inline void scatter_block(const T* w0, const T* src, const Walk& walk, T* d0) {
+  using Vec = Vectorized<T>;
+  Vec gy[NV];
+  for (int k = 0; k < NV; ++k) gy[k] = Vec::loadu(src + k * Vec::size());
+  for (int64_t a = 0; a < walk.rows; ++a) {
+    const T* wp = w0 + a * walk.w_row;
+    T* dp = d0 + a * walk.s_row;
+    for (int64_t b = 0; b < walk.cols; ++b) {
+      const Vec wv(wp[b * walk.w_col]);
+      T* d = dp + b * walk.s_col;
+#pragma GCC unroll 4
+      for (int k = 0; k < NV; ++k) at::vec::fmadd(wv, gy[k], Vec::loadu(d + k * Vec::size())).store(d + k * Vec::size());
+    }
+  }
+}
+
+template <typename T>
+inline void scatter_group(int64_t Cg, const T* w0, const T* src, const Walk& walk, T* d0) {
+  constexpr int64_t VS = Vectorized<T>::size();
+  int64_t c0 = 0;
+  for (; c0 + 4 * VS <= Cg; c0 += 4 * VS) scatter_block<T, 4>(w0, src + c0, walk, d0 + c0);
+  const int64_t rest = (Cg - c0) / VS;
+  if (rest == 3) scatter_block<T, 3>(w0, src + c0, walk, d0 + c0);
+  if (rest == 2) scatter_block<T, 2>(w0, src + c0, walk, d0 + c0);
+  if (rest == 1) scatter_block<T, 1>(w0, src + c0, walk, d0 + c0);
+  for (int64_t c = c0 + rest * VS; c < Cg; ++c)
+    for (int64_t a = 0; a < walk.rows; ++a)
+      for (int64_t b = 0; b < walk.cols; ++b)
+        d0[a * walk.s_row + b * walk.s_col + c] += w0[a * walk.w_row + b * walk.w_col] * src[c];
+}
+
+template <typename T>
+void backward_input_impl(const at::Tensor& grad_out, const at::Tensor& weight, const at::Tensor& grad_in,
+                         const Geometry& g) {
+  const T* gy = grad_out.data_ptr<T>();
+  const T* w = weight.data_ptr<T>();
+  T* gx = grad_in.data_ptr<T>();
+  const FeatStrides gys(grad_out), gxs(grad_in);
+  const WeightStrides ws(weight);
+  const auto row_taps = forward_taps(g.H, g.Ho, g.Kh, g.sh, g.ph, g.dh);
+  const auto col_taps = forward_taps(g.W, g.Wo, g.Kw, g.sw, g.pw, g.dw);
+  grad_in.zero_();
+  // Output rows [i0, i0 + band) write input rows up to (i0 + band - 1) * s - p + (Kh - 1) * d; the band after the
+  // next starts writing at (i0 + 2 * band) * s - p. They are disjoint when (band + 1) * s > (Kh - 1) * d.
+  const int64_t reach = (g.Kh - 1) * g.dh;
+  const int64_t band = std::max<int64_t>(std::max<int64_t>(1, reach / g.sh), 4);
+  const int64_t nbands = (g.Ho + band - 1) / band;
+  for (int64_t phase = 0; phase < 2; ++phase) {
+    const int64_t per_image = (nbands - phase + 1) / 2;  // bands phase, phase + 2, ...
+    if (per_image <= 0) continue;
+    at::parallel_for(0, g.N * per_image, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / per_image, b = phase + 2 * (task % per_image);
+        const int64_t i_end = std::min(g.Ho, (b + 1) * band);
+        for (int64_t i = b * band; i < i_end; ++i) {
+          const Taps& r = row_taps[i];
+          for (int64_t j = 0; j < g.Wo; ++j) {
+            const Taps& c = col_taps[j];
+            const Walk walk{r.count, c.count, ws.u, r.pstep * gxs.h, ws.v, c.pstep * gxs.w};
+            const T* w0 = w + n * ws.n + i * ws.i + j * ws.j + r.k0 * ws.u + c.k0 * ws.v;
+            const T* src = gy + n * gys.n + i * gys.h + j * gys.w;
+            T* d0 = gx + n * gxs.n + r.p0 * gxs.h + c.p0 * gxs.w;
+            for (int64_t gr = 0; gr < g.G; ++gr)
+              scatter_group<T>(g.Cg, w0 + gr * ws.g, src + gr * g.Cg, walk, d0 + gr * g.Cg);
+          }
+        }
+      }
+    });
+  }
+}
+
+// out[t] = horizontal sum of v[t] for t < n (n <= 8).
+template <typename T>
+inline void reduce_lanes(const Vectorized<T>* v, int n, T* out) {
+  using Vec = Vectorized<T>;
+  for (int t = 0; t < n; ++t) out[t] = at::vec::vec_reduce_all<T>([](Vec& p, Vec& q) { return p + q; }, v[t]);
+}
+
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__)
+// Eight horizontal sums at once: three rounds of pairwise adds instead of eight separate reductions.
+template <>
+inline void reduce_lanes<float>(const Vectorized<float>* v, int n, float* out) {
+  __m256 x[8];
+  for (int t = 0; t < 8; ++t) x[t] = t < n ? static_cast<__m256>(v[t]) : _mm256_setzero_ps();
+  const __m256 a0 = _mm256_hadd_ps(x[0], x[1]), a1 = _mm256_hadd_ps(x[2], x[3]);
+  const __m256 a2 = _mm256_hadd_ps(x[4], x[5]), a3 = _mm256_hadd_ps(x[6], x[7]);
+  const __m256 b0 = _mm256_hadd_ps(a0, a1), b1 = _mm256_hadd_ps(a2, a3);
+  const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(b0, b1, 0x20), _mm256_permute2f128_ps(b0, b1, 0x31));
+  alignas(32) float buf[8];
+  _mm256_store_ps(buf, sums);
+  for (int t = 0; t < n; ++t) out[t] = buf[t];
+}
+#endif
+
+// grad_weight of one pixel and group: for every tap of the walk, the dot product over the group's channels of
+// grad_output (NV vectors held in registers, plus a scalar tail of `tail` channels) and the input pixel the tap
+// reads. Dot products are reduced eight at a time.
+template <typename T, int NV>
+inline void tap_dots(const T* gp, const T* x0, const Walk& walk, int64_t tail, T* w0) {
+  using Vec = Vectorized<T>;
+  constexpr int kBatch = 8;
+  constexpr int64_t done = NV * Vec::size();
+  Vec a[NV > 0 ? NV : 1];
+  for (int k = 0; k < NV; ++k) a[k] = Vec::loadu(gp + k * Vec::size());
+  Vec acc[kBatch];
+  T* dst[kBatch];
+  const T* src[kBatch];
+  int nb = 0;
+  auto flush = [&]() {
+    alignas(64) T sums[kBatch] = {};
+    if constexpr (NV > 0) reduce_lanes<T>(acc, nb, sums);
+    for (int t = 0; t < nb; ++t) {
+      T s = sums[t];
+      for (int64_t ch = 0; ch < tail; ++ch) s += gp[done + ch] * src[t][done + ch];
+      *dst[t] = s;
+    }
+    nb = 0;
+  };
+  for (int64_t r = 0; r < walk.rows; ++r) {
+    for (int64_t c = 0; c < walk.cols; ++c) {
+      const T* xs = x0 + r * walk.s_row + c * walk.s_col;
+      if constexpr (NV > 0) {
+        Vec v = a[0] * Vec::loadu(xs);
+        for (int k = 1; k < NV; ++k) v = at::vec::fmadd(a[k], Vec::loadu(xs + k * Vec::size()), v);
+        acc[nb] = v;
+      }
+      src[nb] = xs;
+      dst[nb] = w0 + r * walk.w_row + c * walk.w_col;
+      if (++nb == kBatch) flush();
+    }
+  }
+  if (nb > 0) flush();
+}
+
+template <typename T>
+void backward_weight_impl(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& grad_w,
+                          const Geometry& g) {
+  constexpr int64_t VS = Vectorized<T>::size();
+  const T* gy = grad_out.data_ptr<T>();
+  const T* x = input.data_ptr<T>();
+  T* gw = grad_w.data_ptr<T>();
+  const FeatStrides gys(grad_out), xs(input);
+  const WeightStrides ws(grad_w);
+  const auto row_taps = forward_taps(g.H, g.Ho, g.Kh, g.sh, g.ph, g.dh);
+  const auto col_taps = forward_taps(g.W, g.Wo, g.Kw, g.sw, g.pw, g.dw);
+  const int64_t nvec = std::min<int64_t>(g.Cg / VS, 4), tail = g.Cg - nvec * VS;
+  at::parallel_for(0, g.N * g.Ho, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t n = idx / g.Ho, i = idx % g.Ho;
+      const Taps& r = row_taps[i];
+      for (int64_t j = 0; j < g.Wo; ++j) {
+        const Taps& c = col_taps[j];
+        const Walk walk{r.count, c.count, ws.u, r.pstep * xs.h, ws.v, c.pstep * xs.w};
+        for (int64_t gr = 0; gr < g.G; ++gr) {
+          T* wp = gw + n * ws.n + gr * ws.g + i * ws.i + j * ws.j;
+          const T* gp = gy + n * gys.n + i * gys.h + j * gys.w + gr * g.Cg;
+          const T* x0 = x + n * xs.n + r.p0 * xs.h + c.p0 * xs.w + gr * g.Cg;
+          if (r.count != g.Kh || c.count != g.Kw) {  // taps outside the image get a zero gradient
+            for (int64_t u = 0; u < g.Kh; ++u)
+              for (int64_t v = 0; v < g.Kw; ++v) wp[u * ws.u + v * ws.v] = T(0);
+          }
+          T* w0 = wp + r.k0 * ws.u + c.k0 * ws.v;
+          switch (nvec) {
+            case 0: tap_dots<T, 0>(gp, x0, walk, tail, w0); break;
+            case 1: tap_dots<T, 1>(gp, x0, walk, tail, w0); break;
+            case 2: tap_dots<T, 2>(gp, x0, walk, tail, w0); break;
+            case 3: tap_dots<T, 3>(gp, x0, walk, tail, w0); break;
+            default: tap_dots<T, 4>(gp, x0, walk, tail, w0); break;
+          }
+        }
+      }
+    }
+  });
+}
+
+void check_features(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 4, name, " must be a 4-D CPU tensor");
+  TORCH_CHECK(t.stride(1) == 1 || t.size(1) == 1, name, " must be channels_last (channel stride 1), got strides ",
+              t.strides());
+}
+
+Geometry make_geometry(const at::Tensor& features, const at::Tensor& weight, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation) {
+  TORCH_CHECK(weight.dim() == 6, "weight must be 6-D (N, G, Kh, Kw, Ho, Wo)");
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+              "stride, padding and dilation must have two entries");
+  Geometry g;
+  g.N = features.size(0);
+  g.C = features.size(1);
+  g.H = features.size(2);
+  g.W = features.size(3);
+  g.G = weight.size(1);
+  g.Kh = weight.size(2);
+  g.Kw = weight.size(3);
+  g.Ho = weight.size(4);
+  g.Wo = weight.size(5);
+  TORCH_CHECK(g.G > 0 && g.C % g.G == 0, "C must be divisible by G");
+  TORCH_CHECK(weight.size(0) == g.N, "batch size mismatch");
+  g.Cg = g.C / g.G;
+  g.sh = stride[0];
+  g.sw = stride[1];
+  g.ph = padding[0];
+  g.pw = padding[1];
+  g.dh = dilation[0];
+  g.dw = dilation[1];
+  return g;
+}
+
+// `input` is the (N, C, H, W) input of the forward op in every function, so the geometry is always built from it.
+void forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& out, at::IntArrayRef stride,
+             at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_features(input, "input");
+  check_features(out, "out");
+  const Geometry g = make_geometry(input, weight, stride, padding, dilation);
+  TORCH_CHECK(out.size(2) == g.Ho && out.size(3) == g.Wo, "out has the wrong spatial size");
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "involution_forward",
+                             [&] { forward_impl<scalar_t>(input, weight, out, g); });
+}
+
+void backward_input(const at::Tensor& grad_out, const at::Tensor& weight, const at::Tensor& grad_in,
+                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_features(grad_out, "grad_output");
+  check_features(grad_in, "grad_input");
+  const Geometry g = make_geometry(grad_in, weight, stride, padding, dilation);
+  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "involution_backward_input",
+                             [&] { backward_input_impl<scalar_t>(grad_out, weight, grad_in, g); });
+}
+
+void backward_weight(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& grad_w,
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_features(grad_out, "grad_output");
+  check_features(input, "input");
+  const Geometry g = make_geometry(input, grad_w, stride, padding, dilation);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "involution_backward_weight",
+                             [&] { backward_weight_impl<scalar_t>(grad_out, input, grad_w, g); });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(involution_cpu, m) {
+  m.def("forward(Tensor input, Tensor weight, Tensor(a!) out, int[] stride, int[] padding, int[] dilation) -> ()");
+  m.def(
+      "backward_input(Tensor grad_output, Tensor weight, Tensor(a!) grad_input, int[] stride, int[] padding, "
+      "int[] dilation) -> ()");
+  m.def(
+      "backward_weight(Tensor grad_output, Tensor input, Tensor(a!) grad_weight, int[] stride, int[] padding, "
+      "int[] dilation) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(involution_cpu, CPU, m) {
+  m.impl("forward", &forward);
+  m.impl("backward_input", &backward_input);
+  m.impl("backward_weight", &backward_weight);
+}

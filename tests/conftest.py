@@ -1,0 +1,20 @@
+"""Shared fixtures: the backends that can run CPU tensors here."""
+
+from __future__ import annotations
+
+import pytest
+
+from op_helpers import CPU_BACKENDS
+
+
+def pytest_report_header(config) -> str:
+    return f"involution CPU backends under test: {CPU_BACKENDS}"
+
+
+@pytest.fixture(params=CPU_BACKENDS, scope="session")
+def backend(request) -> str:
+    """The name of one CPU-capable backend; tests run their op calls inside ``use_backend(backend)``.
+
+    Session-scoped so that it combines with hypothesis's ``@given`` (no function-scoped fixture health check).
+    """
+    return request.param

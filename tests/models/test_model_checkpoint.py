@@ -1,0 +1,254 @@
+"""Checkpoints: own safetensors format, official mmcls layout (parity with committed numbers), errors."""
+
+import json
+import os
+import warnings
+
+import pytest
+import torch
+from _rednet_parity import load_reference, parity_input, seeded_state_dict
+
+from involution.models import (
+    convert_official,
+    create_model,
+    load_checkpoint,
+    load_model,
+    official_to_ours,
+    ours_to_official,
+    read_checkpoint,
+    save_checkpoint,
+)
+from involution.models._safetensors import read_safetensors
+
+SMALL = dict(num_classes=10, width=0.25, zero_init_residual=False)
+
+
+def small_model(**kwargs):
+    """A narrow model with every weight and BN statistic random but tame (an untrained net explodes in eval)."""
+    model = create_model("rednet26_small", **{**SMALL, **kwargs}).eval()
+    model.load_state_dict(seeded_state_dict({k: list(v.shape) for k, v in model.state_dict().items()}))
+    return model
+
+
+# -- own format ---------------------------------------------------------------------------------------------------
+
+
+def test_round_trip_gives_equal_outputs(tmp_path):
+    model = small_model(stem_kernel_size=5)
+    path = save_checkpoint(model, tmp_path / "sub" / "model.safetensors", metadata={"epoch": 3, "note": "hi"})
+    assert path.is_file() and [p.name for p in path.parent.iterdir()] == ["model.safetensors"]  # no temp left
+    x = torch.randn(2, 3, 16, 16)
+    rebuilt = load_model(path).eval()
+    assert rebuilt.model_name == "rednet26_small" and rebuilt.stem[1].kernel_size == (5, 5)
+    again = create_model("rednet26_small", checkpoint=path, **SMALL, stem_kernel_size=5).eval()
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.isfinite(ref).all() and ref.abs().max() > 1e-3
+        torch.testing.assert_close(rebuilt(x), ref, rtol=0, atol=0)
+        torch.testing.assert_close(again(x), ref, rtol=0, atol=0)
+    _, meta = read_checkpoint(path)
+    assert meta["format"] == "involution" and meta["model"] == "rednet26_small"
+    assert json.loads(meta["model_kwargs"])["stem_kernel_size"] == 5
+    assert meta["note"] == "hi" and json.loads(meta["epoch"]) == 3
+
+
+def test_load_model_overrides_and_grad_checkpointing(tmp_path):
+    path = save_checkpoint(small_model(), tmp_path / "m.safetensors")
+    with pytest.warns(UserWarning, match="re-initialised the classifier"):
+        model = load_model(path, num_classes=4, grad_checkpointing=True)
+    assert model.fc.out_features == 4 and model.grad_checkpointing
+
+
+def test_overwrite_is_atomic_replace(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(small_model(), path)
+    save_checkpoint(small_model(num_classes=3), path)
+    assert read_checkpoint(path)[0]["fc.weight"].shape == (3, 512)
+    assert os.listdir(tmp_path) == ["m.safetensors"]
+
+
+def test_file_reads_with_the_safetensors_package(tmp_path):
+    st = pytest.importorskip("safetensors.torch")
+    model = small_model()
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    theirs = st.load_file(str(path))
+    ours = model.state_dict()
+    assert theirs.keys() == ours.keys()
+    for k in ours:
+        torch.testing.assert_close(theirs[k], ours[k], rtol=0, atol=0)
+    st.save_file({"a": torch.arange(6.0).reshape(2, 3).to(torch.bfloat16)}, str(tmp_path / "x.safetensors"), {"k": "v"})
+    tensors, meta = read_safetensors(tmp_path / "x.safetensors")
+    assert meta == {"k": "v"} and tensors["a"].dtype == torch.bfloat16 and tensors["a"][1, 2] == 5
+
+
+@pytest.mark.parametrize("cut", [0, 5, 100, -7])
+def test_truncated_safetensors_names_the_path(tmp_path, cut):
+    path = save_checkpoint(small_model(), tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    bad = tmp_path / "truncated.safetensors"
+    bad.write_bytes(data[:cut] if cut >= 0 else data[:cut])
+    with pytest.raises(ValueError, match="truncated.safetensors"):
+        create_model("rednet26_small", checkpoint=bad, **SMALL)
+
+
+def test_corrupt_header_names_the_path(tmp_path):
+    path = save_checkpoint(small_model(), tmp_path / "m.safetensors")
+    data = bytearray(path.read_bytes())
+    data[8:20] = b"not json at "
+    bad = tmp_path / "garbled.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="garbled.safetensors"):
+        load_model(bad)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage"])
+def test_corrupt_pth_names_the_path(tmp_path, kind):
+    good = tmp_path / "good.pth"
+    torch.save(small_model().state_dict(), good)
+    bad = tmp_path / f"{kind}.pth"
+    data = good.read_bytes()
+    bad.write_bytes(data[: len(data) // 2] if kind == "truncated" else b"\x00garbage" * 50)
+    with pytest.raises(ValueError, match=f"{kind}.pth"):
+        create_model("rednet26_small", checkpoint=bad, **SMALL)
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        create_model("rednet26_small", checkpoint="/nonexistent/nope.pth", **SMALL)
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": small_model().state_dict(), "obj": warnings.WarningMessage}, path)
+    with pytest.raises(ValueError, match="evil.pth.*weights_only"):
+        create_model("rednet26_small", checkpoint=path, **SMALL)
+
+
+def test_other_architecture_is_refused_with_keys_listed(tmp_path):
+    path = save_checkpoint(create_model("resnet26_small", **SMALL), tmp_path / "resnet.safetensors")
+    with pytest.raises(RuntimeError, match=r"resnet.safetensors.*\n  missing keys \(\d+\): stem\.0\.conv\.weight") as err:
+        with pytest.warns(UserWarning, match="written for model 'resnet26_small'"):
+            create_model("rednet26_small", checkpoint=path, **SMALL)
+    assert "unexpected keys" in str(err.value) and "conv1.weight" in str(err.value)
+    deeper = save_checkpoint(create_model("rednet38_small", **SMALL), tmp_path / "rednet38.safetensors")
+    with pytest.raises(RuntimeError, match=r"unexpected keys \(\d+\): layer1\.1\."):
+        with pytest.warns(UserWarning, match="written for model 'rednet38_small'"):
+            create_model("rednet26_small", checkpoint=deeper, **SMALL)
+    wider = save_checkpoint(create_model("rednet26_small", **{**SMALL, "width": 0.5}), tmp_path / "wide.safetensors")
+    with pytest.raises(RuntimeError, match=r"mismatched shapes \(\d+\): stem\.0\.conv\.weight \(checkpoint \(16, 3, 3, 3\), model \(8, 3, 3, 3\)\)"):
+        create_model("rednet26_small", checkpoint=wider, **SMALL)
+
+
+def test_other_class_count_loads_backbone_and_reinitialises_head(tmp_path):
+    src = small_model(num_classes=10)
+    path = save_checkpoint(src, tmp_path / "m.safetensors")
+    with pytest.warns(UserWarning, match=r"classifier does not match.*re-initialised the classifier"):
+        model = create_model("rednet26_small", checkpoint=path, **{**SMALL, "num_classes": 4})
+    assert model.fc.weight.shape == (4, 512)
+    assert model.fc.weight.std().item() == pytest.approx(0.01, rel=0.3) and torch.all(model.fc.bias == 0)
+    theirs = src.state_dict()
+    for k, v in model.state_dict().items():
+        if not k.startswith("fc."):
+            torch.testing.assert_close(v, theirs[k], rtol=0, atol=0)
+    backbone = create_model("rednet26_small", checkpoint=path, features_only=True, **SMALL)  # head dropped silently
+    assert backbone.feature_info.channels() == [64, 128, 256, 512]
+
+
+def test_plain_torchvision_state_dict_loads_into_resnet50(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet50().eval()
+    path = tmp_path / "tv.pth"
+    torch.save(ref.state_dict(), path)
+    model = create_model("resnet50", checkpoint=path).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+# -- official layout ----------------------------------------------------------------------------------------------
+
+REFERENCE = load_reference()
+VARIANTS = {"rednet26": {}, "rednet26_stem7": {"stem_kernel_size": 7}}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_key_names_and_shapes_match_the_official_model(variant):
+    with torch.device("meta"):
+        model = create_model("rednet26", **VARIANTS[variant])
+    ours = [[k, list(v.shape)] for k, v in ours_to_official(model.state_dict()).items()]
+    assert ours == REFERENCE["models"][variant]["keys"]
+
+
+def official_file(tmp_path, variant, extra=None):
+    ref = REFERENCE["models"][variant]
+    state_dict = seeded_state_dict({k: s for k, s in ref["keys"]}, seed=REFERENCE["seed"])
+    state_dict.update(extra or {})
+    path = tmp_path / f"{variant}_official.pth"
+    torch.save({"meta": {"mmcls_version": "0.12.0", "CLASSES": ["a", "b"], "epoch": 130}, "state_dict": state_dict}, path)
+    return path
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_parity_with_the_official_implementation(tmp_path, variant):
+    """Logits of the official mmcls RedNet-26 on seeded random weights (every BN random, so involution matters)."""
+    ref = REFERENCE["models"][variant]
+    path = official_file(tmp_path, variant)
+    model = create_model("rednet26", checkpoint=path, **VARIANTS[variant]).eval()
+    with torch.no_grad():
+        logits = model(parity_input())
+    expect = torch.tensor
+    torch.testing.assert_close(logits[:, :8], expect(ref["logits_first8"]), rtol=0, atol=1e-4)
+    torch.testing.assert_close(logits[:, ref["logits_idx"]], expect(ref["logits_at_idx"]), rtol=0, atol=1e-4)
+    torch.testing.assert_close(logits.sum(1), expect(ref["logits_sum"]), rtol=0, atol=1e-3)
+    assert logits.argmax(1).tolist() == ref["logits_argmax"]
+
+    with torch.no_grad():
+        feats = model.forward_intermediates(parity_input())
+    assert [list(f.shape) for f in feats] == ref["feature_shapes"]
+    torch.testing.assert_close(torch.stack([f.mean() for f in feats]), expect(ref["feature_means"]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        torch.stack([f.abs().mean() for f in feats]), expect(ref["feature_abs_means"]), rtol=0, atol=1e-5
+    )
+
+
+def test_convert_official(tmp_path):
+    src = official_file(tmp_path, "rednet26_stem7")
+    dst = convert_official(src, tmp_path / "converted.safetensors")
+    model = load_model(dst)
+    assert model.model_name == "rednet26" and model.stem[1].kernel_size == (7, 7) and model.num_classes == 1000
+    official = torch.load(src, weights_only=True)["state_dict"]
+    converted = ours_to_official(model.state_dict())
+    assert converted.keys() == official.keys()
+    for k, v in official.items():
+        torch.testing.assert_close(converted[k], v, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not an official mmcls checkpoint"):
+        convert_official(dst, tmp_path / "again.safetensors")
+
+
+def test_features_only_backbone_loads_an_official_classifier_checkpoint(tmp_path):
+    path = official_file(tmp_path, "rednet26")
+    backbone = create_model("rednet26", checkpoint=path, features_only=True, out_indices=(1,))
+    assert not hasattr(backbone, "layer3") and backbone.feature_info.channels() == [512]
+    official = torch.load(path, weights_only=True)["state_dict"]
+    torch.testing.assert_close(backbone.layer2[0].conv2.conv2.conv.bias, official["backbone.layer2.0.conv2.conv2.conv.bias"])
+
+
+def test_detector_checkpoint_parts_are_ignored_with_a_warning(tmp_path):
+    extra = {"neck.lateral_convs.0.conv.weight": torch.zeros(256, 256, 1, 1), "rpn_head.rpn_cls.bias": torch.zeros(3)}
+    path = official_file(tmp_path, "rednet26", extra)
+    with pytest.warns(UserWarning, match=r"ignored 2 keys of other parts \(neck, rpn_head\)"):
+        report = load_checkpoint(create_model("rednet26"), path)
+    assert report.layout == "official" and len(report.ignored) == 2 and not report.head_reinitialised
+
+
+def test_official_mapping_is_prefix_stripping():
+    sd = {
+        "backbone.layer1.0.conv2.conv1.conv.weight": torch.zeros(1),
+        "backbone.layer1.0.conv2.conv2.conv.bias": torch.zeros(1),
+        "head.fc.weight": torch.zeros(1),
+    }
+    ours, ignored = official_to_ours(sd)
+    assert list(ours) == ["layer1.0.conv2.conv1.conv.weight", "layer1.0.conv2.conv2.conv.bias", "fc.weight"]
+    assert not ignored and list(ours_to_official(ours)) == list(sd)

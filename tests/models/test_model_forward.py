@@ -1,0 +1,140 @@
+"""Forward passes on small inputs: classifiers, features_only, small variants, channels_last, checkpointing."""
+
+import pytest
+import torch
+
+from _rednet_parity import seeded_state_dict
+
+from involution.models import FeatureInfo, create_model
+
+
+@pytest.fixture(scope="module")
+def rednet26():
+    torch.manual_seed(0)
+    return create_model("rednet26").eval()
+
+
+def test_classifier_forward(rednet26):
+    with torch.no_grad():
+        y = rednet26(torch.randn(1, 3, 64, 64))
+        pooled = rednet26.forward_head(rednet26.forward_features(torch.randn(1, 3, 64, 64)), pre_logits=True)
+    assert y.shape == (1, 1000) and torch.isfinite(y).all()
+    assert pooled.shape == (1, 2048)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (97, 113)])
+def test_features_only_shapes(size):
+    torch.manual_seed(0)
+    model = create_model("rednet26", features_only=True).eval()
+    info = model.feature_info
+    assert isinstance(info, FeatureInfo)
+    assert info.channels() == [256, 512, 1024, 2048]
+    assert info.reduction() == [4, 8, 16, 32]
+    assert info.module_name() == ["layer1", "layer2", "layer3", "layer4"]
+    assert info[2]["num_chs"] == 1024 and len(info) == 4 and info.channels(3) == 2048
+    h, w = size
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, h, w))
+    assert len(feats) == 4
+    for f, c, r in zip(feats, info.channels(), info.reduction()):
+        assert f.shape == (1, c, -(-h // r), -(-w // r))  # ceil(size / stride)
+
+
+def test_features_only_out_indices_prunes_later_stages():
+    torch.manual_seed(0)
+    model = create_model("rednet26", features_only=True, out_indices=(0, 2)).eval()
+    assert model.feature_info.channels() == [256, 1024] and model.feature_info.reduction() == [4, 16]
+    assert not hasattr(model, "layer4") and not hasattr(model, "fc")
+    assert not any(k.startswith(("layer4.", "fc.")) for k in model.state_dict())
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 64, 64))
+    assert [tuple(f.shape) for f in feats] == [(1, 256, 16, 16), (1, 1024, 4, 4)]
+
+
+def test_resnet_features_and_forward():
+    model = create_model("resnet26", features_only=True, out_indices=(1, 3)).eval()
+    assert model.feature_info.channels() == [512, 2048] and model.feature_info.reduction() == [8, 32]
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 65, 63))
+    assert [tuple(f.shape) for f in feats] == [(1, 512, 9, 8), (1, 2048, 3, 2)]
+
+
+@pytest.mark.parametrize(
+    "name,size", [("rednet26_small", 8), ("rednet26_small", 32), ("resnet26_small", 8), ("resnet26_small", 32),
+                  ("rednet50_small", 8)]
+)
+def test_small_variants(name, size):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, width=0.25).eval()
+    with torch.no_grad():
+        y = model(torch.randn(2, 3, size, size))
+    assert y.shape == (2, 10) and torch.isfinite(y).all()
+    assert model.feature_info.reduction() == [1, 2, 4, 8]
+    assert model.feature_info.channels() == [64, 128, 256, 512]
+
+
+def test_small_width_quarter_groups():
+    model = create_model("rednet26_small", width=0.25)
+    assert model.stem[1].groups == 1 and model.stem[1].channels == 8  # groups = max(1, C // 16)
+    assert [s[0].conv2.groups for s in (model.layer1, model.layer2, model.layer3, model.layer4)] == [1, 2, 4, 8]
+    feats = create_model("rednet26_small", width=0.25, features_only=True).eval()
+    with torch.no_grad():
+        out = feats(torch.randn(1, 3, 8, 8))
+    assert [tuple(f.shape) for f in out] == [(1, 64, 8, 8), (1, 128, 4, 4), (1, 256, 2, 2), (1, 512, 1, 1)]
+
+
+def test_num_classes_zero_and_reset_classifier():
+    model = create_model("rednet26_small", num_classes=0, width=0.25).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 8, 8)).shape == (2, 512)
+    model.reset_classifier(7)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 8, 8)).shape == (2, 7)
+    assert model.pretrained_cfg["num_classes"] == 7
+
+
+def test_channels_last_matches_contiguous():
+    torch.manual_seed(0)
+    model = create_model("rednet26_small", num_classes=10, width=0.25).eval()
+    model.load_state_dict(seeded_state_dict({k: list(v.shape) for k, v in model.state_dict().items()}))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+        assert ref.abs().max() > 1e-3
+        model = model.to(memory_format=torch.channels_last)
+        out = model(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_grad_checkpointing_gives_the_same_grads():
+    torch.manual_seed(0)
+    kwargs = dict(num_classes=10, width=0.25, zero_init_residual=False)
+    plain = create_model("rednet26_small", **kwargs)
+    ckpt = create_model("rednet26_small", grad_checkpointing=True, **kwargs)
+    ckpt.load_state_dict(plain.state_dict())
+    assert ckpt.grad_checkpointing and not plain.grad_checkpointing
+    x = torch.randn(2, 3, 16, 16)
+    for model in (plain, ckpt):
+        model.train()
+        model(x).square().sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    plain.set_grad_checkpointing(True)
+    assert plain.grad_checkpointing
+
+
+def test_resnet_grad_checkpointing():
+    torch.manual_seed(0)
+    model = create_model("resnet26_small", num_classes=3, width=0.25, grad_checkpointing=True, zero_init_residual=False)
+    ref = create_model("resnet26_small", num_classes=3, width=0.25, zero_init_residual=False)
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    model(x).sum().backward()
+    ref(x).sum().backward()
+    torch.testing.assert_close(model.conv1.weight.grad, ref.conv1.weight.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_bad_input_rank():
+    model = create_model("rednet26_small", width=0.25)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        model(torch.randn(3, 8, 8))

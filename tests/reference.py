@@ -1,0 +1,95 @@
+"""The correctness oracle for the involution op: a plain float64 ``F.unfold`` formulation.
+
+Every backend's tests compare against this one function. It is deliberately simple (it materialises the
+Kh*Kw-times unfolded input) and always computes in float64. It lives in ``tests/`` only and must never be imported
+by ``src/``.
+
+    out[n, c, i, j] = sum_{u, v} weight[n, c // (C/G), u, v, i, j] * input[n, c, i*s - p + u*d, j*s - p + v*d]
+
+with zeros outside the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    a, b = value
+    return (int(a), int(b))
+
+
+def involution2d_reference(
+    input: Tensor,
+    weight: Tensor,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+) -> Tensor:
+    """The involution of ``input`` (N, C, H, W) with ``weight`` (N, G, Kh, Kw, Ho, Wo), in float64.
+
+    Differentiable (autograd goes through ``F.unfold``), so reference gradients come from autograd through it.
+    """
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    x = input.to(torch.float64)
+    w = weight.to(torch.float64)
+    n, c, h, wd = x.shape
+    wn, g, kh, kw, ho, wo = w.shape
+    assert wn == n, (wn, n)
+    assert c % g == 0, (c, g)
+    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # (N, C*Kh*Kw, L), C-major
+    assert cols.shape[-1] == ho * wo, (cols.shape, ho, wo)
+    cols = cols.reshape(n, g, c // g, kh * kw, ho * wo)
+    out = (cols * w.reshape(n, g, 1, kh * kw, ho * wo)).sum(dim=3)
+    return out.reshape(n, c, ho, wo)
+
+
+def reference_grads(
+    input: Tensor,
+    weight: Tensor,
+    grad_output: Tensor,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+) -> tuple[Tensor, Tensor]:
+    """(grad_input, grad_weight) in float64, by autograd through :func:`involution2d_reference`."""
+    x = input.detach().to(torch.float64).requires_grad_()
+    w = weight.detach().to(torch.float64).requires_grad_()
+    out = involution2d_reference(x, w, stride, padding, dilation)
+    gx, gw = torch.autograd.grad(out, (x, w), grad_output.detach().to(torch.float64))
+    return gx, gw
+
+
+def involution2d_naive(
+    input: Tensor,
+    weight: Tensor,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+) -> Tensor:
+    """The defining formula, one output element at a time (tiny shapes only): used to check the oracle itself."""
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    n_, c_, h_, w_ = input.shape
+    _, g_, kh, kw, ho, wo = weight.shape
+    x = input.detach().to(torch.float64).tolist()
+    w = weight.detach().to(torch.float64).tolist()
+    cg = c_ // g_
+    out = torch.zeros(n_, c_, ho, wo, dtype=torch.float64)
+    for n in range(n_):
+        for c in range(c_):
+            for i in range(ho):
+                for j in range(wo):
+                    acc = 0.0
+                    for u in range(kh):
+                        for v in range(kw):
+                            r, q = i * sh - ph + u * dh, j * sw - pw + v * dw
+                            if 0 <= r < h_ and 0 <= q < w_:
+                                acc += w[n][c // cg][u][v][i][j] * x[n][c][r][q]
+                    out[n, c, i, j] = acc
+    return out
