@@ -488,7 +488,7 @@ def build_tables(
                     f(fb * 1e3), f(ratio(fb, best_fb)), f(ratio(fb, fw)),
                     f"{len(t.fwd)}" + (f" (±{noise * 50:.0f}%)" if noise == noise else ""),
                 ])
-            if show_memory:
+            if show_memory and any(key[0] == s.label for key in memory):
                 cells = []
                 for p in ("fwd", "fb"):
                     mem = memory.get((s.label, m.name, p))

@@ -1,8 +1,14 @@
-"""involution: the involution operator (Li et al., CVPR 2021) and the RedNet family for PyTorch."""
+"""involution: the involution operator (Li et al., CVPR 2021) and the RedNet family for PyTorch.
+
+>>> import torch, involution
+>>> layer = involution.Involution2d(64, kernel_size=7)
+>>> model = involution.create_model("rednet26", num_classes=10)
+"""
 
 from .layers import Involution2d
+from .models import create_model, list_models
 from .ops import involution2d, use_backend
 
 __version__ = "0.1.0"
 
-__all__ = ["Involution2d", "__version__", "involution2d", "use_backend"]
+__all__ = ["Involution2d", "__version__", "create_model", "involution2d", "list_models", "use_backend"]

@@ -6,6 +6,7 @@ Thin argument parsing over the library; each command's work lives in the package
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -60,6 +61,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    for name in list_models(args.filter or ""):
+        print(name)
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    """Official mmcls checkpoint (.pth) -> this package's safetensors format."""
+    from .models import convert_official
+
+    out = convert_official(args.src, args.dst, name=args.model)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="involution", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,12 +88,29 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--size", type=int, default=56)
     info.add_argument("--repeats", type=int, default=10)
     info.set_defaults(func=_cmd_info)
+
+    models = sub.add_parser("models", help="list the registered model names")
+    models.add_argument("filter", nargs="?", help="a glob such as 'rednet*'")
+    models.set_defaults(func=_cmd_models)
+
+    convert = sub.add_parser("convert", help="convert an official mmcls RedNet checkpoint to safetensors")
+    convert.add_argument("src", help="official checkpoint, e.g. rednet50-1c7a7d5d.pth")
+    convert.add_argument("dst", help="output .safetensors path")
+    convert.add_argument("--model", help="registry name; inferred from the checkpoint's keys when omitted")
+    convert.set_defaults(func=_cmd_convert)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (OSError, ValueError, TypeError, RuntimeError) as exc:
+        if os.environ.get("INVOLUTION_DEBUG"):
+            raise
+        # User errors (missing file, bad checkpoint, bad shape) already say what to fix; no traceback needed.
+        print(f"involution {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def seeded_state_dict(shapes: dict[str, list[int]], seed: int = 2021) -> dict[st
         shape = tuple(shapes[key])
         if key.endswith("num_batches_tracked"):
             out[key] = torch.tensor(1000, dtype=torch.int64)
-        elif key.endswith("running_mean") or key.endswith(".bias"):
+        elif key.endswith(("running_mean", ".bias")):
             out[key] = 0.1 * torch.randn(shape, generator=g)
         elif key.endswith("running_var") or len(shape) == 1:  # BN variances and gammas
             out[key] = 0.75 + 0.5 * torch.rand(shape, generator=g)

@@ -20,7 +20,7 @@ from involution.models import (
 )
 from involution.models._safetensors import read_safetensors
 
-SMALL = dict(num_classes=10, width=0.25, zero_init_residual=False)
+SMALL = {"num_classes": 10, "width": 0.25, "zero_init_residual": False}
 
 
 def small_model(**kwargs):
@@ -86,7 +86,7 @@ def test_truncated_safetensors_names_the_path(tmp_path, cut):
     path = save_checkpoint(small_model(), tmp_path / "m.safetensors")
     data = path.read_bytes()
     bad = tmp_path / "truncated.safetensors"
-    bad.write_bytes(data[:cut] if cut >= 0 else data[:cut])
+    bad.write_bytes(data[:cut])
     with pytest.raises(ValueError, match="truncated.safetensors"):
         create_model("rednet26_small", checkpoint=bad, **SMALL)
 
@@ -124,18 +124,38 @@ def test_pickled_objects_are_refused(tmp_path):
         create_model("rednet26_small", checkpoint=path, **SMALL)
 
 
+def test_numpy_scalars_in_metadata_are_fine(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "np.pth"
+    model = small_model()
+    torch.save({"meta": {"best": np.float64(0.5), "step": np.int64(3)}, "state_dict": model.state_dict()}, path)
+    create_model("rednet26_small", checkpoint=path, **SMALL)
+
+
+def test_features_only_round_trip(tmp_path):
+    backbone = create_model("rednet26_small", width=0.25, features_only=True, out_indices=(0, 1))
+    path = save_checkpoint(backbone, tmp_path / "backbone.safetensors")
+    again = load_model(path)
+    assert again.features_only and again.feature_info.channels() == [64, 128] and not hasattr(again, "layer3")
+    assert again.state_dict().keys() == backbone.state_dict().keys()
+
+
 def test_other_architecture_is_refused_with_keys_listed(tmp_path):
     path = save_checkpoint(create_model("resnet26_small", **SMALL), tmp_path / "resnet.safetensors")
-    with pytest.raises(RuntimeError, match=r"resnet.safetensors.*\n  missing keys \(\d+\): stem\.0\.conv\.weight") as err:
-        with pytest.warns(UserWarning, match="written for model 'resnet26_small'"):
-            create_model("rednet26_small", checkpoint=path, **SMALL)
+    missing = r"resnet.safetensors.*\n  missing keys \(\d+\): stem\.0\.conv\.weight"
+    with pytest.raises(RuntimeError, match=missing) as err, pytest.warns(UserWarning, match="written for model"):
+        create_model("rednet26_small", checkpoint=path, **SMALL)
     assert "unexpected keys" in str(err.value) and "conv1.weight" in str(err.value)
     deeper = save_checkpoint(create_model("rednet38_small", **SMALL), tmp_path / "rednet38.safetensors")
-    with pytest.raises(RuntimeError, match=r"unexpected keys \(\d+\): layer1\.1\."):
-        with pytest.warns(UserWarning, match="written for model 'rednet38_small'"):
-            create_model("rednet26_small", checkpoint=deeper, **SMALL)
+    unexpected = r"unexpected keys \(\d+\): layer1\.1\."
+    with pytest.raises(RuntimeError, match=unexpected), pytest.warns(UserWarning, match="'rednet38_small'"):
+        create_model("rednet26_small", checkpoint=deeper, **SMALL)
     wider = save_checkpoint(create_model("rednet26_small", **{**SMALL, "width": 0.5}), tmp_path / "wide.safetensors")
-    with pytest.raises(RuntimeError, match=r"mismatched shapes \(\d+\): stem\.0\.conv\.weight \(checkpoint \(16, 3, 3, 3\), model \(8, 3, 3, 3\)\)"):
+    mismatched = (
+        r"mismatched shapes \(\d+\): stem\.0\.conv\.weight \(checkpoint \(16, 3, 3, 3\), model \(8, 3, 3, 3\)\)"
+    )
+    with pytest.raises(RuntimeError, match=mismatched):
         create_model("rednet26_small", checkpoint=wider, **SMALL)
 
 
@@ -186,7 +206,9 @@ def official_file(tmp_path, variant, extra=None):
     state_dict = seeded_state_dict({k: s for k, s in ref["keys"]}, seed=REFERENCE["seed"])
     state_dict.update(extra or {})
     path = tmp_path / f"{variant}_official.pth"
-    torch.save({"meta": {"mmcls_version": "0.12.0", "CLASSES": ["a", "b"], "epoch": 130}, "state_dict": state_dict}, path)
+    torch.save(
+        {"meta": {"mmcls_version": "0.12.0", "CLASSES": ["a", "b"], "epoch": 130}, "state_dict": state_dict}, path
+    )
     return path
 
 
@@ -232,7 +254,9 @@ def test_features_only_backbone_loads_an_official_classifier_checkpoint(tmp_path
     backbone = create_model("rednet26", checkpoint=path, features_only=True, out_indices=(1,))
     assert not hasattr(backbone, "layer3") and backbone.feature_info.channels() == [512]
     official = torch.load(path, weights_only=True)["state_dict"]
-    torch.testing.assert_close(backbone.layer2[0].conv2.conv2.conv.bias, official["backbone.layer2.0.conv2.conv2.conv.bias"])
+    torch.testing.assert_close(
+        backbone.layer2[0].conv2.conv2.conv.bias, official["backbone.layer2.0.conv2.conv2.conv.bias"]
+    )
 
 
 def test_detector_checkpoint_parts_are_ignored_with_a_warning(tmp_path):

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from _rednet_parity import seeded_state_dict
 
 from involution.models import FeatureInfo, create_model
@@ -60,8 +59,14 @@ def test_resnet_features_and_forward():
 
 
 @pytest.mark.parametrize(
-    "name,size", [("rednet26_small", 8), ("rednet26_small", 32), ("resnet26_small", 8), ("resnet26_small", 32),
-                  ("rednet50_small", 8)]
+    "name,size",
+    [
+        ("rednet26_small", 8),
+        ("rednet26_small", 32),
+        ("resnet26_small", 8),
+        ("resnet26_small", 32),
+        ("rednet50_small", 8),
+    ],
 )
 def test_small_variants(name, size):
     torch.manual_seed(0)
@@ -103,12 +108,14 @@ def test_channels_last_matches_contiguous():
         assert ref.abs().max() > 1e-3
         model = model.to(memory_format=torch.channels_last)
         out = model(x.to(memory_format=torch.channels_last))
+        feats = model.forward_intermediates(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in feats)  # no layout flips on the way
 
 
 def test_grad_checkpointing_gives_the_same_grads():
     torch.manual_seed(0)
-    kwargs = dict(num_classes=10, width=0.25, zero_init_residual=False)
+    kwargs = {"num_classes": 10, "width": 0.25, "zero_init_residual": False}
     plain = create_model("rednet26_small", **kwargs)
     ckpt = create_model("rednet26_small", grad_checkpointing=True, **kwargs)
     ckpt.load_state_dict(plain.state_dict())

@@ -60,7 +60,7 @@ def test_unknown_model_is_a_clear_error():
 
 
 def test_register_model_rejects_a_second_builder_of_the_same_name():
-    def rednet26():  # noqa: F811 - same name on purpose
+    def rednet26():  # the name of a registered model, on purpose
         raise AssertionError
 
     with pytest.raises(ValueError, match="already registered"):

@@ -39,7 +39,7 @@ def test_reference_matches_the_defining_formula() -> None:
 # ------------------------------------------------------------------------------------------ randomised configs
 @st.composite
 def geometries(draw):
-    """A random valid geometry (non-empty output), with a layout for the input."""
+    """A random valid geometry (non-empty output), with layouts for the input and the weight."""
     n = draw(st.integers(1, 3))
     g = draw(st.integers(1, 3))
     # C/G: small, exactly a vector width, and around it (tails of 8- and 16-wide vectors)
@@ -55,11 +55,15 @@ def geometries(draw):
         hw.append(draw(st.integers(low, MAX_HW)))
     for a in range(2):
         assert output_size(hw[a], kernel[a], stride[a], padding[a], dilation[a]) >= 1
-    layout = draw(st.sampled_from(["contiguous", "channels_last", "strided"]))
+    layout = draw(st.sampled_from(INPUT_LAYOUTS)), draw(st.sampled_from(WEIGHT_LAYOUTS))
     seed = draw(st.integers(0, 2**31 - 1))
     return dict(
         n=n, c=g * cg, g=g, kernel=kernel, hw=tuple(hw), stride=stride, padding=padding, dilation=dilation
     ), layout, seed
+
+
+INPUT_LAYOUTS = ["contiguous", "channels_last", "strided"]
+WEIGHT_LAYOUTS = ["contiguous", "generator", "sliced", "permuted"]
 
 
 def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -72,12 +76,31 @@ def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x
 
 
-def _check_against_reference(backend: str, case: dict, layout: str, seed: int, dtype: torch.dtype) -> None:
+def _weight_layout(w: torch.Tensor, layout: str) -> torch.Tensor:
+    """``w`` (values unchanged) as a differentiable tensor with the given strides."""
+    if layout == "generator":  # a channels_last (N, G*Kh*Kw, Ho, Wo) generator output viewed as 6-D
+        g, kh, kw = w.shape[1:4]
+        leaf = w.flatten(1, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+        return leaf.unflatten(1, (g, kh, kw))
+    if layout == "sliced":  # not dense: every other column of a wider tensor
+        big = torch.zeros(*w.shape[:-1], 2 * w.shape[-1], dtype=w.dtype)
+        big[..., ::2] = w
+        return big.requires_grad_()[..., ::2]
+    if layout == "permuted":  # dense, stored as (N, Ho, Wo, G, Kh, Kw)
+        return w.permute(0, 4, 5, 1, 2, 3).contiguous().requires_grad_().permute(0, 3, 4, 5, 1, 2)
+    return w.clone().requires_grad_()
+
+
+def _check_against_reference(
+    backend: str, case: dict, layout: str | tuple[str, str], seed: int, dtype: torch.dtype
+) -> None:
     gen = torch.Generator().manual_seed(seed)
     x0, w0 = make_case(**case, dtype=dtype, generator=gen)
     geo = (case["stride"], case["padding"], case["dilation"])
-    x = _layout(x0, layout).requires_grad_()
-    w = w0.clone().requires_grad_()
+    input_layout, weight_layout = (layout, "contiguous") if isinstance(layout, str) else layout
+    x = _layout(x0, input_layout).requires_grad_()
+    w = _weight_layout(w0, weight_layout)
+    assert torch.equal(w, w0)
     with use_backend(backend):
         out = involution.involution2d(x, w, *geo)
         gy = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(dtype)
@@ -119,7 +142,17 @@ FIXED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ("contiguous", "contiguous"),
+        ("channels_last", "generator"),
+        ("strided", "sliced"),
+        ("channels_last", "permuted"),
+        ("contiguous", "generator"),
+    ],
+    ids="-".join,
+)
 @pytest.mark.parametrize("case", FIXED_CASES, ids=lambda c: f"C{c['c']}G{c['g']}K{c['kernel']}HW{c['hw']}")
 def test_fixed_cases_match_reference(backend: str, case: dict, layout: str) -> None:
     case = {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), **case}
@@ -243,10 +276,12 @@ LOW_PRECISION_CASES = [
 ]
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize(
+    "layout", [("contiguous", "contiguous"), ("channels_last", "generator"), ("strided", "permuted")], ids="-".join
+)
 @pytest.mark.parametrize("case", LOW_PRECISION_CASES, ids=lambda c: f"C{c['c']}K{c['kernel']}")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_low_precision_matches_reference(backend: str, dtype: torch.dtype, case: dict, layout: str) -> None:
+def test_low_precision_matches_reference(backend: str, dtype: torch.dtype, case: dict, layout: tuple)  -> None:
     """Compared to the float64 reference of the already-rounded inputs, so only the op's own error counts."""
     case = {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), **case}
     _check_against_reference(backend, case, layout, seed=7, dtype=dtype)

@@ -24,19 +24,21 @@ OPCHECK_CASES = {
 }
 
 
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "nhwc-generator-weight"])
 @pytest.mark.parametrize("name", list(OPCHECK_CASES))
-def test_opcheck_all_three_ops(backend: str, name: str, channels_last: bool) -> None:
+def test_opcheck_all_three_ops(backend: str, name: str, layout: str) -> None:
     case = OPCHECK_CASES[name]
     gen = torch.Generator().manual_seed(0)
     x, w = make_case(**case, generator=gen)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    geo = [list(case["stride"]), list(case["padding"]), list(case["dilation"])]
     n, c = x.shape[:2]
     gy = torch.randn(n, c, *w.shape[-2:], generator=gen)
-    if channels_last:
+    if layout.startswith("nhwc"):
+        x = x.contiguous(memory_format=torch.channels_last)
         gy = gy.contiguous(memory_format=torch.channels_last)
+    if layout == "nhwc-generator-weight":  # a channels_last (N, G*Kh*Kw, Ho, Wo) tensor viewed as 6-D
+        w = w.flatten(1, 3).contiguous(memory_format=torch.channels_last).unflatten(1, w.shape[1:4])
+        assert not w.is_contiguous()
+    geo = [list(case["stride"]), list(case["padding"]), list(case["dilation"])]
     x.requires_grad_()
     w.requires_grad_()
     gy.requires_grad_()
@@ -105,15 +107,18 @@ def test_compile_aot_eager_fullgraph_matches_eager() -> None:
 
 
 def test_compile_aot_eager_dynamic_shapes() -> None:
+    """One graph serves every batch and (odd, non-square) image size: the fake impls do not specialise."""
     torch._dynamo.reset()
     eager = _model()
     compiled = torch.compile(copy.deepcopy(eager), fullgraph=True, backend="aot_eager", dynamic=True)
-    for shape in [(2, 3, 9, 9), (3, 3, 12, 10), (1, 3, 7, 16)]:
-        eager_p = dict(eager.named_parameters())
-        x = torch.randn(shape)
-        _compare_compiled(compiled, eager, x)
-        for name, p in compiled.named_parameters():  # the two models stay identical (no optimiser step)
-            assert torch.equal(p, eager_p[name.removeprefix("_orig_mod.")])
+    shapes = [(2, 3, 9, 11), (3, 3, 12, 10), (4, 3, 15, 8)]  # batch >= 2 and H != W: no 0/1 or duck specialisation
+    _compare_compiled(compiled, eager, torch.randn(shapes[0]))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for shape in shapes[1:]:
+            _compare_compiled(compiled, eager, torch.randn(shape))
+    eager_p = dict(eager.named_parameters())
+    for name, p in compiled.named_parameters():  # the two models stay identical (no optimiser step)
+        assert torch.equal(p, eager_p[name.removeprefix("_orig_mod.")])
 
 
 def test_compile_functional_op_with_channels_last_and_strided_weight() -> None:
@@ -139,7 +144,10 @@ def test_compile_functional_op_with_channels_last_and_strided_weight() -> None:
 
 
 def test_compile_inductor_matches_eager() -> None:
-    """The only test with the real Inductor backend (slow: it generates and builds C++)."""
+    """The only test with the real Inductor backend (slow when cold: it generates and builds C++).
+
+    The model has a stride-2 layer on an odd (9x9) image, whose kernel generator average-pools with ceil_mode.
+    """
     torch._dynamo.reset()
     eager = _model()
     compiled = torch.compile(copy.deepcopy(eager), fullgraph=True)
@@ -219,6 +227,22 @@ def test_autocast_mixed_dtypes(backend: str) -> None:
     assert_matches_reference(out, involution2d_reference(x.bfloat16(), w16, 1, 1, 1), dtype=torch.bfloat16)
     assert out_f16.dtype == torch.float16  # the dtype in effect at call time, not one fixed at registration
     assert_matches_reference(out_f16, involution2d_reference(x.half(), w.half(), 1, 1, 1), dtype=torch.float16)
+
+
+def test_autocast_under_torch_compile() -> None:
+    torch._dynamo.reset()
+
+    def fn(x, w):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return involution.involution2d(x, w, padding=1)
+
+    x, w = make_case(1, 4, 1, (3, 3), (6, 6), padding=(1, 1))
+    x.requires_grad_()
+    out = torch.compile(fn, fullgraph=True, backend="aot_eager")(x, w)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, fn(x, w), rtol=0, atol=0)
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
 
 
 def test_autocast_leaves_float64_alone() -> None:
@@ -330,3 +354,37 @@ def test_automatic_choice_prefers_the_compiled_cpu_backend(monkeypatch) -> None:
     expected = "cpu" if "cpu" in CPU_BACKENDS else "torch"
     assert {name for name, _ in spy.calls} == {expected}
     assert len(spy.calls) == 3
+
+
+def test_only_the_needed_gradient_kernels_run(backend: str, monkeypatch) -> None:
+    spy = _Spy(monkeypatch)
+    x, w = make_case(1, 4, 2, (3, 3), (5, 5), padding=(1, 1))
+    with use_backend(backend):
+        involution.involution2d(x, w.requires_grad_(), padding=1).sum().backward()
+        assert spy.calls == [(backend, "forward"), (backend, "backward_weight")]
+        spy.calls.clear()
+        involution.involution2d(x.requires_grad_(), w.detach(), padding=1).sum().backward()
+        assert spy.calls == [(backend, "forward"), (backend, "backward_input")]
+        spy.calls.clear()
+        with torch.no_grad():
+            involution.involution2d(x, w, padding=1)
+        assert spy.calls == [(backend, "forward")]
+
+
+def test_use_backend_is_honoured_at_run_time_by_compiled_code(monkeypatch) -> None:
+    """The backend is chosen when the op runs, so one compiled graph follows ``use_backend`` around it."""
+    torch._dynamo.reset()
+    x, w = make_case(1, 4, 2, (3, 3), (5, 5), padding=(1, 1))
+
+    def fn(x, w):
+        return involution.involution2d(x, w, padding=1).relu()
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    compiled(x, w)  # compile outside the spy
+    spy = _Spy(monkeypatch)
+    for name in CPU_BACKENDS:
+        spy.calls.clear()
+        with use_backend(name), torch._dynamo.config.patch(error_on_recompile=True):
+            out = compiled(x, w)
+        assert spy.calls == [(name, "forward")]
+        assert_matches_reference(out, involution2d_reference(x, w, 1, 1, 1).relu())

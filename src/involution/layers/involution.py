@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from ..ops import involution2d
 from ..ops._shapes import IntOrPair, pair
 from .conv_norm_act import ConvNormAct, LayerFactory
+from .pool import CeilAvgPool2d
 
 
 class Involution2d(nn.Module):
@@ -77,9 +78,7 @@ class Involution2d(nn.Module):
         kh, kw = self.kernel_size
         hidden = max(1, channels // reduction_ratio)
 
-        self.avgpool = (
-            nn.AvgPool2d(self.stride, self.stride, ceil_mode=True) if max(self.stride) > 1 else nn.Identity()
-        )
+        self.avgpool = CeilAvgPool2d(self.stride) if max(self.stride) > 1 else nn.Identity()
         self.conv1 = ConvNormAct(channels, hidden, 1, norm_layer=norm_layer, act_layer=act_layer)
         self.conv2 = ConvNormAct(hidden, groups * kh * kw, 1, bias=True, norm_layer=None, act_layer=None)
         self.out_channels = out_channels or channels

@@ -22,6 +22,8 @@ from .checkpoint import (
 from .rednet import RedNet, RedNetBottleneck
 from .registry import create_model, is_model, list_models, model_entrypoint, register_model
 from .resnet import ResNet
+from .flops import FlopReport, count_flops, count_params, mmcv_style_macs, summary
+from .involutionize import involutionizable, involutionize
 
 __all__ = [
     "FeatureInfo",
@@ -43,4 +45,11 @@ __all__ = [
     "read_checkpoint",
     "register_model",
     "save_checkpoint",
+    "FlopReport",
+    "count_flops",
+    "count_params",
+    "involutionizable",
+    "involutionize",
+    "mmcv_style_macs",
+    "summary",
 ]

@@ -55,9 +55,24 @@ class LoadReport:
 # -- reading ------------------------------------------------------------------------------------------------------
 
 
+def _numpy_scalar_globals() -> list[Any]:
+    """numpy scalars and dtypes, which training loops leave in checkpoint metadata (e.g. a best score).
+
+    Allowing them lets ``weights_only`` loading rebuild plain numbers; it admits no code and no other objects.
+    """
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        return []
+    core = getattr(np, "_core", None) or np.core
+    dtypes = {type(np.dtype(code)) for code in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "?")}
+    return [core.multiarray.scalar, np.dtype, *dtypes]
+
+
 def _read_torch(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"{path}: refused to load: the file holds Python objects other than tensors and plain containers, "
@@ -67,8 +82,7 @@ def _read_torch(path: Path) -> Any:
         if isinstance(err, FileNotFoundError):
             raise
         raise ValueError(
-            f"{path}: could not read the checkpoint; the file may be truncated or corrupt "
-            f"({type(err).__name__}: {err})"
+            f"{path}: could not read the checkpoint; the file may be truncated or corrupt ({type(err).__name__}: {err})"
         ) from None
 
 
@@ -88,7 +102,8 @@ def _extract_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a state dict (or a dict with 'state_dict'), got {type(obj).__name__}")
+        # the file's content is at fault, not an argument: ValueError like every other unreadable checkpoint
+        raise ValueError(f"{path}: expected a state dict (or a dict with 'state_dict'), got {type(obj).__name__}")  # noqa: TRY004
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
     if not tensors:
         raise ValueError(f"{path}: no tensors found (top-level keys: {sorted(map(str, obj))[:_LIST_LIMIT]})")
@@ -251,9 +266,7 @@ def _jsonable_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], list[st
     return kept, dropped
 
 
-def save_checkpoint(
-    model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None
-) -> Path:
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
     """Write ``model``'s state dict as safetensors with the metadata :func:`load_model` needs; returns the path.
 
     ``metadata``: extra entries (strings, or anything JSON-serialisable, stored as JSON). The file is written to a
@@ -308,8 +321,10 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     state_dict, metadata = read_checkpoint(path)
     name = metadata.get("model") if metadata.get("format") == FORMAT else None
     if not name:
-        raise ValueError(f"{path}: not one of this library's checkpoints (no model name recorded); "
-                         "use create_model(name, checkpoint=path)")
+        raise ValueError(
+            f"{path}: not one of this library's checkpoints (no model name recorded); "
+            "use create_model(name, checkpoint=path)"
+        )
     try:
         kwargs = json.loads(metadata.get("model_kwargs", "{}"))
     except json.JSONDecodeError as err:
@@ -350,9 +365,7 @@ def infer_rednet_config(state_dict: Mapping[str, Tensor], source: str = "state d
     return f"rednet{depth}", kwargs
 
 
-def convert_official(
-    src: str | os.PathLike, dst: str | os.PathLike, name: str | None = None, **kwargs: Any
-) -> Path:
+def convert_official(src: str | os.PathLike, dst: str | os.PathLike, name: str | None = None, **kwargs: Any) -> Path:
     """Convert an official mmcls RedNet checkpoint (``.pth``) to this library's safetensors format.
 
     The architecture (depth, stem kernel size, class count; 0 classes for a backbone-only file) is read from the

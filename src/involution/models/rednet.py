@@ -77,7 +77,7 @@ class RedNetBottleneck(nn.Module):
 
 
 def _scaled(channels: int, width: float) -> int:
-    return max(1, int(round(channels * width)))
+    return max(1, round(channels * width))
 
 
 class RedNet(ResidualNet):
@@ -156,12 +156,12 @@ class RedNet(ResidualNet):
         )
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
 
-        block_kwargs = dict(
-            kernel_size=kernel_size,
-            group_channels=group_channels,
-            reduction_ratio=reduction_ratio,
-            norm_layer=norm_layer,
-        )
+        block_kwargs = {
+            "kernel_size": kernel_size,
+            "group_channels": group_channels,
+            "reduction_ratio": reduction_ratio,
+            "norm_layer": norm_layer,
+        }
         in_channels = stem_channels
         channels, reductions = [], []
         reduction = 1 if small_input else 4

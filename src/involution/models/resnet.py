@@ -18,7 +18,7 @@ from .registry import build_model, default_cfg, register_model, small_cfg
 
 
 def _scaled(channels: int, width: float) -> int:
-    return max(1, int(round(channels * width)))
+    return max(1, round(channels * width))
 
 
 class ResNet(ResidualNet):

@@ -173,8 +173,12 @@ def _register_autocast(device_type: str) -> None:
 
     def cast_and_call(input, weight, stride, padding, dilation):
         dtype = torch.get_autocast_dtype(device_type)
+
+        def cast(t: Tensor) -> Tensor:  # like native autocast: float64 is never lowered
+            return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
+
         with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
-            return op(input.to(dtype), weight.to(dtype), stride, padding, dilation)
+            return op(cast(input), cast(weight), stride, padding, dilation)
 
     if op.has_kernel_for_dispatch_key(key):  # re-import (e.g. importlib.reload): replace, do not stack
         op.py_kernels.pop(key, None)

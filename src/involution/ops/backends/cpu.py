@@ -108,7 +108,11 @@ class CpuBackend:
 
     def forward(self, input: Tensor, weight: Tensor, out: Tensor, stride: Pair, padding: Pair, dilation: Pair) -> None:
         x = self._nhwc(input)
-        self._run(torch.ops.involution_cpu.forward, out, x, self._weight(weight, x.dtype), stride, padding, dilation)
+        w = self._weight(weight, x.dtype)
+        if out.dtype == x.dtype:  # the kernel writes NCHW or NHWC outputs itself
+            torch.ops.involution_cpu.forward(x, w, out, stride, padding, dilation)
+        else:
+            self._run(torch.ops.involution_cpu.forward, out, x, w, stride, padding, dilation)
 
     def backward_input(
         self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Pair, padding: Pair, dilation: Pair

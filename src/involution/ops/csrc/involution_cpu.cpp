@@ -137,27 +137,66 @@ inline void accumulate_group(int64_t Cg, const T* w0, const T* s0, const Walk& w
   }
 }
 
+// True when each pixel's Kh*Kw taps of a group are contiguous, as in a channels_last generator's output.
+inline bool taps_contiguous(const WeightStrides& ws, const Geometry& g) {
+  return ws.v == 1 && (g.Kh == 1 || ws.u == g.Kw) && (g.G == 1 || ws.g == g.Kh * g.Kw);
+}
+
+// forward: each output row (n, i) is a task. Weights whose taps are not contiguous per pixel (e.g. a plain NCHW
+// generator's output) are first copied row by row into a pixel-major buffer; an output that is not NHWC is
+// computed into a row buffer and transposed out. Both buffers stay in cache, which beats whole-tensor copies.
 template <typename T>
 void forward_impl(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& out, const Geometry& g) {
   const T* x = input.data_ptr<T>();
   const T* w = weight.data_ptr<T>();
   T* y = out.data_ptr<T>();
-  const FeatStrides xs(input), ys(out);
+  const FeatStrides xs(input);
   const WeightStrides ws(weight);
+  const int64_t taps = g.Kh * g.Kw;
+  const bool stage_weight = !taps_contiguous(ws, g);
+  const bool stage_out = out.stride(1) != 1 && g.C > 1;
+  const int64_t os[4] = {out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
+  const int64_t C = g.C, G = g.G, Kh = g.Kh, Kw = g.Kw, Wo = g.Wo;
   const auto row_taps = forward_taps(g.H, g.Ho, g.Kh, g.sh, g.ph, g.dh);
   const auto col_taps = forward_taps(g.W, g.Wo, g.Kw, g.sw, g.pw, g.dw);
   at::parallel_for(0, g.N * g.Ho, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> wbuf(stage_weight ? g.Wo * g.G * taps : 0), obuf(stage_out ? g.Wo * g.C : 0);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t n = idx / g.Ho, i = idx % g.Ho;
+      // Where this row's weights and outputs are read / written, and with which strides.
+      const T* wrow = w + n * ws.n + i * ws.i;
+      int64_t wj = ws.j, wg = ws.g, wu = ws.u, wv = ws.v;
+      if (stage_weight) {
+        // Pixel by pixel: the G*Kh*Kw source rows stay in L1 across the 16 pixels of a cache line.
+        T* dst = wbuf.data();
+        for (int64_t j = 0; j < Wo; ++j) {
+          const T* src = wrow + j * ws.j;
+          for (int64_t gr = 0; gr < G; ++gr)
+            for (int64_t u = 0; u < Kh; ++u)
+              for (int64_t v = 0; v < Kw; ++v) *dst++ = src[gr * ws.g + u * ws.u + v * ws.v];
+        }
+        wrow = wbuf.data();
+        wj = g.G * taps, wg = taps, wu = g.Kw, wv = 1;
+      }
+      T* orow = stage_out ? obuf.data() : y + n * os[0] + i * os[2];
+      const int64_t oj = stage_out ? g.C : os[3];
+
       const Taps& r = row_taps[i];
       for (int64_t j = 0; j < g.Wo; ++j) {
         const Taps& c = col_taps[j];
-        const Walk walk{r.count, c.count, ws.u, r.pstep * xs.h, ws.v, c.pstep * xs.w};
-        const T* w0 = w + n * ws.n + i * ws.i + j * ws.j + r.k0 * ws.u + c.k0 * ws.v;
+        const Walk walk{r.count, c.count, wu, r.pstep * xs.h, wv, c.pstep * xs.w};
+        const T* w0 = wrow + j * wj + r.k0 * wu + c.k0 * wv;
         const T* s0 = x + n * xs.n + r.p0 * xs.h + c.p0 * xs.w;
-        T* d0 = y + n * ys.n + i * ys.h + j * ys.w;
+        T* d0 = orow + j * oj;
         for (int64_t gr = 0; gr < g.G; ++gr)
-          accumulate_group<T>(g.Cg, w0 + gr * ws.g, s0 + gr * g.Cg, walk, d0 + gr * g.Cg);
+          accumulate_group<T>(g.Cg, w0 + gr * wg, s0 + gr * g.Cg, walk, d0 + gr * g.Cg);
+      }
+
+      if (stage_out) {
+        T* yrow = y + n * os[0] + i * os[2];
+        const T* src = obuf.data();
+        for (int64_t j = 0; j < Wo; ++j, src += C)
+          for (int64_t ch = 0; ch < C; ++ch) yrow[ch * os[1] + j * os[3]] = src[ch];
       }
     }
   });
@@ -301,6 +340,45 @@ inline void tap_dots(const T* gp, const T* x0, const Walk& walk, int64_t tail, T
   if (nb > 0) flush();
 }
 
+// The fast path of tap_dots for a full row of COLS taps (COLS <= 8) and NV whole vectors of channels: the COLS
+// accumulators stay in registers and are reduced together.
+template <typename T, int NV, int COLS>
+inline void row_dots(const T* gp, const T* x0, const Walk& walk, T* w0) {
+  using Vec = Vectorized<T>;
+  static_assert(COLS <= 8, "one reduction handles at most 8 taps");
+  Vec a[NV];
+  for (int k = 0; k < NV; ++k) a[k] = Vec::loadu(gp + k * Vec::size());
+  for (int64_t r = 0; r < walk.rows; ++r) {
+    const T* xr = x0 + r * walk.s_row;
+    Vec acc[COLS];
+#pragma GCC unroll 8
+    for (int c = 0; c < COLS; ++c) {
+      const T* xs = xr + c * walk.s_col;
+      Vec v = a[0] * Vec::loadu(xs);
+#pragma GCC unroll 4
+      for (int k = 1; k < NV; ++k) v = at::vec::fmadd(a[k], Vec::loadu(xs + k * Vec::size()), v);
+      acc[c] = v;
+    }
+    alignas(64) T sums[8];
+    reduce_lanes<T>(acc, COLS, sums);
+    T* wr = w0 + r * walk.w_row;
+#pragma GCC unroll 8
+    for (int c = 0; c < COLS; ++c) wr[c * walk.w_col] = sums[c];
+  }
+}
+
+// Picks a row_dots instantiation for the common kernel widths, or returns false.
+template <typename T>
+inline bool try_row_dots(int64_t nvec, int64_t tail, const T* gp, const T* x0, const Walk& walk, T* w0) {
+  if (tail != 0) return false;
+#define INVOLUTION_ROW_DOTS(NV, COLS) \
+  if (nvec == NV && walk.cols == COLS) { row_dots<T, NV, COLS>(gp, x0, walk, w0); return true; }
+  INVOLUTION_ROW_DOTS(1, 3) INVOLUTION_ROW_DOTS(1, 5) INVOLUTION_ROW_DOTS(1, 7)
+  INVOLUTION_ROW_DOTS(2, 3) INVOLUTION_ROW_DOTS(2, 5) INVOLUTION_ROW_DOTS(2, 7)
+#undef INVOLUTION_ROW_DOTS
+  return false;
+}
+
 template <typename T>
 void backward_weight_impl(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& grad_w,
                           const Geometry& g) {
@@ -329,6 +407,7 @@ void backward_weight_impl(const at::Tensor& grad_out, const at::Tensor& input, c
               for (int64_t v = 0; v < g.Kw; ++v) wp[u * ws.u + v * ws.v] = T(0);
           }
           T* w0 = wp + r.k0 * ws.u + c.k0 * ws.v;
+          if (try_row_dots<T>(nvec, tail, gp, x0, walk, w0)) continue;
           switch (nvec) {
             case 0: tap_dots<T, 0>(gp, x0, walk, tail, w0); break;
             case 1: tap_dots<T, 1>(gp, x0, walk, tail, w0); break;
@@ -379,7 +458,7 @@ Geometry make_geometry(const at::Tensor& features, const at::Tensor& weight, at:
 void forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& out, at::IntArrayRef stride,
              at::IntArrayRef padding, at::IntArrayRef dilation) {
   check_features(input, "input");
-  check_features(out, "out");
+  TORCH_CHECK(out.device().is_cpu() && out.dim() == 4, "out must be a 4-D CPU tensor");
   const Geometry g = make_geometry(input, weight, stride, padding, dilation);
   TORCH_CHECK(out.size(2) == g.Ho && out.size(3) == g.Wo, "out has the wrong spatial size");
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "involution_forward",

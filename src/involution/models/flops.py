@@ -1,0 +1,493 @@
+"""Parameter and compute counts: :func:`count_params`, :func:`count_flops`, :func:`summary`.
+
+Convention (the same as the paper's and mmcv's "FLOPs"): the headline number is **multiply-adds (MACs)**; one
+multiply-add is 2 FLOPs, so ``report.flops == 2 * report.macs``. The paper's "2.71 GFLOPs" for RedNet-50 means
+2.71 G multiply-adds.
+
+What is counted: :class:`torch.utils.flop_counter.FlopCounterMode` counts matrix products and convolutions (the
+``aten`` convolution, ``mm``, ``addmm``, ``bmm`` and attention ops), and this module adds formulas for the
+involution ops, so every involution contributes its kernel generator (two 1x1 convolutions, counted as
+convolutions) and its aggregation (``torch.ops.involution.involution2d``)::
+
+    aggregation MACs = N * C * Ho * Wo * Kh * Kw        (each output element sums Kh * Kw products)
+
+and likewise for the two backward ops (each is N * C * Ho * Wo * Kh * Kw multiply-adds too). Taps that fall in the
+zero padding are counted, as for convolutions. Not counted: normalisation, activations, pooling, additions and other
+elementwise work, and convolution biases. The official numbers were made with mmcv's ``get_model_complexity_info``,
+which does count BN/ReLU/pooling/biases, but not the involution aggregation; :func:`mmcv_style_macs` repeats its
+rules for comparison (see ``docs/models.md``).
+
+The counts run on the ``meta`` device by default: no memory is allocated and nothing is computed, so even
+RedNet-152 at 224x224 takes well under a second.
+
+>>> from involution.models import count_flops, summary
+>>> report = count_flops("rednet50")                 # or a model instance; input (1, 3, 224, 224)
+>>> round(report.macs / 1e9, 2), report.by_op["involution.involution2d"] > 0
+(2.65, True)
+>>> print(summary("rednet26"))                         # a table per top-level stage  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode
+
+from .. import ops as _ops  # noqa: F401  (defines torch.ops.involution.*)
+from ..layers.involution import Involution2d
+from ..layers.pool import CeilAvgPool2d
+
+__all__ = [
+    "FLOP_FORMULAS",
+    "FlopReport",
+    "count_flops",
+    "count_params",
+    "mmcv_style_macs",
+    "register_flop_formulas",
+    "summary",
+]
+
+InputSize = int | Sequence[int]
+
+
+# --------------------------------------------------------------------------------------------- formulas
+def _aggregation_macs(features_shape: Sequence[int], weight_shape: Sequence[int]) -> int:
+    """``N * C * Ho * Wo * Kh * Kw`` from features ``(N, C, ...)`` and a weight ``(N, G, Kh, Kw, Ho, Wo)``."""
+    n, c = int(features_shape[0]), int(features_shape[1])
+    kh, kw, ho, wo = (int(s) for s in weight_shape[2:6])
+    return n * c * kh * kw * ho * wo
+
+
+def _involution2d_flop(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """``involution2d(input (N, C, H, W), weight (N, G, Kh, Kw, Ho, Wo))``: 2 FLOPs per multiply-add."""
+    return 2 * _aggregation_macs(input_shape, weight_shape)
+
+
+def _involution2d_backward_input_flop(grad_output_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """``grad_input``: every (output pixel, tap) pair adds one product into the input gradient."""
+    return 2 * _aggregation_macs(grad_output_shape, weight_shape)
+
+
+def _involution2d_backward_weight_flop(
+    grad_output_shape, input_shape, weight_shape, *args, out_shape=None, **kwargs
+) -> int:
+    """``grad_weight (N, G, Kh, Kw, Ho, Wo)``: each entry sums C/G products, again N*C*Kh*Kw*Ho*Wo in all."""
+    return 2 * _aggregation_macs(grad_output_shape, weight_shape)
+
+
+#: The FLOP formulas of the involution ops, as ``FlopCounterMode(custom_mapping=FLOP_FORMULAS)`` takes them
+#: (shape-based, 2 FLOPs per multiply-add like torch's convolution formula).
+FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
+    torch.ops.involution.involution2d: _involution2d_flop,
+    torch.ops.involution.involution2d_backward_input: _involution2d_backward_input_flop,
+    torch.ops.involution.involution2d_backward_weight: _involution2d_backward_weight_flop,
+}
+
+
+def register_flop_formulas() -> None:
+    """Register :data:`FLOP_FORMULAS` in torch's global registry, so that a plain ``FlopCounterMode()`` (without
+    ``custom_mapping``) counts the involution ops too. Idempotent; :func:`count_flops` does not need it."""
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    for op, formula in FLOP_FORMULAS.items():
+        if op not in flop_registry:
+            register_flop_formula(op)(formula)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """The number of parameters of ``model`` (shared parameters once; ``trainable_only``: requires_grad only)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _build(model: nn.Module | str, model_kwargs: Mapping[str, Any]) -> nn.Module:
+    """A registry name is built on the meta device (no memory, no initialisation cost); a module is returned as is."""
+    if isinstance(model, nn.Module):
+        if model_kwargs:
+            raise TypeError(f"model keyword arguments {sorted(model_kwargs)} only apply to a model name")
+        return model
+    from .registry import create_model
+
+    with torch.device("meta"):
+        return create_model(model, **model_kwargs)
+
+
+def _input_shape(model: nn.Module, input_size: InputSize | None) -> tuple[int, ...]:
+    """``(N, C, H, W)`` from an int (square image), ``(C, H, W)``, ``(N, C, H, W)``, or the model's pretrained_cfg."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    in_chans = int(cfg.get("input_size", (3,))[0])
+    if input_size is None:
+        input_size = tuple(cfg.get("input_size", (3, 224, 224)))
+    if isinstance(input_size, int):
+        return (1, in_chans, input_size, input_size)
+    shape = tuple(int(s) for s in input_size)
+    if len(shape) == 3:
+        shape = (1, *shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"input_size must be an int, (C, H, W) or (N, C, H, W) of positive sizes, got {input_size}")
+    return shape
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.get_default_dtype()
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _op_name(op: Any) -> str:
+    return str(op)  # e.g. "aten.convolution", "involution.involution2d"
+
+
+def _strip_root(name: str) -> str:
+    """FlopCounterMode names modules ``RootClass.child.grandchild``; keep the state-dict style ``child.grandchild``."""
+    return name.split(".", 1)[1] if "." in name else ""
+
+
+# --------------------------------------------------------------------------------------------- the report
+@dataclass
+class FlopReport:
+    """What :func:`count_flops` measured. All compute counts are **multiply-adds** unless the name says FLOPs.
+
+    Attributes:
+        input_size: the input shape ``(N, C, H, W)``; counts are for the whole batch.
+        params: :func:`count_params` of the model.
+        macs: forward multiply-adds (convolutions, linear layers and matmuls, involution aggregation).
+        by_op: forward MACs per op, e.g. ``{"aten.convolution": ..., "involution.involution2d": ...,
+            "aten.addmm": ...}``.
+        by_module: forward MACs per module, keyed by state-dict style names (``""`` is the whole model,
+            ``"layer1"``, ``"layer1.0.conv2"`` ...); a module's count includes its children's.
+        backward_macs: MACs of the backward pass (0 unless counted with ``backward=True``; with
+            ``grad_checkpointing`` it includes the recomputed forward).
+        backward_by_op: the same per op.
+        device: where the count ran ("meta", or the model's device).
+    """
+
+    input_size: tuple[int, ...]
+    params: int
+    macs: int
+    by_op: dict[str, int] = field(default_factory=dict)
+    by_module: dict[str, int] = field(default_factory=dict)
+    backward_macs: int = 0
+    backward_by_op: dict[str, int] = field(default_factory=dict)
+    device: str = "meta"
+
+    @property
+    def flops(self) -> int:
+        """Forward FLOPs, counting a multiply-add as 2 (FlopCounterMode's convention): ``2 * macs``."""
+        return 2 * self.macs
+
+    @property
+    def gmacs(self) -> float:
+        """Forward multiply-adds in units of 1e9 (what the paper calls GFLOPs)."""
+        return self.macs / 1e9
+
+    @property
+    def training_macs(self) -> int:
+        """Forward plus backward multiply-adds (the backward part only if it was counted)."""
+        return self.macs + self.backward_macs
+
+    @property
+    def involution_macs(self) -> int:
+        """Forward MACs of the involution aggregations alone (their kernel generators are convolutions)."""
+        return self.by_op.get("involution.involution2d", 0)
+
+    def __str__(self) -> str:
+        ops = ", ".join(f"{k} {v / 1e9:.4f}" for k, v in sorted(self.by_op.items(), key=lambda kv: -kv[1]))
+        text = (
+            f"input {tuple(self.input_size)}: {self.params / 1e6:.3f} M params, {self.gmacs:.4f} GMACs "
+            f"({self.flops / 1e9:.4f} GFLOPs at 2 FLOPs per multiply-add); by op (GMACs): {ops}"
+        )
+        if self.backward_macs:
+            text += f"; backward {self.backward_macs / 1e9:.4f} GMACs"
+        return text
+
+
+def _split_counts(counts: Mapping[str, Mapping[Any, int]]) -> tuple[dict[str, int], dict[str, int]]:
+    """FlopCounterMode FLOP counts -> (MACs per op, MACs per module)."""
+    by_op = {_op_name(op): v // 2 for op, v in counts.get("Global", {}).items()}
+    by_module = {_strip_root(name): sum(ops.values()) // 2 for name, ops in counts.items() if name != "Global"}
+    return by_op, by_module
+
+
+def _subtract(after: Mapping[str, Mapping[Any, int]], before: Mapping[str, Mapping[Any, int]]) -> dict:
+    out: dict[str, dict[Any, int]] = {}
+    for name, ops in after.items():
+        diff = {op: v - before.get(name, {}).get(op, 0) for op, v in ops.items()}
+        diff = {op: v for op, v in diff.items() if v}
+        if diff:
+            out[name] = diff
+    return out
+
+
+def _run(
+    model: nn.Module,
+    x: Tensor,
+    backward: bool,
+    meta: bool,
+    hooks: Callable[[], list] | None = None,
+) -> tuple[dict, dict]:
+    """Run ``model(x)`` (and backward) under FlopCounterMode: (forward counts, backward counts)."""
+    handles = hooks() if hooks is not None else []
+    was_training = model.training
+    model.eval()  # counts do not depend on the mode; eval keeps BatchNorm statistics untouched
+    try:
+        with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
+            grad = torch.enable_grad() if backward else torch.no_grad()
+            with grad:
+                if meta:
+                    state = {
+                        k: torch.empty_like(v, device="meta").requires_grad_(backward and v.requires_grad)
+                        if isinstance(v, nn.Parameter)
+                        else torch.empty_like(v, device="meta")
+                        for k, v in {**dict(model.named_parameters()), **dict(model.named_buffers())}.items()
+                    }
+                    out = torch.func.functional_call(model, state, (x,))
+                else:
+                    out = model(x)
+                forward_counts = copy.deepcopy(counter.get_flop_counts())
+                if backward:
+                    leaves = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor) and t.requires_grad]
+                    if not leaves:
+                        raise ValueError("backward=True, but the model's output does not require grad")
+                    sum(t.float().sum() for t in leaves).backward()
+            counts = counter.get_flop_counts()
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return forward_counts, _subtract(counts, forward_counts) if backward else {}
+
+
+def count_flops(
+    model: nn.Module | str,
+    input_size: InputSize | None = (1, 3, 224, 224),
+    *,
+    backward: bool = False,
+    device: str | torch.device | None = "meta",
+    **model_kwargs: Any,
+) -> FlopReport:
+    """Count parameters and multiply-adds of one forward pass (and optionally the backward pass).
+
+    Args:
+        model: an ``nn.Module``, or a registry name (built on the meta device with ``model_kwargs``).
+        input_size: ``(N, C, H, W)``, ``(C, H, W)`` (batch 1), an int (square image, the model's input channels),
+            or ``None`` for the model's ``pretrained_cfg["input_size"]``. Default ``(1, 3, 224, 224)``.
+        backward: also count the backward pass of ``sum(outputs)`` (grads of every trainable parameter and of
+            nothing else; the input does not require grad).
+        device: ``"meta"`` (default): run on meta tensors standing in for the parameters, buffers and input, so
+            nothing is allocated or computed and the model itself is not touched. ``None``: run for real, on the
+            model's own device (under ``torch.no_grad`` unless ``backward``); use it for models whose forward
+            does not work on meta tensors. If the meta run fails, the count is retried for real with a warning.
+
+    Returns:
+        a :class:`FlopReport`; ``report.macs`` is the headline number (the paper's "FLOPs"), ``report.flops`` is
+        ``2 * report.macs``.
+    """
+    model = _build(model, model_kwargs)
+    shape = _input_shape(model, input_size)
+    dtype = _float_dtype(model)
+    on_meta = device is not None and torch.device(device).type == "meta"
+    if device is not None and not on_meta:
+        raise ValueError(f"device must be 'meta' or None (the model's own device), got {device!r}")
+    model_on_meta = _model_device(model).type == "meta"
+    forward_counts = backward_counts = None
+    if on_meta or model_on_meta:
+        try:
+            x = torch.empty(shape, dtype=dtype, device="meta")
+            forward_counts, backward_counts = _run(model, x, backward, meta=not model_on_meta)
+            run_device = "meta"
+        except (NotImplementedError, RuntimeError, TypeError) as err:
+            if model_on_meta:
+                raise
+            warnings.warn(
+                f"counting on the meta device failed ({type(err).__name__}: {err}); counting with a real forward",
+                stacklevel=2,
+            )
+    if forward_counts is None:
+        dev = _model_device(model)
+        x = torch.zeros(shape, dtype=dtype, device=dev)
+        forward_counts, backward_counts = _run(model, x, backward, meta=False)
+        run_device = str(dev)
+    by_op, by_module = _split_counts(forward_counts)
+    bw_by_op, _ = _split_counts(backward_counts) if backward else ({}, {})
+    return FlopReport(
+        input_size=shape,
+        params=count_params(model),
+        macs=sum(by_op.values()),
+        by_op=by_op,
+        by_module=by_module,
+        backward_macs=sum(bw_by_op.values()),
+        backward_by_op=bw_by_op,
+        device=run_device,
+    )
+
+
+# --------------------------------------------------------------------------------------------- mmcv rules
+def mmcv_style_macs(
+    model: nn.Module | str, input_size: InputSize | None = (1, 3, 224, 224), **model_kwargs: Any
+) -> dict[str, int]:
+    """Multiply-adds as mmcv's ``get_model_complexity_info`` (the tool behind the official numbers) counts them.
+
+    For comparison with published numbers only. Its rules, applied by module hooks to a forward pass on meta
+    tensors: ``Conv2d`` ``K*K*Cin/groups*Cout`` per output pixel plus ``Cout`` per output pixel for a bias;
+    ``Linear`` ``in * out`` (no bias); BatchNorm/GroupNorm 2 per input element (1 without affine); ReLU 1 per
+    output element; max/average pooling 1 per *input* element (this library's ``CeilAvgPool2d`` included, as the
+    official ``nn.AvgPool2d``). Everything that is not a module, the involution aggregation included, counts 0:
+    the official model computes it with ``nn.Unfold`` and a product, which mmcv does not see.
+
+    Returns MACs per category (``conv``, ``conv_bias``, ``linear``, ``norm``, ``act``, ``pool``), ``total`` (their
+    sum, what mmcv reports) and ``involution`` (the aggregation MACs that mmcv leaves out, not in ``total``).
+    """
+    model = _build(model, model_kwargs)
+    shape = _input_shape(model, input_size)
+    counts = dict.fromkeys(("conv", "conv_bias", "linear", "norm", "act", "pool"), 0)
+    pools = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, CeilAvgPool2d)
+    norms = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.BatchNorm1d)
+    acts = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU)
+
+    def hook(mod: nn.Module, inputs: tuple, out: Any) -> None:
+        inp = inputs[0]
+        if isinstance(mod, nn.Conv2d):
+            per_pixel = math.prod(mod.kernel_size) * mod.in_channels * (mod.out_channels // mod.groups)
+            pixels = out.shape[0] * math.prod(out.shape[2:])
+            counts["conv"] += per_pixel * pixels
+            if mod.bias is not None:
+                counts["conv_bias"] += mod.out_channels * pixels
+        elif isinstance(mod, nn.Linear):
+            counts["linear"] += inp.numel() * out.shape[-1]
+        elif isinstance(mod, norms):
+            affine = getattr(mod, "affine", False) or getattr(mod, "elementwise_affine", False)
+            counts["norm"] += inp.numel() * (2 if affine else 1)
+        elif isinstance(mod, acts):
+            counts["act"] += out.numel()
+        elif isinstance(mod, pools):
+            counts["pool"] += inp.numel()
+
+    def add_hooks() -> list:
+        return [m.register_forward_hook(hook) for m in model.modules()]
+
+    forward_counts, _ = _run(
+        model,
+        torch.empty(shape, dtype=_float_dtype(model), device="meta"),
+        backward=False,
+        meta=_model_device(model).type != "meta",
+        hooks=add_hooks,
+    )
+    by_op, _ = _split_counts(forward_counts)
+    counts["total"] = sum(counts.values())
+    counts["involution"] = by_op.get("involution.involution2d", 0)
+    return counts
+
+
+# --------------------------------------------------------------------------------------------- summary
+def _fmt_count(n: float, unit: float, digits: int) -> str:
+    return f"{n / unit:.{digits}f}"
+
+
+def summary(
+    model_name_or_model: nn.Module | str,
+    input_size: InputSize | None = None,
+    *,
+    depth: int = 1,
+    **model_kwargs: Any,
+) -> str:
+    """A readable table of parameters, multiply-adds and output shapes per top-level stage of a model.
+
+    Args:
+        model_name_or_model: a registry name (built on the meta device, ``model_kwargs`` passed to
+            :func:`~involution.models.create_model`) or a module.
+        input_size: as for :func:`count_flops`; ``None`` (default) takes the model's ``pretrained_cfg``
+            input size (224x224 for ImageNet models, 32x32 for ``*_small``), else ``(1, 3, 224, 224)``.
+        depth: 1 lists the model's children (stem, layer1..4, fc ...); 2 also their children (the blocks).
+
+    Returns the table as a string (ends without a newline); the convention (MACs = multiply-adds, 1 MAC =
+    2 FLOPs) is printed under it, with the published numbers where ``pretrained_cfg`` records them.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    model = _build(model_name_or_model, model_kwargs)
+    shape = _input_shape(model, input_size)
+    report_shapes: dict[str, tuple[int, ...]] = {}
+    names = {m: n for n, m in model.named_modules() if n and n.count(".") < depth}
+
+    def add_hooks() -> list:
+        def hook(mod: nn.Module, inputs: tuple, out: Any) -> None:
+            if isinstance(out, Tensor):
+                report_shapes[names[mod]] = tuple(out.shape)
+
+        return [m.register_forward_hook(hook) for m in names]
+
+    meta = _model_device(model).type != "meta"
+    forward_counts, _ = _run(
+        model, torch.empty(shape, dtype=_float_dtype(model), device="meta"), False, meta=meta, hooks=add_hooks
+    )
+    by_op, by_module = _split_counts(forward_counts)
+    total_macs = sum(by_op.values())
+    total_params = count_params(model)
+    inv_op = torch.ops.involution.involution2d
+    inv_total = by_op.get("involution.involution2d", 0)
+    inv_by_module = {_strip_root(k): ops.get(inv_op, 0) // 2 for k, ops in forward_counts.items() if k != "Global"}
+
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    for name, mod in model.named_modules():
+        if not name or name.count(".") >= depth:
+            continue
+        params = count_params(mod)
+        macs = by_module.get(name, 0)
+        inv = inv_by_module.get(name, 0)
+        out = report_shapes.get(name)
+        rows.append(
+            (
+                ("  " * name.count(".")) + name,
+                type(mod).__name__,
+                f"{params:,}",
+                _fmt_count(macs, 1e6, 1),
+                _fmt_count(inv, 1e6, 1) if inv else "-",
+                "x".join(str(s) for s in out[1:]) if out else "-",
+            )
+        )
+    header = ("module", "type", "params", "MMACs", "of which inv.", "output (C x H x W)")
+    footer = ("total", "", f"{total_params:,}", _fmt_count(total_macs, 1e6, 1),
+              _fmt_count(inv_total, 1e6, 1) if inv_total else "-", "")
+    table = [header, *rows, footer]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    align = ["<", "<", ">", ">", ">", ">"]
+
+    def line(r: Sequence[str]) -> str:
+        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    title = getattr(model, "model_name", None) or type(model).__name__
+    lines = [f"{title}, input {tuple(shape)}", line(header), rule, *(line(r) for r in rows), rule, line(footer)]
+    ops = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1]))
+    lines.append(
+        f"{total_params / 1e6:.2f} M params, {total_macs / 1e9:.3f} GMACs = {2 * total_macs / 1e9:.3f} GFLOPs "
+        "(1 multiply-add = 2 FLOPs; the paper's 'FLOPs' are multiply-adds)"
+    )
+    lines.append(f"MMACs by op: {ops}")
+    lines.append("counted: convolutions, linear layers, involution aggregation; not: norm, activations, pooling, adds")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "paper_params_m" in cfg:
+        lines.append(
+            f"published: {cfg['paper_params_m']} M params, {cfg['paper_gflops']} GFLOPs (multiply-adds, counted "
+            "by mmcv's rules plus the aggregation; see docs/models.md)"
+        )
+    elif "torchvision_gflops" in cfg:
+        lines.append(f"torchvision publishes {cfg['torchvision_gflops']} GFLOPs (multiply-adds)")
+    return "\n".join(lines)
+
