@@ -256,6 +256,19 @@ def test_autocast_leaves_float64_alone() -> None:
     torch.testing.assert_close(out, involution2d_reference(x, w, 1, 1, 1), rtol=1e-10, atol=1e-10)
 
 
+def test_autocast_does_not_hide_a_float64_dtype_mismatch() -> None:
+    """float64 is not lowered by autocast, so float64 input + bfloat16 weight still mismatch, as without autocast.
+
+    (Native ops agree: under CPU autocast, conv2d of a float64 input with a bfloat16 weight raises.)
+    """
+    x, w = make_case(1, 4, 1, (3, 3), (6, 6), padding=(1, 1), dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(TypeError, match="same dtype"):
+            involution.involution2d(x, w.bfloat16(), padding=1)
+        with pytest.raises(TypeError, match="same dtype"):
+            involution.involution2d(x.bfloat16(), w, padding=1)
+
+
 def test_autocast_disabled_region_keeps_float32() -> None:
     x, w = make_case(1, 4, 1, (3, 3), (6, 6), padding=(1, 1))
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._shapes import empty_features, empty_weight_grad
+from ._shapes import autocast_dtype_of, empty_features, empty_weight_grad
 from .backends import select_backend
 
 _NAMESPACE = "involution"
@@ -174,8 +174,8 @@ def _register_autocast(device_type: str) -> None:
     def cast_and_call(input, weight, stride, padding, dilation):
         dtype = torch.get_autocast_dtype(device_type)
 
-        def cast(t: Tensor) -> Tensor:  # like native autocast: float64 is never lowered
-            return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
+        def cast(t: Tensor) -> Tensor:
+            return t.to(autocast_dtype_of(t.dtype, dtype))
 
         with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
             return op(cast(input), cast(weight), stride, padding, dilation)

@@ -51,12 +51,27 @@ def empty_weight_grad(weight: Tensor) -> Tensor:
     return torch.empty_like(weight)
 
 
+def autocast_dtype_of(dtype: torch.dtype, autocast_dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype a tensor of ``dtype`` has once autocast (to ``autocast_dtype``, None when off) has cast it.
+
+    As for native ops, float64 is never lowered."""
+    if autocast_dtype is None or dtype == torch.float64 or not dtype.is_floating_point:
+        return dtype
+    return autocast_dtype
+
+
 def check_involution_args(
-    input: Tensor, weight: Tensor, stride: Pair, padding: Pair, dilation: Pair
+    input: Tensor,
+    weight: Tensor,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[int, int]:
     """Validate the arguments of :func:`involution2d`; return the output size ``(Ho, Wo)``.
 
-    Raises TypeError or ValueError naming the argument at fault and what was expected.
+    ``autocast_dtype`` is the autocast dtype in effect (None when autocast is off): dtypes are compared as the op
+    will see them after autocast. Raises TypeError or ValueError naming the argument at fault and what was expected.
     """
     for name, t in (("input", input), ("weight", weight)):
         if not isinstance(t, Tensor):
@@ -71,7 +86,7 @@ def check_involution_args(
         raise ValueError(
             f"weight must be 6-D (N, G, Kh, Kw, Ho, Wo), got {weight.dim()}-D with shape {tuple(weight.shape)}"
         )
-    if input.dtype != weight.dtype:
+    if autocast_dtype_of(input.dtype, autocast_dtype) != autocast_dtype_of(weight.dtype, autocast_dtype):
         raise TypeError(
             f"input and weight must have the same dtype, got input {input.dtype} and weight {weight.dtype} "
             "(under autocast both are cast for you)"

@@ -43,14 +43,9 @@ def involution2d(
     Under autocast, both tensors are cast to the autocast dtype.
     """
     stride_, padding_, dilation_ = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
-    if (
-        isinstance(input, Tensor)
-        and isinstance(weight, Tensor)
-        and input.dtype != weight.dtype
-        and input.device.type in ("cpu", "cuda")
-        and torch.is_autocast_enabled(input.device.type)
-    ):
-        # Autocast would cast both; validate the shapes against what the op will actually see.
-        weight = weight.to(input.dtype)
-    check_involution_args(input, weight, stride_, padding_, dilation_)
+    autocast_dtype = None
+    if isinstance(input, Tensor) and input.device.type in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(input.device.type):
+            autocast_dtype = torch.get_autocast_dtype(input.device.type)
+    check_involution_args(input, weight, stride_, padding_, dilation_, autocast_dtype)
     return _library.involution2d_op(input, weight, stride_, padding_, dilation_)

@@ -83,10 +83,13 @@ class CpuBackend:
 
     # ------------------------------------------------------------------------------------------- kernels
     @staticmethod
-    def _nhwc(t: Tensor) -> Tensor:
+    def _float(t: Tensor) -> Tensor:
+        return t if t.dtype in _NATIVE else t.float()
+
+    @classmethod
+    def _nhwc(cls, t: Tensor) -> Tensor:
         """``t`` in float32/float64 with channel stride 1 (no copy if it already is)."""
-        if t.dtype not in _NATIVE:
-            t = t.float()
+        t = cls._float(t)
         if t.stride(1) != 1 and t.shape[1] != 1:
             t = t.contiguous(memory_format=torch.channels_last)
         return t
@@ -117,7 +120,7 @@ class CpuBackend:
     def backward_input(
         self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
-        gy = self._nhwc(grad_output)
+        gy = self._float(grad_output)  # the kernel reads grad_output in any layout
         self._run(
             torch.ops.involution_cpu.backward_input,
             grad_input,
@@ -131,7 +134,7 @@ class CpuBackend:
     def backward_weight(
         self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
-        gy, x = self._nhwc(grad_output), self._nhwc(input)
+        gy, x = self._float(grad_output), self._nhwc(input)
         if grad_weight.dtype == x.dtype:
             torch.ops.involution_cpu.backward_weight(gy, x, grad_weight, stride, padding, dilation)
         else:

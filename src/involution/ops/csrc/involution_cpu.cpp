@@ -29,11 +29,20 @@ struct Geometry {
   int64_t sh, sw, ph, pw, dh, dw;
 };
 
-// Strides of a 4-D NHWC feature map (the channel stride is 1 and not stored).
+// Strides of a 4-D feature map. The kernels need c == 1 (NHWC) except where noted.
 struct FeatStrides {
-  int64_t n, h, w;
-  explicit FeatStrides(const at::Tensor& t) : n(t.stride(0)), h(t.stride(2)), w(t.stride(3)) {}
+  int64_t n, c, h, w;
+  explicit FeatStrides(const at::Tensor& t) : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
 };
+
+// The C channels of one pixel as a contiguous array: `p` itself in NHWC, else gathered into `buf`. The backward
+// kernels read each grad_output pixel once and reuse it for every tap, so an NCHW grad_output needs no copy.
+template <typename T>
+inline const T* pixel_channels(const T* p, int64_t cs, int64_t C, T* buf) {
+  if (cs == 1) return p;
+  for (int64_t c = 0; c < C; ++c) buf[c] = p[c * cs];
+  return buf;
+}
 
 struct WeightStrides {
   int64_t n, g, u, v, i, j;
@@ -257,6 +266,7 @@ void backward_input_impl(const at::Tensor& grad_out, const at::Tensor& weight, c
     const int64_t per_image = (nbands - phase + 1) / 2;  // bands phase, phase + 2, ...
     if (per_image <= 0) continue;
     at::parallel_for(0, g.N * per_image, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> pix(gys.c == 1 ? 0 : g.C);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t n = task / per_image, b = phase + 2 * (task % per_image);
         const int64_t i_end = std::min(g.Ho, (b + 1) * band);
@@ -266,7 +276,7 @@ void backward_input_impl(const at::Tensor& grad_out, const at::Tensor& weight, c
             const Taps& c = col_taps[j];
             const Walk walk{r.count, c.count, ws.u, r.pstep * gxs.h, ws.v, c.pstep * gxs.w};
             const T* w0 = w + n * ws.n + i * ws.i + j * ws.j + r.k0 * ws.u + c.k0 * ws.v;
-            const T* src = gy + n * gys.n + i * gys.h + j * gys.w;
+            const T* src = pixel_channels(gy + n * gys.n + i * gys.h + j * gys.w, gys.c, g.C, pix.data());
             T* d0 = gx + n * gxs.n + r.p0 * gxs.h + c.p0 * gxs.w;
             for (int64_t gr = 0; gr < g.G; ++gr)
               scatter_group<T>(g.Cg, w0 + gr * ws.g, src + gr * g.Cg, walk, d0 + gr * g.Cg);
@@ -392,15 +402,17 @@ void backward_weight_impl(const at::Tensor& grad_out, const at::Tensor& input, c
   const auto col_taps = forward_taps(g.W, g.Wo, g.Kw, g.sw, g.pw, g.dw);
   const int64_t nvec = std::min<int64_t>(g.Cg / VS, 4), tail = g.Cg - nvec * VS;
   at::parallel_for(0, g.N * g.Ho, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> pix(gys.c == 1 ? 0 : g.C);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t n = idx / g.Ho, i = idx % g.Ho;
       const Taps& r = row_taps[i];
       for (int64_t j = 0; j < g.Wo; ++j) {
         const Taps& c = col_taps[j];
         const Walk walk{r.count, c.count, ws.u, r.pstep * xs.h, ws.v, c.pstep * xs.w};
+        const T* gpix = pixel_channels(gy + n * gys.n + i * gys.h + j * gys.w, gys.c, g.C, pix.data());
         for (int64_t gr = 0; gr < g.G; ++gr) {
           T* wp = gw + n * ws.n + gr * ws.g + i * ws.i + j * ws.j;
-          const T* gp = gy + n * gys.n + i * gys.h + j * gys.w + gr * g.Cg;
+          const T* gp = gpix + gr * g.Cg;
           const T* x0 = x + n * xs.n + r.p0 * xs.h + c.p0 * xs.w + gr * g.Cg;
           if (r.count != g.Kh || c.count != g.Kw) {  // taps outside the image get a zero gradient
             for (int64_t u = 0; u < g.Kh; ++u)
@@ -421,10 +433,10 @@ void backward_weight_impl(const at::Tensor& grad_out, const at::Tensor& input, c
   });
 }
 
-void check_features(const at::Tensor& t, const char* name) {
+void check_features(const at::Tensor& t, const char* name, bool any_layout = false) {
   TORCH_CHECK(t.device().is_cpu() && t.dim() == 4, name, " must be a 4-D CPU tensor");
-  TORCH_CHECK(t.stride(1) == 1 || t.size(1) == 1, name, " must be channels_last (channel stride 1), got strides ",
-              t.strides());
+  TORCH_CHECK(any_layout || t.stride(1) == 1 || t.size(1) == 1, name,
+              " must be channels_last (channel stride 1), got strides ", t.strides());
 }
 
 Geometry make_geometry(const at::Tensor& features, const at::Tensor& weight, at::IntArrayRef stride,
@@ -467,7 +479,7 @@ void forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor
 
 void backward_input(const at::Tensor& grad_out, const at::Tensor& weight, const at::Tensor& grad_in,
                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_features(grad_out, "grad_output");
+  check_features(grad_out, "grad_output", /*any_layout=*/true);
   check_features(grad_in, "grad_input");
   const Geometry g = make_geometry(grad_in, weight, stride, padding, dilation);
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "involution_backward_input",
@@ -476,7 +488,7 @@ void backward_input(const at::Tensor& grad_out, const at::Tensor& weight, const 
 
 void backward_weight(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& grad_w,
                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  check_features(grad_out, "grad_output");
+  check_features(grad_out, "grad_output", /*any_layout=*/true);
   check_features(input, "input");
   const Geometry g = make_geometry(input, grad_w, stride, padding, dilation);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "involution_backward_weight",

@@ -1,0 +1,578 @@
+#!/usr/bin/env python
+"""End-to-end benchmark on the CPU: RedNet-26/50/101 against the ResNet-26/50/101 baselines, side by side.
+
+Both families are treated alike: the same memory layout (``--layout``, default channels_last: the model and the
+inputs), the same threads (``--threads``), eager by default or both ``torch.compile``-d (``--compile``), the same
+inputs, the same optimizer. Measured per model:
+
+* inference latency at batch 1 and batch ``--batch`` (8), ``--size`` (224) square images: ``model.eval()``, the
+  forward under ``torch.inference_mode()``;
+* a training step at batch ``--batch``: ``model.train()``, ``optimizer.zero_grad(set_to_none=True)``, forward,
+  cross-entropy loss (random labels), backward, ``SGD(lr=0.01, momentum=0.9).step()``;
+* peak extra memory (MiB) of the batch-8 inference and of the training step, with and without grad checkpointing
+  (``model.set_grad_checkpointing(True)``: every residual block is recomputed in the backward; both families
+  support it), each in a fresh child process per model (``--_child``).
+
+Timing runs in this process, one pair (RedNet-D, ResNet-D) at a time: after a warm-up (which also absorbs the
+compilation with ``--compile``), each round times every model of the pair once, the order alternating from round
+to round, so machine noise hits both alike. Medians are reported, with the ratio RedNet / ResNet.
+
+Peak memory, as in benchmarks/op.py: the child builds the model (and its optimizer), runs the pass once as warm-up
+(so the optimizer's momentum buffers and one-time caches already exist), frees the gradients, resets the RSS
+high-water mark (``echo 5 > /proc/self/clear_refs``), runs the pass again and reports VmHWM minus the RSS at the
+reset: activations, gradients and temporaries, not the weights or the optimizer state. The child runs with glibc's
+mmap threshold fixed at 64 KiB and trimming on, so freed buffers go back to the OS.
+
+Targets (pass/fail columns, computed for every pair; they are defined for RedNet-50 vs ResNet-50): inference at
+batch 8 <= 1.0x ResNet's time; training step <= 1.2x; training peak memory (no checkpointing) <= ResNet's.
+
+Usage::
+
+    python benchmarks/models.py                       # full run: pairs 26, 50, 101 at 224x224 (~15 min on 2 cores)
+    python benchmarks/models.py --quick               # smoke test (< 1 min): rednet26 vs resnet26, 64x64, batch 2
+    python benchmarks/models.py --models 50 --repeats 5 --no-memory
+    python benchmarks/models.py --layout nchw --compile
+    python benchmarks/models.py --markdown docs/benchmarks_models.md   # also write a markdown section
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+_SRC = os.path.join(ROOT, "src")
+if os.path.isdir(os.path.join(_SRC, "involution")):
+    sys.path.insert(0, _SRC)  # benchmark the working tree, installed or not
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import _util  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+import involution  # noqa: E402
+from involution.ops import available_backends, backend_status, use_backend  # noqa: E402
+
+MiB = 1 << 20
+DEFAULT_MODELS = "26,50,101"
+TARGET_PAIR = "50"
+TARGETS = {"infer": 1.0, "train": 1.2, "mem": 1.0}  # max ratio RedNet / ResNet
+LR, MOMENTUM = 0.01, 0.9
+
+
+# ------------------------------------------------------------------------------------------------ models
+@dataclass(frozen=True)
+class Pair:
+    tag: str  # "50", "26_small", or "a:b"
+    red: str
+    res: str
+
+    @property
+    def names(self) -> tuple[str, str]:
+        return (self.red, self.res)
+
+
+def parse_pairs(spec: str) -> list[Pair]:
+    """Comma list of depths ("26,50,101", "26_small") or of explicit pairs "rednet50:resnet50"."""
+    known = set(involution.list_models())
+    pairs = []
+    for tok in spec.split(","):
+        tok = tok.strip().lower()
+        if not tok:
+            continue
+        if ":" in tok:
+            red, res = (s.strip() for s in tok.split(":", 1))
+        else:
+            red, res = f"rednet{tok}", f"resnet{tok}"
+        for n in (red, res):
+            if n not in known:
+                raise SystemExit(f"--models: unknown model {n!r} (from {tok!r}); known: {', '.join(sorted(known))}")
+        pairs.append(Pair(tok, red, res))
+    if not pairs:
+        raise SystemExit("--models: no pair given")
+    return pairs
+
+
+def memory_format(layout: str) -> torch.memory_format:
+    return torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+
+def backend_ctx(backend: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if backend == "auto" else use_backend(backend)
+
+
+def make_inputs(batch: int, size: int, layout: str, num_classes: int = 1000, seed: int = 0) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed + batch)
+    x = torch.randn(batch, 3, size, size, generator=gen).contiguous(memory_format=memory_format(layout))
+    y = torch.randint(0, num_classes, (batch,), generator=gen)
+    return x, y
+
+
+class Runner:
+    """One model, its (compiled) callable and its optimizer; ``prepare(kind)`` outside the timer, ``run(kind)``."""
+
+    def __init__(self, name: str, layout: str, compile_: bool, checkpointing: bool = False) -> None:
+        torch.manual_seed(0)
+        self.name = name
+        self.model = involution.create_model(name).to(memory_format=memory_format(layout))
+        self.model.set_grad_checkpointing(checkpointing)
+        self.fn: Callable[[Tensor], Tensor] = torch.compile(self.model, dynamic=False) if compile_ else self.model
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        self.last_loss = float("nan")
+
+    def prepare(self, kind: str) -> None:
+        """Set the mode (and checkpointing) for ``kind`` ('infer', 'train' or 'train_ckpt'); not timed."""
+        self.model.train(kind != "infer")
+        if kind != "infer":
+            self.model.set_grad_checkpointing(kind == "train_ckpt")
+
+    def infer(self, x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return self.fn(x)
+
+    def train_step(self, x: Tensor, y: Tensor) -> Tensor:
+        self.opt.zero_grad(set_to_none=True)
+        out = self.fn(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def run(self, kind: str, x: Tensor, y: Tensor) -> Tensor:
+        return self.infer(x) if kind == "infer" else self.train_step(x, y)
+
+
+def param_count(name: str) -> int:
+    m = involution.create_model(name)
+    return sum(p.numel() for p in m.parameters())
+
+
+def gmacs(name: str, size: int) -> float:
+    """Multiply-adds of one forward at batch 1 (the paper's 'FLOPs'), in G; nan if the count fails."""
+    try:
+        from involution.models import count_flops
+
+        return count_flops(name, (1, 3, size, size)).macs / 1e9
+    except Exception:  # noqa: BLE001 - informative column only
+        return float("nan")
+
+
+# ------------------------------------------------------------------------------------------------ timing
+@dataclass(frozen=True)
+class Kind:
+    key: str  # "infer_b1", "infer_b8", "train_b8", "train_ckpt_b8"
+    kind: str  # "infer" | "train" | "train_ckpt"
+    batch: int
+
+    @property
+    def label(self) -> str:
+        return {"infer": "infer", "train": "train", "train_ckpt": "train+ckpt"}[self.kind] + f" b{self.batch}"
+
+
+def kinds_for(args: argparse.Namespace) -> list[Kind]:
+    out = [Kind(f"infer_b{b}", "infer", b) for b in dict.fromkeys((1, args.batch))]
+    out.append(Kind(f"train_b{args.batch}", "train", args.batch))
+    if args.time_checkpointing:
+        out.append(Kind(f"train_ckpt_b{args.batch}", "train_ckpt", args.batch))
+    return out
+
+
+@dataclass
+class Cell:
+    times: list[float] = field(default_factory=list)
+    error: str = ""
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}"[:200]
+
+
+def time_pair(pair: Pair, kinds: list[Kind], args: argparse.Namespace) -> dict[str, dict[str, Cell]]:
+    """{model name: {kind key: Cell}} for the two models of ``pair``, interleaved round-robin per kind."""
+    log = lambda msg: print(f"[time {pair.tag}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    res: dict[str, dict[str, Cell]] = {n: {k.key: Cell() for k in kinds} for n in pair.names}
+    runners: dict[str, Runner] = {}
+    for n in pair.names:
+        try:
+            runners[n] = Runner(n, args.layout, args.compile)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            for c in res[n].values():
+                c.error = _short(e)
+            log(f"{n}: building failed: {c.error}")
+    with backend_ctx(args.backend):
+        for k in kinds:
+            x, y = make_inputs(k.batch, args.size, args.layout)
+            active = list(runners)
+            t_warm = time.perf_counter()
+            for n in list(active):
+                r = runners[n]
+                try:
+                    for _ in range(args.warmup):
+                        r.prepare(k.kind)
+                        out = r.run(k.kind, x, y)
+                    if k.kind != "infer":
+                        r.last_loss = float(out)
+                    del out
+                except Exception as e:  # noqa: BLE001
+                    res[n][k.key].error = _short(e)
+                    log(f"{n} {k.label}: {res[n][k.key].error}")
+                    active.remove(n)
+            log(f"{k.label}: warm-up {time.perf_counter() - t_warm:.1f} s")
+            for rnd in range(args.repeats):
+                order = active if rnd % 2 == 0 else active[::-1]
+                for n in order:
+                    r, cell = runners[n], res[n][k.key]
+                    if cell.error:
+                        continue
+                    try:
+                        r.prepare(k.kind)
+                        gc.collect()
+                        t0 = time.perf_counter()
+                        out = r.run(k.kind, x, y)
+                        t1 = time.perf_counter()
+                        del out
+                    except Exception as e:  # noqa: BLE001
+                        cell.error = _short(e)
+                        continue
+                    cell.times.append(t1 - t0)
+            log(k.label + ": " + ", ".join(f"{n} {_util.median(res[n][k.key].times) * 1e3:.0f} ms" for n in active))
+    for n, r in runners.items():
+        if r.last_loss != r.last_loss or r.last_loss in (float("inf"), float("-inf")):
+            log(f"warning: {n}: non-finite training loss ({r.last_loss}); timings may not be representative")
+    del runners
+    gc.collect()
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ memory
+@dataclass
+class Memory:
+    peak_mib: float | None = None
+    base_mib: float | None = None
+    mode: str = ""
+    error: str = ""
+
+
+MEMORY_KINDS = ("infer", "train", "train_ckpt")
+
+
+def child_main(spec: dict) -> int:
+    """Run in a fresh process: build one model, measure one pass's peak extra RSS, print JSON."""
+    reset_ok = _util.hwm_reset_works()
+    try:
+        torch.set_num_threads(spec["threads"])
+        kind = spec["kind"]
+        x, y = make_inputs(spec["batch"], spec["size"], spec["layout"])
+        with backend_ctx(spec["backend"]):
+            r = Runner(spec["model"], spec["layout"], spec["compile"])
+            r.prepare(kind)
+            if reset_ok:
+                out = r.run(kind, x, y)  # warm-up: momentum buffers, thread pools, kernel caches, compilation
+                del out
+            r.opt.zero_grad(set_to_none=True)  # the gradients are allocated inside the measured pass
+            gc.collect()
+            if reset_ok:
+                _util.reset_peak_rss()
+            base = _util.proc_status_kib("VmRSS")["VmRSS"]
+            out = r.run(kind, x, y)
+            peak = _util.proc_status_kib("VmHWM")["VmHWM"]
+            del out
+        result = {"peak_mib": (peak - base) / 1024, "base_mib": base / 1024,
+                  "mode": "hwm-reset" if reset_ok else "rss-baseline"}
+    except Exception as e:  # noqa: BLE001
+        result = {"error": _short(e)}
+    print(json.dumps(result), flush=True)
+    return 0 if "error" not in result else 1
+
+
+def measure_memory(model: str, kind: str, args: argparse.Namespace) -> Memory:
+    spec = {"model": model, "kind": kind, "batch": args.batch, "size": args.size, "layout": args.layout,
+            "compile": args.compile, "threads": args.threads, "backend": args.backend}
+    env = dict(os.environ)
+    # a fixed mmap threshold (this also turns off glibc's dynamic threshold) and eager trimming: every buffer
+    # >= 64 KiB is its own mapping, returned to the OS when freed, so RSS follows the live allocations
+    env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="131072", MALLOC_TOP_PAD_="0")
+    cmd = [sys.executable, os.path.abspath(__file__), "--_child", json.dumps(spec)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.child_timeout)
+    except subprocess.TimeoutExpired:
+        return Memory(error=f"timed out after {args.child_timeout:.0f} s")
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        return Memory(error=f"child exited {p.returncode}: {tail[:200]}")
+    d = json.loads(lines[-1])
+    return Memory(peak_mib=d.get("peak_mib"), base_mib=d.get("base_mib"), mode=d.get("mode", ""),
+                  error=d.get("error", ""))
+
+
+# ------------------------------------------------------------------------------------------------ report
+def involution_backend(args: argparse.Namespace) -> str:
+    if args.backend != "auto":
+        return args.backend
+    avail = available_backends()
+    first = next((b for b in ("cpu", "torch") if b in avail), "?")
+    return f"auto ({first} on the CPU)"
+
+
+def machine_info(args: argparse.Namespace, command: str) -> list[tuple[str, str]]:
+    rev = _util.git_revision(ROOT)
+    return [
+        ("command", f"`{command}`"),
+        ("involution", f"{involution.__version__}" + (f" (git {rev})" if rev else "")),
+        ("torch", torch.__version__),
+        ("python", sys.version.split()[0]),
+        ("CPU", f"{_util.cpu_model()} ({_util.usable_cpus()} usable CPUs)"),
+        ("threads", f"{torch.get_num_threads()} (torch.set_num_threads)"),
+        ("load avg", _util.load_average() + " (1/5/15 min, at start)"),
+        ("backend", "involution " + involution_backend(args) + "; " + ", ".join(
+            f"{k}: {v}" for k, v in backend_status().items())),
+        ("setup", f"{args.size}x{args.size}, batch 1 and {args.batch}, float32, "
+                  f"{'channels_last' if args.layout == 'channels_last' else 'NCHW'}, "
+                  f"{'torch.compile (dynamic=False)' if args.compile else 'eager'}, "
+                  f"{args.repeats} timed runs after {args.warmup} warm-up"),
+    ]
+
+
+def ratio(a: float | None, b: float | None) -> float:
+    if a is None or b is None or a != a or b != b or b <= 0:
+        return float("nan")
+    return a / b
+
+
+def verdict(r: float, limit: float) -> str:
+    if r != r:
+        return "–"
+    return f"{'PASS' if r <= limit else 'FAIL'} ({r:.2f}x)"
+
+
+def build_tables(
+    pairs: list[Pair],
+    kinds: list[Kind],
+    timings: dict[str, dict[str, Cell]],
+    memory: dict[tuple[str, str], Memory],
+    info: dict[str, tuple[float, float]],
+    args: argparse.Namespace,
+    markdown: bool,
+) -> str:
+    med, f = _util.median, _util.fmt_num
+    show_memory = bool(memory)
+    b = args.batch
+
+    def t_ms(name: str, key: str) -> float:
+        c = timings.get(name, {}).get(key)
+        return med(c.times) * 1e3 if c and c.times else float("nan")
+
+    def mem(name: str, kind: str) -> float | None:
+        m = memory.get((name, kind))
+        return m.peak_mib if m else None
+
+    # per model
+    rows = []
+    for p in pairs:
+        for n in p.names:
+            params, macs = info.get(n, (float("nan"), float("nan")))
+            cells = [p.tag, n, f(params / 1e6, 1), f(macs)]
+            for k in kinds:
+                c = timings.get(n, {}).get(k.key)
+                cells.append("error" if c and c.error and not c.times else f(t_ms(n, k.key), 1))
+            noise = max((_util.rel_iqr(c.times) for c in timings.get(n, {}).values() if c.times),
+                        default=float("nan"))
+            nruns = min((len(c.times) for c in timings.get(n, {}).values()), default=0)
+            cells.append(f"{nruns}" + (f" (±{noise * 50:.0f}%)" if noise == noise else ""))
+            if show_memory:
+                for kind in MEMORY_KINDS:
+                    m = memory.get((n, kind))
+                    cells.append("error" if m and m.error else f(mem(n, kind), 0))
+            rows.append(cells)
+    head = ["pair", "model", "params M", "GMACs/img"] + [f"{k.label} ms" for k in kinds] + ["runs (±IQR/2)"]
+    if show_memory:
+        head += [f"infer b{b} MiB", f"train b{b} MiB", f"train+ckpt b{b} MiB"]
+    out = [("**Per model** (median time; peak extra memory)" if markdown else "PER MODEL (median time; peak extra "
+            "memory)"), "", _util.render_table(head, rows, markdown, [False, False] + [True] * (len(head) - 2))]
+
+    # per pair: ratios RedNet / ResNet and the targets
+    rrows = []
+    for p in pairs:
+        cells = [p.tag, f"{p.red} / {p.res}"]
+        for k in kinds:
+            cells.append(f(ratio(t_ms(p.red, k.key), t_ms(p.res, k.key))) + "x")
+        if show_memory:
+            for kind in MEMORY_KINDS:
+                cells.append(f(ratio(mem(p.red, kind), mem(p.res, kind))) + "x")
+            cells.append(f(ratio(mem(p.red, "train_ckpt"), mem(p.red, "train"))) + "x")
+        key_b, key_t = f"infer_b{b}", f"train_b{b}"
+        cells.append(verdict(ratio(t_ms(p.red, key_b), t_ms(p.res, key_b)), TARGETS["infer"]))
+        cells.append(verdict(ratio(t_ms(p.red, key_t), t_ms(p.res, key_t)), TARGETS["train"]))
+        if show_memory:
+            cells.append(verdict(ratio(mem(p.red, "train"), mem(p.res, "train")), TARGETS["mem"]))
+        rrows.append(cells)
+    rhead = ["pair", "RedNet / ResNet"] + [f"{k.label} time" for k in kinds]
+    if show_memory:
+        rhead += [f"infer b{b} mem", f"train b{b} mem", f"train+ckpt b{b} mem", "RedNet ckpt ÷ no ckpt mem"]
+    rhead += [f"target: infer b{b} ≤{TARGETS['infer']:.1f}x", f"target: train ≤{TARGETS['train']:.1f}x"]
+    if show_memory:
+        rhead.append(f"target: train mem ≤{TARGETS['mem']:.1f}x")
+    out += ["", ("**RedNet / ResNet** (ratios of the medians; < 1: RedNet is faster / smaller)" if markdown
+                 else "REDNET / RESNET (ratios of the medians; < 1: RedNet is faster / smaller)"), "",
+            _util.render_table(rhead, rrows, markdown, [False, False] + [True] * (len(rhead) - 2))]
+    return "\n".join(out)
+
+
+def notes(args: argparse.Namespace, show_memory: bool) -> list[str]:
+    b = args.batch
+    lines = [
+        f"`infer b1`, `infer b{b}`: `model.eval()`, forward under `torch.inference_mode()`. `train b{b}`: "
+        f"`model.train()`, `zero_grad(set_to_none=True)`, forward, cross-entropy (random labels), backward, "
+        f"`SGD(lr={LR}, momentum={MOMENTUM}).step()`. `GMACs/img`: multiply-adds of one forward at batch 1 "
+        f"(`involution.models.count_flops`, the paper's 'FLOPs').",
+        "Timing: per pair, after the warm-up, each round times both models once, alternating which goes first; "
+        "medians over the rounds. ±IQR/2 is the largest (over the columns) half interquartile range over the "
+        "median (noise).",
+        f"Targets (defined for pair {TARGET_PAIR}, shown for every pair): RedNet inference at batch {b} ≤ "
+        f"{TARGETS['infer']:.1f}x ResNet's time, training step ≤ {TARGETS['train']:.1f}x, training peak memory "
+        f"(no checkpointing) ≤ {TARGETS['mem']:.1f}x.",
+    ]
+    if show_memory:
+        lines.append(
+            "Peak extra memory: VmHWM increase over the RSS just before the pass, one fresh process per cell, after "
+            "one warm-up pass, gradients freed before the measured pass (so it counts activations, gradients and "
+            "temporaries, not weights or optimizer state; 1 MiB = 2^20 bytes). `train+ckpt`: the same step with "
+            "`model.set_grad_checkpointing(True)` (each residual block recomputed in the backward)."
+        )
+    if args.compile:
+        lines.append("`--compile`: both models `torch.compile(model, dynamic=False)`; the warm-up absorbs "
+                     "compilation (and the recompilation between eval/train and batch sizes).")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", default=None,
+                   help=f"comma list of depths, each a pair rednetD / resnetD (default {DEFAULT_MODELS});\n"
+                        "'26_small' or an explicit 'rednet50:resnet50' work too")
+    p.add_argument("--size", type=int, default=None, help="image height = width (default 224)")
+    p.add_argument("--batch", type=int, default=None, help="batch of the second inference and of training (default 8)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per model and measurement (default 10)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up runs per model and measurement (default 2; "
+                                                            "3 with --compile)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all usable CPUs)")
+    p.add_argument("--layout", choices=("channels_last", "cl", "nchw"), default="channels_last",
+                   help="memory layout of models and inputs (default channels_last)")
+    p.add_argument("--compile", action="store_true", help="torch.compile both families (default: eager)")
+    p.add_argument("--backend", choices=("auto", "cpu", "torch"), default="auto",
+                   help="involution backend for the RedNets (default auto: the fastest available)")
+    p.add_argument("--time-checkpointing", action="store_true",
+                   help="also time the training step with grad checkpointing on")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements (subprocesses)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test (< 1 min): rednet26 vs resnet26, 64x64, batch 2, 2 repeats, 1 warm-up")
+    p.add_argument("--markdown", metavar="PATH", default=None,
+                   help="also write the report as markdown to PATH ('-': print it only)")
+    p.add_argument("--child-timeout", type=float, default=900, help=argparse.SUPPRESS)
+    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.layout == "cl":
+        args.layout = "channels_last"
+
+    if args._child is not None:
+        return child_main(json.loads(args._child))
+
+    command = "python benchmarks/models.py" + ("" if not sys.argv[1:] else " " + shlex.join(sys.argv[1:]))
+    if args.quick:
+        args.models = args.models or "26"
+        args.size = args.size or 64
+        args.batch = args.batch or 2
+        args.repeats = args.repeats or 2
+        args.warmup = args.warmup or 1
+    args.models = args.models or DEFAULT_MODELS
+    args.size = args.size or 224
+    args.batch = args.batch or 8
+    args.repeats = args.repeats or 10
+    args.warmup = args.warmup or (3 if args.compile else 2)
+    if min(args.size, args.batch, args.repeats, args.warmup) < 1:
+        raise SystemExit("--size, --batch, --repeats and --warmup must be >= 1")
+    if args.threads is None:
+        args.threads = _util.usable_cpus()
+    torch.set_num_threads(args.threads)
+    if args.backend != "auto" and args.backend not in available_backends():
+        raise SystemExit(f"--backend {args.backend}: unavailable here ({backend_status().get(args.backend)})")
+    pairs = parse_pairs(args.models)
+    kinds = kinds_for(args)
+
+    info_lines = machine_info(args, command)
+    for k, v in info_lines:
+        print(f"{k:>10}: {v.strip('`')}")
+    print()
+
+    t_start = time.perf_counter()
+    model_info = {n: (float(param_count(n)), gmacs(n, args.size)) for p_ in pairs for n in p_.names}
+    timings: dict[str, dict[str, Cell]] = {}
+    for pair in pairs:
+        timings.update(time_pair(pair, kinds, args))
+    t_timing = time.perf_counter() - t_start
+
+    memory: dict[tuple[str, str], Memory] = {}
+    show_memory = not args.no_memory
+    if show_memory and not _util.peak_rss_supported():
+        print("note: /proc/self/status has no VmHWM here; skipping memory", file=sys.stderr)
+        show_memory = False
+    if show_memory:
+        for pair in pairs:
+            for n in pair.names:
+                for kind in MEMORY_KINDS:
+                    t0 = time.perf_counter()
+                    memory[(n, kind)] = m = measure_memory(n, kind, args)
+                    print(f"[memory {pair.tag}] {n} {kind}: "
+                          + (f"{m.peak_mib:.0f} MiB" if m.peak_mib is not None else m.error)
+                          + f" ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+        if any(m.mode == "rss-baseline" for m in memory.values()):
+            print("note: could not reset VmHWM via /proc/self/clear_refs; memory = VmHWM - RSS after the model "
+                  "was built, without a warm-up pass", file=sys.stderr)
+    elapsed = time.perf_counter() - t_start
+
+    print(build_tables(pairs, kinds, timings, memory, model_info, args, markdown=False))
+    print()
+    errors = [(n, k, c.error) for n, d in timings.items() for k, c in d.items() if c.error]
+    errors += [(n, f"{k} memory", m.error) for (n, k), m in memory.items() if m.error]
+    for n, k, e in errors:
+        print(f"error {n} {k}: {e}")
+    load_end = _util.load_average()
+    print(f"load avg at the end: {load_end}")
+    print(f"done in {elapsed:.0f} s (timing {t_timing:.0f} s, memory {elapsed - t_timing:.0f} s)")
+
+    if args.markdown:
+        md = ["### RedNet vs ResNet, end to end, CPU", ""]
+        md += [f"- {k}: {v}" for k, v in info_lines]
+        md += [f"- load avg at the end: {load_end}; run time {elapsed:.0f} s"]
+        md += ["", build_tables(pairs, kinds, timings, memory, model_info, args, markdown=True), ""]
+        md += [f"- {line}" for line in notes(args, bool(memory))]
+        md += [f"- **error {n} {k}: {e}**" for n, k, e in errors]
+        text = "\n".join(md) + "\n"
+        if args.markdown != "-":
+            os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
+            with open(args.markdown, "w") as fh:
+                fh.write(text)
+            print(f"\nmarkdown written to {args.markdown}:\n")
+        else:
+            print()
+        print(text, end="")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
