@@ -17,11 +17,13 @@ Timing runs in this process, one pair (RedNet-D, ResNet-D) at a time: after a wa
 compilation with ``--compile``), each round times every model of the pair once, the order alternating from round
 to round, so machine noise hits both alike. Medians are reported, with the ratio RedNet / ResNet.
 
-Peak memory, as in benchmarks/op.py: the child builds the model (and its optimizer), runs the pass once as warm-up
-(so the optimizer's momentum buffers and one-time caches already exist), frees the gradients, resets the RSS
-high-water mark (``echo 5 > /proc/self/clear_refs``), runs the pass again and reports VmHWM minus the RSS at the
-reset: activations, gradients and temporaries, not the weights or the optimizer state. The child runs with glibc's
-mmap threshold fixed at 64 KiB and trimming on, so freed buffers go back to the OS.
+Peak memory, as in benchmarks/op.py, in one fresh child process per model: the child builds the model (and its
+optimizer); then for each pass in turn (inference, training step, training step with checkpointing) it runs the pass
+once as warm-up (so the optimizer's momentum buffers and one-time caches already exist), frees the gradients, resets
+the RSS high-water mark (``echo 5 > /proc/self/clear_refs``), runs the pass again and reports VmHWM minus the RSS at
+the reset: activations, gradients and temporaries, not the weights or the optimizer state. The child runs with
+glibc's mmap threshold fixed at 64 KiB and trimming on, so freed buffers go back to the OS and what an earlier pass
+freed cannot hide a later pass's allocations.
 
 Targets (pass/fail columns, computed for every pair; they are defined for RedNet-50 vs ResNet-50): inference at
 batch 8 <= 1.0x ResNet's time; training step <= 1.2x; training peak memory (no checkpointing) <= ResNet's.
@@ -38,6 +40,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import gc
 import json
@@ -270,37 +273,49 @@ MEMORY_KINDS = ("infer", "train", "train_ckpt")
 
 
 def child_main(spec: dict) -> int:
-    """Run in a fresh process: build one model, measure one pass's peak extra RSS, print JSON."""
+    """Run in a fresh process: build one model, measure the peak extra RSS of each pass in turn, print JSON.
+
+    One process per model: each pass gets its own warm-up and its own high-water-mark reset, so what an earlier
+    pass left behind (caches, the optimizer's momentum buffers) is part of the baseline, not of the peak.
+    """
     reset_ok = _util.hwm_reset_works()
+    results: dict[str, dict] = {}
     try:
         torch.set_num_threads(spec["threads"])
-        kind = spec["kind"]
         x, y = make_inputs(spec["batch"], spec["size"], spec["layout"])
         with backend_ctx(spec["backend"]):
             r = Runner(spec["model"], spec["layout"], spec["compile"])
-            r.prepare(kind)
-            if reset_ok:
-                out = r.run(kind, x, y)  # warm-up: momentum buffers, thread pools, kernel caches, compilation
-                del out
-            r.opt.zero_grad(set_to_none=True)  # the gradients are allocated inside the measured pass
-            gc.collect()
-            if reset_ok:
-                _util.reset_peak_rss()
-            base = _util.proc_status_kib("VmRSS")["VmRSS"]
-            out = r.run(kind, x, y)
-            peak = _util.proc_status_kib("VmHWM")["VmHWM"]
-            del out
-        result = {"peak_mib": (peak - base) / 1024, "base_mib": base / 1024,
-                  "mode": "hwm-reset" if reset_ok else "rss-baseline"}
+            for kind in spec["kinds"]:
+                try:
+                    r.prepare(kind)
+                    if reset_ok:
+                        out = r.run(kind, x, y)  # warm-up: momentum buffers, thread pools, caches, compilation
+                        del out
+                    r.opt.zero_grad(set_to_none=True)  # the gradients are allocated inside the measured pass
+                    gc.collect()
+                    if reset_ok:
+                        _util.reset_peak_rss()
+                    base = _util.proc_status_kib("VmRSS")["VmRSS"]
+                    out = r.run(kind, x, y)
+                    peak = _util.proc_status_kib("VmHWM")["VmHWM"]
+                    del out
+                    r.opt.zero_grad(set_to_none=True)
+                    results[kind] = {"peak_mib": (peak - base) / 1024, "base_mib": base / 1024,
+                                     "mode": "hwm-reset" if reset_ok else "rss-baseline"}
+                except Exception as e:  # noqa: BLE001 - report, go on with the next pass
+                    results[kind] = {"error": _short(e)}
+                if not reset_ok:
+                    break  # without a reset the high-water mark of this pass would hide the next ones
     except Exception as e:  # noqa: BLE001
-        result = {"error": _short(e)}
-    print(json.dumps(result), flush=True)
-    return 0 if "error" not in result else 1
+        results = {kind: {"error": _short(e)} for kind in spec["kinds"]}
+    print(json.dumps(results), flush=True)
+    return 0 if all("error" not in v for v in results.values()) else 1
 
 
-def measure_memory(model: str, kind: str, args: argparse.Namespace) -> Memory:
-    spec = {"model": model, "kind": kind, "batch": args.batch, "size": args.size, "layout": args.layout,
-            "compile": args.compile, "threads": args.threads, "backend": args.backend}
+def measure_memory(model: str, args: argparse.Namespace) -> dict[str, Memory]:
+    """{kind: Memory} for every kind of MEMORY_KINDS, measured in one fresh child process."""
+    spec = {"model": model, "kinds": list(MEMORY_KINDS), "batch": args.batch, "size": args.size,
+            "layout": args.layout, "compile": args.compile, "threads": args.threads, "backend": args.backend}
     env = dict(os.environ)
     # a fixed mmap threshold (this also turns off glibc's dynamic threshold) and eager trimming: every buffer
     # >= 64 KiB is its own mapping, returned to the OS when freed, so RSS follows the live allocations
@@ -309,14 +324,21 @@ def measure_memory(model: str, kind: str, args: argparse.Namespace) -> Memory:
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.child_timeout)
     except subprocess.TimeoutExpired:
-        return Memory(error=f"timed out after {args.child_timeout:.0f} s")
+        return {k: Memory(error=f"timed out after {args.child_timeout:.0f} s") for k in MEMORY_KINDS}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-        return Memory(error=f"child exited {p.returncode}: {tail[:200]}")
+        return {k: Memory(error=f"child exited {p.returncode}: {tail[:200]}") for k in MEMORY_KINDS}
     d = json.loads(lines[-1])
-    return Memory(peak_mib=d.get("peak_mib"), base_mib=d.get("base_mib"), mode=d.get("mode", ""),
-                  error=d.get("error", ""))
+    out = {}
+    for k in MEMORY_KINDS:
+        v = d.get(k)
+        if v is None:
+            out[k] = Memory(error="not measured (VmHWM cannot be reset here: one pass per process)")
+        else:
+            out[k] = Memory(peak_mib=v.get("peak_mib"), base_mib=v.get("base_mib"), mode=v.get("mode", ""),
+                            error=v.get("error", ""))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -448,8 +470,9 @@ def notes(args: argparse.Namespace, show_memory: bool) -> list[str]:
     ]
     if show_memory:
         lines.append(
-            "Peak extra memory: VmHWM increase over the RSS just before the pass, one fresh process per cell, after "
-            "one warm-up pass, gradients freed before the measured pass (so it counts activations, gradients and "
+            "Peak extra memory: VmHWM increase over the RSS just before the pass (VmHWM reset via "
+            "`/proc/self/clear_refs`), one fresh process per model, each pass after its own warm-up pass, gradients "
+            "freed before the measured pass (so it counts activations, gradients and "
             "temporaries, not weights or optimizer state; 1 MiB = 2^20 bytes). `train+ckpt`: the same step with "
             "`model.set_grad_checkpointing(True)` (each residual block recomputed in the backward)."
         )
@@ -479,8 +502,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-checkpointing", action="store_true",
                    help="also time the training step with grad checkpointing on")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements (subprocesses)")
+    p.add_argument("--memory-jobs", type=int, default=None,
+                   help="memory child processes run at once (default 1; 2 with --quick); a peak is per process,\n"
+                        "so this only changes the wall time")
     p.add_argument("--quick", action="store_true",
-                   help="smoke test (< 1 min): rednet26 vs resnet26, 64x64, batch 2, 2 repeats, 1 warm-up")
+                   help="smoke test (< 1 min on an idle machine): rednet26 vs resnet26, 64x64, batch 2,\n"
+                        "2 repeats, 1 warm-up, 2 memory children at once")
     p.add_argument("--markdown", metavar="PATH", default=None,
                    help="also write the report as markdown to PATH ('-': print it only)")
     p.add_argument("--child-timeout", type=float, default=900, help=argparse.SUPPRESS)
@@ -499,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         args.batch = args.batch or 2
         args.repeats = args.repeats or 2
         args.warmup = args.warmup or 1
+        args.memory_jobs = args.memory_jobs or 2
+    args.memory_jobs = args.memory_jobs or 1
     args.models = args.models or DEFAULT_MODELS
     args.size = args.size or 224
     args.batch = args.batch or 8
@@ -518,6 +547,11 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in info_lines:
         print(f"{k:>10}: {v.strip('`')}")
     print()
+    load = _util.load_average().split()
+    if load and float(load[0]) > 0.5 * _util.usable_cpus():
+        print(f"warning: 1-min load average {load[0]} on {_util.usable_cpus()} usable CPUs: other work competes for "
+              "the cores, so the timings will be noisy (the ratios less so: both models share the noise)",
+              file=sys.stderr)
 
     t_start = time.perf_counter()
     model_info = {n: (float(param_count(n)), gmacs(n, args.size)) for p_ in pairs for n in p_.names}
@@ -532,17 +566,23 @@ def main(argv: list[str] | None = None) -> int:
         print("note: /proc/self/status has no VmHWM here; skipping memory", file=sys.stderr)
         show_memory = False
     if show_memory:
-        for pair in pairs:
-            for n in pair.names:
-                for kind in MEMORY_KINDS:
-                    t0 = time.perf_counter()
-                    memory[(n, kind)] = m = measure_memory(n, kind, args)
-                    print(f"[memory {pair.tag}] {n} {kind}: "
-                          + (f"{m.peak_mib:.0f} MiB" if m.peak_mib is not None else m.error)
-                          + f" ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+        def one(pair: Pair, n: str) -> None:
+            t0 = time.perf_counter()
+            got = measure_memory(n, args)
+            memory.update({(n, kind): m for kind, m in got.items()})
+            print(f"[memory {pair.tag}] {n}: "
+                  + ", ".join(f"{k} " + (f"{m.peak_mib:.0f} MiB" if m.peak_mib is not None else m.error)
+                              for k, m in got.items())
+                  + f" ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+        jobs = [(pair, n) for pair in pairs for n in pair.names]
+        # children run one at a time by default; a peak (VmHWM) is per process, so --memory-jobs > 1 only saves
+        # wall time (--quick: 2, where the children are mostly interpreter start-up)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.memory_jobs)) as pool:
+            list(pool.map(lambda job: one(*job), jobs))
         if any(m.mode == "rss-baseline" for m in memory.values()):
             print("note: could not reset VmHWM via /proc/self/clear_refs; memory = VmHWM - RSS after the model "
-                  "was built, without a warm-up pass", file=sys.stderr)
+                  "was built, without a warm-up pass (inference only)", file=sys.stderr)
     elapsed = time.perf_counter() - t_start
 
     print(build_tables(pairs, kinds, timings, memory, model_info, args, markdown=False))

@@ -32,3 +32,9 @@ def test_module_entry_point_runs():
 def test_unknown_command_exits_nonzero():
     with pytest.raises(SystemExit):
         main(["no-such-command"])
+
+
+def test_summary_counts_the_involution_op(capsys):
+    assert main(["summary", "rednet26"]) == 0
+    out = capsys.readouterr().out
+    assert "9,233,166" in out and "involution.involution2d" in out

@@ -63,6 +63,15 @@ def test_batch_scales_and_real_run_agrees():
     assert layer.training is False
 
 
+def test_backward_real_and_meta_agree_and_leave_grads_alone():
+    model = nn.Sequential(nn.Conv2d(4, 16, 1), Involution2d(16, kernel_size=3))
+    meta = count_flops(model, (1, 4, 6, 6), backward=True)
+    real = count_flops(model, (1, 4, 6, 6), backward=True, device=None)
+    assert real.backward_by_op == meta.backward_by_op and real.backward_macs == meta.backward_macs > 0
+    assert meta.backward_by_op["involution.involution2d_backward_input"] == 16 * 9 * 36
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_formulas_forward_and_backward_ops():
     """The three op formulas each give N*C*Kh*Kw*Ho*Wo multiply-adds (2 FLOPs each)."""
     n, c, g, k, h = 2, 8, 2, 3, 5
@@ -122,6 +131,18 @@ def test_rednet50_in_expected_range():
     assert report.by_op["aten.addmm"] == mmcv["linear"] == 2048 * 1000
     assert mmcv["involution"] == report.involution_macs
     assert round((mmcv["total"] + mmcv["involution"]) / 1e9, 2) == 2.69  # vs the published 2.71
+
+
+def test_published_rednet50_numbers_reconstructed():
+    """docs/models.md: mmcls get_flops (no classifier) under mmcv's rules + the aggregation, with a 7x7 stem."""
+    mmcv = mmcv_style_macs("rednet50", stem_kernel_size=7)
+    assert round((mmcv["total"] - mmcv["linear"] + mmcv["involution"]) / 1e9, 2) == 2.71
+    with torch.device("meta"):  # parameter counts need no forward pass
+        params = {
+            (d, k): count_params(create_model(f"rednet{d}", stem_kernel_size=k)) for d in (50, 152) for k in (3, 7)
+        }
+    assert round(params[50, 7] / 1e6, 2) == 15.54
+    assert round(params[152, 7] / 1e6, 2) == 33.99 != round(params[152, 3] / 1e6, 2)  # the README's figure
 
 
 def test_resnet50_matches_published_numbers():

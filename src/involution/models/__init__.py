@@ -23,7 +23,7 @@ from .rednet import RedNet, RedNetBottleneck
 from .registry import create_model, is_model, list_models, model_entrypoint, register_model
 from .resnet import ResNet
 from .flops import FlopReport, count_flops, count_params, mmcv_style_macs, summary
-from .involutionize import involutionizable, involutionize
+from .replace_convs import involutionizable, involutionize
 
 __all__ = [
     "FeatureInfo",

@@ -13,9 +13,10 @@ convolutions) and its aggregation (``torch.ops.involution.involution2d``)::
 
 and likewise for the two backward ops (each is N * C * Ho * Wo * Kh * Kw multiply-adds too). Taps that fall in the
 zero padding are counted, as for convolutions. Not counted: normalisation, activations, pooling, additions and other
-elementwise work, and convolution biases. The official numbers were made with mmcv's ``get_model_complexity_info``,
-which does count BN/ReLU/pooling/biases, but not the involution aggregation; :func:`mmcv_style_macs` repeats its
-rules for comparison (see ``docs/models.md``).
+elementwise work, and convolution biases. The published numbers follow mmcv's ``get_model_complexity_info``
+(through mmcls' ``get_flops``), which does count BN/ReLU/pooling/biases, but not the involution aggregation;
+:func:`mmcv_style_macs` repeats its rules for comparison. ``docs/models.md`` compares all the models with the
+published numbers and reconstructs how those were counted.
 
 The counts run on the ``meta`` device by default: no memory is allocated and nothing is computed, so even
 RedNet-152 at 224x224 takes well under a second.
@@ -42,7 +43,6 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from .. import ops as _ops  # noqa: F401  (defines torch.ops.involution.*)
-from ..layers.involution import Involution2d
 from ..layers.pool import CeilAvgPool2d
 
 __all__ = [
@@ -250,21 +250,23 @@ def _run(
             grad = torch.enable_grad() if backward else torch.no_grad()
             with grad:
                 if meta:
-                    state = {
+                    params = {
                         k: torch.empty_like(v, device="meta").requires_grad_(backward and v.requires_grad)
-                        if isinstance(v, nn.Parameter)
-                        else torch.empty_like(v, device="meta")
-                        for k, v in {**dict(model.named_parameters()), **dict(model.named_buffers())}.items()
+                        for k, v in model.named_parameters()
                     }
-                    out = torch.func.functional_call(model, state, (x,))
+                    buffers = {k: torch.empty_like(v, device="meta") for k, v in model.named_buffers()}
+                    out = torch.func.functional_call(model, {**params, **buffers}, (x,))
+                    weights = [p for p in params.values() if p.requires_grad]
                 else:
                     out = model(x)
+                    weights = [p for p in model.parameters() if p.requires_grad]
                 forward_counts = copy.deepcopy(counter.get_flop_counts())
                 if backward:
-                    leaves = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor) and t.requires_grad]
-                    if not leaves:
-                        raise ValueError("backward=True, but the model's output does not require grad")
-                    sum(t.float().sum() for t in leaves).backward()
+                    outs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor) and t.requires_grad]
+                    if not outs or not weights:
+                        raise ValueError("backward=True, but the model has no output that requires grad")
+                    # autograd.grad, not .backward(): nothing is accumulated into the parameters' .grad
+                    torch.autograd.grad(sum(t.float().sum() for t in outs), weights, allow_unused=True)
             counts = counter.get_flop_counts()
     finally:
         model.train(was_training)
@@ -485,7 +487,7 @@ def summary(
     if "paper_params_m" in cfg:
         lines.append(
             f"published: {cfg['paper_params_m']} M params, {cfg['paper_gflops']} GFLOPs (multiply-adds, counted "
-            "by mmcv's rules plus the aggregation; see docs/models.md)"
+            "with other rules: see docs/models.md)"
         )
     elif "torchvision_gflops" in cfg:
         lines.append(f"torchvision publishes {cfg['torchvision_gflops']} GFLOPs (multiply-adds)")

@@ -146,7 +146,8 @@ def involutionize(
     keeps its shape: ``(N, C_in, H, W) -> (N, C_out, ceil(H / s), ceil(W / s))``. Where ``out_channels !=
     in_channels`` the involution ends with its 1x1 projection (``allow_projection=False`` skips such convolutions
     instead). The new layers take the device, dtype and train/eval mode of the convolution they replace; the
-    convolution's bias (normally absent, a norm layer follows) is not carried over. 1x1 convolutions,
+    convolution's bias (normally absent, a norm layer follows) and a non-zero ``padding_mode`` are not carried
+    over (the involution pads with zeros). 1x1 convolutions,
     transposed convolutions and everything else are left as they are.
 
     Args:
