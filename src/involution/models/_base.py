@@ -58,6 +58,23 @@ class FeatureInfo:
         return f"FeatureInfo({self.info})"
 
 
+def scaled_channels(channels: int, width: float) -> int:
+    """``channels`` times the width multiplier, at least 1."""
+    return max(1, round(channels * width))
+
+
+def check_stage_args(layers: Sequence[int], width: float, in_chans: int) -> tuple[int, ...]:
+    """Validate the arguments every residual net here shares; returns the four stage depths as ints."""
+    layers = tuple(int(n) for n in layers)
+    if len(layers) != 4 or min(layers) < 1:
+        raise ValueError(f"layers must give 4 stage depths >= 1, got {layers}")
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    if in_chans < 1:
+        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+    return layers
+
+
 def check_out_indices(out_indices: Sequence[int], num_stages: int = 4) -> tuple[int, ...]:
     """Validate stage indices (negative ones count from the end); returns them sorted, without repeats."""
     try:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..layers import ConvNormAct, Involution2d
 from ..layers.conv_norm_act import LayerFactory
-from ._base import ResidualNet
+from ._base import ResidualNet, check_stage_args, scaled_channels
 from .registry import build_model, default_cfg, register_model, small_cfg
 
 
@@ -76,10 +76,6 @@ class RedNetBottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-def _scaled(channels: int, width: float) -> int:
-    return max(1, round(channels * width))
-
-
 class RedNet(ResidualNet):
     """RedNet classifier / backbone.
 
@@ -128,17 +124,11 @@ class RedNet(ResidualNet):
         norm_layer: LayerFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        layers = tuple(int(n) for n in layers)
-        if len(layers) != 4 or min(layers) < 1:
-            raise ValueError(f"layers must give 4 stage depths >= 1, got {layers}")
-        if width <= 0:
-            raise ValueError(f"width must be > 0, got {width}")
-        if in_chans < 1:
-            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        layers = check_stage_args(layers, width, in_chans)
         self.layers = layers
         self.zero_init_residual = zero_init_residual
         self.small_input = small_input
-        stem_channels = _scaled(64, width)
+        stem_channels = scaled_channels(64, width)
         half = max(1, stem_channels // 2)
         stem_stride = 1 if small_input else 2
         self.stem = nn.Sequential(
@@ -166,7 +156,7 @@ class RedNet(ResidualNet):
         channels, reductions = [], []
         reduction = 1 if small_input else 4
         for i, depth in enumerate(layers):
-            mid = _scaled(64 * 2**i, width)
+            mid = scaled_channels(64 * 2**i, width)
             stride = 1 if i == 0 else 2
             reduction *= stride
             out = mid * RedNetBottleneck.expansion

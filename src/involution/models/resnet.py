@@ -13,12 +13,8 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 from ..layers.conv_norm_act import LayerFactory
-from ._base import ResidualNet
+from ._base import ResidualNet, check_stage_args, scaled_channels
 from .registry import build_model, default_cfg, register_model, small_cfg
-
-
-def _scaled(channels: int, width: float) -> int:
-    return max(1, round(channels * width))
 
 
 class ResNet(ResidualNet):
@@ -53,17 +49,11 @@ class ResNet(ResidualNet):
         norm_layer: LayerFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        layers = tuple(int(n) for n in layers)
-        if len(layers) != 4 or min(layers) < 1:
-            raise ValueError(f"layers must give 4 stage depths >= 1, got {layers}")
-        if width <= 0:
-            raise ValueError(f"width must be > 0, got {width}")
-        if in_chans < 1:
-            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        layers = check_stage_args(layers, width, in_chans)
         self.layers = layers
         self.zero_init_residual = zero_init_residual
         self.small_input = small_input
-        stem_channels = _scaled(64, width)
+        stem_channels = scaled_channels(64, width)
         if small_input:
             self.conv1 = nn.Conv2d(in_chans, stem_channels, 3, stride=1, padding=1, bias=False)
         else:
@@ -76,7 +66,7 @@ class ResNet(ResidualNet):
         channels, reductions = [], []
         reduction = 1 if small_input else 4
         for i, depth in enumerate(layers):
-            planes = _scaled(64 * 2**i, width)
+            planes = scaled_channels(64 * 2**i, width)
             stride = 1 if i == 0 else 2
             reduction *= stride
             out = planes * Bottleneck.expansion
