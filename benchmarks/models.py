@@ -30,10 +30,10 @@ batch 8 <= 1.0x ResNet's time; training step <= 1.2x; training peak memory (no c
 
 Usage::
 
-    python benchmarks/models.py                       # full run: pairs 26, 50, 101 at 224x224 (~15 min on 2 cores)
-    python benchmarks/models.py --quick               # smoke test (< 1 min): rednet26 vs resnet26, 64x64, batch 2
+    python benchmarks/models.py                       # full run: pairs 26, 50, 101 at 224x224 (~20 min, 2 cores)
+    python benchmarks/models.py --quick               # smoke test (~30 s): rednet26 vs resnet26, 64x64, batch 2
     python benchmarks/models.py --models 50 --repeats 5 --no-memory
-    python benchmarks/models.py --layout nchw --compile
+    python benchmarks/models.py --layout nchw --compile   # compiling takes minutes per model and pass kind
     python benchmarks/models.py --markdown docs/benchmarks_models.md   # also write a markdown section
 """
 

@@ -35,6 +35,12 @@ def _compile_flags() -> list[str]:
     return flags
 
 
+def _is_pixel_major(w: Tensor) -> bool:
+    """Whether each pixel's G*Kh*Kw taps of a (N, G, Kh, Kw, Ho, Wo) tensor are contiguous, in (g, u, v) order."""
+    _, g, kh, kw, _, _ = w.shape
+    return (kw == 1 or w.stride(3) == 1) and (kh == 1 or w.stride(2) == kw) and (g == 1 or w.stride(1) == kh * kw)
+
+
 class CpuBackend:
     name = "cpu"
 
@@ -95,8 +101,14 @@ class CpuBackend:
         return t
 
     @staticmethod
-    def _weight(t: Tensor, dtype: torch.dtype) -> Tensor:
-        return t.to(dtype) if t.dtype != dtype else t
+    def _pixel_major(w: Tensor, dtype: torch.dtype) -> Tensor:
+        """``w`` (N, G, Kh, Kw, Ho, Wo) in ``dtype`` with each pixel's G*Kh*Kw taps contiguous, as a channels_last
+        generator produces them (then no copy). The kernels read a pixel's taps together; one permuted copy costs
+        less than reading them scattered (measured in benchmarks/op.py, NCHW rows)."""
+        w = w.to(dtype) if w.dtype != dtype else w
+        if _is_pixel_major(w):
+            return w
+        return w.permute(0, 4, 5, 1, 2, 3).contiguous().permute(0, 3, 4, 5, 1, 2)
 
     @classmethod
     def _run(cls, kernel, out: Tensor, *args) -> None:
@@ -111,7 +123,7 @@ class CpuBackend:
 
     def forward(self, input: Tensor, weight: Tensor, out: Tensor, stride: Pair, padding: Pair, dilation: Pair) -> None:
         x = self._nhwc(input)
-        w = self._weight(weight, x.dtype)
+        w = self._pixel_major(weight, x.dtype)
         if out.dtype == x.dtype:  # the kernel writes NCHW or NHWC outputs itself
             torch.ops.involution_cpu.forward(x, w, out, stride, padding, dilation)
         else:
@@ -125,7 +137,7 @@ class CpuBackend:
             torch.ops.involution_cpu.backward_input,
             grad_input,
             gy,
-            self._weight(weight, gy.dtype),
+            self._pixel_major(weight, gy.dtype),
             stride,
             padding,
             dilation,
@@ -135,10 +147,11 @@ class CpuBackend:
         self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
         gy, x = self._float(grad_output), self._nhwc(input)
-        if grad_weight.dtype == x.dtype:
+        if grad_weight.dtype == x.dtype and _is_pixel_major(grad_weight):
             torch.ops.involution_cpu.backward_weight(gy, x, grad_weight, stride, padding, dilation)
-        else:
-            target = torch.empty_like(grad_weight, dtype=x.dtype)
+        else:  # written pixel by pixel: compute pixel-major, then one copy into the requested layout
+            n, g, kh, kw, ho, wo = grad_weight.shape
+            target = torch.empty((n, ho, wo, g, kh, kw), dtype=x.dtype, device=x.device).permute(0, 3, 4, 5, 1, 2)
             torch.ops.involution_cpu.backward_weight(gy, x, target, stride, padding, dilation)
             grad_weight.copy_(target)
 

@@ -146,14 +146,8 @@ inline void accumulate_group(int64_t Cg, const T* w0, const T* s0, const Walk& w
   }
 }
 
-// True when each pixel's Kh*Kw taps of a group are contiguous, as in a channels_last generator's output.
-inline bool taps_contiguous(const WeightStrides& ws, const Geometry& g) {
-  return ws.v == 1 && (g.Kh == 1 || ws.u == g.Kw) && (g.G == 1 || ws.g == g.Kh * g.Kw);
-}
-
-// forward: each output row (n, i) is a task. Weights whose taps are not contiguous per pixel (e.g. a plain NCHW
-// generator's output) are first copied row by row into a pixel-major buffer; an output that is not NHWC is
-// computed into a row buffer and transposed out. Both buffers stay in cache, which beats whole-tensor copies.
+// forward: each output row (n, i) is a task. An output that is not NHWC is computed into a row buffer (in cache)
+// and transposed out, which beats a whole-tensor copy afterwards.
 template <typename T>
 void forward_impl(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& out, const Geometry& g) {
   const T* x = input.data_ptr<T>();
@@ -161,32 +155,17 @@ void forward_impl(const at::Tensor& input, const at::Tensor& weight, const at::T
   T* y = out.data_ptr<T>();
   const FeatStrides xs(input);
   const WeightStrides ws(weight);
-  const int64_t taps = g.Kh * g.Kw;
-  const bool stage_weight = !taps_contiguous(ws, g);
   const bool stage_out = out.stride(1) != 1 && g.C > 1;
   const int64_t os[4] = {out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
-  const int64_t C = g.C, G = g.G, Kh = g.Kh, Kw = g.Kw, Wo = g.Wo;
+  const int64_t C = g.C, Wo = g.Wo;
   const auto row_taps = forward_taps(g.H, g.Ho, g.Kh, g.sh, g.ph, g.dh);
   const auto col_taps = forward_taps(g.W, g.Wo, g.Kw, g.sw, g.pw, g.dw);
   at::parallel_for(0, g.N * g.Ho, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> wbuf(stage_weight ? g.Wo * g.G * taps : 0), obuf(stage_out ? g.Wo * g.C : 0);
+    std::vector<T> obuf(stage_out ? g.Wo * g.C : 0);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t n = idx / g.Ho, i = idx % g.Ho;
-      // Where this row's weights and outputs are read / written, and with which strides.
       const T* wrow = w + n * ws.n + i * ws.i;
-      int64_t wj = ws.j, wg = ws.g, wu = ws.u, wv = ws.v;
-      if (stage_weight) {
-        // Pixel by pixel: the G*Kh*Kw source rows stay in L1 across the 16 pixels of a cache line.
-        T* dst = wbuf.data();
-        for (int64_t j = 0; j < Wo; ++j) {
-          const T* src = wrow + j * ws.j;
-          for (int64_t gr = 0; gr < G; ++gr)
-            for (int64_t u = 0; u < Kh; ++u)
-              for (int64_t v = 0; v < Kw; ++v) *dst++ = src[gr * ws.g + u * ws.u + v * ws.v];
-        }
-        wrow = wbuf.data();
-        wj = g.G * taps, wg = taps, wu = g.Kw, wv = 1;
-      }
+      const int64_t wj = ws.j, wg = ws.g, wu = ws.u, wv = ws.v;
       T* orow = stage_out ? obuf.data() : y + n * os[0] + i * os[2];
       const int64_t oj = stage_out ? g.C : os[3];
 
