@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..ops import involution2d
 from ..ops._shapes import IntOrPair, pair
@@ -29,6 +31,11 @@ class Involution2d(nn.Module):
         reduction_ratio: r, the generator's channel reduction (hidden width ``max(1, C // r)``). Default 4.
         out_channels: if given and different from C, a 1x1 projection follows the aggregation.
         norm_layer, act_layer: the generator's normalisation and activation factories.
+        recompute_kernel: when taking gradients, keep only the generator's hidden features and regenerate the
+            kernels (``conv2`` + aggregation) in the backward pass instead of storing them. The kernels hold G*Kh*Kw
+            values per pixel (about 3x the layer's channels at the paper's defaults), so this is what makes a RedNet
+            train in less memory than a ResNet; it costs one extra 1x1 convolution and aggregation per layer in the
+            backward. Default True; results are identical either way.
 
     Shapes: ``(N, C, H, W) -> (N, out_channels or C, ceil(H / s), ceil(W / s))``.
 
@@ -53,8 +60,10 @@ class Involution2d(nn.Module):
         out_channels: int | None = None,
         norm_layer: LayerFactory | None = nn.BatchNorm2d,
         act_layer: LayerFactory | None = nn.ReLU,
+        recompute_kernel: bool = True,
     ) -> None:
         super().__init__()
+        self.recompute_kernel = recompute_kernel
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
         self.dilation = pair(dilation, "dilation")
@@ -91,12 +100,22 @@ class Involution2d(nn.Module):
 
         Useful for visualisation; no copy is made (a channels_last generator output is viewed in place).
         """
-        return self.conv2(self.conv1(self.avgpool(x))).unflatten(1, (self.groups, *self.kernel_size))
+        return self._kernel_from_hidden(self.conv1(self.avgpool(x)))
+
+    def _kernel_from_hidden(self, hidden: Tensor) -> Tensor:
+        return self.conv2(hidden).unflatten(1, (self.groups, *self.kernel_size))
+
+    def _aggregate(self, x: Tensor, hidden: Tensor) -> Tensor:
+        return involution2d(x, self._kernel_from_hidden(hidden), self.stride, self.padding, self.dilation)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"Involution2d expects input (N, {self.channels}, H, W), got {tuple(x.shape)}")
-        out = involution2d(x, self.generate_kernel(x), self.stride, self.padding, self.dilation)
+        hidden = self.conv1(self.avgpool(x))
+        if self.recompute_kernel and torch.is_grad_enabled() and (x.requires_grad or hidden.requires_grad):
+            out = checkpoint(self._aggregate, x, hidden, use_reentrant=False)
+        else:
+            out = self._aggregate(x, hidden)
         return self.proj(out)
 
     def extra_repr(self) -> str:
