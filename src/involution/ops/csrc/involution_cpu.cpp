@@ -356,14 +356,17 @@ inline void row_dots(const T* gp, const T* x0, const Walk& walk, T* w0) {
   }
 }
 
-// Picks a row_dots instantiation for the common kernel widths, or returns false.
+// Picks a row_dots instantiation (1 or 2 vectors of channels, rows of up to 8 taps), or returns false.
 template <typename T>
 inline bool try_row_dots(int64_t nvec, int64_t tail, const T* gp, const T* x0, const Walk& walk, T* w0) {
   if (tail != 0) return false;
 #define INVOLUTION_ROW_DOTS(NV, COLS) \
   if (nvec == NV && walk.cols == COLS) { row_dots<T, NV, COLS>(gp, x0, walk, w0); return true; }
-  INVOLUTION_ROW_DOTS(1, 3) INVOLUTION_ROW_DOTS(1, 5) INVOLUTION_ROW_DOTS(1, 7)
-  INVOLUTION_ROW_DOTS(2, 3) INVOLUTION_ROW_DOTS(2, 5) INVOLUTION_ROW_DOTS(2, 7)
+  // Every width up to 8: at the image border a 7-wide kernel has 4, 5 or 6 taps inside per row.
+  INVOLUTION_ROW_DOTS(1, 1) INVOLUTION_ROW_DOTS(1, 2) INVOLUTION_ROW_DOTS(1, 3) INVOLUTION_ROW_DOTS(1, 4)
+  INVOLUTION_ROW_DOTS(1, 5) INVOLUTION_ROW_DOTS(1, 6) INVOLUTION_ROW_DOTS(1, 7) INVOLUTION_ROW_DOTS(1, 8)
+  INVOLUTION_ROW_DOTS(2, 1) INVOLUTION_ROW_DOTS(2, 2) INVOLUTION_ROW_DOTS(2, 3) INVOLUTION_ROW_DOTS(2, 4)
+  INVOLUTION_ROW_DOTS(2, 5) INVOLUTION_ROW_DOTS(2, 6) INVOLUTION_ROW_DOTS(2, 7) INVOLUTION_ROW_DOTS(2, 8)
 #undef INVOLUTION_ROW_DOTS
   return false;
 }
