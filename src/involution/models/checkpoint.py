@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._atomic import atomic_path
 from ._safetensors import read_safetensors, write_safetensors
 
 FORMAT = "involution"
@@ -69,7 +70,8 @@ def _numpy_scalar_globals() -> list[Any]:
     return [core.multiarray.scalar, np.dtype, *dtypes]
 
 
-def _read_torch(path: Path) -> Any:
+def read_torch_file(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; ``ValueError`` naming the file if it is corrupt or holds code."""
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -128,7 +130,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
         if not tensors:
             raise ValueError(f"{path}: the checkpoint holds no tensors")
         return tensors, metadata
-    return _extract_state_dict(_read_torch(path), path), {}
+    return _extract_state_dict(read_torch_file(path), path), {}
 
 
 # -- key layouts --------------------------------------------------------------------------------------------------
@@ -297,15 +299,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: Mapping
     if cfg:
         meta["pretrained_cfg"] = json.dumps(cfg, default=list)
     tensors = {k: v.detach() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         write_safetensors(tmp, tensors, meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

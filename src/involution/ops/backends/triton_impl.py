@@ -1,10 +1,24 @@
-"""The ``"triton"`` backend seam (GPU kernels in Triton).
+"""The ``"triton"`` backend: GPU kernels written in Triton (``triton_kernels.py``); the default on CUDA.
 
-The kernels themselves are the subject of their own issue; until they land this backend reports itself
-unavailable, so CUDA tensors run on the ``"torch"`` backend and ``use_backend("triton")`` raises a clear error.
+Triton is imported lazily, on the first question asked of this backend that needs it, so ``import involution``
+works without Triton (or with a broken install): the backend then reports itself unavailable with the reason and
+CUDA tensors fall back to the ``"torch"`` backend.
+
+The kernels read and write every tensor through its strides (NCHW, channels_last, a channels_last generator's
+output viewed as 6-D, sliced or permuted weights: no copies) and accumulate in float32 (float64 for float64).
+
+With ``TRITON_INTERPRET=1`` in the environment before Triton is first imported (Triton reads it at import, when
+``@triton.jit`` decorates, and at launch), Triton runs the kernels in its interpreter, on CPU tensors too:
+``with use_backend("triton")`` then runs CPU tensors through the very same kernels, which is how they are tested
+on machines without a GPU. The automatic choice never picks this backend for CPU tensors.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -13,33 +27,137 @@ from .._shapes import Pair
 from . import register_backend
 
 
+def _interpret_requested() -> bool:
+    """Whether TRITON_INTERPRET asks for Triton's CPU interpreter (the values Triton takes for true)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def _strides(t: Tensor) -> tuple[int, ...]:
+    # a dimension of size 1 is never stepped over, so its stride (possibly huge or 0) is irrelevant
+    return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
+
+
 class TritonBackend:
     name = "triton"
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kernels: ModuleType | None = None
+        self._error = ""
+
+    # ------------------------------------------------------------------------------------------ loading
+    def _load(self) -> ModuleType | None:
+        """The kernels module, imported on first use; None (and the reason in ``_error``) if that failed."""
+        with self._lock:
+            if self._kernels is None and not self._error:
+                try:
+                    from . import triton_kernels
+                except Exception as exc:  # not installed, or an install that fails on import: fall back, say why
+                    self._error = f"could not load the Triton kernels: {type(exc).__name__}: {str(exc).strip()[-500:]}"
+                else:
+                    self._kernels = triton_kernels
+            return self._kernels
+
+    def _interpreted(self) -> bool:
+        """Whether the kernels run in Triton's interpreter: TRITON_INTERPRET must be set both when Triton and the
+        kernels are imported (``@triton.jit`` reads it then) and when they are launched (Triton reads it again)."""
+        kernels = self._kernels
+        return _interpret_requested() and (kernels is None or kernels.INTERPRETED)
+
     def is_available(self) -> bool:
-        return False
+        if not (torch.cuda.is_available() or self._interpreted()):
+            return False  # decided without importing triton: `import involution` stays cheap on CPU machines
+        return self._load() is not None
 
     def unavailable_reason(self) -> str:
-        return "not implemented yet: the Triton kernels are tracked in their own issue"
+        if not (torch.cuda.is_available() or self._interpreted()):
+            return "no CUDA device (TRITON_INTERPRET=1, set before Triton is imported, runs the kernels on the CPU)"
+        self._load()
+        return self._error or "available"
 
     def supports(self, device: torch.device) -> bool:
-        return device.type == "cuda"
+        if device.type == "cuda":
+            return True
+        # CPU tensors only through the interpreter; kernels compiled for the GPU cannot read host memory
+        return device.type == "cpu" and self._interpreted()
 
-    def _missing(self, *args: object) -> None:
-        raise NotImplementedError(self.unavailable_reason())
+    # ------------------------------------------------------------------------------------------- kernels
+    def _launch(
+        self,
+        kernel_name: str,
+        loop_over_channels: bool,
+        a: Tensor,
+        w: Tensor,
+        b: Tensor,
+        ptrs: tuple[Tensor, Tensor, Tensor],
+        stride: Pair,
+        padding: Pair,
+        dilation: Pair,
+    ) -> None:
+        """Run one kernel. ``a`` is the input-sized (N, C, H, W) tensor, ``w`` the (N, G, Kh, Kw, Ho, Wo) one, ``b``
+        the output-sized (N, C, Ho, Wo) one; ``ptrs`` the kernel's three tensor arguments in its own order.
+
+        ``loop_over_channels``: one program per (sample, group, pixel block) that loops over the group's channels
+        (grad_weight); otherwise one per channel block too. The pixel blocks cover ``a`` for grad_input, ``b``
+        otherwise."""
+        kernels = self._load()
+        if kernels is None:
+            raise RuntimeError(f"the triton involution backend is unavailable: {self._error}")
+        for t in ptrs:
+            if t.device.type == "cpu" and not kernels.INTERPRETED:
+                raise RuntimeError(
+                    "the triton involution backend got CPU tensors but its kernels were compiled for the GPU; "
+                    "set TRITON_INTERPRET=1 in the environment before Triton is first imported"
+                )
+            # offsets inside one sample are 32-bit in the kernels (the batch offset is 64-bit)
+            if sum((size - 1) * abs(st) for size, st in zip(t.shape[1:], t.stride()[1:])) >= 2**31:
+                raise ValueError(
+                    f"the triton involution backend needs each sample of a tensor to span < 2**31 elements, got "
+                    f"shape {tuple(t.shape)} with strides {t.stride()}; use the 'torch' backend for it"
+                )
+        n, c, h, wd = a.shape
+        _, g, kh, kw, ho, wo = w.shape
+        cg = c // g
+        if a.numel() == 0 or b.numel() == 0:
+            if kernel_name != "involution_fwd_kernel" and ptrs[2].numel():
+                ptrs[2].zero_()  # nothing reads these pixels: their gradient is zero
+            return
+        n_pix = h * wd if kernel_name == "involution_bwd_input_kernel" else ho * wo
+        acc = kernels.tl.float64 if a.dtype == torch.float64 else kernels.tl.float32
+
+        def grid(meta: dict) -> tuple[int]:
+            channel_blocks = 1 if loop_over_channels else kernels.triton.cdiv(cg, meta["BLOCK_C"])
+            return (n * g * channel_blocks * kernels.triton.cdiv(n_pix, meta["BLOCK_P"]),)
+
+        device = contextlib.nullcontext() if a.device.type != "cuda" else torch.cuda.device(a.device)
+        with device:
+            getattr(kernels, kernel_name)[grid](
+                *ptrs,
+                g, cg, h, wd, ho, wo,
+                *_strides(a), *_strides(w), *_strides(b),
+                *stride, *padding, *dilation,
+                KH=kh, KW=kw, ACC=acc,
+            )  # fmt: skip
 
     def forward(self, input: Tensor, weight: Tensor, out: Tensor, stride: Pair, padding: Pair, dilation: Pair) -> None:
-        self._missing()
+        ptrs = (input, weight, out)
+        self._launch("involution_fwd_kernel", False, input, weight, out, ptrs, stride, padding, dilation)
 
     def backward_input(
         self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
-        self._missing()
+        ptrs = (grad_output, weight, grad_input)
+        self._launch(
+            "involution_bwd_input_kernel", False, grad_input, weight, grad_output, ptrs, stride, padding, dilation
+        )
 
     def backward_weight(
         self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
-        self._missing()
+        ptrs = (grad_output, input, grad_weight)
+        self._launch(
+            "involution_bwd_weight_kernel", True, input, grad_weight, grad_output, ptrs, stride, padding, dilation
+        )
 
 
 register_backend(TritonBackend())

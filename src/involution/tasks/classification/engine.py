@@ -1,0 +1,146 @@
+"""The pieces of a training step that do not depend on where the data comes from: device and precision choice,
+optimizer, learning-rate schedule, loss, and evaluation reduced over processes."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from .config import TrainConfig
+from .distributed import DistInfo, all_reduce_sum
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def select_device(name: str, info: DistInfo) -> torch.device:
+    """``auto``: this process's GPU under torchrun when CUDA is available, else the CPU."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda: no CUDA device is available (use --device cpu)")
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``--amp bf16|fp16`` (a no-op for ``none``)."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def make_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """Loss scaling is needed for fp16 only (bf16 has float32's range); a disabled scaler is a pass-through."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, nesterov=bool(config.nesterov) and config.momentum > 0,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the peak lr at optimizer step ``step``: linear warmup, then cosine to 0 (or constant)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step schedule; its state is the step count, so it resumes exactly."""
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    schedule = config.schedule
+
+    def factor(step: int) -> float:
+        return lr_factor(step, total, warmup, schedule)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    acc: float
+    top5: float
+    count: int
+    confusion: np.ndarray | None = None
+
+    def as_dict(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_loss": self.loss, f"{prefix}_acc": self.acc, f"{prefix}_top5": self.top5}
+
+
+def to_device(batch: tuple[Tensor, Tensor], device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor]:
+    """Move an ``(images (N, C, H, W), labels (N,))`` batch to ``device`` (images channels_last if asked)."""
+    images, labels = batch
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    info: DistInfo,
+    num_classes: int,
+    amp: str = "none",
+    channels_last: bool = False,
+    confusion: bool = False,
+    progress: object | None = None,
+) -> EvalResult:
+    """Loss, top-1 and top-5 accuracy of ``model`` over ``loader``, summed over all processes (each sample once).
+
+    ``confusion``: also count the ``(num_classes, num_classes)`` matrix (rows: true class, columns: predicted).
+    """
+    was_training = model.training
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    loss_sum = correct = correct5 = count = 0.0
+    matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    k = min(5, num_classes)
+    for batch in loader:
+        images, labels = to_device(batch, device, channels_last)
+        with autocast(device, amp):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += criterion(logits, labels).item()
+        top = logits.topk(k, dim=1).indices
+        correct += (top[:, 0] == labels).sum().item()
+        correct5 += (top == labels[:, None]).any(dim=1).sum().item()
+        count += labels.numel()
+        if confusion:
+            pairs = labels.cpu() * num_classes + top[:, 0].cpu()
+            matrix += torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes)
+        if progress is not None:
+            progress.update(1)  # type: ignore[attr-defined]
+    loss_sum, correct, correct5, count = all_reduce_sum([loss_sum, correct, correct5, count], info, device)
+    result_matrix = None
+    if confusion:
+        if info.enabled:
+            import torch.distributed as dist
+
+            matrix = matrix.to(device)
+            dist.all_reduce(matrix)
+        result_matrix = matrix.cpu().numpy()
+    model.train(was_training)
+    n = max(count, 1)
+    return EvalResult(loss_sum / n, correct / n, correct5 / n, int(count), result_matrix)

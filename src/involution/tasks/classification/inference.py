@@ -1,0 +1,189 @@
+"""``eval`` and ``predict``: load a trained classifier with what it expects of its input, and use it."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ...models import create_model, load_model, read_checkpoint
+from ...models.checkpoint import FORMAT as WEIGHTS_FORMAT
+from ..plots import plot_confusion_matrix
+from ..run_dir import write_json
+from .data import AugmentedDataset, DataSpec, build_image_transform, build_transforms, load_splits
+from .distributed import DistInfo
+from .engine import EvalResult, evaluate, select_device
+from .state import FORMAT as TRAIN_FORMAT
+from .state import load_training_state
+
+_RUN_DIR_FILES = ("best.safetensors", "last.safetensors", "last.pt")
+
+
+def _resolve_path(path: Path) -> Path:
+    if path.is_dir():
+        for name in _RUN_DIR_FILES:
+            for candidate in (path / "checkpoints" / name, path / name):
+                if candidate.is_file():
+                    return candidate
+        raise FileNotFoundError(f"{path}: a folder without a checkpoint (looked for checkpoints/{'|'.join(_RUN_DIR_FILES)})")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_classifier(
+    checkpoint: str | os.PathLike, model: str | None = None, num_classes: int | None = None
+) -> tuple[nn.Module, DataSpec | None]:
+    """A classifier in eval mode and the :class:`DataSpec` it was trained with (None if the file has none).
+
+    ``checkpoint``: a run directory, its ``best.safetensors`` / ``last.pt``, or any file ``create_model(model,
+    checkpoint=...)`` reads (official mmcls files, plain state dicts), for which ``model`` names the architecture.
+    """
+    path = _resolve_path(Path(checkpoint))
+    if path.suffix == ".pt":
+        state = _maybe_training_state(path)
+        if state is not None:
+            spec = DataSpec.from_dict(json.loads(state["data_spec"]))
+            net = create_model(state["model_name"], **state["model_kwargs"])
+            net.load_state_dict(state["model"])
+            return net.eval(), spec
+    _, metadata = read_checkpoint(path)
+    if metadata.get("format") == WEIGHTS_FORMAT:
+        net = load_model(path)
+        spec = DataSpec.from_dict(json.loads(metadata["data_spec"])) if "data_spec" in metadata else None
+        return net.eval(), spec
+    if model is None:
+        raise ValueError(f"{path} does not record its architecture: pass --model NAME (e.g. rednet50)")
+    net = create_model(model, checkpoint=path, **({} if num_classes is None else {"num_classes": num_classes}))
+    return net.eval(), None
+
+
+def _maybe_training_state(path: Path) -> dict[str, Any] | None:
+    try:
+        return load_training_state(path)
+    except ValueError as err:
+        if TRAIN_FORMAT in str(err):
+            return None  # another kind of .pt file (official checkpoint, plain state dict)
+        raise
+
+
+def _spec_from_model(net: nn.Module, data_spec: DataSpec) -> DataSpec:
+    """For checkpoints without a recorded spec: the model card's preprocessing with the data's classes."""
+    cfg = getattr(net, "pretrained_cfg", {}) or {}
+    size = cfg.get("input_size", (3, data_spec.image_size, data_spec.image_size))
+    return DataSpec(
+        data_spec.dataset, data_spec.classes, int(size[0]), int(size[-1]), list(cfg.get("mean", data_spec.mean)),
+        list(cfg.get("std", data_spec.std)), cfg.get("resize") if cfg.get("crop_pct", 1.0) < 1.0 else None,
+    )
+
+
+@dataclass
+class EvalReport:
+    result: EvalResult
+    spec: DataSpec
+    json_path: Path | None
+    confusion_path: Path | None
+
+
+def run_eval(
+    checkpoint: str | os.PathLike,
+    data: str,
+    data_dir: str | os.PathLike | None = None,
+    model: str | None = None,
+    batch_size: int = 256,
+    out: str | os.PathLike | None = None,
+    device: str = "auto",
+    amp: str = "none",
+    channels_last: bool = False,
+    workers: int = 0,
+    progress: bool = True,
+) -> EvalReport:
+    """Top-1/top-5 of a checkpoint on the test split of ``data``; writes ``eval-<data>.json`` and a confusion
+    matrix picture to ``out`` (default: the checkpoint's run directory, or beside the file)."""
+    info = DistInfo()
+    dev = select_device(device, info)
+    net, spec = load_classifier(checkpoint, model)
+    # the data's own split; image_size from the checkpoint so resizing matches training
+    splits = load_splits(data, data_dir, spec.image_size if spec else 224, val_fraction=0.0)
+    if spec is None:
+        spec = _spec_from_model(net, splits.spec)
+    classes = splits.spec.classes
+    num_outputs = getattr(net, "num_classes", len(classes))
+    if num_outputs != len(classes):
+        raise ValueError(f"the model has {num_outputs} outputs but --data {data} has {len(classes)} classes")
+    eval_spec = DataSpec(data, classes, spec.in_chans, spec.image_size, spec.mean, spec.std, spec.eval_resize)
+    _, eval_tf = build_transforms(eval_spec, augment=False)
+    dataset = AugmentedDataset(splits.test, eval_tf)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    net = net.to(dev)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(loader), desc=f"eval {data}", leave=False)
+    result = evaluate(net, loader, dev, info, len(classes), amp, channels_last, confusion=True, progress=bar)
+    if bar is not None:
+        bar.close()
+    out_dir = Path(out) if out is not None else _default_out(Path(checkpoint))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "checkpoint": str(checkpoint), "data": data, "count": result.count,
+        "top1": result.acc, "top5": result.top5, "loss": result.loss,
+        "confusion_matrix": result.confusion.tolist() if result.confusion is not None else None, "classes": classes,
+    }
+    json_path = write_json(out_dir / f"eval-{data}.json", summary)
+    picture = plot_confusion_matrix(
+        result.confusion, classes, out_dir / f"confusion-{data}.png",
+        title=f"{getattr(net, 'model_name', '')} on {data}: top-1 {100 * result.acc:.2f}%",
+    )
+    return EvalReport(result, spec, json_path, picture)
+
+
+def _default_out(checkpoint: Path) -> Path:
+    if checkpoint.is_dir():
+        return checkpoint
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+@torch.no_grad()
+def predict(
+    checkpoint: str | os.PathLike,
+    images: list[str | os.PathLike],
+    topk: int = 5,
+    model: str | None = None,
+    classes: list[str] | None = None,
+) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Top-``topk`` (class, probability) per image file."""
+    from PIL import Image, UnidentifiedImageError
+
+    net, spec = load_classifier(checkpoint, model)
+    if spec is None:
+        n = getattr(net, "num_classes", 1000)
+        names = classes or [str(i) for i in range(n)]
+        cfg = net.pretrained_cfg
+        resize = cfg.get("resize") if cfg.get("crop_pct", 1.0) < 1.0 else None
+        spec = DataSpec("", names, cfg["input_size"][0], cfg["input_size"][-1], list(cfg["mean"]), list(cfg["std"]), resize)
+    transform = build_image_transform(spec)
+    results = []
+    for item in images:
+        path = Path(item)
+        if not path.is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        try:
+            with Image.open(path) as image:
+                x = transform(image)
+        except UnidentifiedImageError:
+            raise ValueError(f"{path}: not an image file PIL can read") from None
+        probs = net(x.unsqueeze(0)).float().softmax(dim=1)[0]
+        k = min(topk, probs.numel())
+        values, indices = probs.topk(k)
+        results.append((str(path), [(spec.classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]))
+    return results
