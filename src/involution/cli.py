@@ -87,9 +87,174 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- classification (the main job) --------------------------------------------------------------------------------
+
+
+def _parse_kwargs(items: Sequence[str]) -> dict[str, object]:
+    """``["width=0.25", "drop_rate=0.1"]`` -> ``{"width": 0.25, "drop_rate": 0.1}`` (values as Python literals)."""
+    import ast
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-kwargs expects KEY=VALUE items, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Train a classifier; only the options given on the command line override the recipe (or the resumed run)."""
+    from .tasks.classification import TrainConfig, resume_config, train
+
+    given = vars(args).copy()
+    for key in ("command", "func"):
+        given.pop(key, None)
+    out = given.pop("out", None)
+    resume = given.pop("resume", False)
+    progress = not given.pop("no_progress", False)
+    if "model_kwargs" in given:
+        given["model_kwargs"] = _parse_kwargs(given["model_kwargs"])
+    if "no_augment" in given:
+        given["augment"] = not given.pop("no_augment")
+    config = resume_config(out, given) if resume and out is not None else TrainConfig.from_dict(given)
+    result = train(config, out=out, resume=resume, progress=progress)
+    return 130 if result.status == "interrupted" else 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .tasks.classification import run_eval
+
+    report = run_eval(
+        args.checkpoint, args.data, args.data_dir, model=args.model, batch_size=args.batch_size, out=args.out,
+        device=args.device, amp=args.amp, channels_last=args.channels_last, workers=args.workers,
+        progress=not args.no_progress,
+    )
+    r = report.result
+    print(f"{args.data} test split, {r.count} images: top-1 {100 * r.acc:.2f}%  top-5 {100 * r.top5:.2f}%  "
+          f"loss {r.loss:.4f}")
+    print(f"wrote {report.json_path} and {report.confusion_path}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .tasks.classification import predict
+
+    for path, top in predict(args.checkpoint, args.images, topk=args.topk, model=args.model):
+        print(path)
+        for name, prob in top:
+            print(f"  {prob:7.2%}  {name}")
+    return 0
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+    from .tasks.classification import DATASETS, RECIPES
+
+    # SUPPRESS: only options the user typed reach the config, so recipes and resumed runs fill in the rest
+    p = sub.add_parser(
+        "train", argument_default=argparse.SUPPRESS,
+        help="train a classifier (default: a small RedNet on scikit-learn's digits, a few minutes on 2 CPU cores)",
+        description="Train an image classifier. With no options: a small RedNet on scikit-learn's digits. "
+        "Options not given come from the data set's recipe (see --recipe); under torchrun the same command runs "
+        "DistributedDataParallel.",
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--data", choices=DATASETS, help="data set (default digits)")
+    g.add_argument("--data-dir", help="folder of the data set files (fashion-mnist, cifar10, imagefolder)")
+    g.add_argument("--image-size", type=int, help="train/test image size (default: the recipe's)")
+    g.add_argument("--val-fraction", type=float, help="share of the training split held out for validation")
+    g.add_argument("--no-augment", action="store_true", help="no random crops/flips")
+    g.add_argument("--workers", type=int, help="data-loader worker processes (default 0)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="registry name (see `involution models`), e.g. rednet26_small, resnet26_small")
+    g.add_argument("--model-kwargs", nargs="+", metavar="KEY=VALUE", help="model arguments, e.g. width=0.25")
+    g.add_argument("--checkpoint", help="initial weights (fine-tuning): any file create_model(checkpoint=) reads")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--recipe", choices=sorted(RECIPES), help="defaults to take (default: the data set's)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int, help="global batch (split across torchrun processes)")
+    g.add_argument("--lr", type=float, help="peak learning rate (default: base lr scaled by batch size)")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"))
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--schedule", choices=("cosine", "constant"))
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradient norm to NORM")
+    g.add_argument("--seed", type=int)
+    g = p.add_argument_group("speed")
+    g.add_argument("--amp", choices=("none", "bf16", "fp16"), help="autocast precision (bf16 on the CPU)")
+    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--compile-backend", help="torch.compile backend (default inductor)")
+    g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun (GPUs)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--threads", type=int, help="CPU threads per process")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", help="run directory (default: a new folder under runs/)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument("--eval-every", type=int, metavar="EPOCHS")
+    g.add_argument("--log-every", type=int, metavar="STEPS", help="TensorBoard step-loss interval")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on a data set's test split, with a confusion matrix")
+    e.add_argument("--checkpoint", required=True, help="run directory, best.safetensors, last.pt or another checkpoint")
+    e.add_argument("--data", required=True, choices=DATASETS)
+    e.add_argument("--data-dir")
+    e.add_argument("--model", help="architecture, for checkpoints that do not record it (official files)")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--out", help="where to write eval-DATA.json and confusion-DATA.png (default: the run directory)")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    e.add_argument("--channels-last", action="store_true")
+    e.add_argument("--workers", type=int, default=0)
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=_cmd_eval)
+
+    r = sub.add_parser("predict", help="top-k classes of image files")
+    r.add_argument("--checkpoint", required=True, help="run directory, best.safetensors, last.pt or another checkpoint")
+    r.add_argument("images", nargs="+", metavar="IMAGE")
+    r.add_argument("--topk", type=int, default=5)
+    r.add_argument("--model", help="architecture, for checkpoints that do not record it (official files)")
+    r.set_defaults(func=_cmd_predict)
+
+
+# -- export (deployment) ------------------------------------------------------------------------------------------
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """A model (optionally with a checkpoint) -> ONNX or a torch.export program, checked against eager PyTorch."""
+    from .tasks.export import export_model
+
+    try:
+        export_model(
+            args.model,
+            args.out,
+            format=args.format,
+            checkpoint=args.checkpoint,
+            input_size=args.input_size,
+            batch_size=args.batch,
+            dynamic=not args.static,
+            num_classes=args.num_classes,
+            verify=not args.no_verify,
+            opset=args.opset,
+            log=print,
+        )
+    except ImportError as exc:  # a missing optional package: the message names the pip install
+        print(f"involution export: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="involution", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_train_parser(sub)
 
     info = sub.add_parser("info", help="versions, backends, a correctness check and a quick timing")
     info.add_argument("--batch", type=int, default=8)
@@ -113,6 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("dst", help="output .safetensors path")
     convert.add_argument("--model", help="registry name; inferred from the checkpoint's keys when omitted")
     convert.set_defaults(func=_cmd_convert)
+    # export (deployment)
+    export = sub.add_parser("export", help="export a model to ONNX or a torch.export program (.pt2), checked")
+    export.add_argument("--model", required=True, help="registry name, e.g. rednet50")
+    export.add_argument("--checkpoint", help="weights: an official mmcls .pth or this library's safetensors")
+    export.add_argument("--format", choices=("onnx", "exported-program"), default="onnx")
+    export.add_argument("--out", required=True, help="output file, e.g. rednet50.onnx or rednet50.pt2")
+    export.add_argument("--input-size", type=int, nargs="+", metavar="N",
+                        help="example input C H W or H W (default: the model's pretrained_cfg input_size)")
+    export.add_argument("--batch", type=int, default=2, help="example batch (default 2; the batch stays dynamic)")
+    export.add_argument("--num-classes", type=int, help="classifier outputs (default: the model's 1000)")
+    export.add_argument("--static", action="store_true", help="fix batch, height and width to the example's")
+    export.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    export.add_argument("--no-verify", action="store_true", help="skip the comparison with eager PyTorch")
+    export.set_defaults(func=_cmd_export)
     return parser
 
 
@@ -120,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"involution {args.command}: aborted", file=sys.stderr)
+        return 130
     except (OSError, ValueError, TypeError, RuntimeError) as exc:
         if os.environ.get("INVOLUTION_DEBUG"):
             raise

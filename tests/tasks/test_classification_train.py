@@ -150,3 +150,11 @@ def test_fine_tuning_starts_from_a_checkpoint(tmp_path, trained_run):
     conv = "stem.0.conv.weight"
     assert torch.allclose(start[conv], after[conv], atol=1e-6), "a tiny lr keeps the loaded weights"
     assert result.metrics["test_acc"] > 0.2
+
+
+def test_worker_processes_do_not_change_the_result(tmp_path):
+    a = train(tiny(), out=tmp_path / "w0", progress=False)
+    b = train(tiny(workers=2), out=tmp_path / "w2", progress=False)
+    assert a.metrics["history"][0]["train_loss"] == b.metrics["history"][0]["train_loss"]
+    wa, wb = _weights(tmp_path / "w0"), _weights(tmp_path / "w2")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -46,8 +46,11 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike, t
                     color="tab:blue", label="train")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
     ax_acc.legend()
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)

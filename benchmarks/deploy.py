@@ -1,0 +1,206 @@
+#!/usr/bin/env python
+"""Deployment benchmark on the CPU: RedNet-26, RedNet-50 and ResNet-50 inference in eager PyTorch, torch.compile
+and ONNX Runtime, side by side.
+
+Per runtime and batch size, the models are timed in rounds (each round runs every model once, the order reversed
+every other round, so machine noise hits them alike); medians are reported with the ratio to ResNet-50 in the same
+runtime and batch. Setup:
+
+* eager and torch.compile: ``model.eval()``, channels_last model and input (the library's fast CPU path),
+  forward under ``torch.inference_mode()``; compile is ``torch.compile(model, dynamic=False)`` with inductor's
+  ``freezing`` on (its CPU inference setting), the compilation absorbed by the warm-up;
+* onnxruntime: the file written by ``involution.tasks.export.export_model`` (dynamic batch/height/width, the
+  involution op lowered to standard ONNX by ``involution.ops.onnx``), CPUExecutionProvider, default graph
+  optimisations, ``intra_op_num_threads`` = ``--threads``, NCHW float32 input.
+
+Usage::
+
+    python benchmarks/deploy.py                        # the full run (~15 min on 2 cores)
+    python benchmarks/deploy.py --out docs/deploy.md   # also write the markdown report
+    python benchmarks/deploy.py --quick                # smoke test: rednet26 vs resnet26, 64x64, 2 repeats
+    python benchmarks/deploy.py --runtimes eager,onnxruntime --batches 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+_SRC = os.path.join(ROOT, "src")
+if os.path.isdir(os.path.join(_SRC, "involution")):
+    sys.path.insert(0, _SRC)  # benchmark the working tree, installed or not
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import _util  # noqa: E402
+import torch  # noqa: E402
+
+import involution  # noqa: E402
+from involution.tasks.export import export_model  # noqa: E402
+
+RUNTIMES = ("eager", "compile", "onnxruntime")
+DEFAULT_MODELS = "rednet26,rednet50,resnet50"
+
+
+def _input(batch: int, size: int) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+
+
+def make_runner(runtime: str, name: str, batch: int, size: int, args: argparse.Namespace) -> Callable[[], object]:
+    """A zero-argument callable running one forward of ``name`` at ``batch`` in ``runtime`` (built, not timed)."""
+    torch.manual_seed(0)
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        path = args.onnx_files.get(name)
+        if path is None:
+            path = os.path.join(args.workdir, f"{name}.onnx")
+            export_model(name, path, input_size=(3, size, size), log=lambda m: print(f"[export {name}] {m}",
+                                                                                      file=sys.stderr))
+            args.onnx_files[name] = path
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = args.threads
+        opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: _input(batch, size).numpy()}
+        return lambda: session.run(None, feed)
+    model = involution.create_model(name).eval().to(memory_format=torch.channels_last)
+    if runtime == "compile":
+        import torch._inductor.config as inductor_config
+
+        # Freezing (weights folded into the graph as constants) is inductor's CPU inference mode; without it the
+        # compiled models ran 20-40x slower than eager here (weights re-laid out for oneDNN on every call).
+        inductor_config.freezing = True
+    fn = torch.compile(model, dynamic=False) if runtime == "compile" else model
+    x = _input(batch, size).contiguous(memory_format=torch.channels_last)
+
+    def run() -> object:
+        with torch.inference_mode():
+            return fn(x)
+
+    return run
+
+
+def time_group(runtime: str, batch: int, args: argparse.Namespace) -> dict[str, list[float]]:
+    """{model: seconds per run} for every model in one runtime at one batch, timed round-robin."""
+    runners = {}
+    for name in args.models:
+        t0 = time.perf_counter()
+        runners[name] = make_runner(runtime, name, batch, args.size, args)
+        for _ in range(args.warmup):
+            runners[name]()
+        print(f"[{runtime} b{batch}] {name} ready ({time.perf_counter() - t0:.0f} s incl. warm-up)",
+              file=sys.stderr, flush=True)
+    times: dict[str, list[float]] = {n: [] for n in args.models}
+    for r in range(args.repeats):
+        for name in args.models if r % 2 == 0 else args.models[::-1]:
+            start = time.perf_counter()
+            runners[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def build_table(
+    results: dict[tuple[str, int], dict[str, list[float]]], args: argparse.Namespace, markdown: bool
+) -> str:
+    """Rows: models; columns: runtime x batch, ``median ms (ratio to the baseline)``."""
+    keys = [(rt, b) for rt in args.runtimes for b in args.batches]
+    head = ["model"] + [f"{rt} b{b} ms (÷ {args.baseline})" for rt, b in keys] + ["runs (±IQR/2)"]
+    rows = []
+    for name in args.models:
+        cells = [name]
+        noise = []
+        for key in keys:
+            times = results.get(key, {})
+            med = _util.median(times.get(name, [])) * 1e3
+            base = _util.median(times.get(args.baseline, [])) * 1e3
+            ratio = med / base if base == base and base > 0 else float("nan")
+            cells.append(f"{_util.fmt_num(med, 1)} ({_util.fmt_num(ratio)}x)")
+            noise.append(_util.rel_iqr(times.get(name, [])))
+        worst = max((n for n in noise if n == n), default=float("nan"))
+        cells.append(f"{args.repeats}" + (f" (±{worst * 50:.0f}%)" if worst == worst else ""))
+        rows.append(cells)
+    return _util.render_table(head, rows, markdown, [False] + [True] * (len(head) - 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", default=None, help=f"comma list of registry names (default {DEFAULT_MODELS})")
+    p.add_argument("--baseline", default=None, help="the model the ratios divide by (default: the last one)")
+    p.add_argument("--runtimes", default=",".join(RUNTIMES), help=f"comma list of {', '.join(RUNTIMES)}")
+    p.add_argument("--batches", default=None, help="comma list of batch sizes (default 1,8)")
+    p.add_argument("--size", type=int, default=None, help="image height = width (default 224)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up runs per model (default 2; compilation included)")
+    p.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads (default: usable CPUs)")
+    p.add_argument("--quick", action="store_true", help="smoke test: rednet26 vs resnet26, 64x64, batch 2, 2 repeats")
+    p.add_argument("--out", metavar="PATH", help="also write the markdown report to PATH")
+    args = p.parse_args(argv)
+    command = "python benchmarks/deploy.py" + ("" if not sys.argv[1:] else " " + shlex.join(sys.argv[1:]))
+    if args.quick:
+        args.models = args.models or "rednet26,resnet26"
+        args.size, args.batches = args.size or 64, args.batches or "2"
+        args.repeats, args.warmup = args.repeats or 2, args.warmup or 1
+    args.models = [m.strip() for m in (args.models or DEFAULT_MODELS).split(",") if m.strip()]
+    args.baseline = args.baseline or args.models[-1]
+    args.runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    args.batches = [int(b) for b in (args.batches or "1,8").split(",")]
+    args.size, args.repeats = args.size or 224, args.repeats or 10
+    args.warmup = args.warmup or 2
+    args.threads = args.threads or _util.usable_cpus()
+    known = set(involution.list_models())
+    unknown = [r for r in args.runtimes if r not in RUNTIMES] + [m for m in args.models if m not in known]
+    if unknown or args.baseline not in args.models:
+        raise SystemExit(f"unknown runtime or model: {unknown or args.baseline}; runtimes: {', '.join(RUNTIMES)}")
+    torch.set_num_threads(args.threads)
+
+    info = [
+        ("command", f"`{command}`"),
+        ("involution", involution.__version__ + (f" (git {rev})" if (rev := _util.git_revision(ROOT)) else "")),
+        ("torch", torch.__version__),
+        ("python", sys.version.split()[0]),
+        ("CPU", f"{_util.cpu_model()} ({_util.usable_cpus()} usable CPUs)"),
+        ("threads", f"{args.threads} (torch.set_num_threads, onnxruntime intra_op_num_threads)"),
+        ("load avg", _util.load_average() + " (1/5/15 min, at start)"),
+        ("setup", f"{args.size}x{args.size}, batches {', '.join(map(str, args.batches))}, float32, "
+                  f"{args.repeats} timed rounds after {args.warmup} warm-up runs"),
+    ]
+    if "onnxruntime" in args.runtimes:
+        import onnxruntime
+
+        info.append(("onnxruntime", f"{onnxruntime.__version__}, CPUExecutionProvider"))
+    for k, v in info:
+        print(f"{k:>12}: {v.strip('`')}")
+
+    t_start = time.perf_counter()
+    results: dict[tuple[str, int], dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="involution-deploy-") as workdir:
+        args.workdir, args.onnx_files = workdir, {}
+        for runtime in args.runtimes:
+            for batch in args.batches:
+                results[(runtime, batch)] = time_group(runtime, batch, args)
+    elapsed = time.perf_counter() - t_start
+    print()
+    print(build_table(results, args, markdown=False))
+    load_end = _util.load_average()
+    print(f"\nload avg at the end: {load_end}; run time {elapsed:.0f} s")
+    if args.out:
+        md = [f"- {k}: {v}" for k, v in info]
+        md += [f"- load avg at the end: {load_end}; run time {elapsed:.0f} s", ""]
+        md += [build_table(results, args, markdown=True), ""]
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as fh:
+            fh.write("\n".join(md))
+        print(f"markdown written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The ONNX lowering of involution2d alone: export a module calling the op, run it in onnxruntime at another shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+ort = pytest.importorskip("onnxruntime")
+
+from involution.ops import involution2d  # noqa: E402
+from involution.ops.onnx import onnx_translation_table  # noqa: E402
+
+
+class _Op(torch.nn.Module):
+    def __init__(self, stride, padding, dilation) -> None:
+        super().__init__()
+        self.args = (stride, padding, dilation)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return involution2d(x, w, *self.args)
+
+
+def _out(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+# (channels, groups, kernel (h, w), stride, padding, dilation)
+CASES = {
+    "k3-s1": (8, 2, (3, 3), (1, 1), (1, 1), (1, 1)),
+    "k7-s2": (16, 1, (7, 7), (2, 2), (3, 3), (1, 1)),
+    "dilated-nonsquare": (6, 3, (3, 5), (1, 1), (2, 4), (2, 2)),
+    "mixed-stride-no-pad": (4, 4, (5, 3), (2, 1), (0, 0), (1, 2)),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_onnxruntime_matches_eager_at_another_shape(case, tmp_path):
+    c, g, (kh, kw), stride, padding, dilation = case
+
+    def inputs(n: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ho = _out(h, kh, stride[0], padding[0], dilation[0])
+        wo = _out(w, kw, stride[1], padding[1], dilation[1])
+        gen = torch.Generator().manual_seed(n * 1000 + h)
+        return torch.randn(n, c, h, w, generator=gen), torch.randn(n, g, kh, kw, ho, wo, generator=gen)
+
+    module = _Op(stride, padding, dilation)
+    auto = torch.export.Dim.AUTO
+    program = torch.export.export(
+        module, inputs(2, 16, 18), dynamic_shapes=({0: auto, 2: auto, 3: auto}, {0: auto, 4: auto, 5: auto})
+    )
+    onnx_program = torch.onnx.export(
+        program, dynamo=True, custom_translation_table=onnx_translation_table(), optimize=False, verbose=False
+    )
+    path = tmp_path / "op.onnx"
+    onnx_program.save(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    op_types = {node.op_type for node in onnx_program.model_proto.graph.node}
+    assert not any("involution" in t for t in op_types)  # standard ONNX only
+
+    x, w = inputs(3, 21, 13)  # other batch, odd sizes, taller than wide
+    names = [i.name for i in session.get_inputs()]
+    (got,) = session.run(None, {names[0]: x.numpy(), names[1]: w.numpy()})
+    expected = module(x, w)
+    assert got.shape == tuple(expected.shape)
+    torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_translation_table_names_the_op():
+    assert list(onnx_translation_table()) == [torch.ops.involution.involution2d.default]

@@ -1,0 +1,131 @@
+"""Deployment export: ONNX parity in onnxruntime, torch.export save/load, the `involution export` command, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+ort = pytest.importorskip("onnxruntime")
+
+from involution.cli import main  # noqa: E402
+from involution.layers import Involution2d  # noqa: E402
+from involution.models import create_model, save_checkpoint  # noqa: E402
+from involution.tasks import export as export_task  # noqa: E402
+from involution.tasks.export import check_onnx, export_model  # noqa: E402
+
+
+def _within_tolerance(check) -> bool:
+    return check.max_abs_error <= 1e-4 * max(1.0, check.max_abs_value)
+
+
+@pytest.fixture(scope="module")
+def rednet26(tmp_path_factory):
+    """A seeded RedNet-26 (eval mode) and its safetensors checkpoint."""
+    torch.manual_seed(0)
+    model = create_model("rednet26").eval()
+    path = save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "rednet26.safetensors")
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def cli_onnx(rednet26, tmp_path_factory):
+    """`involution export` of the RedNet-26 checkpoint to ONNX at 64x64: (exit code, stdout, path)."""
+    _, ckpt = rednet26
+    out = tmp_path_factory.mktemp("onnx") / "rednet26.onnx"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["export", "--model", "rednet26", "--checkpoint", str(ckpt), "--format", "onnx",
+                     "--out", str(out), "--input-size", "3", "64", "64"])
+    return code, stdout.getvalue(), out
+
+
+def test_cli_export_onnx_end_to_end(cli_onnx):
+    code, stdout, out = cli_onnx
+    assert code == 0, stdout
+    assert out.is_file() and "onnx.checker passed" in stdout
+    assert "onnxruntime vs eager" in stdout and "max abs error" in stdout
+
+
+def test_rednet26_onnx_matches_eager_at_another_batch_and_size(cli_onnx, rednet26):
+    model, _ = rednet26
+    _, _, out = cli_onnx
+    check = check_onnx(out, model, (3, 3, 72, 88))
+    assert _within_tolerance(check), check
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+
+
+def test_dense_backbone_onnx_matches_eager(tmp_path):
+    torch.manual_seed(1)
+    backbone = create_model("rednet26", features_only=True, out_indices=(1, 2, 3), width=0.25).eval()
+    out = export_model(backbone, tmp_path / "backbone.onnx", input_size=(3, 64, 64), verify=False)
+    check = check_onnx(out, backbone, (1, 3, 96, 80))  # batch 1 and a non-square size the export never saw
+    assert _within_tolerance(check), check
+
+
+def test_exported_program_roundtrip_in_a_fresh_process(tmp_path):
+    torch.manual_seed(2)
+    layer = torch.nn.Sequential(Involution2d(16, kernel_size=3, stride=2, group_channels=4)).eval()
+    lines: list[str] = []
+    out = export_model(layer, tmp_path / "layer.pt2", format="exported-program", input_size=(16, 20, 20),
+                       log=lines.append)
+    assert "torch.export vs eager" in lines[-1]
+    x = torch.randn(3, 16, 23, 17)
+    with torch.no_grad():
+        torch.save({"x": x, "y": layer(x)}, tmp_path / "io.pt")
+    script = textwrap.dedent(f"""
+        import torch, involution  # importing involution registers the op the program calls
+        program = torch.export.load({str(out)!r})
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        torch.testing.assert_close(program.module()(io["x"]), io["y"], atol=1e-5, rtol=1e-5)
+        print("roundtrip ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "roundtrip ok" in done.stdout, done.stderr[-2000:]
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        export_model("rednet26", tmp_path / "m.onnx", checkpoint=tmp_path / "missing.pth")
+    code = main(["export", "--model", "rednet26", "--checkpoint", str(tmp_path / "missing.pth"),
+                 "--out", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "missing.pth" in err and "Traceback" not in err
+
+
+def test_unknown_format_and_model_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown export format 'tflite'"):
+        export_model("rednet26", tmp_path / "m.tflite", format="tflite")
+    with pytest.raises(ValueError, match="unknown model"):
+        export_model("rednet27", tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="input_size"):
+        export_model("rednet26_small", tmp_path / "m.onnx", input_size=(3, 0, 8))
+
+
+def test_missing_onnx_package_names_the_install(tmp_path, monkeypatch, capsys):
+    real = export_task.importlib.util.find_spec
+    monkeypatch.setattr(
+        export_task.importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a)
+    )
+    with pytest.raises(ImportError, match="pip install"):
+        export_model("rednet26_small", tmp_path / "m.onnx")
+    code = main(["export", "--model", "rednet26_small", "--out", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "'onnx' package" in err and "pip install" in err
+
+
+def test_own_checkpoint_rebuilds_its_recorded_model(tmp_path):
+    torch.manual_seed(3)
+    tuned = create_model("rednet26_small", num_classes=10, width=0.25)
+    path = save_checkpoint(tuned, tmp_path / "tuned.safetensors")
+    model = export_task.load_export_model("rednet26_small", checkpoint=path)
+    assert not model.training and model.num_classes == 10
+    torch.testing.assert_close(model.state_dict(), tuned.state_dict())
