@@ -9,7 +9,13 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 from collections.abc import Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SRC = os.path.join(ROOT, "src")
+if os.path.isdir(os.path.join(_SRC, "involution")) and _SRC not in sys.path:
+    sys.path.insert(0, _SRC)  # benchmark the working tree, installed or not
 
 # ------------------------------------------------------------------------------------------------- memory
 _STATUS = "/proc/self/status"

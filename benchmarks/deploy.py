@@ -31,15 +31,9 @@ import tempfile
 import time
 from collections.abc import Callable
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-_SRC = os.path.join(ROOT, "src")
-if os.path.isdir(os.path.join(_SRC, "involution")):
-    sys.path.insert(0, _SRC)  # benchmark the working tree, installed or not
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+import _util  # first: it puts this checkout's src/ on sys.path (the script's folder is already there)
 
-import _util  # noqa: E402
+ROOT = _util.ROOT
 import torch  # noqa: E402
 
 import involution  # noqa: E402
