@@ -90,7 +90,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fashion-mnist": dict(
         model="rednet26_small",
         model_kwargs={"width": 0.25},
-        epochs=5,
+        epochs=7,
         batch_size=128,
         base_lr=0.1,
         base_batch=128,
