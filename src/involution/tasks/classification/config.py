@@ -68,95 +68,38 @@ class TrainConfig:
         return cls(**values)
 
 
+# Shared by every recipe: SGD with Nesterov momentum, cosine schedule, label smoothing (as the paper's).
+_COMMON: dict[str, Any] = dict(
+    optimizer="sgd", momentum=0.9, nesterov=True, schedule="cosine", label_smoothing=0.1, model_kwargs={}
+)
+
 # Per-recipe defaults for every field left at None. lr = base_lr * batch_size / base_batch.
 RECIPES: dict[str, dict[str, Any]] = {
-    "digits": dict(
-        model="rednet26_small",
-        model_kwargs={"width": 0.25},
-        epochs=30,
-        batch_size=64,
-        base_lr=0.1,
-        base_batch=64,
-        optimizer="sgd",
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=5e-4,
-        warmup_epochs=1,
-        schedule="cosine",
-        label_smoothing=0.1,
-        image_size=8,
-        val_fraction=0.1,
-    ),
-    "fashion-mnist": dict(
-        model="rednet26_small",
-        model_kwargs={"width": 0.25},
-        epochs=7,
-        batch_size=128,
-        base_lr=0.1,
-        base_batch=128,
-        optimizer="sgd",
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=5e-4,
-        warmup_epochs=0.5,
-        schedule="cosine",
-        label_smoothing=0.1,
-        image_size=28,
-        val_fraction=0.1,
-    ),
-    "cifar10": dict(
-        model="rednet26_small",
-        model_kwargs={"width": 0.5},
-        epochs=100,
-        batch_size=128,
-        base_lr=0.1,
-        base_batch=128,
-        optimizer="sgd",
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=5e-4,
-        warmup_epochs=2,
-        schedule="cosine",
-        label_smoothing=0.1,
-        image_size=32,
-        val_fraction=0.1,
-    ),
-    "imagefolder": dict(
-        model="rednet26",
-        model_kwargs={},
-        epochs=90,
-        batch_size=64,
-        base_lr=0.1,
-        base_batch=256,
-        optimizer="sgd",
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=1e-4,
-        warmup_epochs=5,
-        schedule="cosine",
-        label_smoothing=0.1,
-        image_size=224,
-        val_fraction=0.0,
-    ),
+    "digits": {
+        **_COMMON, "model": "rednet26_small", "model_kwargs": {"width": 0.25}, "image_size": 8, "epochs": 30,
+        "batch_size": 64, "base_lr": 0.1, "base_batch": 64, "weight_decay": 5e-4, "warmup_epochs": 1,
+        "val_fraction": 0.1,
+    },
+    "fashion-mnist": {
+        **_COMMON, "model": "rednet26_small", "model_kwargs": {"width": 0.25}, "image_size": 28, "epochs": 7,
+        "batch_size": 128, "base_lr": 0.1, "base_batch": 128, "weight_decay": 5e-4, "warmup_epochs": 0.5,
+        "val_fraction": 0.1,
+    },
+    "cifar10": {
+        **_COMMON, "model": "rednet26_small", "model_kwargs": {"width": 0.5}, "image_size": 32, "epochs": 100,
+        "batch_size": 128, "base_lr": 0.1, "base_batch": 128, "weight_decay": 5e-4, "warmup_epochs": 2,
+        "val_fraction": 0.1,
+    },
+    "imagefolder": {
+        **_COMMON, "model": "rednet26", "image_size": 224, "epochs": 90, "batch_size": 64, "base_lr": 0.1,
+        "base_batch": 256, "weight_decay": 1e-4, "warmup_epochs": 5, "val_fraction": 0.0,
+    },
     # The paper's (official mmcls config): SGD Nesterov, lr 0.8 at batch 2048 scaled linearly, 5 warmup epochs,
     # cosine to 0, 130 epochs, label smoothing 0.1, RandomResizedCrop 224 + flip; test resize 256, centre crop 224.
-    "imagenet": dict(
-        model="rednet50",
-        model_kwargs={},
-        epochs=130,
-        batch_size=256,
-        base_lr=0.8,
-        base_batch=2048,
-        optimizer="sgd",
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=1e-4,
-        warmup_epochs=5,
-        schedule="cosine",
-        label_smoothing=0.1,
-        image_size=224,
-        val_fraction=0.0,
-    ),
+    "imagenet": {
+        **_COMMON, "model": "rednet50", "image_size": 224, "epochs": 130, "batch_size": 256, "base_lr": 0.8,
+        "base_batch": 2048, "weight_decay": 1e-4, "warmup_epochs": 5, "val_fraction": 0.0,
+    },
 }
 
 
