@@ -150,6 +150,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    """Per-group heat maps of the kernels an involution layer generates for an image, as in the paper's figure."""
+    from .tasks.visualize import describe_layers, visualize
+
+    if args.layer == "list":
+        for info in describe_layers(args.checkpoint, model=args.model):
+            print(info.describe())
+        return 0
+    if args.image is None:
+        raise ValueError("visualize needs an IMAGE file (or --layer list)")
+    fig = visualize(args.checkpoint, args.image, layer=args.layer, pixel=args.pixel, reduce=args.reduce,
+                    out=args.out, model=args.model)
+    print(f"{fig.layer.describe()}: kernels at pixel (y={fig.pixel[0]}, x={fig.pixel[1]}) "
+          f"= cell {fig.grid_pixel} of the layer's output")
+    print(f"wrote {fig.path}")
+    return 0
+
+
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     from .tasks.classification import DATASETS, RECIPES
 
@@ -166,6 +184,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data-dir", help="folder of the data set files (fashion-mnist, cifar10, imagefolder)")
     g.add_argument("--image-size", type=int, help="train/test image size (default: the recipe's)")
     g.add_argument("--val-fraction", type=float, help="share of the training split held out for validation")
+    g.add_argument("--train-fraction", type=float,
+                   help="train on this share of the training split (stratified, fixed per --seed)")
     g.add_argument("--no-augment", action="store_true", help="no random crops/flips")
     g.add_argument("--workers", type=int, help="data-loader worker processes (default 0)")
     g = p.add_argument_group("model")
@@ -187,7 +207,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int)
     g = p.add_argument_group("speed")
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), help="autocast precision (bf16 on the CPU)")
-    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="channels_last memory format (the recipe decides by default)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--compile-backend", help="torch.compile backend (default inductor)")
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun (GPUs)")
@@ -222,6 +243,19 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--model", help="architecture, for checkpoints that do not record it (official files)")
     r.set_defaults(func=_cmd_predict)
 
+    v = sub.add_parser("visualize", help="draw the kernels an involution layer generates for an image (paper figure)")
+    v.add_argument("--checkpoint", required=True, help="run directory, best.safetensors, last.pt or another checkpoint")
+    v.add_argument("image", nargs="?", metavar="IMAGE", help="image file (not needed with --layer list)")
+    v.add_argument("--layer", help="involution layer name, or 'list' to print them "
+                   "(default: the last involution of the first stage)")
+    v.add_argument("--pixel", type=int, nargs=2, metavar=("Y", "X"),
+                   help="where to show the K x K kernels, in the preprocessed input (default: its centre)")
+    v.add_argument("--reduce", choices=("sum", "norm"), default="sum",
+                   help="per-pixel reduction of each kernel for the heat maps (default sum, as in the paper)")
+    v.add_argument("--out", help="PNG to write (default: kernels-IMAGE-LAYER.png in the run directory)")
+    v.add_argument("--model", help="architecture, for checkpoints that do not record it (official files)")
+    v.set_defaults(func=_cmd_visualize)
+
 
 # -- export (deployment) ------------------------------------------------------------------------------------------
 
@@ -247,6 +281,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except ImportError as exc:  # a missing optional package: the message names the pip install
         print(f"involution export: error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+# -- studies --------------------------------------------------------------------------------------------------------
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    """Run (or continue) studies and write their reports."""
+    from .tasks.studies import STUDIES, StudyOptions, run_study
+
+    names = list(STUDIES) if args.name == "all" else [args.name]
+    if args.name != "all" and args.name not in STUDIES:
+        raise ValueError(f"unknown study {args.name!r}; choose one of {', '.join(STUDIES)} or all")
+    out = args.out or ("runs/studies-quick" if args.quick else "runs/studies")
+    options = StudyOptions(data_dir=args.data_dir, quick=args.quick, seeds=tuple(args.seeds), threads=args.threads)
+    for name in names:
+        command = f"involution study {name}" + (" --quick" if args.quick else "")
+        command += f" --data-dir {args.data_dir}" if args.data_dir else ""
+        command += f" --seeds {' '.join(map(str, args.seeds))}" if list(args.seeds) != [0, 1, 2] else ""
+        if not args.quick and not args.report_only and args.data_dir is None:
+            raise ValueError("the full studies train on Fashion-MNIST: pass --data-dir (e.g. ../shared/data), "
+                             "or --quick for the digits smoke test")
+        result = run_study(name, out, options, report_dir=args.report_dir, command=command,
+                           progress=not args.no_progress, train_missing=not args.report_only)
+        done = len({r["key"] for r in result["rows"]})
+        print(f"{name}: {done}/{result['cells']} cells finished")
+        for kind, path in result["paths"].items():
+            if kind in ("md", "png"):
+                print(f"  wrote {path}")
     return 0
 
 
@@ -292,6 +355,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     export.add_argument("--no-verify", action="store_true", help="skip the comparison with eager PyTorch")
     export.set_defaults(func=_cmd_export)
+
+    study = sub.add_parser("study", help="run a study of a claim about involution (resumable) and write its report")
+    study.add_argument("name", help="data_regime, width, components, ablations, position, or all")
+    study.add_argument("--data-dir", help="Fashion-MNIST root, e.g. ../shared/data (the full studies need it)")
+    study.add_argument("--quick", action="store_true", help="a seconds-long smoke test on digits (numbers mean nothing)")
+    study.add_argument("--out", help="where the cells' runs and results.jsonl live (default runs/studies[-quick])")
+    study.add_argument("--report-dir", help="where the report goes (default OUT/reports), e.g. docs/studies")
+    study.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    study.add_argument("--report-only", action="store_true", help="train nothing; report the finished cells")
+    study.add_argument("--threads", type=int, help="CPU threads per run (1 lets two studies share 2 cores)")
+    study.add_argument("--no-progress", action="store_true")
+    study.set_defaults(func=_cmd_study)
     return parser
 
 

@@ -2,5 +2,13 @@
 
 from .conv_norm_act import ConvNormAct
 from .involution import Involution2d
+from .spatial import SPATIAL_KINDS, LocalSelfAttention2d, StaticSharedConv2d, spatial_layer
 
-__all__ = ["ConvNormAct", "Involution2d"]
+__all__ = [
+    "ConvNormAct",
+    "Involution2d",
+    "LocalSelfAttention2d",
+    "SPATIAL_KINDS",
+    "StaticSharedConv2d",
+    "spatial_layer",
+]

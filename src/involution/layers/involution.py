@@ -36,6 +36,10 @@ class Involution2d(nn.Module):
             values per pixel (about 3x the layer's channels at the paper's defaults), so this is what makes a RedNet
             train in less memory than a ResNet; it costs one extra 1x1 convolution and aggregation per layer in the
             backward. Default True; results are identical either way.
+        coord_channels: feed the kernel generator two extra input channels holding each (pooled) pixel's
+            normalised ``(y, x)`` coordinates in ``[-1, 1]``, so the generated kernel may depend on position as
+            well as on content (``conv1`` then takes C + 2 channels). Computed on the fly for any size. Default
+            False: the official, translation-equivariant layer.
 
     Shapes: ``(N, C, H, W) -> (N, out_channels or C, ceil(H / s), ceil(W / s))``.
 
@@ -61,9 +65,11 @@ class Involution2d(nn.Module):
         norm_layer: LayerFactory | None = nn.BatchNorm2d,
         act_layer: LayerFactory | None = nn.ReLU,
         recompute_kernel: bool = True,
+        coord_channels: bool = False,
     ) -> None:
         super().__init__()
         self.recompute_kernel = recompute_kernel
+        self.coord_channels = coord_channels
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
         self.dilation = pair(dilation, "dilation")
@@ -88,7 +94,9 @@ class Involution2d(nn.Module):
         hidden = max(1, channels // reduction_ratio)
 
         self.avgpool = CeilAvgPool2d(self.stride) if max(self.stride) > 1 else nn.Identity()
-        self.conv1 = ConvNormAct(channels, hidden, 1, norm_layer=norm_layer, act_layer=act_layer)
+        # The hidden width stays C // r with coordinates too, so coord_channels only adds 2 * hidden weights.
+        gen_in = channels + 2 if coord_channels else channels
+        self.conv1 = ConvNormAct(gen_in, hidden, 1, norm_layer=norm_layer, act_layer=act_layer)
         self.conv2 = ConvNormAct(hidden, groups * kh * kw, 1, bias=True, norm_layer=None, act_layer=None)
         self.out_channels = out_channels or channels
         self.proj = (
@@ -100,7 +108,14 @@ class Involution2d(nn.Module):
 
         Useful for visualisation; no copy is made (a channels_last generator output is viewed in place).
         """
-        return self._kernel_from_hidden(self.conv1(self.avgpool(x)))
+        return self._kernel_from_hidden(self.conv1(self._generator_input(x)))
+
+    def _generator_input(self, x: Tensor) -> Tensor:
+        """What ``conv1`` sees: the input pooled by the stride, plus the coordinate channels if asked for."""
+        pooled = self.avgpool(x)
+        if not self.coord_channels:
+            return pooled
+        return torch.cat([pooled, coordinate_channels(pooled)], dim=1)
 
     def _kernel_from_hidden(self, hidden: Tensor) -> Tensor:
         return self.conv2(hidden).unflatten(1, (self.groups, *self.kernel_size))
@@ -111,7 +126,7 @@ class Involution2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"Involution2d expects input (N, {self.channels}, H, W), got {tuple(x.shape)}")
-        hidden = self.conv1(self.avgpool(x))
+        hidden = self.conv1(self._generator_input(x))
         if self.recompute_kernel and torch.is_grad_enabled() and (x.requires_grad or hidden.requires_grad):
             out = checkpoint(self._aggregate, x, hidden, use_reentrant=False)
         else:
@@ -121,5 +136,25 @@ class Involution2d(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, dilation={self.dilation}, "
-            f"groups={self.groups}"
+            f"groups={self.groups}" + (", coord_channels=True" if self.coord_channels else "")
         )
+
+
+def coordinate_channels(x: Tensor) -> Tensor:
+    """Normalised pixel coordinates for ``x`` ``(N, C, H, W)``: ``(N, 2, H, W)``, channel 0 the row ``y`` and
+    channel 1 the column ``x``, each running linearly from -1 (first pixel) to 1 (last); 0 for a size of 1.
+
+    Built in ``x``'s dtype, device and memory layout, so concatenating it to ``x`` costs no layout change.
+    """
+    n, _, h, w = x.shape
+
+    def axis(size: int) -> Tensor:
+        if size == 1:  # linspace would give -1; the centre of a 1-pixel axis is 0
+            return torch.zeros(1, dtype=x.dtype, device=x.device)
+        return torch.linspace(-1.0, 1.0, size, dtype=x.dtype, device=x.device)
+
+    ys, xs = torch.meshgrid(axis(h), axis(w), indexing="ij")
+    grid = torch.stack([ys, xs]).unsqueeze(0).expand(n, 2, h, w)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return grid.contiguous(memory_format=torch.channels_last)
+    return grid.contiguous()

@@ -75,6 +75,15 @@ def check_stage_args(layers: Sequence[int], width: float, in_chans: int) -> tupl
     return layers
 
 
+def stem_stride_for(stem_stride: int | None, small_input: bool) -> int:
+    """The stride of a net's first convolution: by default 1 for small inputs, 2 otherwise."""
+    if stem_stride is None:
+        return 1 if small_input else 2
+    if stem_stride not in (1, 2):
+        raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
+    return stem_stride
+
+
 def check_out_indices(out_indices: Sequence[int], num_stages: int = 4) -> tuple[int, ...]:
     """Validate stage indices (negative ones count from the end); returns them sorted, without repeats."""
     try:

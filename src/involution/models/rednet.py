@@ -10,6 +10,11 @@ the module names are the official ones, so an official checkpoint maps onto this
   first block) ``bn2`` ReLU, ``conv3`` (1x1, x4 channels) ``bn3``, plus the identity or ``downsample`` (1x1 conv
   with the stride + BN wherever the shape changes), then ReLU.
 * ``global_pool`` + ``fc``.
+
+For the study of which half of involution matters (dynamic vs static kernels, shared vs per-channel), ``spatial``
+swaps the bottlenecks' ``conv2`` for another K x K layer (:func:`involution.layers.spatial_layer`); the stem's
+involution stays an :class:`~involution.layers.Involution2d` whatever ``spatial`` says, so the variants differ in
+the bottlenecks only.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ..layers import ConvNormAct, Involution2d
+from ..layers import ConvNormAct, Involution2d, spatial_layer
 from ..layers.conv_norm_act import LayerFactory
-from ._base import ResidualNet, check_stage_args, scaled_channels
+from ._base import ResidualNet, check_stage_args, scaled_channels, stem_stride_for
 from .registry import build_model, default_cfg, register_model, small_cfg
 
 
@@ -33,6 +38,10 @@ class RedNetBottleneck(nn.Module):
         stride: stride of the involution (and of the downsample branch).
         downsample: module applied to the identity branch (``None``: the identity itself).
         kernel_size, group_channels, reduction_ratio: of the involution (official: 7, 16, 4).
+        recompute_kernel: see :class:`~involution.layers.Involution2d`.
+        spatial: which K x K layer ``conv2`` is, one of :data:`~involution.layers.SPATIAL_KINDS` (default
+            ``"involution"``, the official block; see :func:`~involution.layers.spatial_layer`).
+        coord_channels: give ``conv2``'s kernel generator the pixel coordinates (``involution``/``dynamic`` only).
     """
 
     expansion = 4
@@ -47,6 +56,9 @@ class RedNetBottleneck(nn.Module):
         group_channels: int = 16,
         reduction_ratio: int = 4,
         norm_layer: LayerFactory = nn.BatchNorm2d,
+        recompute_kernel: bool = True,
+        spatial: str = "involution",
+        coord_channels: bool = False,
     ) -> None:
         super().__init__()
         out_channels = mid_channels * self.expansion
@@ -54,13 +66,16 @@ class RedNetBottleneck(nn.Module):
         self.stride = stride
         self.conv1 = nn.Conv2d(in_channels, mid_channels, 1, bias=False)
         self.bn1 = norm_layer(mid_channels)
-        self.conv2 = Involution2d(
+        self.conv2 = spatial_layer(
+            spatial,
             mid_channels,
             kernel_size=kernel_size,
             stride=stride,
             group_channels=group_channels,
             reduction_ratio=reduction_ratio,
             norm_layer=norm_layer,
+            recompute_kernel=recompute_kernel,
+            coord_channels=coord_channels,
         )
         self.bn2 = norm_layer(mid_channels)
         self.conv3 = nn.Conv2d(mid_channels, out_channels, 1, bias=False)
@@ -88,11 +103,21 @@ class RedNet(ResidualNet):
         stem_kernel_size: K of the stem involution: 3 (official classification) or 7 (official det/seg backbone).
         small_input: for 8x8 to 32x32 images: the stem's first conv has stride 1 and there is no max-pool, so the
             stage reductions are 1/2/4/8 instead of 4/8/16/32.
+        stem_stride: stride of the stem's first conv (default 1 with ``small_input``, else 2); 2 with
+            ``small_input`` halves the resolution once (reductions 2/4/8/16) for about a quarter of the compute.
         kernel_size: K of the bottleneck involutions (official 7).
         group_channels: channels per involution group (official 16).
         reduction_ratio: the kernel generator's reduction (official 4).
         avg_down: downsample the identity with a 2x2 average pool before a stride-1 1x1 conv (official option,
             off in the official RedNets; adds no parameters).
+        recompute_kernel: every involution regenerates its kernels in the backward instead of storing them
+            (default True: less memory; False is a little faster for small models, where memory is no concern).
+        spatial: the bottlenecks' K x K layer, one of :data:`~involution.layers.SPATIAL_KINDS`: ``"involution"``
+            (default, the official RedNet), ``"dynamic"`` (per-channel generated kernels), ``"static_shared"``
+            (one learned kernel per group), ``"depthwise"`` (depthwise convolution) or ``"attention"`` (local
+            self-attention, G heads). The stem keeps its involution whatever this says.
+        coord_channels: the bottlenecks' kernel generators also see each pixel's normalised (y, x) coordinates
+            (``spatial`` ``"involution"`` or ``"dynamic"`` only; the stem's involution does not get them).
         zero_init_residual: zero the last BN of every block (official: True).
         drop_rate: dropout before the classifier.
         grad_checkpointing: recompute block activations in backward (official ``with_cp``).
@@ -112,10 +137,14 @@ class RedNet(ResidualNet):
         width: float = 1.0,
         stem_kernel_size: int = 3,
         small_input: bool = False,
+        stem_stride: int | None = None,
         kernel_size: int = 7,
         group_channels: int = 16,
         reduction_ratio: int = 4,
         avg_down: bool = False,
+        recompute_kernel: bool = True,
+        spatial: str = "involution",
+        coord_channels: bool = False,
         zero_init_residual: bool = True,
         drop_rate: float = 0.0,
         grad_checkpointing: bool = False,
@@ -130,7 +159,7 @@ class RedNet(ResidualNet):
         self.small_input = small_input
         stem_channels = scaled_channels(64, width)
         half = max(1, stem_channels // 2)
-        stem_stride = 1 if small_input else 2
+        stem_stride = stem_stride_for(stem_stride, small_input)
         self.stem = nn.Sequential(
             ConvNormAct(in_chans, half, 3, stride=stem_stride, padding=1, norm_layer=norm_layer),
             Involution2d(
@@ -139,6 +168,7 @@ class RedNet(ResidualNet):
                 group_channels=group_channels,
                 reduction_ratio=reduction_ratio,
                 norm_layer=norm_layer,
+                recompute_kernel=recompute_kernel,
             ),
             norm_layer(half),
             nn.ReLU(inplace=True),
@@ -151,10 +181,13 @@ class RedNet(ResidualNet):
             "group_channels": group_channels,
             "reduction_ratio": reduction_ratio,
             "norm_layer": norm_layer,
+            "recompute_kernel": recompute_kernel,
+            "spatial": spatial,
+            "coord_channels": coord_channels,
         }
         in_channels = stem_channels
         channels, reductions = [], []
-        reduction = 1 if small_input else 4
+        reduction = stem_stride * (1 if small_input else 2)
         for i, depth in enumerate(layers):
             mid = scaled_channels(64 * 2**i, width)
             stride = 1 if i == 0 else 2

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 from ..layers.conv_norm_act import LayerFactory
-from ._base import ResidualNet, check_stage_args, scaled_channels
+from ._base import ResidualNet, check_stage_args, scaled_channels, stem_stride_for
 from .registry import build_model, default_cfg, register_model, small_cfg
 
 
@@ -26,6 +26,7 @@ class ResNet(ResidualNet):
         in_chans: input channels.
         width: multiplier of every width (stem 64, stages 64/128/256/512 x4).
         small_input: for 8x8 to 32x32 images: a 3x3 stride-1 first conv and no max-pool (reductions 1/2/4/8).
+        stem_stride: stride of the first conv (default 1 with ``small_input``, else 2), as for :class:`RedNet`.
         zero_init_residual: zero the last BN of every block (default True, as for RedNet, so both start alike).
         drop_rate, grad_checkpointing, features_only, out_indices, norm_layer: as for :class:`RedNet`.
 
@@ -41,6 +42,7 @@ class ResNet(ResidualNet):
         in_chans: int = 3,
         width: float = 1.0,
         small_input: bool = False,
+        stem_stride: int | None = None,
         zero_init_residual: bool = True,
         drop_rate: float = 0.0,
         grad_checkpointing: bool = False,
@@ -54,17 +56,18 @@ class ResNet(ResidualNet):
         self.zero_init_residual = zero_init_residual
         self.small_input = small_input
         stem_channels = scaled_channels(64, width)
+        stem_stride = stem_stride_for(stem_stride, small_input)
         if small_input:
-            self.conv1 = nn.Conv2d(in_chans, stem_channels, 3, stride=1, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(in_chans, stem_channels, 3, stride=stem_stride, padding=1, bias=False)
         else:
-            self.conv1 = nn.Conv2d(in_chans, stem_channels, 7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(in_chans, stem_channels, 7, stride=stem_stride, padding=3, bias=False)
         self.bn1 = norm_layer(stem_channels)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
 
         in_channels = stem_channels
         channels, reductions = [], []
-        reduction = 1 if small_input else 4
+        reduction = stem_stride * (1 if small_input else 2)
         for i, depth in enumerate(layers):
             planes = scaled_channels(64 * 2**i, width)
             stride = 1 if i == 0 else 2

@@ -12,7 +12,8 @@ import numpy as np
 from .._atomic import atomic_path
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)  # no display needed; keeps working on servers and in CI
@@ -22,7 +23,7 @@ def _pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
@@ -32,7 +33,7 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
 
 def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
     """Training loss and validation accuracy against epoch: ``history`` rows with epoch/train_loss/val_acc."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot(epochs, [row["train_loss"] for row in history], marker="o", ms=3, label="train")
@@ -58,7 +59,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike, t
 
 def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: str | os.PathLike, title: str = "") -> Path:
     """Row-normalised confusion matrix (rows: true class, columns: predicted), with counts in the cells."""
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.asarray(matrix)
     n = len(classes)
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)

@@ -40,11 +40,12 @@ class TrainConfig:
     clip_grad: float | None = None  # max gradient norm; None: no clipping
     image_size: int | None = None
     val_fraction: float | None = None  # held out of the training split when the data set has no validation split
+    train_fraction: float = 1.0  # of the (remaining) training split, stratified, fixed per seed: data-regime studies
     augment: bool = True
     seed: int = 0
     workers: int = 0
     amp: str = "none"  # none | bf16 | fp16
-    channels_last: bool = False
+    channels_last: bool | None = None
     compile: bool = False
     compile_backend: str = "inductor"
     sync_bn: bool = False
@@ -70,7 +71,8 @@ class TrainConfig:
 
 # Shared by every recipe: SGD with Nesterov momentum, cosine schedule, label smoothing (as the paper's).
 _COMMON: dict[str, Any] = dict(
-    optimizer="sgd", momentum=0.9, nesterov=True, schedule="cosine", label_smoothing=0.1, model_kwargs={}
+    optimizer="sgd", momentum=0.9, nesterov=True, schedule="cosine", label_smoothing=0.1, model_kwargs={},
+    channels_last=False,
 )
 
 # Per-recipe defaults for every field left at None. lr = base_lr * batch_size / base_batch.
@@ -80,10 +82,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "batch_size": 64, "base_lr": 0.1, "base_batch": 64, "weight_decay": 5e-4, "warmup_epochs": 1,
         "val_fraction": 0.1,
     },
+    # sized for 2 CPU cores: a stride-2 first conv runs the net at 14x14 (about 4x cheaper than 28x28), kernels
+    # stored rather than regenerated in the backward (faster; memory is no concern at this size), channels_last
     "fashion-mnist": {
-        **_COMMON, "model": "rednet26_small", "model_kwargs": {"width": 0.25}, "image_size": 28, "epochs": 7,
-        "batch_size": 128, "base_lr": 0.1, "base_batch": 128, "weight_decay": 5e-4, "warmup_epochs": 0.5,
-        "val_fraction": 0.1,
+        **_COMMON, "model": "rednet26_small",
+        "model_kwargs": {"width": 0.375, "stem_stride": 2, "recompute_kernel": False}, "channels_last": True,
+        "image_size": 28, "epochs": 12, "batch_size": 256, "base_lr": 0.1, "base_batch": 128, "weight_decay": 5e-4,
+        "warmup_epochs": 0.5, "val_fraction": 0.1,
     },
     "cifar10": {
         **_COMMON, "model": "rednet26_small", "model_kwargs": {"width": 0.5}, "image_size": 32, "epochs": 100,
@@ -144,6 +149,7 @@ def check(config: TrainConfig) -> None:
     need(config.amp in ("none", "bf16", "fp16"), f"--amp must be none, bf16 or fp16, got {config.amp!r}")
     need(config.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {config.device!r}")
     need(0 <= (config.val_fraction or 0) < 1, f"--val-fraction must be in [0, 1), got {config.val_fraction}")
+    need(0 < config.train_fraction <= 1, f"--train-fraction must be in (0, 1], got {config.train_fraction}")
     need(config.clip_grad is None or config.clip_grad > 0, f"--clip-grad must be > 0, got {config.clip_grad}")
     need(config.workers >= 0, f"--workers must be >= 0, got {config.workers}")
     need(config.threads is None or config.threads >= 1, f"--threads must be >= 1, got {config.threads}")

@@ -5,10 +5,13 @@ is an error that names the path and the layout expected there.
 
 Training augmentation is seeded per sample from ``(seed, epoch, index)`` (:class:`AugmentedDataset`), so a sample's
 crop and flip do not depend on which worker process draws it or on whether the run was interrupted and resumed.
+In-memory data sets at their native size are augmented a whole batch at a time (:class:`ShiftFlip`), which costs
+next to nothing; image folders go through torchvision's transforms one image at a time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -78,6 +81,11 @@ class TensorImages(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return self.images[index], int(self.labels[index])
 
+    def take(self, indices: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Images ``(B, C, H, W)`` and labels ``(B,)`` at ``indices``, in one indexing operation."""
+        index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        return self.images[index], self.labels[index]
+
 
 class Subset(Dataset):
     def __init__(self, base: Dataset, indices: Sequence[int]) -> None:
@@ -90,16 +98,89 @@ class Subset(Dataset):
     def __getitem__(self, index: int) -> Any:
         return self.base[int(self.indices[index])]
 
+    def take(self, indices: np.ndarray) -> tuple[Tensor, Tensor]:
+        return self.base.take(self.indices[np.asarray(indices, dtype=np.int64)])  # type: ignore[attr-defined]
+
+
+def _in_memory(dataset: Dataset) -> bool:
+    """Whether ``dataset.take`` can gather a batch of tensors."""
+    return isinstance(dataset, TensorImages) or (isinstance(dataset, Subset) and _in_memory(dataset.base))
+
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A well-mixed 64-bit seed for one sample's augmentation in one epoch."""
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0])
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        x = x + _GOLDEN
+        x = (x ^ (x >> np.uint64(30))) * _MIX1
+        x = (x ^ (x >> np.uint64(27))) * _MIX2
+    return x ^ (x >> np.uint64(31))
+
+
+def sample_hashes(seed: int, epochs: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """A well-mixed uint64 per sample from ``(seed, epoch, index)``, vectorised (splitmix64 chained)."""
+    h = _splitmix64(np.full(len(indices), seed, dtype=np.uint64))
+    h = _splitmix64(h ^ np.asarray(epochs, dtype=np.int64).astype(np.uint64))
+    return _splitmix64(h ^ np.asarray(indices, dtype=np.int64).astype(np.uint64))
+
+
+class ShiftFlip:
+    """Augmentation of small in-memory images, vectorised over a batch, then normalisation.
+
+    A shift of up to ``padding`` pixels each way (zero padding, then a crop of the original size, as torchvision's
+    ``RandomCrop(size, padding)``) and, with ``flip``, a horizontal flip half of the time. Each sample's draw comes
+    from ``hashes`` (one uint64 per sample, see :func:`sample_hashes`); without hashes only normalisation is applied,
+    which is the evaluation transform.
+
+    Shapes: ``(B, C, H, W)`` or ``(C, H, W)``, uint8 or float in [0, 1] -> float32 of the same shape.
+    """
+
+    batched = True
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], padding: int = 0, flip: bool = False) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.padding = padding
+        self.flip = flip
+
+    def __call__(self, images: Tensor, hashes: np.ndarray | None = None) -> Tensor:
+        if images.ndim == 3:
+            return self(images.unsqueeze(0), hashes)[0]
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        if hashes is not None and (self.padding or self.flip):
+            x = self._shift_flip(x, torch.from_numpy(hashes.view(np.int64)))
+        return (x - self.mean) / self.std
+
+    def _shift_flip(self, x: Tensor, h: Tensor) -> Tensor:
+        b, _, height, width = x.shape
+        p, span = self.padding, 2 * self.padding + 1
+        # three independent draws from disjoint bit ranges of the hash (>> on int64 keeps the low bits right)
+        dy = (h & 0xFFFF) % span
+        dx = ((h >> 16) & 0xFFFF) % span
+        rows = dy[:, None] + torch.arange(height)
+        cols = dx[:, None] + torch.arange(width)
+        if self.flip:
+            flipped = ((h >> 32) & 1).bool()
+            cols = torch.where(flipped[:, None], cols.flip(1), cols)
+        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        # advanced indices around a slice put their dims first: (B, H, W, C)
+        out = padded[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+        return out.permute(0, 3, 1, 2).contiguous()
+
+
 class AugmentedDataset(Dataset):
     """Applies ``transform`` to ``base[index]``'s image; training keys are ``(epoch, index)`` pairs.
 
-    With a key ``(epoch, index)`` the global torch RNG is seeded from ``(seed, epoch, index)`` and
+    A batched transform (:class:`ShiftFlip`) over an in-memory base handles a whole batch of keys at once
+    (``__getitems__``, which the DataLoader calls), each sample drawing from ``sample_hashes(seed, epoch, index)``.
+    Otherwise, with a key ``(epoch, index)`` the global torch RNG is seeded from ``(seed, epoch, index)`` and
     restored afterwards, so torchvision's random transforms draw the same numbers in any process, and the
     caller's RNG stream (dropout, ...) is left untouched. A plain ``index`` applies the transform unseeded (for
     deterministic evaluation transforms).
@@ -109,11 +190,25 @@ class AugmentedDataset(Dataset):
         self.base = base
         self.transform = transform
         self.seed = seed
+        self.batched = getattr(transform, "batched", False) and _in_memory(base)
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[tuple[Tensor, int]]:
+        if not self.batched:
+            return [self[key] for key in keys]
+        if keys and isinstance(keys[0], tuple):
+            epochs, indices = (np.asarray(column, dtype=np.int64) for column in zip(*keys))
+            hashes = sample_hashes(self.seed, epochs, indices)
+        else:
+            indices, hashes = np.asarray(keys, dtype=np.int64), None
+        images, labels = self.base.take(indices)  # type: ignore[attr-defined]
+        return list(zip(self.transform(images, hashes).unbind(0), labels.tolist()))
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int]:
+        if self.batched:
+            return self.__getitems__([key])[0]
         if isinstance(key, tuple):
             epoch, index = key
             image, label = self.base[index]
@@ -146,11 +241,15 @@ def build_transforms(spec: DataSpec, augment: bool) -> tuple[Transform, Transfor
         return v2.Compose(train + normalize), v2.Compose(evaluate + normalize)
     # small in-memory images: pad-and-crop shifts (and flips where they keep the class)
     native = _NATIVE_SIZE[spec.dataset]
+    flip = spec.dataset in ("fashion-mnist", "cifar10")
+    if size == native:
+        padding = max(1, size // 8) if augment else 0
+        return ShiftFlip(spec.mean, spec.std, padding, flip and augment), ShiftFlip(spec.mean, spec.std)
     resize = [] if size == native else [v2.Resize(size, antialias=True)]
     train = list(resize)
     if augment:
         train.append(v2.RandomCrop(size, padding=max(1, size // 8)))
-        if spec.dataset in ("fashion-mnist", "cifar10"):
+        if flip:
             train.append(v2.RandomHorizontalFlip())
     return v2.Compose(train + normalize), v2.Compose(resize + normalize)
 
@@ -186,6 +285,22 @@ def load_splits(name: str, data_dir: str | os.PathLike | None, image_size: int, 
         train_idx, val_idx = stratified_split(targets, val_fraction)
         return Splits(Subset(train, train_idx), Subset(train, val_idx), test, spec, targets[train_idx])
     return Splits(train, test, test, spec, targets)
+
+
+def subsample_train(splits: Splits, fraction: float, seed: int) -> Splits:
+    """``splits`` with only ``fraction`` of its training samples, stratified by class and fixed for ``seed``."""
+    if fraction >= 1:
+        return splits
+    indices = np.arange(len(splits.train))
+    try:
+        _, kept = stratified_split(splits.train_targets, fraction, seed=seed)
+    except ValueError as err:
+        raise ValueError(
+            f"--train-fraction {fraction} keeps too few of the {len(indices)} training images to hold every "
+            f"class: {err}"
+        ) from None
+    kept = indices[kept]
+    return dataclasses.replace(splits, train=Subset(splits.train, kept), train_targets=splits.train_targets[kept])
 
 
 def stratified_split(targets: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

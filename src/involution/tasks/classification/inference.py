@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ...models import create_model, load_model, read_checkpoint
@@ -132,7 +132,7 @@ def run_eval(
     result = evaluate(net, loader, dev, info, len(classes), amp, channels_last, confusion=True, progress=bar)
     if bar is not None:
         bar.close()
-    out_dir = Path(out) if out is not None else _default_out(Path(checkpoint))
+    out_dir = Path(out) if out is not None else run_dir_of(Path(checkpoint))
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "checkpoint": str(checkpoint), "data": data, "count": result.count,
@@ -147,10 +147,40 @@ def run_eval(
     return EvalReport(result, spec, json_path, picture)
 
 
-def _default_out(checkpoint: Path) -> Path:
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory a checkpoint belongs to (where eval/predict/visualize write by default)."""
     if checkpoint.is_dir():
         return checkpoint
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def load_classifier_and_spec(
+    checkpoint: str | os.PathLike, model: str | None = None, classes: list[str] | None = None
+) -> tuple[nn.Module, DataSpec]:
+    """:func:`load_classifier`, with official checkpoints (no stored DataSpec) given their model card's."""
+    net, spec = load_classifier(checkpoint, model)
+    if spec is None:
+        cfg = getattr(net, "pretrained_cfg", {}) or {}
+        if "input_size" not in cfg:
+            raise ValueError(f"{checkpoint} records no preprocessing and its model has no input_size in pretrained_cfg")
+        names = classes or [str(i) for i in range(getattr(net, "num_classes", 1000))]
+        resize = cfg.get("resize") if cfg.get("crop_pct", 1.0) < 1.0 else None
+        spec = DataSpec("", names, cfg["input_size"][0], cfg["input_size"][-1], list(cfg["mean"]), list(cfg["std"]), resize)
+    return net, spec
+
+
+def read_image(path: str | os.PathLike, spec: DataSpec) -> Tensor:
+    """An image file preprocessed for a model trained on ``spec``: ``(C, H, W)``; clear errors for bad files."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return build_image_transform(spec)(image)
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image file PIL can read") from None
 
 
 @torch.no_grad()
@@ -162,28 +192,11 @@ def predict(
     classes: list[str] | None = None,
 ) -> list[tuple[str, list[tuple[str, float]]]]:
     """Top-``topk`` (class, probability) per image file."""
-    from PIL import Image, UnidentifiedImageError
-
-    net, spec = load_classifier(checkpoint, model)
-    if spec is None:
-        n = getattr(net, "num_classes", 1000)
-        names = classes or [str(i) for i in range(n)]
-        cfg = net.pretrained_cfg
-        resize = cfg.get("resize") if cfg.get("crop_pct", 1.0) < 1.0 else None
-        spec = DataSpec("", names, cfg["input_size"][0], cfg["input_size"][-1], list(cfg["mean"]), list(cfg["std"]), resize)
-    transform = build_image_transform(spec)
+    net, spec = load_classifier_and_spec(checkpoint, model, classes)
     results = []
     for item in images:
-        path = Path(item)
-        if not path.is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-        try:
-            with Image.open(path) as image:
-                x = transform(image)
-        except UnidentifiedImageError:
-            raise ValueError(f"{path}: not an image file PIL can read") from None
-        probs = net(x.unsqueeze(0)).float().softmax(dim=1)[0]
+        probs = net(read_image(item, spec).unsqueeze(0)).float().softmax(dim=1)[0]
         k = min(topk, probs.numel())
         values, indices = probs.topk(k)
-        results.append((str(path), [(spec.classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]))
+        results.append((str(item), [(spec.classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]))
     return results

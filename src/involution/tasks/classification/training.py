@@ -24,11 +24,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ...models import count_params, create_model, save_checkpoint
+from ...models import count_flops, count_params, create_model, save_checkpoint
 from ..plots import plot_curves
 from ..run_dir import TensorBoard, new_run_dir, provenance, write_csv, write_json
 from .config import TrainConfig, resolve
-from .data import AugmentedDataset, DataSpec, build_transforms, load_splits
+from .data import AugmentedDataset, DataSpec, build_transforms, load_splits, subsample_train
 from .distributed import (
     DistInfo,
     ResumableSampler,
@@ -119,12 +119,22 @@ def resume_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None =
     return TrainConfig.from_dict(values)
 
 
+def _macs_per_image(cfg: TrainConfig, spec: DataSpec) -> int | None:
+    """Forward multiply-adds per image, counted on a meta-device copy (the trained model is never run for it)."""
+    try:
+        return count_flops(cfg.model, (1, spec.in_chans, cfg.image_size, cfg.image_size),
+                           num_classes=spec.num_classes, in_chans=spec.in_chans, **cfg.model_kwargs).macs
+    except (NotImplementedError, RuntimeError, TypeError, ValueError):
+        return None
+
+
 def train(
     config: TrainConfig | None = None,
     out: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
     stop_flag: _StopFlag | None = None,
+    quiet: bool = False,
 ) -> TrainResult:
     """Train a classifier; returns where the run was written and its final metrics.
 
@@ -133,11 +143,12 @@ def train(
         out: the run directory (default: a new ``runs/train-<time>``); with ``resume`` the one to continue.
         resume: continue the run in ``out`` from ``checkpoints/last.pt``.
         progress: show tqdm progress bars (rank 0 only).
+        quiet: print nothing (studies run many short runs under their own progress bar).
     """
     config = config or TrainConfig()
     info = init_distributed("cuda" if select_device(config.device, DistInfo()).type == "cuda" else "cpu")
     try:
-        return _Run(config, out, resume, progress, info, stop_flag).run()
+        return _Run(config, out, resume, progress, info, stop_flag, quiet).run()
     finally:
         shutdown_distributed()
 
@@ -151,8 +162,10 @@ class _Run:
         progress: bool,
         info: DistInfo,
         stop_flag: _StopFlag | None,
+        quiet: bool = False,
     ) -> None:
         self.info = info
+        self.quiet = quiet
         self.config = resolve(config)
         self.resume = resume
         self.progress = progress and info.is_main
@@ -166,13 +179,13 @@ class _Run:
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
             )
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.stop = stop_flag or _StopFlag(announce=info.is_main)
+        self.stop = stop_flag or _StopFlag(announce=info.is_main and not quiet)
         self.device = select_device(self.config.device, info)
 
     # -- setup ----------------------------------------------------------------------------------------------------
 
     def _log(self, message: str) -> None:
-        if self.info.is_main:
+        if self.info.is_main and not self.quiet:
             print(message, flush=True)
 
     def _setup(self) -> None:
@@ -183,7 +196,8 @@ class _Run:
             self._log("note: torchrun sets OMP_NUM_THREADS=1 (1 thread per process); pass --threads N to change it")
         seed_everything(cfg.seed + info.rank)
 
-        splits = load_splits(cfg.data, cfg.data_dir, cfg.image_size, cfg.val_fraction)
+        splits = subsample_train(load_splits(cfg.data, cfg.data_dir, cfg.image_size, cfg.val_fraction),
+                                 cfg.train_fraction, cfg.seed)
         self.spec: DataSpec = splits.spec
         train_tf, eval_tf = build_transforms(self.spec, cfg.augment)
         if cfg.batch_size % info.world_size:
@@ -217,6 +231,7 @@ class _Run:
             **cfg.model_kwargs,
         )
         self.model = model.to(self.device)
+        self.macs = _macs_per_image(cfg, self.spec)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.sync_bn and info.enabled:
@@ -282,12 +297,11 @@ class _Run:
     def _load(self) -> None:
         path = self.ckpt_dir / "last.pt"
         state = load_training_state(path)
-        if state["model_name"] != self._identity()["model_name"] or state["model_kwargs"] != self._identity()[
-            "model_kwargs"
-        ]:
+        mine = self._identity()
+        if (state["model_name"], state["model_kwargs"]) != (mine["model_name"], mine["model_kwargs"]):
             raise ValueError(
                 f"{path} holds {state['model_name']} {state['model_kwargs']}, but this run builds "
-                f"{self._identity()['model_name']} {self._identity()['model_kwargs']}; resume with the run's own "
+                f"{mine['model_name']} {mine['model_kwargs']}; resume with the run's own "
                 "settings or start a new run with --out"
             )
         try:
@@ -322,6 +336,8 @@ class _Run:
             "model": self.config.model,
             "data": self.config.data,
             "params": count_params(unwrap_model(self.model)),
+            "macs": self.macs,  # forward multiply-adds per image
+            "steps": self.global_step,
             "best_val_acc": self.best_acc,
             "best_epoch": self.best_epoch,
             "train_time_s": round(self.elapsed, 2),
