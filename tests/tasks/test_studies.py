@@ -93,6 +93,12 @@ def test_study_cli_quick_writes_report(tmp_path, capsys):
                  "--report-only"]) == 0
     text = md.read_text()
     assert "hand-written" in text and "| stale |" not in text and "| 50% |" in text
+    # the results travel with the report: a fresh checkout (another --out) counts them as done
+    capsys.readouterr()
+    assert main(["study", "data_regime", "--quick", "--out", str(tmp_path / "fresh"), "--report-dir", str(report),
+                 "--no-progress"]) == 0
+    assert "6/6 cells finished" in capsys.readouterr().out
+    assert not (tmp_path / "fresh" / "cells").exists(), "nothing was trained again"
     # the full study without data is refused with what to pass; an unknown study names the known ones
     assert main(["study", "width", "--out", str(out)]) == 2
     assert "--data-dir" in capsys.readouterr().err

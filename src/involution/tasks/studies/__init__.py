@@ -13,11 +13,11 @@ from typing import Any
 
 from .definitions import STUDIES, Study, StudyOptions
 from .report import markdown_table, summarize, write_report
-from .runner import Cell, labelled_results, read_results, run_cells
+from .runner import Cell, labelled_results, read_results, run_cells, sync_results
 
 __all__ = [
     "STUDIES", "Cell", "Study", "StudyOptions", "labelled_results", "markdown_table", "read_results", "run_cells",
-    "run_study", "summarize", "write_report",
+    "run_study", "summarize", "sync_results", "write_report",
 ]
 
 
@@ -39,11 +39,14 @@ def run_study(
     study = STUDIES[name]
     options = options or StudyOptions()
     cells = study.cells(options)
+    report_dir = Path(report_dir or Path(out) / "reports")
+    sync_results(out, report_dir)  # results committed beside a report count as done
     if train_missing:
         rows = run_cells(cells, out, progress=progress, desc=name)
     else:
         rows = labelled_results(cells, out)
     paths = {}
     if rows:
-        paths = write_report(study, rows, Path(report_dir or Path(out) / "reports"), command)
+        sync_results(out, report_dir)
+        paths = write_report(study, rows, report_dir, command)
     return {"rows": rows, "paths": paths, "cells": len({c.key for c in cells})}

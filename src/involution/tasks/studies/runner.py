@@ -76,6 +76,23 @@ def _append(path: Path, row: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def sync_results(a: str | os.PathLike, b: str | os.PathLike) -> int:
+    """Make ``a/results.jsonl`` and ``b/results.jsonl`` both hold the union of their results; returns its size.
+
+    The studies' results travel with the reports (``docs/studies/results.jsonl``, committed), so a clean checkout
+    resumes a study where any earlier machine left it, without the cells' run directories.
+    """
+    have = {folder: {row["key"]: row for row in read_results(folder)} for folder in (a, b)}
+    union = {**have[a], **have[b]}
+    for folder in (a, b):
+        # append what is missing (never rewrite: another process may be appending to the same file)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for key, row in union.items():
+            if key not in have[folder]:
+                _append(Path(folder) / RESULTS, row)
+    return len(union)
+
+
 def _lock(root: Path, cell: Cell) -> Path:
     return root / "cells" / f"{cell.dirname}.lock"
 
