@@ -3,15 +3,15 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny
+
 from involution.models import load_model
 from involution.tasks.classification import NonFiniteLossError, resume_config, train
-from involution.tasks.classification.state import load_training_state
-from involution.tasks.classification.training import _StopFlag
+from involution.tasks.runtime import StopFlag
+from involution.tasks.state import load_training_state
 
 
-class StopAfter(_StopFlag):
+class StopAfter(StopFlag):
     """Asks the loop to stop at its ``n``-th check (one check per training step)."""
 
     def __init__(self, n: int) -> None:

@@ -31,8 +31,16 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
     return path
 
 
-def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
-    """Training loss and validation accuracy against epoch: ``history`` rows with epoch/train_loss/val_acc."""
+def plot_curves(
+    history: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    title: str = "",
+    metric: str = "val_acc",
+    metric_label: str = "top-1 accuracy (%)",
+    scale: float = 100.0,
+) -> Path:
+    """Training loss and a validation metric against epoch: ``history`` rows with epoch, train_loss and
+    ``metric`` (default ``val_acc``, drawn as a percentage; dense tasks pass e.g. ``val_bbox_AP``)."""
     plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -41,11 +49,12 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike, t
         ax_loss.plot(epochs, [row.get("val_loss", np.nan) for row in history], marker="o", ms=3, label="val")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_loss.legend()
-    ax_acc.plot(epochs, [100 * row["val_acc"] for row in history], marker="o", ms=3, color="tab:green", label="val")
-    if any("train_acc" in row for row in history):
+    ax_acc.plot(epochs, [scale * row.get(metric, np.nan) for row in history], marker="o", ms=3, color="tab:green",
+                label="val")
+    if metric == "val_acc" and any("train_acc" in row for row in history):
         ax_acc.plot(epochs, [100 * row.get("train_acc", np.nan) for row in history], marker="o", ms=3,
                     color="tab:blue", label="train")
-    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="accuracy")
+    ax_acc.set(xlabel="epoch", ylabel=metric_label, title=metric_label.split(" (")[0])
     ax_acc.legend()
     from matplotlib.ticker import MaxNLocator
 

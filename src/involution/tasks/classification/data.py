@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ...models.registry import IMAGENET_MEAN, IMAGENET_STD
+from ..runtime import sample_seed
 
 Transform = Callable[[Any], Tensor]
 
@@ -105,11 +106,6 @@ class Subset(Dataset):
 def _in_memory(dataset: Dataset) -> bool:
     """Whether ``dataset.take`` can gather a batch of tensors."""
     return isinstance(dataset, TensorImages) or (isinstance(dataset, Subset) and _in_memory(dataset.base))
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 64-bit seed for one sample's augmentation in one epoch."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0])
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

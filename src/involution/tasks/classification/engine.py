@@ -1,10 +1,8 @@
-"""The pieces of a training step that do not depend on where the data comes from: device and precision choice,
-optimizer, learning-rate schedule, loss, and evaluation reduced over processes."""
+"""The classification step's pieces: optimizer, per-step learning-rate schedule, batches to the device, and
+top-1/top-5 evaluation reduced over processes (device, precision and the schedule's shape: ``..runtime``)."""
 
 from __future__ import annotations
 
-import contextlib
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,31 +10,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..distributed import DistInfo, all_reduce_sum
+from ..runtime import AMP_DTYPES, autocast, lr_factor, make_scaler, select_device
 from .config import TrainConfig
-from .distributed import DistInfo, all_reduce_sum
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def select_device(name: str, info: DistInfo) -> torch.device:
-    """``auto``: this process's GPU under torchrun when CUDA is available, else the CPU."""
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda: no CUDA device is available (use --device cpu)")
-        return torch.device("cuda", info.local_rank)
-    return torch.device("cpu")
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``--amp bf16|fp16`` (a no-op for ``none``)."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
-
-
-def make_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
-    """Loss scaling is needed for fp16 only (bf16 has float32's range); a disabled scaler is a pass-through."""
-    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+__all__ = ["AMP_DTYPES", "EvalResult", "autocast", "evaluate", "lr_factor", "make_optimizer", "make_scaler",
+           "make_scheduler", "select_device", "to_device"]
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -47,17 +26,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
             weight_decay=config.weight_decay,
         )
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
-    """Multiplier of the peak lr at optimizer step ``step``: linear warmup, then cosine to 0 (or constant)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def make_scheduler(

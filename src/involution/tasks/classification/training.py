@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,11 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...models import count_flops, count_params, create_model, save_checkpoint
-from ..plots import plot_curves
-from ..run_dir import TensorBoard, new_run_dir, provenance, write_csv, write_json
-from .config import TrainConfig, resolve
-from .data import AugmentedDataset, DataSpec, build_transforms, load_splits, subsample_train
-from .distributed import (
+from ..distributed import (
     DistInfo,
     ResumableSampler,
     ShardSampler,
@@ -38,15 +31,24 @@ from .distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from .engine import autocast, evaluate, make_optimizer, make_scaler, make_scheduler, select_device, to_device
-from .state import capture_rng, clean_state_dict, load_training_state, restore_rng, save_training_state, unwrap_model
+from ..plots import plot_curves
+from ..run_dir import TensorBoard, new_run_dir, provenance, write_csv, write_json
+from ..runtime import (
+    NonFiniteLossError,
+    StopFlag,
+    autocast,
+    convert_sync_bn,
+    make_scaler,
+    seed_everything,
+    select_device,
+)
+from ..state import capture_rng, clean_state_dict, load_training_state, restore_rng, save_training_state, unwrap_model
+from .config import TrainConfig, resolve
+from .data import AugmentedDataset, DataSpec, build_transforms, load_splits, subsample_train
+from .engine import evaluate, make_optimizer, make_scheduler, to_device
 
 # Options a resumed run may change; anything else must match the checkpoint (exactness, and no silent mix-ups).
 RESUME_MUTABLE = ("workers", "threads", "log_every", "eval_every", "device")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 @dataclass
@@ -54,51 +56,6 @@ class TrainResult:
     run_dir: Path
     status: str  # finished | interrupted
     metrics: dict[str, Any]
-
-
-class _StopFlag:
-    """SIGINT handler: the first Ctrl-C asks the loop to stop after the current step; a second one aborts."""
-
-    def __init__(self, announce: bool) -> None:
-        self.requested = False
-        self.announce = announce
-        self._previous: Any = None
-
-    def request(self) -> None:
-        self.requested = True
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        if self.announce:
-            print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
-
-    def __enter__(self) -> _StopFlag:
-        if hasattr(signal, "SIGINT") and _in_main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def convert_sync_bn(model: nn.Module) -> nn.Module:
-    """Every BatchNorm of ``model`` replaced by SyncBatchNorm (statistics over all processes; CUDA only)."""
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def resume_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -133,7 +90,7 @@ def train(
     out: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
-    stop_flag: _StopFlag | None = None,
+    stop_flag: StopFlag | None = None,
     quiet: bool = False,
 ) -> TrainResult:
     """Train a classifier; returns where the run was written and its final metrics.
@@ -161,7 +118,7 @@ class _Run:
         resume: bool,
         progress: bool,
         info: DistInfo,
-        stop_flag: _StopFlag | None,
+        stop_flag: StopFlag | None,
         quiet: bool = False,
     ) -> None:
         self.info = info
@@ -179,7 +136,7 @@ class _Run:
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
             )
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.stop = stop_flag or _StopFlag(announce=info.is_main and not quiet)
+        self.stop = stop_flag or StopFlag(announce=info.is_main and not quiet)
         self.device = select_device(self.config.device, info)
 
     # -- setup ----------------------------------------------------------------------------------------------------

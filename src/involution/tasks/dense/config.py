@@ -1,0 +1,123 @@
+"""Configuration of a detection or segmentation training run: one dataclass, filled in by a per-task recipe.
+
+Resolution order, as for classification: dataclass defaults (``None`` = "the recipe decides") < the recipe of the
+task and data set < explicit arguments. The ``scenes`` recipes are sized for a laptop CPU: a narrow RedNet-50
+backbone (width 0.25) trained from scratch with ordinary BatchNorm on 128 x 128 generated scenes. The ``coco``
+and ``folder`` recipes follow the official mmdet / mmseg settings (full width, frozen first stage and frozen BN
+for detection, an ImageNet checkpoint expected through ``--backbone-checkpoint``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+TASKS = ("detect", "segment")
+DATASETS = {"detect": ("scenes", "coco"), "segment": ("scenes", "folder")}
+
+
+@dataclass
+class DenseConfig:
+    """Everything a dense training run depends on; written to ``config.json`` in the run directory."""
+
+    task: str = "detect"  # detect | segment
+    data: str = "scenes"  # scenes | coco (detect) | folder (segment: images/+labels/ or the Cityscapes layout)
+    data_dir: str | None = None  # coco/folder: the data set root; scenes: the folder holding FashionMNIST/raw
+    scenes_dir: str | None = None  # where generated scenes are written (default runs/scenes/<settings>)
+    scene_source: str | None = None  # fashion-mnist | digits (None: fashion-mnist when data_dir is given)
+    num_train: int = 800  # generated scenes
+    num_val: int = 200
+    image_size: int = 128  # scenes' canvas; detection also resizes to it (min_size = max_size)
+    model: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None  # whole-model weights to start from (ours, or an official mmdet/mmseg file)
+    backbone_checkpoint: str | None = None  # ImageNet RedNet-50 weights for the backbone (official or ours)
+    epochs: int | None = None
+    batch_size: int | None = None  # global: split across processes under torchrun
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    schedule: str = "cosine"  # cosine | constant
+    clip_grad: float | None = None
+    aux_weight: float = 0.4  # segmentation: weight of the auxiliary head's loss (official 0.4)
+    crop_size: int | None = None  # segmentation: random square training crop (None: whole images)
+    seed: int = 0
+    workers: int = 0
+    amp: str = "none"  # none | bf16 | fp16
+    device: str = "auto"
+    threads: int | None = None
+    eval_every: int = 1
+    log_every: int = 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DenseConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def _scene_detector(image_size: int) -> dict[str, Any]:
+    return {"backbone_kwargs": {"width": 0.25}, "fpn_channels": 64, "frozen_stages": -1, "norm_eval": False,
+            "min_size": image_size, "max_size": image_size}
+
+
+# (task, data) -> defaults for the fields left at None; model_kwargs are merged (the user's win).
+RECIPES: dict[tuple[str, str], dict[str, Any]] = {
+    ("detect", "scenes"): {"model": "fasterrcnn_rednet50_fpn", "epochs": 12, "batch_size": 8, "lr": 0.02,
+                           "weight_decay": 1e-4, "warmup_epochs": 0.5, "clip_grad": 10.0},
+    ("detect", "coco"): {"model": "fasterrcnn_rednet50_fpn", "epochs": 12, "batch_size": 16, "lr": 0.02,
+                         "weight_decay": 1e-4, "warmup_epochs": 0.1},
+    ("segment", "scenes"): {"model": "fpn_rednet50", "epochs": 12, "batch_size": 8, "lr": 0.02,
+                            "weight_decay": 5e-4, "warmup_epochs": 0.5},
+    ("segment", "folder"): {"model": "fpn_rednet50", "epochs": 40, "batch_size": 16, "lr": 0.01,
+                            "weight_decay": 5e-4, "warmup_epochs": 0.5, "crop_size": 512},
+}
+
+
+def _scene_model_kwargs(task: str, model: str, image_size: int) -> dict[str, Any]:
+    if task == "detect":
+        return _scene_detector(image_size)
+    kwargs: dict[str, Any] = {"backbone_kwargs": {"width": 0.25}, "neck_channels": 64}
+    kwargs["head_channels"] = 32 if model.startswith("fpn_") else 64
+    return kwargs
+
+
+def resolve(config: DenseConfig) -> DenseConfig:
+    """``config`` with every ``None`` the recipe knows filled in (and the values checked)."""
+    if config.task not in TASKS:
+        raise ValueError(f"unknown task {config.task!r}; choose one of {', '.join(TASKS)}")
+    if config.data not in DATASETS[config.task]:
+        raise ValueError(f"--data {config.data!r} is not a {config.task} data set; choose one of "
+                         f"{', '.join(DATASETS[config.task])}")
+    if config.data != "scenes" and not config.data_dir:
+        raise ValueError(f"--data {config.data} needs --data-dir (the data set's root folder)")
+    if config.amp not in ("none", "bf16", "fp16"):
+        raise ValueError(f"--amp must be none, bf16 or fp16, got {config.amp!r}")
+    recipe = RECIPES[(config.task, config.data)]
+    values = config.to_dict()
+    for key, value in recipe.items():
+        if values.get(key) is None:
+            values[key] = value
+    if config.data == "scenes":
+        # the laptop-sized model unless the user chose a model of their own
+        base = _scene_model_kwargs(config.task, values["model"], config.image_size) if config.model is None else {}
+        if config.task == "detect" and config.model is not None:
+            base = {"min_size": config.image_size, "max_size": config.image_size}
+        values["model_kwargs"] = {**base, **config.model_kwargs}
+        if values["scene_source"] is None:
+            values["scene_source"] = "fashion-mnist" if config.data_dir else "digits"
+    for key in ("epochs", "batch_size"):
+        if values[key] < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {values[key]}")
+    return DenseConfig.from_dict(values)

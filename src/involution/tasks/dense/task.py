@@ -1,0 +1,86 @@
+"""What a dense task (detection, segmentation) tells the shared training loop: its data, model, loss and metric.
+
+The loop in :mod:`.training` owns everything else (run directory, resume, torchrun, schedule, checkpoints,
+progress); a task is a small object implementing :class:`DenseTask`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..distributed import DistInfo
+from ..runtime import sample_seed
+from .config import DenseConfig
+
+# (image (3, H, W) float in [0, 1], target, generator) -> (image, target): a seeded training augmentation
+Augment = Callable[[Tensor, Any, torch.Generator], tuple[Tensor, Any]]
+
+
+@dataclass
+class DenseData:
+    """The training and validation sets of a run and what the model needs to know about them."""
+
+    train: Dataset
+    val: Dataset
+    classes: list[str]  # names of the model's classes (detection: objects only; segmentation: every label)
+    source: str  # where the data came from (a folder), for the logs and metrics
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class DenseTask(ABC):
+    """One dense task. ``metric`` names the validation number (higher is better) that picks ``best.safetensors``."""
+
+    name: str
+    metric: str
+    metric_label: str  # axis label of the curves' right panel, e.g. "box AP (%)"
+    metric_scale: float = 100.0  # the metric times this is what the label says
+
+    @abstractmethod
+    def load_data(self, config: DenseConfig, log: Callable[[str], None]) -> DenseData: ...
+
+    @abstractmethod
+    def build_model(self, config: DenseConfig, data: DenseData) -> nn.Module: ...
+
+    @abstractmethod
+    def augment(self, config: DenseConfig) -> Augment | None: ...
+
+    @abstractmethod
+    def collate(self, items: Sequence[tuple[Tensor, Any]]) -> Any: ...
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Any, device: torch.device, config: DenseConfig) -> tuple[Tensor, dict[str, float]]:
+        """The training loss of one batch (a scalar) and its named parts as floats (for the logs)."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: DenseData,
+                 amp: str = "none", progress: bool = False) -> dict[str, float]:
+        """Validation metrics over ``loader`` (this process's shard), combined over all processes."""
+
+
+class KeyedDataset(Dataset):
+    """A data set indexed by ``(epoch, index)`` keys (:class:`~involution.tasks.distributed.ResumableSampler`)
+    whose augmentation is seeded by ``(seed, epoch, index)``: the same sample gets the same augmentation whatever
+    the worker count, and a resumed run continues exactly. Plain integer indices give un-augmented samples."""
+
+    def __init__(self, base: Dataset, augment: Augment | None, seed: int = 0) -> None:
+        self.base, self.augment, self.seed = base, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Any]:
+        if isinstance(key, tuple):
+            epoch, index = key
+            image, target = self.base[index]
+            if self.augment is not None:
+                generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index) % 2**63)
+                image, target = self.augment(image, target, generator)
+            return image, target
+        return self.base[key]

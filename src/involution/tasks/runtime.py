@@ -1,0 +1,106 @@
+"""What every training loop here shares: device and precision choice, loss scaling, the learning-rate schedule,
+seeding, and Ctrl-C handling. Task-specific steps (losses, evaluation) live with their task."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import signal
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .distributed import DistInfo
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def select_device(name: str, info: DistInfo) -> torch.device:
+    """``auto``: this process's GPU under torchrun when CUDA is available, else the CPU."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda: no CUDA device is available (use --device cpu)")
+        return torch.device("cuda", info.local_rank)
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``--amp bf16|fp16`` (a no-op for ``none``)."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def make_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """Loss scaling is needed for fp16 only (bf16 has float32's range); a disabled scaler is a pass-through."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the peak lr at optimizer step ``step``: linear warmup, then cosine to 0 (or constant)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class StopFlag:
+    """SIGINT handler: the first Ctrl-C asks the loop to stop after the current step; a second one aborts."""
+
+    def __init__(self, announce: bool) -> None:
+        self.requested = False
+        self.announce = announce
+        self._previous: Any = None
+
+    def request(self) -> None:
+        self.requested = True
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.announce:
+            print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+
+    def __enter__(self) -> StopFlag:
+        if hasattr(signal, "SIGINT") and _in_main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 64-bit seed for one sample's augmentation in one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0])
+
+
+def convert_sync_bn(model: nn.Module) -> nn.Module:
+    """Every BatchNorm of ``model`` replaced by SyncBatchNorm (statistics over all processes; CUDA only)."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
