@@ -367,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--threads", type=int, help="CPU threads per run (1 lets two studies share 2 cores)")
     study.add_argument("--no-progress", action="store_true")
     study.set_defaults(func=_cmd_study)
+
+    from .cli_dense import add_dense_parsers
+
+    add_dense_parsers(sub)  # detect / segment train|eval|predict
     return parser
 
 

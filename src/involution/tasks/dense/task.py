@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ...models import create_model
 from ..distributed import DistInfo
 from ..runtime import sample_seed
 from .config import DenseConfig
@@ -63,6 +64,14 @@ class DenseTask(ABC):
                  amp: str = "none", progress: bool = False) -> dict[str, float]:
         """Validation metrics over ``loader`` (this process's shard), combined over all processes."""
 
+    @abstractmethod
+    def predict(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:
+        """The model's output for one ``(3, H, W)`` image in [0, 1] (on the model's device), on the CPU."""
+
+    @abstractmethod
+    def draw(self, image: Tensor, output: dict[str, Tensor], classes: Sequence[str], threshold: float = 0.5) -> Tensor:
+        """A picture of ``output`` over ``image``: uint8 ``(3, H', W')``."""
+
 
 class KeyedDataset(Dataset):
     """A data set indexed by ``(epoch, index)`` keys (:class:`~involution.tasks.distributed.ResumableSampler`)
@@ -84,3 +93,20 @@ class KeyedDataset(Dataset):
                 image, target = self.augment(image, target, generator)
             return image, target
         return self.base[key]
+
+
+def build_dense_model(config: DenseConfig, num_classes: int) -> nn.Module:
+    """The registry model of ``config`` for ``num_classes`` classes, with the run's initial weights loaded.
+
+    The weight files are not recorded in the model's kwargs: a saved checkpoint already holds the weights, and
+    rebuilding it must not need the original files.
+    """
+    kwargs = dict(config.model_kwargs)
+    if config.backbone_checkpoint:
+        kwargs["backbone_checkpoint"] = config.backbone_checkpoint
+    model = create_model(config.model or "", num_classes=num_classes, checkpoint=config.checkpoint, **kwargs)
+    recorded = getattr(model, "model_kwargs", None)
+    if isinstance(recorded, dict):
+        for key in ("backbone_checkpoint", "checkpoint"):
+            recorded.pop(key, None)
+    return model

@@ -1,0 +1,158 @@
+"""Detection as a :class:`~involution.tasks.dense.DenseTask`: COCO-format data, torchvision detectors, COCO AP.
+
+Data: ``scenes`` (generated on first use from Fashion-MNIST or digits, see :mod:`involution.tasks.scenes`) or
+``coco`` (``--data-dir ROOT`` holding ``train2017/``, ``val2017/`` and ``annotations/instances_{train,val}2017.json``,
+or the scene layout ``images/<split>/`` + ``annotations/instances_<split>.json``). Validation reports pycocotools'
+box AP (and mask AP for Mask R-CNN) as fractions; ``bbox_AP`` (IoU 0.50:0.95) picks the best checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..dense.config import DenseConfig
+from ..dense.scenes_data import scenes_root
+from ..dense.task import DenseData, DenseTask, build_dense_model
+from ..distributed import DistInfo, all_gather_objects
+from ..plots import PALETTE
+from ..runtime import autocast
+from ..state import unwrap_model
+from .data import CocoDetectionDataset, RandomHorizontalFlip, detection_collate
+from .metrics import coco_evaluate
+
+REPORTED = ("AP", "AP50", "AP75")  # per IoU type, in the run's history
+
+
+def has_masks(model_name: str) -> bool:
+    return model_name.startswith("maskrcnn")
+
+
+def coco_split(root: Path, split: str) -> tuple[Path, Path]:
+    """(image folder, annotation file) of ``split`` under a COCO-2017 root or a scene-layout root."""
+    year = root / "annotations" / f"instances_{split}2017.json"
+    if year.is_file():
+        return root / f"{split}2017", year
+    return root / "images" / split, root / "annotations" / f"instances_{split}.json"
+
+
+class DetectionTask(DenseTask):
+    name = "detect"
+    metric = "bbox_AP"
+    metric_label = "box AP (%)"
+
+    def load_data(self, config: DenseConfig, log: Callable[[str], None]) -> DenseData:
+        root = scenes_root(config, log) if config.data == "scenes" else Path(config.data_dir or "")
+        masks = has_masks(config.model or "")
+        sets = [CocoDetectionDataset(*coco_split(root, split), masks=masks) for split in ("train", "val")]
+        classes = sets[0].category_names
+        if sets[1].category_ids != sets[0].category_ids:
+            raise ValueError(f"{root}: the train and val annotation files list different categories")
+        return DenseData(sets[0], sets[1], classes, str(root), info={"masks": masks})
+
+    def build_model(self, config: DenseConfig, data: DenseData) -> nn.Module:
+        return build_dense_model(config, len(data.classes))
+
+    def augment(self, config: DenseConfig) -> Callable[..., Any]:
+        return RandomHorizontalFlip(0.5)
+
+    def collate(self, items: Sequence[tuple[Tensor, Any]]) -> Any:
+        return detection_collate(items)
+
+    def loss(self, model: nn.Module, batch: Any, device: torch.device, config: DenseConfig) -> tuple[Tensor, dict[str, float]]:
+        images, targets = to_device(batch, device)
+        losses = model(images, targets)
+        total = sum(losses.values())
+        return total, {k: float(v.detach()) for k, v in losses.items()}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: DenseData,
+                 amp: str = "none", progress: bool = False) -> dict[str, float]:
+        predictions = predict_batches(unwrap_model(model), loader, device, amp, progress)
+        gathered = all_gather_objects(predictions, info)
+        metrics: dict[str, float] = {}
+        if info.is_main:
+            merged = [p for part in gathered for p in part]  # type: ignore[union-attr]
+            dataset: CocoDetectionDataset = data.val  # type: ignore[assignment]
+            iou_types = ("bbox", "segm") if data.info.get("masks") else ("bbox",)
+            result = coco_evaluate(dataset.coco, merged, dataset.label_to_category, iou_types=iou_types,
+                                   image_ids=dataset.ids)
+            metrics = {f"{t}_{n}": float(result[f"{t}_{n}"]) for t in iou_types for n in REPORTED}
+        return all_gather_objects(metrics, info)[0]  # type: ignore[return-value]
+
+    def predict(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:
+        return _predict(model, image)
+
+    def draw(self, image: Tensor, output: dict[str, Tensor], classes: Sequence[str], threshold: float = 0.5) -> Tensor:
+        return draw_detections(image, output, classes, threshold)
+
+
+def to_device(batch: Any, device: torch.device) -> tuple[list[Tensor], list[dict[str, Any]]]:
+    images, targets = batch
+    images = [image.to(device, non_blocking=True) for image in images]
+    targets = [{k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in t.items()}
+               for t in targets]
+    return images, targets
+
+
+def predict_batches(model: nn.Module, loader: Any, device: torch.device, amp: str = "none",
+                    progress: bool = False) -> list[dict[str, Any]]:
+    """Detections of ``model`` on every batch of ``loader``: dicts with ``image_id``, ``boxes``, ``scores``,
+    ``labels`` (and ``masks`` ``(n, H, W)`` bool), on the CPU."""
+    was_training = model.training
+    model.eval()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(loader), desc="evaluating", leave=False, dynamic_ncols=True)
+    out: list[dict[str, Any]] = []
+    for batch in loader:
+        images, targets = to_device(batch, device)
+        with autocast(device, amp):
+            detections = model(images)
+        for det, target in zip(detections, targets):
+            item = {"image_id": int(target["image_id"]), "boxes": det["boxes"].float().cpu(),
+                    "scores": det["scores"].float().cpu(), "labels": det["labels"].cpu()}
+            if "masks" in det:
+                item["masks"] = (det["masks"][:, 0] > 0.5).cpu()
+            out.append(item)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    model.train(was_training)
+    return out
+
+
+def _predict(model: nn.Module, image: Tensor) -> dict[str, Tensor]:
+    net = unwrap_model(model)
+    device = next(net.parameters()).device
+    net.eval()
+    with torch.no_grad():
+        out = net([image.to(device)])[0]
+    return {k: v.cpu() for k, v in out.items()}
+
+
+def draw_detections(image: Tensor, output: dict[str, Tensor], classes: Sequence[str], threshold: float = 0.5) -> Tensor:
+    """Boxes (labelled with class and score) and, for Mask R-CNN, masks of the detections scoring >= threshold."""
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    picture = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    keep = output["scores"] >= threshold
+    labels = output["labels"][keep].tolist()
+    colours = [PALETTE[(label - 1) % len(PALETTE)] for label in labels]
+    if "masks" in output and keep.any():
+        masks = output["masks"][keep]
+        masks = (masks[:, 0] if masks.dim() == 4 else masks) > 0.5
+        picture = draw_segmentation_masks(picture, masks, alpha=0.45, colors=colours)
+    if keep.any():
+        names = [f"{classes[label - 1] if 0 < label <= len(classes) else label} {score:.2f}"
+                 for label, score in zip(labels, output["scores"][keep].tolist())]
+        width = max(1, round(min(image.shape[-2:]) / 128))
+        picture = draw_bounding_boxes(picture, output["boxes"][keep], labels=names, colors=colours, width=width)
+    return picture

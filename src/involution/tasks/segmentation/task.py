@@ -1,0 +1,125 @@
+"""Semantic segmentation as a :class:`~involution.tasks.dense.DenseTask`: label-map folders, Semantic FPN /
+UPerNet, mean IoU.
+
+Data: ``scenes`` (generated on first use; class 0 is the background) or ``folder`` (``--data-dir ROOT`` in the
+generic layout ``images/<split>/`` + ``labels/<split>/`` + ``classes.json``, or the Cityscapes layout; see
+:mod:`.data`). Loss: pixel-wise cross-entropy ignoring label 255, plus ``aux_weight`` times the auxiliary head's.
+Validation: mIoU, pixel accuracy and mean class accuracy from one confusion matrix summed over processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..dense.config import DenseConfig
+from ..dense.scenes_data import scenes_root
+from ..dense.task import DenseData, DenseTask, build_dense_model
+from ..distributed import DistInfo
+from ..plots import PALETTE
+from ..runtime import autocast
+from ..state import unwrap_model
+from .data import IGNORE_INDEX, SegmentationAugment, SegmentationFolderDataset, segmentation_collate
+from .metrics import ConfusionMatrix
+
+
+def normalize(images: Tensor, model: nn.Module) -> Tensor:
+    """``(N, 3, H, W)`` images in [0, 1] normalised with the model's mean/std (its ``pretrained_cfg``)."""
+    cfg = getattr(unwrap_model(model), "pretrained_cfg", {}) or {}
+    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=images.device).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
+class SegmentationTask(DenseTask):
+    name = "segment"
+    metric = "mIoU"
+    metric_label = "mIoU (%)"
+
+    def load_data(self, config: DenseConfig, log: Callable[[str], None]) -> DenseData:
+        root = scenes_root(config, log) if config.data == "scenes" else Path(config.data_dir or "")
+        train, val = (SegmentationFolderDataset(root, split) for split in ("train", "val"))
+        if train.classes != val.classes:
+            raise ValueError(f"{root}: the train and val splits list different classes")
+        return DenseData(train, val, list(train.classes), str(root), info={"layout": train.layout})
+
+    def build_model(self, config: DenseConfig, data: DenseData) -> nn.Module:
+        return build_dense_model(config, len(data.classes))
+
+    def augment(self, config: DenseConfig) -> Callable[..., Any]:
+        scale = (0.5, 2.0) if config.data == "folder" else None  # mmseg's ratio range for real scenes
+        return SegmentationAugment(flip=0.5, scale=scale, crop_size=config.crop_size)
+
+    def collate(self, items: Sequence[tuple[Tensor, Any]]) -> Any:
+        return segmentation_collate(items)
+
+    def loss(self, model: nn.Module, batch: Any, device: torch.device, config: DenseConfig) -> tuple[Tensor, dict[str, float]]:
+        images, labels = (t.to(device, non_blocking=True) for t in batch)
+        outputs = model(normalize(images, model))
+        main = F.cross_entropy(outputs["out"].float(), labels, ignore_index=IGNORE_INDEX)
+        parts = {"loss_seg": float(main.detach())}
+        total = main
+        if "aux" in outputs and config.aux_weight:
+            aux = F.cross_entropy(outputs["aux"].float(), labels, ignore_index=IGNORE_INDEX)
+            parts["loss_aux"] = float(aux.detach())
+            total = main + config.aux_weight * aux
+        return total, parts
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: DenseData,
+                 amp: str = "none", progress: bool = False) -> dict[str, float]:
+        net = unwrap_model(model)
+        was_training = net.training
+        net.eval()
+        matrix = ConfusionMatrix(len(data.classes), ignore_index=IGNORE_INDEX, device=device)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(loader), desc="evaluating", leave=False, dynamic_ncols=True)
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            with autocast(device, amp):
+                logits = net(normalize(images, net))["out"]
+            matrix.update(logits.argmax(dim=1), labels)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        net.train(was_training)
+        if info.enabled:
+            matrix.all_reduce()
+        result = matrix.compute()
+        return {k: float(v) for k, v in result.items() if k != "iou"}  # type: ignore[arg-type]
+
+    def predict(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:
+        net = unwrap_model(model)
+        device = next(net.parameters()).device
+        net.eval()
+        with torch.no_grad():
+            logits = net(normalize(image[None].to(device), net))["out"][0]
+        probs = logits.float().softmax(dim=0)
+        return {"labels": probs.argmax(dim=0).cpu(), "scores": probs.max(dim=0).values.cpu()}
+
+    def draw(self, image: Tensor, output: dict[str, Tensor], classes: Sequence[str], threshold: float = 0.5) -> Tensor:
+        return draw_label_map(image, output["labels"], classes)
+
+
+def draw_label_map(image: Tensor, labels: Tensor, classes: Sequence[str]) -> Tensor:
+    """The image beside the image overlaid with the predicted label map (class 0, the background, left clear in
+    the scene sets' convention when it is named "background")."""
+    from torchvision.utils import draw_segmentation_masks
+
+    picture = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    present = [int(c) for c in labels.unique().tolist() if not (c == 0 and classes and classes[0] == "background")]
+    overlay = picture
+    if present:
+        masks = torch.stack([labels == c for c in present])
+        overlay = draw_segmentation_masks(picture, masks, alpha=0.55, colors=[PALETTE[c % len(PALETTE)] for c in present])
+    gap = torch.full((3, picture.shape[1], 2), 255, dtype=torch.uint8)
+    return torch.cat([picture, gap, overlay], dim=2)
