@@ -1,0 +1,57 @@
+"""Seeding of the paired (image, target) transforms of the dense tasks (detection, segmentation).
+
+A :class:`PairedTransform` draws its random numbers from a generator seeded from ``(seed, epoch, key)``, where
+``key`` is the sample's index in its data set (the data sets pass it), so a sample's augmentation does not depend on
+which worker process loads it or on whether a run was resumed. Call :meth:`PairedTransform.set_epoch` (or the data
+set's ``set_epoch``) before each epoch; with non-persistent DataLoader workers the new epoch reaches the workers.
+``seed=None`` draws from torch's global RNG instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .classification.data import sample_seed
+
+
+class PairedTransform:
+    """Base class: ``transform(image, target, key=None) -> (image, target)`` with seeded draws."""
+
+    keyed = True
+
+    def __init__(self, seed: int | None = 0) -> None:
+        self.seed = seed
+        self.epoch = 0
+        self._calls = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def generator(self, key: int | None) -> torch.Generator | None:
+        """The generator of one call: from (seed, epoch, key); without a key, from a per-object call counter."""
+        if self.seed is None:
+            return None
+        if key is None:
+            key, self._calls = self._calls, self._calls + 1
+        return torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, int(key)))
+
+    def __call__(self, image: Any, target: Any, key: int | None = None) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+
+def apply_paired(transforms: Callable[..., tuple[Any, Any]] | None, image: Any, target: Any, key: int) -> tuple[Any, Any]:
+    """``transforms(image, target)``, passing ``key=`` to transforms that take it (``keyed = True``)."""
+    if transforms is None:
+        return image, target
+    if getattr(transforms, "keyed", False):
+        return transforms(image, target, key=key)
+    return transforms(image, target)
+
+
+def set_epoch(transforms: Any, epoch: int) -> None:
+    """Forward ``epoch`` to ``transforms`` if it has ``set_epoch``."""
+    if hasattr(transforms, "set_epoch"):
+        transforms.set_epoch(epoch)
