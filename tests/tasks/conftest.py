@@ -1,4 +1,5 @@
-"""Fixtures of the task tests: tiny training configs on scikit-learn's digits, and one trained run to share."""
+"""Fixtures of the task tests: tiny training configs on scikit-learn's digits, one trained run to share, and a
+stop flag that interrupts a training loop at a chosen step."""
 
 from __future__ import annotations
 
@@ -7,8 +8,27 @@ from pathlib import Path
 import pytest
 
 from involution.tasks.classification import TrainConfig, train
+from involution.tasks.runtime import StopFlag
 
 FASHION_MNIST = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+class StopAfter(StopFlag):
+    """Asks the loop to stop at its ``n``-th check (one check per training step)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(announce=False)
+        self.n = n
+        self.checks = 0
+
+    @property
+    def requested(self) -> bool:
+        self.checks += 1
+        return self.checks >= self.n
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        pass
 
 
 def tiny(**overrides) -> TrainConfig:

@@ -3,30 +3,11 @@ import math
 
 import pytest
 import torch
-from conftest import tiny
+from conftest import StopAfter, tiny
 
 from involution.models import load_model
 from involution.tasks.classification import NonFiniteLossError, resume_config, train
-from involution.tasks.runtime import StopFlag
 from involution.tasks.state import load_training_state
-
-
-class StopAfter(StopFlag):
-    """Asks the loop to stop at its ``n``-th check (one check per training step)."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__(announce=False)
-        self.n = n
-        self.checks = 0
-
-    @property
-    def requested(self) -> bool:
-        self.checks += 1
-        return self.checks >= self.n
-
-    @requested.setter
-    def requested(self, value: bool) -> None:
-        pass
 
 
 def test_run_directory_holds_everything(tmp_path):
