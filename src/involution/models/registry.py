@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 import fnmatch
+import inspect
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -143,7 +144,7 @@ def build_model(
 
 def create_model(
     name: str,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     in_chans: int = 3,
     features_only: bool = False,
     out_indices: Sequence[int] = (0, 1, 2, 3),
@@ -154,13 +155,15 @@ def create_model(
 
     Args:
         name: a name from :func:`list_models`, e.g. ``"rednet50"``, ``"resnet26_small"``.
-        num_classes: classifier outputs (0: no classifier; ``forward`` gives pooled features).
+        num_classes: classifier outputs (0: no classifier; ``forward`` gives pooled features); default the
+            model's own (1000 for the ImageNet classifiers, 80 object classes for the COCO detectors).
         in_chans: input channels.
         features_only: build a backbone returning the stage maps (``feature_info`` describes them).
         out_indices: the stages (0..3, strides 4/8/16/32) returned when ``features_only``.
         checkpoint: a file to load: official mmcls ``.pth``, a plain state dict, or this library's safetensors
             (see :func:`involution.models.load_checkpoint`). A different class count keeps the backbone and
-            re-initialises the classifier with a warning.
+            re-initialises the classifier with a warning. Entry points that take a ``checkpoint`` argument
+            themselves (the detectors, whose files have other layouts) are given it instead.
         **kwargs: passed to the model class (``width``, ``stem_kernel_size``, ``grad_checkpointing``,
             ``drop_rate``, ``zero_init_residual`` ...).
 
@@ -169,9 +172,13 @@ def create_model(
         RuntimeError: a checkpoint of another architecture (listing missing, unexpected and mismatched keys).
     """
     entry = model_entrypoint(name)
-    kwargs = dict(kwargs, num_classes=num_classes, in_chans=in_chans)
+    kwargs = dict(kwargs, in_chans=in_chans)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
     if features_only:
         kwargs.update(features_only=True, out_indices=tuple(out_indices))
+    if checkpoint is not None and "checkpoint" in inspect.signature(entry).parameters:
+        return entry(**kwargs, checkpoint=checkpoint)
     model = entry(**kwargs)
     if checkpoint is not None:
         from .checkpoint import load_checkpoint
