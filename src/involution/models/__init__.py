@@ -4,9 +4,11 @@
 >>> model = create_model("rednet26", num_classes=10)                  # an ImageNet-style classifier
 >>> tiny = create_model("rednet26_small", num_classes=10, width=0.25)  # for 32x32 images
 >>> backbone = create_model("rednet50", features_only=True)          # 4 maps, strides 4/8/16/32
+>>> seg = create_model("fpn_rednet50", num_classes=19)                # Semantic FPN, {"out": logits}
 """
 
 from . import rednet, resnet  # noqa: F401  (registers the models)
+from . import segmentation  # noqa: F401  (registers the segmentation models; imports rednet)
 from ._base import FeatureInfo, ResidualNet
 from .checkpoint import (
     LoadReport,

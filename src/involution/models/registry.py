@@ -143,7 +143,7 @@ def build_model(
 
 def create_model(
     name: str,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     in_chans: int = 3,
     features_only: bool = False,
     out_indices: Sequence[int] = (0, 1, 2, 3),
@@ -154,7 +154,8 @@ def create_model(
 
     Args:
         name: a name from :func:`list_models`, e.g. ``"rednet50"``, ``"resnet26_small"``.
-        num_classes: classifier outputs (0: no classifier; ``forward`` gives pooled features).
+        num_classes: classifier outputs (0: no classifier; ``forward`` gives pooled features); None: the
+            model's own default (1000 for the ImageNet classifiers, 19 (Cityscapes) for the segmentors).
         in_chans: input channels.
         features_only: build a backbone returning the stage maps (``feature_info`` describes them).
         out_indices: the stages (0..3, strides 4/8/16/32) returned when ``features_only``.
@@ -169,7 +170,9 @@ def create_model(
         RuntimeError: a checkpoint of another architecture (listing missing, unexpected and mismatched keys).
     """
     entry = model_entrypoint(name)
-    kwargs = dict(kwargs, num_classes=num_classes, in_chans=in_chans)
+    kwargs = dict(kwargs, in_chans=in_chans)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
     if features_only:
         kwargs.update(features_only=True, out_indices=tuple(out_indices))
     model = entry(**kwargs)
