@@ -5,10 +5,11 @@
 >>> tiny = create_model("rednet26_small", num_classes=10, width=0.25)  # for 32x32 images
 >>> backbone = create_model("rednet50", features_only=True)          # 4 maps, strides 4/8/16/32
 >>> detector = create_model("fasterrcnn_rednet50_fpn", num_classes=80)  # torchvision Faster R-CNN
+>>> seg = create_model("fpn_rednet50", num_classes=19)                # Semantic FPN, {"out": logits}
 """
 
 from . import rednet, resnet  # noqa: F401  (registers the models)
-from . import detection  # noqa: F401  (registers the detectors; after rednet, which they build on)
+from . import detection, segmentation  # noqa: F401  (register the dense models; after rednet, which they build on)
 from ._base import FeatureInfo, ResidualNet
 from .checkpoint import (
     LoadReport,

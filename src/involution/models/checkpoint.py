@@ -230,7 +230,14 @@ def apply_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], source:
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadReport:
-    """Load a checkpoint file into ``model`` (in place); see the module docstring for the formats and rules."""
+    """Load a checkpoint file into ``model`` (in place); see the module docstring for the formats and rules.
+
+    A model with a ``load_checkpoint(path)`` method of its own (the segmentors, whose files have other parts)
+    loads itself.
+    """
+    own_loader = getattr(type(model), "load_checkpoint", None)
+    if callable(own_loader):
+        return model.load_checkpoint(path)
     path = Path(path)
     state_dict, metadata = read_checkpoint(path)
     layout = "plain"

@@ -155,8 +155,9 @@ def create_model(
 
     Args:
         name: a name from :func:`list_models`, e.g. ``"rednet50"``, ``"resnet26_small"``.
-        num_classes: classifier outputs (0: no classifier; ``forward`` gives pooled features); default the
-            model's own (1000 for the ImageNet classifiers, 80 object classes for the COCO detectors).
+        num_classes: classifier outputs (0: no classifier; ``forward`` gives pooled features); None: the
+            model's own default (1000 for the ImageNet classifiers, 80 object classes for the COCO detectors,
+            19 (Cityscapes) for the segmentors).
         in_chans: input channels.
         features_only: build a backbone returning the stage maps (``feature_info`` describes them).
         out_indices: the stages (0..3, strides 4/8/16/32) returned when ``features_only``.

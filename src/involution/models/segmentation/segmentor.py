@@ -1,0 +1,166 @@
+"""``Segmentor``: backbone -> optional neck -> decode head (+ auxiliary head), mmseg's ``EncoderDecoder``.
+
+Children are named as in mmseg (``backbone``, ``neck``, ``decode_head``, ``auxiliary_head``) and so are theirs, so
+an official mmseg checkpoint (``{'meta', 'state_dict'}``) and this library's own state dicts share one key layout:
+loading one is a matter of checking keys, never of renaming them.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from ..checkpoint import LoadReport, read_checkpoint
+from ._common import resize
+
+_LIST_LIMIT = 12
+MMSEG_PARTS = ("backbone.", "neck.", "decode_head.", "auxiliary_head.")
+
+
+def _fmt(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LIST_LIMIT])
+    return shown + (f", ... ({len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else "")
+
+
+class Segmentor(nn.Module):
+    """Semantic segmentation model: ``(N, C, H, W) -> {"out": (N, K, H, W)[, "aux": (N, K, H, W)]}``.
+
+    Like torchvision's segmentation models: logits (before softmax) bilinearly resized to the input size;
+    ``"aux"`` only in training mode and only with an auxiliary head. Any H, W (odd included) of at least 32
+    pixels is fine; smaller ones work too as long as every stage keeps one pixel.
+
+    Args:
+        backbone: a ``features_only`` model returning the stage maps (strides 4/8/16/32).
+        decode_head: maps the (neck's) feature list to logits at stride 4.
+        neck: optional, maps the backbone's list to another list (Semantic FPN).
+        auxiliary_head: optional, maps backbone level ``aux_in_index`` to logits (training only).
+        aux_in_index: the backbone level the auxiliary head reads (official: 2, i.e. C4).
+        align_corners: of the final resize (and, by convention, of the heads').
+
+    Attributes:
+        num_classes, aux_loss_weight (the official weight of the auxiliary loss, for the task layer),
+        pretrained_cfg / model_name / model_kwargs (set by the registry).
+    """
+
+    first_conv = "backbone.stem.0.conv"
+    classifier_name = "decode_head.conv_seg"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        decode_head: nn.Module,
+        neck: nn.Module | None = None,
+        auxiliary_head: nn.Module | None = None,
+        aux_in_index: int = 2,
+        aux_loss_weight: float = 0.4,
+        align_corners: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        if neck is not None:
+            self.neck = neck
+        self.decode_head = decode_head
+        if auxiliary_head is not None:
+            self.auxiliary_head = auxiliary_head
+        self.aux_in_index = int(aux_in_index)
+        self.aux_loss_weight = float(aux_loss_weight) if auxiliary_head is not None else 0.0
+        self.align_corners = bool(align_corners)
+        self.num_classes = int(decode_head.num_classes)
+        self.pretrained_cfg: dict = {}
+        self.model_name: str | None = None
+        self.model_kwargs: dict = {}
+        self.pruned_prefixes: tuple[str, ...] = ()
+
+    @property
+    def has_aux(self) -> bool:
+        return hasattr(self, "auxiliary_head")
+
+    def extract_features(self, images: Tensor) -> list[Tensor]:
+        """The backbone's stage maps ``[(N, C_i, H/s_i, W/s_i)]``."""
+        return list(self.backbone(images))
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        if images.dim() != 4:
+            raise ValueError(f"{type(self).__name__} expects images (N, C, H, W), got shape {tuple(images.shape)}")
+        size = images.shape[-2:]
+        feats = self.extract_features(images)
+        dense = self.neck(feats) if hasattr(self, "neck") else feats
+        result = {"out": resize(self.decode_head(dense), size, self.align_corners)}
+        if self.training and self.has_aux:
+            aux = self.auxiliary_head(feats[self.aux_in_index])
+            result["aux"] = resize(aux, size, self.align_corners)
+        return result
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def load_checkpoint(self, path: str | os.PathLike) -> LoadReport:
+        """Load an official mmseg file or one of this library's (safetensors or plain state dict) into the model.
+
+        Strict about the body (backbone, neck, head bodies: any missing, unexpected or mismatched key raises
+        ``RuntimeError`` listing them); lenient about the classifiers: ``conv_seg`` of another class count is left
+        freshly initialised with a warning, and an auxiliary head that this model lacks is ignored with a warning.
+        :func:`involution.models.load_checkpoint` and ``create_model(name, checkpoint=...)`` come here.
+        """
+        path = Path(path)
+        state_dict, metadata = read_checkpoint(path)
+        report = self.load_segmentor_state_dict(state_dict, source=str(path))
+        report.layout = metadata.get("format") or ("mmseg" if _looks_mmseg(state_dict) else "plain")
+        return report
+
+    def load_segmentor_state_dict(self, state_dict: Mapping[str, Tensor], source: str = "state dict") -> LoadReport:
+        """:meth:`load_checkpoint` on a state dict in memory (mmseg's key names, which are also ours)."""
+        report = LoadReport(path=source)
+        own = self.state_dict()
+        ckpt = dict(state_dict)
+        if not self.has_aux:
+            dropped = [k for k in ckpt if k.startswith("auxiliary_head.")]
+            if dropped:
+                warnings.warn(f"{source}: this model has no auxiliary head; ignored {len(dropped)} "
+                              "auxiliary_head keys", stacklevel=3)
+                report.ignored = dropped
+                ckpt = {k: v for k, v in ckpt.items() if k not in dropped}
+
+        classifiers = tuple(p for p in ("decode_head.conv_seg.", "auxiliary_head.conv_seg.") if
+                            any(k.startswith(p) for k in own))
+        missing = [k for k in own if k not in ckpt and not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in ckpt if k not in own]
+        mismatched = [k for k in own if k in ckpt and tuple(ckpt[k].shape) != tuple(own[k].shape)]
+
+        def body(keys: list[str]) -> list[str]:
+            return [k for k in keys if not k.startswith(classifiers)] if classifiers else keys
+
+        if body(missing) or body(unexpected) or body(mismatched):
+            lines = [f"{source}: the checkpoint does not fit {self.model_name or type(self).__name__}"]
+            if body(missing):
+                lines.append(f"  missing keys ({len(body(missing))}): {_fmt(body(missing))}")
+            if body(unexpected):
+                lines.append(f"  unexpected keys ({len(body(unexpected))}): {_fmt(body(unexpected))}")
+            if body(mismatched):
+                shapes = [f"{k} (checkpoint {tuple(ckpt[k].shape)}, model {tuple(own[k].shape)})"
+                          for k in body(mismatched)]
+                lines.append(f"  mismatched shapes ({len(shapes)}): {_fmt(shapes)}")
+            if not any(k.startswith(MMSEG_PARTS[1:]) for k in ckpt):
+                lines.append("  (no neck/head keys: for a classification checkpoint use backbone_checkpoint=)")
+            raise RuntimeError("\n".join(lines))
+
+        issues = missing + unexpected + mismatched
+        bad = sorted({p for p in classifiers for k in issues if k.startswith(p)})
+        if bad:
+            have = {k: tuple(v.shape) for k, v in ckpt.items() if k.startswith(tuple(bad))}
+            warnings.warn(f"{source}: {', '.join(p.rstrip('.') for p in bad)} do not match (checkpoint "
+                          f"{have or 'none'}, {self.num_classes} classes here); loaded the rest and re-initialised "
+                          "them", stacklevel=3)
+            ckpt = {k: v for k, v in ckpt.items() if not k.startswith(tuple(bad))}
+            for prefix in bad:
+                self.get_submodule(prefix.split(".")[0]).init_classifier()
+            report.head_reinitialised = True
+        self.load_state_dict(ckpt, strict=False)
+        report.loaded = sorted(ckpt)
+        return report
+
+
+def _looks_mmseg(state_dict: Mapping[str, Tensor]) -> bool:
+    return any(k.startswith("backbone.") for k in state_dict) and any(k.startswith("decode_head.") for k in state_dict)
