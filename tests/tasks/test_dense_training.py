@@ -54,11 +54,13 @@ def test_detection_run_directory_and_checkpoint(tmp_path, scenes):
         assert math.isfinite(last[key]), key
     assert 0.0 <= last["val_bbox_AP"] <= 1.0 and "val_segm_AP" not in last
     assert metrics["classes"] == [str(d) for d in range(10)] and metrics["metric"] == "bbox_AP"
-    ckpt = load_dense_checkpoint(run)
+    best = metrics["best_epoch"]
+    assert (run / "checkpoints" / "best.safetensors").is_file() == (best > 0)
+    ckpt = load_dense_checkpoint(run / "checkpoints" / "last.safetensors")
     assert ckpt.task == "detect" and ckpt.classes == metrics["classes"]
     assert ckpt.model.model_name == "fasterrcnn_rednet50_fpn"
     state = ckpt.model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in _weights(run).items())
+    assert all(torch.equal(state[k], v) for k, v in _weights(run).items()), "last.safetensors == last.pt weights"
 
 
 @pytest.mark.parametrize("task", ["detect", "segment"])
@@ -100,7 +102,8 @@ def test_mask_rcnn_with_involution_neck_and_head_reports_mask_ap(tmp_path, scene
 
 
 def test_segmentation_upernet_trains_with_aux_and_evaluates(tmp_path, scenes):
-    config = tiny_config("segment", scenes, model="upernet_rednet50", epochs=1)
+    kwargs = {"backbone_kwargs": {"width": 0.125}, "head_channels": 8, "aux_channels": 8}
+    config = tiny_config("segment", scenes, model="upernet_rednet50", model_kwargs=kwargs, epochs=1)
     result = train_dense(SegmentationTask(), config, out=tmp_path / "uper", progress=False)
     last = result.metrics["history"][-1]
     assert math.isfinite(last["train_loss_aux"]) and 0.0 <= last["val_mIoU"] <= 1.0

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .classification.data import sample_seed
+from .runtime import sample_seed
 
 
 class PairedTransform:
@@ -30,15 +30,20 @@ class PairedTransform:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def generator(self, key: int | None) -> torch.Generator | None:
-        """The generator of one call: from (seed, epoch, key); without a key, from a per-object call counter."""
+    def generator(self, key: int | None, generator: torch.Generator | None = None) -> torch.Generator | None:
+        """The generator of one call: ``generator`` when the caller gives one (the training loop's
+        :class:`~involution.tasks.dense.KeyedDataset` seeds it from (seed, epoch, index)); else from (seed, epoch,
+        key); without a key, from a per-object call counter."""
+        if generator is not None:
+            return generator
         if self.seed is None:
             return None
         if key is None:
             key, self._calls = self._calls, self._calls + 1
         return torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, int(key)))
 
-    def __call__(self, image: Any, target: Any, key: int | None = None) -> tuple[Any, Any]:
+    def __call__(self, image: Any, target: Any, key: int | None = None,
+                 generator: torch.Generator | None = None) -> tuple[Any, Any]:
         raise NotImplementedError
 
 

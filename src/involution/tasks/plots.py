@@ -11,7 +11,6 @@ import numpy as np
 
 from .._atomic import atomic_path
 
-
 # distinct colours for classes in drawn predictions (boxes, masks, label maps)
 PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
            "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000", "#000075")

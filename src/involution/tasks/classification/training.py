@@ -355,7 +355,7 @@ class _Run:
 
     def _train_epoch(self) -> bool:
         """One epoch (or its remainder after a resume); False when a stop was requested."""
-        cfg, info = self.config, self.info
+        cfg = self.config
         self.sampler.set_epoch(self.epoch)
         self.sampler.set_start(self.step_in_epoch * self.local_batch)
         self.net.train()

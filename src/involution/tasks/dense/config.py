@@ -88,9 +88,9 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
 def _scene_model_kwargs(task: str, model: str, image_size: int) -> dict[str, Any]:
     if task == "detect":
         return _scene_detector(image_size)
-    kwargs: dict[str, Any] = {"backbone_kwargs": {"width": 0.25}, "neck_channels": 64}
-    kwargs["head_channels"] = 32 if model.startswith("fpn_") else 64
-    return kwargs
+    if model.startswith("upernet"):
+        return {"backbone_kwargs": {"width": 0.25}, "head_channels": 64, "aux_channels": 32}
+    return {"backbone_kwargs": {"width": 0.25}, "neck_channels": 64, "head_channels": 32}
 
 
 def resolve(config: DenseConfig) -> DenseConfig:

@@ -20,8 +20,9 @@ from ..distributed import DistInfo
 from ..runtime import sample_seed
 from .config import DenseConfig
 
-# (image (3, H, W) float in [0, 1], target, generator) -> (image, target): a seeded training augmentation
-Augment = Callable[[Tensor, Any, torch.Generator], tuple[Tensor, Any]]
+# augment(image (3, H, W) float in [0, 1], target, generator=g) -> (image, target): a training augmentation
+# drawing its random numbers from g (a PairedTransform of ..detection / ..segmentation)
+Augment = Callable[..., tuple[Tensor, Any]]
 
 
 @dataclass
@@ -90,7 +91,7 @@ class KeyedDataset(Dataset):
             image, target = self.base[index]
             if self.augment is not None:
                 generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index) % 2**63)
-                image, target = self.augment(image, target, generator)
+                image, target = self.augment(image, target, generator=generator)
             return image, target
         return self.base[key]
 

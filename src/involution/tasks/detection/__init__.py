@@ -17,16 +17,19 @@ from .data import (
     load_coco,
 )
 from .metrics import METRIC_NAMES, CocoMetrics, coco_evaluate, to_coco_results
+from .task import DetectionTask, draw_detections
 
 __all__ = [
     "COCO_LAYOUT",
-    "METRIC_NAMES",
     "CocoDetectionDataset",
     "CocoMetrics",
+    "DetectionTask",
+    "METRIC_NAMES",
     "RandomHorizontalFlip",
     "coco_evaluate",
     "coco_scene_dataset",
     "detection_collate",
+    "draw_detections",
     "flip_target",
     "load_coco",
     "to_coco_results",

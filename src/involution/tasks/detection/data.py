@@ -176,8 +176,9 @@ class RandomHorizontalFlip(PairedTransform):
             raise ValueError(f"p must be in [0, 1], got {p}")
         self.p = p
 
-    def __call__(self, image: Tensor, target: Target, key: int | None = None) -> tuple[Tensor, Target]:
-        if torch.rand((), generator=self.generator(key)).item() >= self.p:
+    def __call__(self, image: Tensor, target: Target, key: int | None = None,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Target]:
+        if torch.rand((), generator=self.generator(key, generator)).item() >= self.p:
             return image, target
         return image.flip(-1), flip_target(target, image.shape[-1])
 

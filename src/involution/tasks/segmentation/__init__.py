@@ -14,14 +14,17 @@ from .data import (
     segmentation_collate,
 )
 from .metrics import ConfusionMatrix, SegmentationMetric
+from .task import SegmentationTask, draw_label_map
 
 __all__ = [
     "CITYSCAPES_CLASSES",
+    "ConfusionMatrix",
     "IGNORE_INDEX",
     "LAYOUTS",
-    "ConfusionMatrix",
     "SegmentationAugment",
     "SegmentationFolderDataset",
     "SegmentationMetric",
+    "SegmentationTask",
+    "draw_label_map",
     "segmentation_collate",
 ]

@@ -20,7 +20,6 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -180,8 +179,9 @@ class SegmentationAugment(PairedTransform):
         self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
         self.ignore_index = ignore_index
 
-    def __call__(self, image: Tensor, label: Tensor, key: int | None = None) -> tuple[Tensor, Tensor]:
-        g = self.generator(key)
+    def __call__(self, image: Tensor, label: Tensor, key: int | None = None,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        g = self.generator(key, generator)
         draws = torch.rand(4, generator=g, dtype=torch.float64).tolist()
         if self.scale is not None:
             factor = self.scale[0] + draws[0] * (self.scale[1] - self.scale[0])
