@@ -69,7 +69,7 @@ def test_flip(scenes):
     # seeded: the same (seed, epoch, key) decides the same way; draws differ over keys and epochs
     a, b = RandomHorizontalFlip(0.5, seed=7), RandomHorizontalFlip(0.5, seed=7)
     tiny = {"boxes": torch.zeros(0, 4)}
-    decide = lambda t, k: not torch.equal(t(image, tiny, key=k)[0], image)  # noqa: E731
+    decide = lambda t, k: not torch.equal(t(image, tiny, key=k)[0], image)
     first = [decide(a, k) for k in range(32)]
     assert first == [decide(b, k) for k in range(32)] and 4 < sum(first) < 28
     a.set_epoch(1)

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FASHION_MNIST
 from PIL import Image
 
 from involution.tasks.scenes import make_scenes, scene_paths
 
-from conftest import FASHION_MNIST
-
-SMALL = dict(num_train=6, num_val=3, image_size=64, objects=(1, 4), scale=(0.25, 0.6), seed=3)
+SMALL = {"num_train": 6, "num_val": 3, "image_size": 64, "objects": (1, 4), "scale": (0.25, 0.6), "seed": 3}
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -72,7 +71,7 @@ def test_coco_masks_boxes_and_labels_agree(digits_scenes):
 
     root = digits_scenes
     for split in ("train", "val"):
-        image_dir, label_dir, ann_file = scene_paths(root, split)
+        _, label_dir, ann_file = scene_paths(root, split)
         coco = load_coco(ann_file)
         assert sorted(coco.getCatIds()) == list(range(1, 11))
         assert [coco.cats[i]["name"] for i in range(1, 11)] == [str(i) for i in range(10)]
@@ -100,7 +99,7 @@ def test_objects_come_from_the_right_split():
     """Val scenes draw from the source's test split: check the pool sizes the generator reads."""
     from involution.tasks.scenes import _load_source
 
-    train_images, train_labels, test_images, test_labels, classes = _load_source("digits", None)
+    train_images, _, test_images, test_labels, classes = _load_source("digits", None)
     assert train_images.dtype == np.uint8 and train_images.shape[1:] == (8, 8)
     assert len(train_images) + len(test_images) == 1797 and len(test_images) == len(test_labels) == 360
     assert train_images.max() == 255 and classes == [str(i) for i in range(10)]
