@@ -1,7 +1,7 @@
 """Object detection and instance segmentation on torchvision's detection models: COCO data, COCO metrics.
 
 >>> from involution.tasks.scenes import make_scenes
->>> from involution.tasks.detection import coco_scene_dataset, coco_evaluate
+>>> from involution.tasks.detection import RandomHorizontalFlip, coco_evaluate, coco_scene_dataset
 >>> root = make_scenes("data/scenes", source="digits")
 >>> train = coco_scene_dataset(root, "train", transforms=RandomHorizontalFlip(0.5, seed=0))
 >>> image, target = train[0]    # (3, H, W) in [0, 1]; boxes xyxy, labels 1..K, masks (n, H, W)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CocoMetrics", "METRIC_NAMES", "coco_evaluate", "to_coco_results"]
+__all__ = ["METRIC_NAMES", "CocoMetrics", "coco_evaluate", "to_coco_results"]
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR1", "AR10", "AR100")
 IOU_TYPES = ("bbox", "segm")
