@@ -49,8 +49,11 @@ def images_and_targets():
     masks1[1, 0:20, 0:20] = 1
     targets = [
         {"boxes": torch.tensor([[6.0, 8.0, 30.0, 40.0]]), "labels": torch.tensor([2]), "masks": masks0},
-        {"boxes": torch.tensor([[10.0, 10.0, 30.0, 30.0], [0.0, 0.0, 20.0, 20.0]]), "labels": torch.tensor([1, 3]),
-         "masks": masks1},
+        {
+            "boxes": torch.tensor([[10.0, 10.0, 30.0, 30.0], [0.0, 0.0, 20.0, 20.0]]),
+            "labels": torch.tensor([1, 3]),
+            "masks": masks1,
+        },
     ]
     return images, targets
 
@@ -68,7 +71,7 @@ def randomise(model, seed=0):
                 continue
             if name.endswith("running_var"):
                 t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
-            elif name.endswith("running_mean") or name.endswith("bias"):
+            elif name.endswith(("running_mean", "bias")):
                 t.copy_(torch.randn(t.shape, generator=gen) * 0.05)
             else:
                 t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
@@ -198,7 +201,10 @@ def test_norm_eval_false_and_no_frozen_stages_train_everything():
     sum(model(images, targets).values()).backward()
     assert all(p.grad is not None for p in body.parameters())
     # zero-initialised residual BNs: at step 0 the branches learn through their last BN's weight
-    assert all(bool(b.bn3.weight.grad.abs().sum() > 0) for b in body.layer1) and body.stem[0].conv.weight.grad.abs().sum() > 0
+    assert (
+        all(bool(b.bn3.weight.grad.abs().sum() > 0) for b in body.layer1)
+        and body.stem[0].conv.weight.grad.abs().sum() > 0
+    )
     assert not torch.equal(body.stem[0].bn.running_mean, before)  # ordinary BN, updated in train mode
 
 
@@ -216,7 +222,9 @@ def test_frozen_stages_stay_in_eval_mode_with_trainable_bn():
 
 def test_involution_neck_and_heads_where_stated():
     conv = tiny("maskrcnn")
-    assert not any(isinstance(m, Involution2d) for name, m in conv.named_modules() if not name.startswith("backbone.body"))
+    assert not any(
+        isinstance(m, Involution2d) for name, m in conv.named_modules() if not name.startswith("backbone.body")
+    )
     inv = tiny("maskrcnn", neck="involution", head="involution")
     assert all(isinstance(b, Involution2d) and b.kernel_size == (7, 7) for b in inv.backbone.fpn.layer_blocks)
     assert len(inv.backbone.fpn.layer_blocks) == 4
@@ -344,7 +352,10 @@ def test_mmdet_layout_checkpoint_gives_the_same_detector(tmp_path, kind, neck, h
     sd = to_mmdet(source.state_dict())
     assert any(k.startswith("neck.fpn_convs.0.") for k in sd)
     if kind != "retinanet":
-        assert sd["roi_head.bbox_head.fc_cls.weight"].shape[0] == K + 1 and sd["roi_head.bbox_head.fc_reg.weight"].shape[0] == 4 * K
+        assert (
+            sd["roi_head.bbox_head.fc_cls.weight"].shape[0] == K + 1
+            and sd["roi_head.bbox_head.fc_reg.weight"].shape[0] == 4 * K
+        )
     path = tmp_path / f"{kind}_mmdet.pth"
     torch.save({"meta": {"CLASSES": ["a", "b", "c"]}, "state_dict": sd}, path)
     with warnings.catch_warnings():
@@ -360,7 +371,9 @@ def test_mmdet_checkpoint_of_another_neck_loads_the_backbone_and_warns(tmp_path)
     source = randomise(tiny("fasterrcnn", neck="involution"), seed=4)
     path = tmp_path / "inv_neck.pth"
     torch.save({"state_dict": to_mmdet(source.state_dict())}, path)
-    with pytest.warns(UserWarning, match=r"skipped .*neck\.fpn_convs\.0\.conv1.*freshly initialised.*layer_blocks\.0\.0"):
+    with pytest.warns(
+        UserWarning, match=r"skipped .*neck\.fpn_convs\.0\.conv1.*freshly initialised.*layer_blocks\.0\.0"
+    ):
         model = tiny("fasterrcnn", checkpoint=str(path))
     body_equals(model.backbone.body, source.backbone.body)
     torch.testing.assert_close(model.roi_heads.box_head.fc6.weight, source.roi_heads.box_head.fc6.weight)
@@ -376,7 +389,9 @@ def test_own_state_dicts_round_trip(tmp_path):
     ref = outputs(source, images)
     path = tmp_path / "own.pth"
     torch.save(source.state_dict(), path)
-    assert_same_outputs(outputs(tiny("maskrcnn", neck="involution", box_score_thresh=0.0, checkpoint=str(path)), images), ref)
+    assert_same_outputs(
+        outputs(tiny("maskrcnn", neck="involution", box_score_thresh=0.0, checkpoint=str(path)), images), ref
+    )
     # this library's format: model_kwargs are JSON and rebuild the same detector
     json.dumps(source.model_kwargs)
     assert source.model_kwargs["num_classes"] == K and source.model_kwargs["neck"] == "involution"

@@ -81,9 +81,13 @@ def _check_common(
     if in_chans < 1:
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")
     if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
-        raise ValueError(f"frozen_stages must be an int in -1..4 (-1: none, 0: stem, k: stem + layer1..k), got {frozen_stages!r}")
+        raise ValueError(
+            f"frozen_stages must be an int in -1..4 (-1: none, 0: stem, k: stem + layer1..k), got {frozen_stages!r}"
+        )
     if not isinstance(fpn_channels, int) or fpn_channels < 16:
-        raise ValueError(f"fpn_channels must be an int >= 16 (one involution group has 16 channels), got {fpn_channels!r}")
+        raise ValueError(
+            f"fpn_channels must be an int >= 16 (one involution group has 16 channels), got {fpn_channels!r}"
+        )
 
 
 def _normalisation(in_chans: int) -> tuple[list[float], list[float]]:
