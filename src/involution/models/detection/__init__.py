@@ -22,8 +22,8 @@ from .heads import RedNetRetinaNet, mask_head, rpn_head
 
 __all__ = [
     "CARDS",
-    "DetectorLoadReport",
     "P6P7",
+    "DetectorLoadReport",
     "RedNetFPN",
     "RedNetRetinaNet",
     "build_rednet_body",

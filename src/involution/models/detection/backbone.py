@@ -59,9 +59,7 @@ def build_rednet_body(
             "(pass in_chans to the detector, and backbone_checkpoint= for weights)"
         )
     kwargs.setdefault("stem_kernel_size", 7)
-    return create_model(
-        "rednet50", in_chans=in_chans, features_only=True, out_indices=tuple(out_indices), **kwargs
-    )
+    return create_model("rednet50", in_chans=in_chans, features_only=True, out_indices=tuple(out_indices), **kwargs)
 
 
 def load_backbone_checkpoint(body: nn.Module, path: str | os.PathLike) -> LoadReport:
@@ -170,7 +168,11 @@ class RedNetFPN(nn.Module):
     """
 
     def __init__(
-        self, body: nn.Module, fpn_channels: int = 256, extra: str = "pool", neck: str = "convolution",
+        self,
+        body: nn.Module,
+        fpn_channels: int = 256,
+        extra: str = "pool",
+        neck: str = "convolution",
         frozen_stages: int = 1,
     ) -> None:
         super().__init__()
@@ -179,7 +181,9 @@ class RedNetFPN(nn.Module):
         if fpn_channels < 1:
             raise ValueError(f"fpn_channels must be >= 1, got {fpn_channels}")
         if not -1 <= frozen_stages <= 4:
-            raise ValueError(f"frozen_stages must be in -1..4 (-1: none, 0: stem, k: stem + layer1..k), got {frozen_stages}")
+            raise ValueError(
+                f"frozen_stages must be in -1..4 (-1: none, 0: stem, k: stem + layer1..k), got {frozen_stages}"
+            )
         self.body = body
         channels = list(body.feature_info.channels())
         extra_block = LastLevelMaxPool() if extra == "pool" else P6P7(channels[-1], fpn_channels)

@@ -81,9 +81,13 @@ def _check_common(
     if in_chans < 1:
         raise ValueError(f"in_chans must be >= 1, got {in_chans}")
     if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
-        raise ValueError(f"frozen_stages must be an int in -1..4 (-1: none, 0: stem, k: stem + layer1..k), got {frozen_stages!r}")
+        raise ValueError(
+            f"frozen_stages must be an int in -1..4 (-1: none, 0: stem, k: stem + layer1..k), got {frozen_stages!r}"
+        )
     if not isinstance(fpn_channels, int) or fpn_channels < 16:
-        raise ValueError(f"fpn_channels must be an int >= 16 (one involution group has 16 channels), got {fpn_channels!r}")
+        raise ValueError(
+            f"fpn_channels must be an int >= 16 (one involution group has 16 channels), got {fpn_channels!r}"
+        )
 
 
 def _normalisation(in_chans: int) -> tuple[list[float], list[float]]:
@@ -217,8 +221,11 @@ def fasterrcnn_rednet50_fpn(
             K=3 stem generator is left freshly initialised with a warning).
         checkpoint: a whole-detector checkpoint (official mmdet ``.pth`` or this library's state dict).
         frozen_stages: -1 none, 0 the stem, k the stem + layer1..k (official 1).
-        norm_eval: backbone BatchNorms become ``FrozenBatchNorm2d`` (official True). ``frozen_stages=-1,
-            norm_eval=False`` trains the whole backbone with ordinary BN (training from scratch).
+        norm_eval: backbone BatchNorms become ``FrozenBatchNorm2d`` (official True), affine values included:
+            meant for a pretrained backbone (``backbone_checkpoint``/``checkpoint``). Without one the frozen BNs
+            keep their initial values (the residual branches' zero-initialised last BN then stays zero, so only
+            the stem, downsample paths, neck and heads learn): to train from scratch use ``frozen_stages=-1,
+            norm_eval=False``, a fully trainable backbone with ordinary BN.
         backbone_kwargs: passed to ``create_model("rednet50", ...)`` (e.g. ``width=0.25``).
         fpn_channels: FPN (and head) width, official 256.
         min_size, max_size: the transform's resize (shorter side, cap on the longer side).

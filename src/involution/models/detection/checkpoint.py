@@ -173,9 +173,7 @@ def _detector_kind(model: nn.Module) -> str:
     return "maskrcnn" if getattr(model.roi_heads, "mask_head", None) is not None else "fasterrcnn"
 
 
-def mmdet_to_ours(
-    state_dict: Mapping[str, Tensor], model: nn.Module
-) -> tuple[dict[str, Tensor], list[str]]:
+def mmdet_to_ours(state_dict: Mapping[str, Tensor], model: nn.Module) -> tuple[dict[str, Tensor], list[str]]:
     """Rename (and re-row) an mmdet detector state dict for ``model``: ``(state_dict, skipped_keys)``.
 
     Skipped: keys that map to nothing in ``model`` or whose converted shape does not fit (outside the backbone;
