@@ -7,8 +7,7 @@
 >>> seg = create_model("fpn_rednet50", num_classes=19)                # Semantic FPN, {"out": logits}
 """
 
-from . import rednet, resnet  # noqa: F401  (registers the models)
-from . import segmentation  # noqa: F401  (registers the segmentation models; imports rednet)
+from . import rednet, resnet, segmentation  # noqa: F401  (registers the models)
 from ._base import FeatureInfo, ResidualNet
 from .checkpoint import (
     LoadReport,

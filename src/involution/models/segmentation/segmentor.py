@@ -118,13 +118,16 @@ class Segmentor(nn.Module):
         if not self.has_aux:
             dropped = [k for k in ckpt if k.startswith("auxiliary_head.")]
             if dropped:
-                warnings.warn(f"{source}: this model has no auxiliary head; ignored {len(dropped)} "
-                              "auxiliary_head keys", stacklevel=3)
+                warnings.warn(
+                    f"{source}: this model has no auxiliary head; ignored {len(dropped)} auxiliary_head keys",
+                    stacklevel=3,
+                )
                 report.ignored = dropped
                 ckpt = {k: v for k, v in ckpt.items() if k not in dropped}
 
-        classifiers = tuple(p for p in ("decode_head.conv_seg.", "auxiliary_head.conv_seg.") if
-                            any(k.startswith(p) for k in own))
+        classifiers = tuple(
+            p for p in ("decode_head.conv_seg.", "auxiliary_head.conv_seg.") if any(k.startswith(p) for k in own)
+        )
         missing = [k for k in own if k not in ckpt and not k.endswith("num_batches_tracked")]
         unexpected = [k for k in ckpt if k not in own]
         mismatched = [k for k in own if k in ckpt and tuple(ckpt[k].shape) != tuple(own[k].shape)]
@@ -139,8 +142,9 @@ class Segmentor(nn.Module):
             if body(unexpected):
                 lines.append(f"  unexpected keys ({len(body(unexpected))}): {_fmt(body(unexpected))}")
             if body(mismatched):
-                shapes = [f"{k} (checkpoint {tuple(ckpt[k].shape)}, model {tuple(own[k].shape)})"
-                          for k in body(mismatched)]
+                shapes = [
+                    f"{k} (checkpoint {tuple(ckpt[k].shape)}, model {tuple(own[k].shape)})" for k in body(mismatched)
+                ]
                 lines.append(f"  mismatched shapes ({len(shapes)}): {_fmt(shapes)}")
             if not any(k.startswith(MMSEG_PARTS[1:]) for k in ckpt):
                 lines.append("  (no neck/head keys: for a classification checkpoint use backbone_checkpoint=)")
@@ -150,9 +154,12 @@ class Segmentor(nn.Module):
         bad = sorted({p for p in classifiers for k in issues if k.startswith(p)})
         if bad:
             have = {k: tuple(v.shape) for k, v in ckpt.items() if k.startswith(tuple(bad))}
-            warnings.warn(f"{source}: {', '.join(p.rstrip('.') for p in bad)} do not match (checkpoint "
-                          f"{have or 'none'}, {self.num_classes} classes here); loaded the rest and re-initialised "
-                          "them", stacklevel=3)
+            warnings.warn(
+                f"{source}: {', '.join(p.rstrip('.') for p in bad)} do not match (checkpoint "
+                f"{have or 'none'}, {self.num_classes} classes here); loaded the rest and re-initialised "
+                "them",
+                stacklevel=3,
+            )
             ckpt = {k: v for k, v in ckpt.items() if not k.startswith(tuple(bad))}
             for prefix in bad:
                 self.get_submodule(prefix.split(".")[0]).init_classifier()
