@@ -229,6 +229,26 @@ def test_own_safetensors_round_trip(tmp_path):
         torch.testing.assert_close(rebuilt(images(1))["out"], model(images(1))["out"], rtol=0, atol=0)
     report = load_checkpoint(create_model("fpn_rednet50", neck="involution", num_classes=3, **TINY_FPN), path)
     assert report.layout == "involution"
+    uper = create_model("upernet_rednet50", num_classes=3, **TINY_UPER)
+    uper_path = save_checkpoint(uper, tmp_path / "uper.safetensors")
+    with pytest.warns(UserWarning, match="re-initialised"):  # both heads' conv_seg get the new class count
+        other = load_model(uper_path, num_classes=6)
+    assert other.auxiliary_head.conv_seg.out_channels == 6 and other.decode_head.conv_seg.out_channels == 6
+    assert torch.equal(other.decode_head.bottleneck.conv.weight, uper.decode_head.bottleneck.conv.weight)
+
+
+def test_in_chans_and_grad_checkpointing():
+    model = create_model(
+        "fpn_rednet50",
+        in_chans=1,
+        backbone_kwargs={**TINY_BACKBONE, "grad_checkpointing": True},
+        neck_channels=16,
+        head_channels=8,
+    ).train()
+    assert model.pretrained_cfg["input_size"][0] == 1 and len(model.pretrained_cfg["mean"]) == 1
+    out = model(torch.randn(2, 1, *SIZE, requires_grad=True))["out"]
+    assert out.shape == (2, 19, *SIZE)
+    out.mean().backward()
 
 
 # -- backbone_checkpoint ------------------------------------------------------------------------------------------

@@ -75,6 +75,12 @@ class Segmentor(nn.Module):
         self.model_kwargs: dict = {}
         self.pruned_prefixes: tuple[str, ...] = ()
 
+    def init_classifier(self) -> None:
+        """Re-initialise the ``conv_seg`` of every head (normal(0, 0.01), zero bias)."""
+        self.decode_head.init_classifier()
+        if self.has_aux:
+            self.auxiliary_head.init_classifier()
+
     @property
     def has_aux(self) -> bool:
         return hasattr(self, "auxiliary_head")
@@ -106,11 +112,11 @@ class Segmentor(nn.Module):
         """
         path = Path(path)
         state_dict, metadata = read_checkpoint(path)
-        report = self.load_segmentor_state_dict(state_dict, source=str(path))
+        report = self.apply_state_dict(state_dict, source=str(path))
         report.layout = metadata.get("format") or ("mmseg" if _looks_mmseg(state_dict) else "plain")
         return report
 
-    def load_segmentor_state_dict(self, state_dict: Mapping[str, Tensor], source: str = "state dict") -> LoadReport:
+    def apply_state_dict(self, state_dict: Mapping[str, Tensor], source: str = "state dict") -> LoadReport:
         """:meth:`load_checkpoint` on a state dict in memory (mmseg's key names, which are also ours)."""
         report = LoadReport(path=source)
         own = self.state_dict()
