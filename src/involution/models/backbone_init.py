@@ -75,7 +75,9 @@ def load_backbone_checkpoint(
         if k in state_dict and k.startswith(tolerate) and tuple(state_dict[k].shape) != tuple(own[k].shape)
     ]
     if reinit:
-        shapes = ", ".join(f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(own[k].shape)})" for k in reinit)
+        shapes = ", ".join(
+            f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(own[k].shape)})" for k in reinit
+        )
         warnings.warn(
             f"{path}: shapes differ (another stem kernel size); left freshly initialised: {shapes}", stacklevel=2
         )

@@ -333,7 +333,10 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
         raise ValueError(f"{path}: model_kwargs metadata is not JSON ({err})") from None
     kwargs.update(overrides)
     model = create_model(name, **kwargs)
-    apply_state_dict(model, state_dict, source=str(path))
+    if callable(getattr(type(model), "apply_state_dict", None)):  # models with several heads check keys themselves
+        model.apply_state_dict(state_dict, source=str(path))
+    else:
+        apply_state_dict(model, state_dict, source=str(path))
     return model
 
 

@@ -7,7 +7,7 @@
 
 from .builders import build_backbone, fpn_rednet50, upernet_rednet50
 from .fpn_neck import FPN, NECK_KINDS
-from .heads import FCNHead, FPNHead, PPM, DecodeHead, UPerHead
+from .heads import PPM, DecodeHead, FCNHead, FPNHead, UPerHead
 from .segmentor import Segmentor
 
 __all__ = [

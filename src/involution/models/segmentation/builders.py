@@ -133,8 +133,9 @@ def _build_upernet(
             align_corners=align_corners,
             norm_layer=norm,
         )
-    return Segmentor(backbone, head, auxiliary_head=aux, aux_in_index=2, aux_loss_weight=aux_loss_weight,
-                     align_corners=align_corners)
+    return Segmentor(
+        backbone, head, auxiliary_head=aux, aux_in_index=2, aux_loss_weight=aux_loss_weight, align_corners=align_corners
+    )
 
 
 def _create(
@@ -146,14 +147,18 @@ def _create(
     checkpoint: str | os.PathLike | None,
 ) -> Segmentor:
     if kwargs.pop("features_only", False):
-        raise ValueError(f"{name} is a segmentation model and has no features_only form; build the backbone with "
-                         f"create_model({BACKBONE!r}, stem_kernel_size=7, features_only=True) instead")
+        raise ValueError(
+            f"{name} is a segmentation model and has no features_only form; build the backbone with "
+            f"create_model({BACKBONE!r}, stem_kernel_size=7, features_only=True) instead"
+        )
     if "out_indices" in kwargs:
         raise ValueError(f"{name}: out_indices only applies with features_only, which segmentation models refuse")
     num_classes = kwargs.get("num_classes", 19)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"{name}: num_classes must be an int >= 1 (the label maps' class count, e.g. 19 for "
-                         f"Cityscapes; no background class is added), got {num_classes!r}")
+        raise ValueError(
+            f"{name}: num_classes must be an int >= 1 (the label maps' class count, e.g. 19 for "
+            f"Cityscapes; no background class is added), got {num_classes!r}"
+        )
     check_neck(kwargs.get("neck", "convolution"))
     if "norm_layer" in kwargs:
         kwargs["norm_layer"] = norm_name(kwargs["norm_layer"])  # a name, so model_kwargs stay JSON-able
@@ -199,13 +204,18 @@ def fpn_rednet50(
     Returns a :class:`Segmentor`: ``model(images)["out"]`` are ``(N, num_classes, H, W)`` logits.
     """
     if aux_head:
-        raise ValueError("fpn_rednet50 has no auxiliary head (the official Semantic FPN config has none); "
-                         "use upernet_rednet50 for one")
-    card = {"paper_params_m": {"convolution": 18.5, "involution": 16.4},
-            "paper_miou": {"convolution": 78.01, "involution": 79.13},
-            "origin": "d-li14/involution seg/configs/involution/fpn_red50[_neck]_512x1024_80k_cityscapes.py"}
-    return _create("fpn_rednet50", _build_semantic_fpn, _segmentation_cfg(**card), kwargs, backbone_checkpoint,
-                   checkpoint)
+        raise ValueError(
+            "fpn_rednet50 has no auxiliary head (the official Semantic FPN config has none); "
+            "use upernet_rednet50 for one"
+        )
+    card = {
+        "paper_params_m": {"convolution": 18.5, "involution": 16.4},
+        "paper_miou": {"convolution": 78.01, "involution": 79.13},
+        "origin": "d-li14/involution seg/configs/involution/fpn_red50[_neck]_512x1024_80k_cityscapes.py",
+    }
+    return _create(
+        "fpn_rednet50", _build_semantic_fpn, _segmentation_cfg(**card), kwargs, backbone_checkpoint, checkpoint
+    )
 
 
 @register_model
@@ -230,7 +240,12 @@ def upernet_rednet50(
         ``aux_loss_weight``. ``neck="involution"`` makes the UPerHead's ``fpn_convs`` K=7 involutions: not an
         official configuration, so there is no official count or mIoU for it.
     """
-    card = {"paper_params_m": 56.4, "paper_miou": 80.55, "aux_loss_weight": kwargs.get("aux_loss_weight", 0.4),
-            "origin": "d-li14/involution seg/configs/involution/upernet_red50_512x1024_80k_cityscapes.py"}
-    return _create("upernet_rednet50", _build_upernet, _segmentation_cfg(**card), kwargs, backbone_checkpoint,
-                   checkpoint)
+    card = {
+        "paper_params_m": 56.4,
+        "paper_miou": 80.55,
+        "aux_loss_weight": kwargs.get("aux_loss_weight", 0.4),
+        "origin": "d-li14/involution seg/configs/involution/upernet_red50_512x1024_80k_cityscapes.py",
+    }
+    return _create(
+        "upernet_rednet50", _build_upernet, _segmentation_cfg(**card), kwargs, backbone_checkpoint, checkpoint
+    )

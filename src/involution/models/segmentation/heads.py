@@ -168,16 +168,18 @@ class UPerHead(DecodeHead):
         self.fpn_layer = check_neck(fpn_layer)
         top = self.in_channels[-1]
         self.psp_modules = PPM(pool_scales, top, channels, norm_layer, align_corners)
-        self.bottleneck = ConvNormAct(top + len(self.psp_modules) * channels, channels, 3, padding=1,
-                                      norm_layer=norm_layer)
+        self.bottleneck = ConvNormAct(
+            top + len(self.psp_modules) * channels, channels, 3, padding=1, norm_layer=norm_layer
+        )
         self.lateral_convs = nn.ModuleList(
             ConvNormAct(c, channels, 1, norm_layer=norm_layer) for c in self.in_channels[:-1]
         )
         self.fpn_convs = nn.ModuleList(
             output_layer(self.fpn_layer, channels, norm_layer, norm_layer) for _ in self.in_channels[:-1]
         )
-        self.fpn_bottleneck = ConvNormAct(len(self.in_channels) * channels, channels, 3, padding=1,
-                                          norm_layer=norm_layer)
+        self.fpn_bottleneck = ConvNormAct(
+            len(self.in_channels) * channels, channels, 3, padding=1, norm_layer=norm_layer
+        )
         self.init_weights()
 
     def forward(self, inputs: Sequence[Tensor]) -> Tensor:
@@ -222,8 +224,10 @@ class FCNHead(DecodeHead):
             raise ValueError(f"num_convs must be >= 1, got {num_convs}")
         self.in_channels = check_channels("in_channels", in_channels)
         self.convs = nn.Sequential(
-            *(ConvNormAct(in_channels if j == 0 else channels, channels, 3, padding=1, norm_layer=norm_layer)
-              for j in range(num_convs))
+            *(
+                ConvNormAct(in_channels if j == 0 else channels, channels, 3, padding=1, norm_layer=norm_layer)
+                for j in range(num_convs)
+            )
         )
         self.init_weights()
 

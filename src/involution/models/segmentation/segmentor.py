@@ -75,6 +75,12 @@ class Segmentor(nn.Module):
         self.model_kwargs: dict = {}
         self.pruned_prefixes: tuple[str, ...] = ()
 
+    def init_classifier(self) -> None:
+        """Re-initialise the ``conv_seg`` of every head (normal(0, 0.01), zero bias)."""
+        self.decode_head.init_classifier()
+        if self.has_aux:
+            self.auxiliary_head.init_classifier()
+
     @property
     def has_aux(self) -> bool:
         return hasattr(self, "auxiliary_head")
@@ -106,11 +112,11 @@ class Segmentor(nn.Module):
         """
         path = Path(path)
         state_dict, metadata = read_checkpoint(path)
-        report = self.load_segmentor_state_dict(state_dict, source=str(path))
+        report = self.apply_state_dict(state_dict, source=str(path))
         report.layout = metadata.get("format") or ("mmseg" if _looks_mmseg(state_dict) else "plain")
         return report
 
-    def load_segmentor_state_dict(self, state_dict: Mapping[str, Tensor], source: str = "state dict") -> LoadReport:
+    def apply_state_dict(self, state_dict: Mapping[str, Tensor], source: str = "state dict") -> LoadReport:
         """:meth:`load_checkpoint` on a state dict in memory (mmseg's key names, which are also ours)."""
         report = LoadReport(path=source)
         own = self.state_dict()
@@ -118,13 +124,16 @@ class Segmentor(nn.Module):
         if not self.has_aux:
             dropped = [k for k in ckpt if k.startswith("auxiliary_head.")]
             if dropped:
-                warnings.warn(f"{source}: this model has no auxiliary head; ignored {len(dropped)} "
-                              "auxiliary_head keys", stacklevel=3)
+                warnings.warn(
+                    f"{source}: this model has no auxiliary head; ignored {len(dropped)} auxiliary_head keys",
+                    stacklevel=3,
+                )
                 report.ignored = dropped
                 ckpt = {k: v for k, v in ckpt.items() if k not in dropped}
 
-        classifiers = tuple(p for p in ("decode_head.conv_seg.", "auxiliary_head.conv_seg.") if
-                            any(k.startswith(p) for k in own))
+        classifiers = tuple(
+            p for p in ("decode_head.conv_seg.", "auxiliary_head.conv_seg.") if any(k.startswith(p) for k in own)
+        )
         missing = [k for k in own if k not in ckpt and not k.endswith("num_batches_tracked")]
         unexpected = [k for k in ckpt if k not in own]
         mismatched = [k for k in own if k in ckpt and tuple(ckpt[k].shape) != tuple(own[k].shape)]
@@ -139,8 +148,9 @@ class Segmentor(nn.Module):
             if body(unexpected):
                 lines.append(f"  unexpected keys ({len(body(unexpected))}): {_fmt(body(unexpected))}")
             if body(mismatched):
-                shapes = [f"{k} (checkpoint {tuple(ckpt[k].shape)}, model {tuple(own[k].shape)})"
-                          for k in body(mismatched)]
+                shapes = [
+                    f"{k} (checkpoint {tuple(ckpt[k].shape)}, model {tuple(own[k].shape)})" for k in body(mismatched)
+                ]
                 lines.append(f"  mismatched shapes ({len(shapes)}): {_fmt(shapes)}")
             if not any(k.startswith(MMSEG_PARTS[1:]) for k in ckpt):
                 lines.append("  (no neck/head keys: for a classification checkpoint use backbone_checkpoint=)")
@@ -150,9 +160,12 @@ class Segmentor(nn.Module):
         bad = sorted({p for p in classifiers for k in issues if k.startswith(p)})
         if bad:
             have = {k: tuple(v.shape) for k, v in ckpt.items() if k.startswith(tuple(bad))}
-            warnings.warn(f"{source}: {', '.join(p.rstrip('.') for p in bad)} do not match (checkpoint "
-                          f"{have or 'none'}, {self.num_classes} classes here); loaded the rest and re-initialised "
-                          "them", stacklevel=3)
+            warnings.warn(
+                f"{source}: {', '.join(p.rstrip('.') for p in bad)} do not match (checkpoint "
+                f"{have or 'none'}, {self.num_classes} classes here); loaded the rest and re-initialised "
+                "them",
+                stacklevel=3,
+            )
             ckpt = {k: v for k, v in ckpt.items() if not k.startswith(tuple(bad))}
             for prefix in bad:
                 self.get_submodule(prefix.split(".")[0]).init_classifier()
