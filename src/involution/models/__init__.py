@@ -8,8 +8,7 @@
 >>> seg = create_model("fpn_rednet50", num_classes=19)                # Semantic FPN, {"out": logits}
 """
 
-from . import rednet, resnet  # noqa: F401  (registers the models)
-from . import detection, segmentation  # noqa: F401  (register the dense models; after rednet, which they build on)
+from . import detection, rednet, resnet, segmentation  # noqa: F401  (registers the models)  # noqa: F401  (register the dense models; after rednet, which they build on)
 from ._base import FeatureInfo, ResidualNet
 from .checkpoint import (
     LoadReport,
@@ -22,11 +21,11 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from .flops import FlopReport, count_flops, count_params, mmcv_style_macs, summary
 from .rednet import RedNet, RedNetBottleneck
 from .registry import create_model, is_model, list_models, model_entrypoint, register_model
-from .resnet import ResNet
-from .flops import FlopReport, count_flops, count_params, mmcv_style_macs, summary
 from .replace_convs import involutionizable, involutionize
+from .resnet import ResNet
 
 __all__ = [
     "FeatureInfo",

@@ -25,6 +25,7 @@ from .checkpoint import FORMAT, LoadReport, apply_state_dict, is_official_layout
 
 # Keys whose shape depends on the stem involution's kernel size: they may differ between checkpoint and backbone.
 KERNEL_SIZE_DEPENDENT = ("stem.1.conv2.",)
+DETECTOR_BODY = "backbone.body."  # the RedNet inside this library's torchvision detectors
 
 
 @dataclass
@@ -46,7 +47,8 @@ def load_backbone_checkpoint(
         backbone: a RedNet/ResNet, typically ``features_only`` (its dropped stages and classifier are skipped).
         path: anything :func:`~involution.models.create_model` reads: an official mmcls ``.pth``
             (``backbone.``/``head.`` keys; the ``neck.``/``decode_head.`` ... parts of mmdet/mmseg files are
-            ignored with a warning), a plain state dict, or this library's safetensors.
+            ignored with a warning), a plain state dict, this library's safetensors, or the state dict of one of
+            this library's detectors (``backbone.body.`` keys) or segmentors.
         tolerate: key prefixes whose shape mismatches are allowed (default: the stem kernel generator's last conv).
 
     Returns:
@@ -59,14 +61,18 @@ def load_backbone_checkpoint(
     path = Path(path)
     state_dict, metadata = read_checkpoint(path)
     layout, ignored = "plain", []
-    if metadata.get("format") == FORMAT:
+    if any(k.startswith(DETECTOR_BODY) for k in state_dict):  # this library's detectors: backbone.body.*
+        layout = "detector"
+        ignored = [k for k in state_dict if not k.startswith(DETECTOR_BODY)]
+        state_dict = {k[len(DETECTOR_BODY) :]: v for k, v in state_dict.items() if k.startswith(DETECTOR_BODY)}
+    elif metadata.get("format") == FORMAT:
         layout = FORMAT
-    elif is_official_layout(state_dict):
+    elif is_official_layout(state_dict):  # mmcls / mmdet / mmseg files, and this library's segmentors
         layout = "official"
         state_dict, ignored = official_to_ours(state_dict)
-        if ignored:
-            parts = sorted({k.split(".", 1)[0] for k in ignored})
-            warnings.warn(f"{path}: ignored {len(ignored)} keys of other parts ({', '.join(parts)})", stacklevel=2)
+    if ignored:
+        parts = sorted({k.split(".", 1)[0] for k in ignored})
+        warnings.warn(f"{path}: ignored {len(ignored)} keys of other parts ({', '.join(parts)})", stacklevel=2)
 
     own = backbone.state_dict()
     reinit = [

@@ -8,7 +8,8 @@ Files: :mod:`.backbone` (RedNet body + FPN, freezing, backbone checkpoints), :mo
 mask heads, RetinaNet with labels 1..K), :mod:`.checkpoint` (mmdet key map), :mod:`.builders` (registry entries).
 """
 
-from .backbone import P6P7, RedNetFPN, build_rednet_body, freeze_batchnorm, load_backbone_checkpoint
+from ..backbone_init import load_backbone_checkpoint
+from .backbone import P6P7, RedNetFPN, build_rednet_body, freeze_batchnorm
 from .builders import (
     CARDS,
     fasterrcnn_rednet50_fpn,

@@ -16,11 +16,8 @@ Official mmdet settings reproduced here:
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -29,13 +26,11 @@ from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 
 from ...layers import Involution2d
-from ..checkpoint import FORMAT, LoadReport, apply_state_dict, is_official_layout, official_to_ours, read_checkpoint
 from ..registry import create_model
 
 NECKS = ("convolution", "involution")
 # Backbone keys whose shape depends on the stem involution's kernel size (the generator's last 1x1 conv has
 # G*K*K outputs): an ImageNet RedNet (K=3) differs from the detection backbone (K=7) there and only there.
-STEM_KERNEL_KEYS = ("stem.1.conv2.conv.weight", "stem.1.conv2.conv.bias")
 _RESERVED_BACKBONE_KWARGS = ("features_only", "out_indices", "num_classes", "checkpoint")
 
 
@@ -60,52 +55,6 @@ def build_rednet_body(
         )
     kwargs.setdefault("stem_kernel_size", 7)
     return create_model("rednet50", in_chans=in_chans, features_only=True, out_indices=tuple(out_indices), **kwargs)
-
-
-def load_backbone_checkpoint(body: nn.Module, path: str | os.PathLike) -> LoadReport:
-    """Initialise a detection body from a classification (or detection) checkpoint, in place.
-
-    Reads anything ``create_model("rednet50", checkpoint=...)`` reads (official mmcls ``.pth``, a plain state dict,
-    this library's safetensors) and also the ``backbone.`` part of official mmdet files and of this library's own
-    detector state dicts (``backbone.body.`` keys). The classifier and the stages the body dropped are skipped.
-
-    The official ImageNet RedNet-50 has a K=3 stem involution, the detection backbone K=7: the official code loaded
-    it with mmcv's non-strict ``load_checkpoint``, which skips (with a printed warning) the stem generator's last
-    1x1 conv (:data:`STEM_KERNEL_KEYS`, ``G*9`` vs ``G*49`` outputs) and loads everything else. The same is done
-    here: those keys keep their fresh initialisation and a warning names them. Any other missing, unexpected or
-    mismatched key raises ``RuntimeError`` (as :func:`~involution.models.load_checkpoint`).
-    """
-    path = Path(path)
-    state_dict, metadata = read_checkpoint(path)
-    layout, ignored = "plain", []
-    if any(k.startswith("backbone.body.") for k in state_dict):
-        layout = "detector"
-        ignored = [k for k in state_dict if not k.startswith("backbone.body.")]
-        state_dict = {k[len("backbone.body.") :]: v for k, v in state_dict.items() if k.startswith("backbone.body.")}
-    elif metadata.get("format") == FORMAT:
-        layout = FORMAT
-    elif is_official_layout(state_dict):
-        layout = "official"
-        state_dict, ignored = official_to_ours(state_dict)
-    if ignored:
-        parts = sorted({k.split(".", 1)[0] for k in ignored})
-        warnings.warn(f"{path}: ignored {len(ignored)} keys of other parts ({', '.join(parts)})", stacklevel=3)
-
-    own = body.state_dict()
-    kept = []
-    for key in STEM_KERNEL_KEYS:
-        if key in state_dict and key in own and tuple(state_dict[key].shape) != tuple(own[key].shape):
-            kept.append(f"{key} (checkpoint {tuple(state_dict[key].shape)}, model {tuple(own[key].shape)})")
-            state_dict[key] = own[key]  # "load" the model's own fresh values: strict checks still apply elsewhere
-    if kept:
-        warnings.warn(
-            f"{path}: the stem involution's kernel size differs (ImageNet RedNets use K=3, the detection backbone "
-            f"K=7); left freshly initialised: {', '.join(kept)}",
-            stacklevel=3,
-        )
-    report = apply_state_dict(body, state_dict, source=str(path))
-    report.layout, report.ignored = layout, ignored
-    return report
 
 
 def freeze_batchnorm(module: nn.Module) -> int:

@@ -27,6 +27,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNetHead
 
+from ..backbone_init import load_backbone_checkpoint
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, register_model
 from .backbone import (
     NECKS,
@@ -34,7 +35,6 @@ from .backbone import (
     build_rednet_body,
     check_choice,
     freeze_batchnorm,
-    load_backbone_checkpoint,
 )
 from .checkpoint import load_detector_checkpoint
 from .heads import HEADS, RedNetRetinaNet, mask_head, rpn_head
