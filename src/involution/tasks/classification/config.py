@@ -7,16 +7,16 @@ is the paper's ImageNet recipe and applies to ``--data imagefolder``.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..run_config import RunConfig
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "imagefolder")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Everything a training run depends on; written to ``config.json`` in the run directory."""
 
     data: str = "digits"
@@ -53,20 +53,6 @@ class TrainConfig:
     threads: int | None = None
     eval_every: int = 1
     log_every: int = 10
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
-        return cls(**values)
 
 
 # Shared by every recipe: SGD with Nesterov momentum, cosine schedule, label smoothing (as the paper's).

@@ -9,17 +9,17 @@ for detection, an ImageNet checkpoint expected through ``--backbone-checkpoint``
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..run_config import RunConfig
 
 TASKS = ("detect", "segment")
 DATASETS = {"detect": ("scenes", "coco"), "segment": ("scenes", "folder")}
 
 
 @dataclass
-class DenseConfig:
+class DenseConfig(RunConfig):
     """Everything a dense training run depends on; written to ``config.json`` in the run directory."""
 
     task: str = "detect"  # detect | segment
@@ -51,20 +51,6 @@ class DenseConfig:
     threads: int | None = None
     eval_every: int = 1
     log_every: int = 10
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DenseConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
-        return cls(**values)
 
 
 def _scene_detector(model: str, image_size: int) -> dict[str, Any]:
