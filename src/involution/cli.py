@@ -106,18 +106,25 @@ def _parse_kwargs(items: Sequence[str]) -> dict[str, object]:
     return out
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    """Train a classifier; only the options given on the command line override the recipe (or the resumed run)."""
-    from .tasks.classification import TrainConfig, resume_config, train
-
+def train_options(args: argparse.Namespace) -> tuple[dict[str, object], str | None, bool, bool]:
+    """What a ``train`` command typed (options given only: SUPPRESS defaults), less the run options: (config
+    values with ``--model-kwargs`` parsed, ``--out``, ``--resume``, progress bars or not)."""
     given = vars(args).copy()
-    for key in ("command", "func"):
+    for key in ("command", "action", "func"):
         given.pop(key, None)
     out = given.pop("out", None)
     resume = given.pop("resume", False)
     progress = not given.pop("no_progress", False)
     if "model_kwargs" in given:
         given["model_kwargs"] = _parse_kwargs(given["model_kwargs"])
+    return given, out, resume, progress
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Train a classifier; only the options given on the command line override the recipe (or the resumed run)."""
+    from .tasks.classification import TrainConfig, resume_config, train
+
+    given, out, resume, progress = train_options(args)
     if "no_augment" in given:
         given["augment"] = not given.pop("no_augment")
     config = resume_config(out, given) if resume and out is not None else TrainConfig.from_dict(given)

@@ -24,17 +24,10 @@ def _task(name: str) -> Any:
 
 
 def _cmd_dense_train(args: argparse.Namespace) -> int:
-    from .cli import _parse_kwargs
+    from .cli import train_options
     from .tasks.dense import DenseConfig, resume_dense_config, train_dense
 
-    given = vars(args).copy()
-    for key in ("command", "func", "action"):
-        given.pop(key, None)
-    out = given.pop("out", None)
-    resume = given.pop("resume", False)
-    progress = not given.pop("no_progress", False)
-    if "model_kwargs" in given:
-        given["model_kwargs"] = _parse_kwargs(given["model_kwargs"])
+    given, out, resume, progress = train_options(args)
     given["task"] = args.command
     config = resume_dense_config(out, given) if resume and out is not None else DenseConfig.from_dict(given)
     result = train_dense(_task(args.command), config, out=out, resume=resume, progress=progress)
