@@ -143,17 +143,26 @@ def test_user_errors_name_the_problem(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-def test_segment_torchrun_two_processes(tmp_path, scenes):
+TORCHRUN_KWARGS = {
+    "detect": ["backbone_kwargs={'width':0.125}", "fpn_channels=16"],
+    "segment": ["backbone_kwargs={'width':0.125}", "neck_channels=16", "head_channels=8"],
+}
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_torchrun_two_processes(tmp_path, scenes, task):
     out = tmp_path / "ddp"
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "involution",
-           "segment", "train", "--scenes-dir", str(scenes), "--num-train", "8", "--num-val", "4", "--image-size",
-           "64", "--epochs", "1", "--batch-size", "4", "--model-kwargs", "backbone_kwargs={'width':0.125}",
-           "neck_channels=16", "head_channels=8", "--out", str(out), "--no-progress"]
+           task, "train", "--scenes-dir", str(scenes), "--num-train", "8", "--num-val", "4", "--image-size", "64",
+           "--epochs", "1", "--batch-size", "4", "--model-kwargs", *TORCHRUN_KWARGS[task], "--out", str(out),
+           "--no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "2 process(es)" in done.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0.0 <= metrics["history"][-1]["val_mIoU"] <= 1.0
+    metric = "val_bbox_AP" if task == "detect" else "val_mIoU"
+    assert 0.0 <= metrics["history"][-1][metric] <= 1.0
     assert json.loads((out / "provenance.json").read_text())["world_size"] == 2
+    assert len(list(out.glob("provenance*.json"))) == 1, "only rank 0 writes"
