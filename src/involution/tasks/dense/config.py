@@ -70,7 +70,7 @@ RECIPES: dict[tuple[str, str], dict[str, Any]] = {
                            "weight_decay": 1e-4, "warmup_epochs": 0.5, "clip_grad": 10.0},
     ("detect", "coco"): {"model": "fasterrcnn_rednet50_fpn", "epochs": 12, "batch_size": 16, "lr": 0.02,
                          "weight_decay": 1e-4, "warmup_epochs": 0.1},
-    ("segment", "scenes"): {"model": "fpn_rednet50", "epochs": 8, "batch_size": 8, "lr": 0.02,
+    ("segment", "scenes"): {"model": "fpn_rednet50", "epochs": 20, "batch_size": 8, "lr": 0.02,
                             "weight_decay": 5e-4, "warmup_epochs": 0.5},
     ("segment", "folder"): {"model": "fpn_rednet50", "epochs": 40, "batch_size": 16, "lr": 0.01,
                             "weight_decay": 5e-4, "warmup_epochs": 0.5, "crop_size": 512},
