@@ -166,3 +166,24 @@ def test_torchrun_two_processes(tmp_path, scenes, task):
     assert 0.0 <= metrics["history"][-1][metric] <= 1.0
     assert json.loads((out / "provenance.json").read_text())["world_size"] == 2
     assert len(list(out.glob("provenance*.json"))) == 1, "only rank 0 writes"
+
+
+@pytest.mark.parametrize(("task", "model", "extra"), [
+    ("detect", "retinanet_rednet50_fpn", {"neck": "involution"}),
+    ("detect", "fasterrcnn_rednet50_fpn", {"neck": "involution", "head": "involution"}),
+    ("segment", "fpn_rednet50", {"neck": "involution"}),
+    ("segment", "upernet_rednet50", {"neck": "involution", "head_channels": 8, "aux_channels": 8}),
+])
+def test_every_variant_trains_and_evaluates_on_scenes(tmp_path, scenes, task, model, extra):
+    kind = DetectionTask() if task == "detect" else SegmentationTask()
+    kwargs = {**(TINY_DET if task == "detect" else TINY_SEG), **extra}
+    if model == "upernet_rednet50":
+        kwargs.pop("neck_channels")
+    config = tiny_config(task, scenes, model=model, model_kwargs=kwargs, epochs=1)
+    result = train_dense(kind, config, out=tmp_path / model, progress=False)
+    value = result.metrics["history"][-1][f"val_{kind.metric}"]
+    assert result.status == "finished" and 0.0 <= value <= 1.0
+    model = load_dense_checkpoint(result.run_dir).model
+    backbone = ("backbone.body.", "backbone.stem", "backbone.layer")  # the RedNet's own involutions
+    outside = [n for n, m in model.named_modules() if isinstance(m, Involution2d) and not n.startswith(backbone)]
+    assert outside, "the involution neck / head is in the saved model"
