@@ -75,6 +75,7 @@ class TrainingLoop(ABC):
     command = "train"  # what resumes a run: ``involution {command} --resume --out RUN``
     run_prefix = "train"
     score_key = "val_acc"  # the history entry (higher is better) that picks best.safetensors
+    last_loss = float("nan")  # the latest step's loss (train_step sets it), for TensorBoard
 
     def __init__(self, config: Any, out: str | os.PathLike | None, resume: bool, progress: bool, info: DistInfo,
                  stop_flag: StopFlag | None, quiet: bool) -> None:
@@ -345,8 +346,6 @@ class TrainingLoop(ABC):
             return False
         self._end_epoch(time.perf_counter() - start)
         return not stopped
-
-    last_loss = float("nan")  # the latest step's loss (train_step sets it), for TensorBoard
 
     def _end_epoch(self, seconds: float) -> None:
         cfg, info = self.config, self.info

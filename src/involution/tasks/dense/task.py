@@ -99,15 +99,10 @@ class KeyedDataset(Dataset):
 def build_dense_model(config: DenseConfig, num_classes: int) -> nn.Module:
     """The registry model of ``config`` for ``num_classes`` classes, with the run's initial weights loaded.
 
-    The weight files are not recorded in the model's kwargs: a saved checkpoint already holds the weights, and
-    rebuilding it must not need the original files.
+    The dense builders take the weight files as arguments of their own and leave them out of ``model_kwargs``: a
+    saved checkpoint already holds the weights, and rebuilding it must not need the original files.
     """
     kwargs = dict(config.model_kwargs)
     if config.backbone_checkpoint:
         kwargs["backbone_checkpoint"] = config.backbone_checkpoint
-    model = create_model(config.model or "", num_classes=num_classes, checkpoint=config.checkpoint, **kwargs)
-    recorded = getattr(model, "model_kwargs", None)
-    if isinstance(recorded, dict):
-        for key in ("backbone_checkpoint", "checkpoint"):
-            recorded.pop(key, None)
-    return model
+    return create_model(config.model or "", num_classes=num_classes, checkpoint=config.checkpoint, **kwargs)

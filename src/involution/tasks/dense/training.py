@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ...models import count_params
 from ..distributed import DistInfo, ResumableSampler, ShardSampler, init_distributed, shutdown_distributed
 from ..loop import TrainingLoop, TrainResult, resume_values, saved_config
 from ..plots import plot_curves
@@ -108,7 +109,7 @@ class _DenseRun(TrainingLoop):
 
     def describe(self) -> str:
         cfg = self.config
-        return (f"training {cfg.model} ({sum(p.numel() for p in self.model.parameters()) / 1e6:.2f} M params) for "
+        return (f"training {cfg.model} ({count_params(self.model) / 1e6:.2f} M params) for "
                 f"{self.task.name} on {self.data.source}: {len(self.data.train)} train / {len(self.data.val)} val "
                 f"images, {cfg.epochs} epochs x {self.steps_per_epoch} steps, batch {cfg.batch_size}, lr {cfg.lr:g}, "
                 f"{self.info.world_size} process(es) on {self.device}, {torch.get_num_threads()} threads -> "
