@@ -11,7 +11,10 @@ runtime and batch. Setup:
   ``freezing`` on (its CPU inference setting), the compilation absorbed by the warm-up;
 * onnxruntime: the file written by ``involution.tasks.export.export_model`` (dynamic batch/height/width, the
   involution op lowered to standard ONNX by ``involution.ops.onnx``), CPUExecutionProvider, default graph
-  optimisations, ``intra_op_num_threads`` = ``--threads``, NCHW float32 input.
+  optimisations, ``intra_op_num_threads`` = ``--threads``, NCHW float32 input;
+* onnxruntime-custom: the same with ``onnx_ops="custom"``: one ``involution::Involution2d`` node per involution,
+  run by the custom-op library of ``involution.ops.onnxruntime_library`` (built on first use; needs its headers:
+  ``python -m involution.ops.onnxruntime_library fetch-headers``).
 
 Usage::
 
@@ -37,9 +40,9 @@ ROOT = _util.ROOT
 import torch  # noqa: E402
 
 import involution  # noqa: E402
-from involution.tasks.export import export_model  # noqa: E402
+from involution.tasks.export import export_model, onnx_session  # noqa: E402
 
-RUNTIMES = ("eager", "compile", "onnxruntime")
+RUNTIMES = ("eager", "compile", "onnxruntime", "onnxruntime-custom")
 DEFAULT_MODELS = "rednet26,rednet50,resnet50"
 
 
@@ -50,19 +53,15 @@ def _input(batch: int, size: int) -> torch.Tensor:
 def make_runner(runtime: str, name: str, batch: int, size: int, args: argparse.Namespace) -> Callable[[], object]:
     """A zero-argument callable running one forward of ``name`` at ``batch`` in ``runtime`` (built, not timed)."""
     torch.manual_seed(0)
-    if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        path = args.onnx_files.get(name)
+    if runtime.startswith("onnxruntime"):
+        onnx_ops = "custom" if runtime == "onnxruntime-custom" else "standard"
+        path = args.onnx_files.get((name, onnx_ops))
         if path is None:
-            path = os.path.join(args.workdir, f"{name}.onnx")
-            export_model(name, path, input_size=(3, size, size), log=lambda m: print(f"[export {name}] {m}",
-                                                                                      file=sys.stderr))
-            args.onnx_files[name] = path
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = args.threads
-        opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            path = os.path.join(args.workdir, f"{name}-{onnx_ops}.onnx")
+            export_model(name, path, input_size=(3, size, size), onnx_ops=onnx_ops,
+                         log=lambda m: print(f"[export {name}] {m}", file=sys.stderr))
+            args.onnx_files[(name, onnx_ops)] = path
+        session = onnx_session(path, threads=args.threads)
         feed = {session.get_inputs()[0].name: _input(batch, size).numpy()}
         return lambda: session.run(None, feed)
     model = involution.create_model(name).eval().to(memory_format=torch.channels_last)
@@ -166,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         ("setup", f"{args.size}x{args.size}, batches {', '.join(map(str, args.batches))}, float32, "
                   f"{args.repeats} timed rounds after {args.warmup} warm-up runs"),
     ]
-    if "onnxruntime" in args.runtimes:
+    if any(r.startswith("onnxruntime") for r in args.runtimes):
         import onnxruntime
 
         info.append(("onnxruntime", f"{onnxruntime.__version__}, CPUExecutionProvider"))

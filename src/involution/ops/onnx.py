@@ -49,14 +49,50 @@ from typing import Any
 import torch
 
 try:
+    import onnx.defs
     from onnxscript import opset18 as _op
+    from onnxscript.values import Opset
 except ImportError as exc:  # pragma: no cover - exercised only without the optional dependency
     raise ImportError(
         "involution.ops.onnx needs the 'onnxscript' package (and 'onnx' to export): "
         "pip install 'involution[export]' (or: pip install onnx onnxscript onnxruntime)"
     ) from exc
 
-__all__ = ["involution2d_onnx", "onnx_translation_table"]
+__all__ = ["ONNX_OPS", "involution2d_onnx", "involution2d_onnx_custom", "onnx_translation_table"]
+
+# How the op is written in ONNX: "standard" operators only (runs anywhere), or one "custom" node that onnxruntime
+# runs with the library of involution.ops.onnxruntime_library.
+ONNX_OPS = ("standard", "custom")
+
+
+def _register_custom_schema() -> None:
+    """Make ``involution::Involution2d`` known to onnx (and so to onnxscript and onnx.checker): its inputs, output
+    and attributes, as ``ops/csrc/involution_ort.cpp`` implements them."""
+    if onnx.defs.has("Involution2d", 1, "involution"):
+        return
+    schema = onnx.defs.OpSchema(
+        "Involution2d",
+        "involution",
+        1,
+        doc="Involution (Li et al., CVPR 2021): Y[n, c, i, j] = sum_{u,v} W[n, c // (C/G), u, v, i, j] * "
+        "X[n, c, i*sh - ph + u*dh, j*sw - pw + v*dw], zero padding.",
+        inputs=[
+            onnx.defs.OpSchema.FormalParameter("X", "T", "features (N, C, H, W)"),
+            onnx.defs.OpSchema.FormalParameter("W", "T", "kernels (N, G, Kh, Kw, Ho, Wo)"),
+        ],
+        outputs=[onnx.defs.OpSchema.FormalParameter("Y", "T", "(N, C, Ho, Wo)")],
+        type_constraints=[("T", ["tensor(float)"], "float32 only")],
+        attributes=[
+            onnx.defs.OpSchema.Attribute(name, onnx.defs.OpSchema.AttrType.INTS, f"{name} (h, w)")
+            for name in ("strides", "pads", "dilations")
+        ],
+    )
+    onnx.defs.register_schema(schema)
+
+
+_register_custom_schema()
+# The custom node's domain (ops/csrc/involution_ort.cpp registers the same).
+_CUSTOM = Opset("involution", 1)
 
 # Slice end meaning "to the end of the axis" (ONNX clamps it to the axis size).
 _TO_END = 2**62
@@ -151,6 +187,25 @@ def _aggregate(
     return _op.Reshape(acc, _op.Concat(batch, _ints([channels]), out_hw, axis=0))
 
 
-def onnx_translation_table() -> dict[Callable[..., torch.Tensor], Callable[..., Any]]:
-    """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``: the involution op -> ONNX."""
-    return {torch.ops.involution.involution2d.default: involution2d_onnx}
+def involution2d_onnx_custom(
+    input: Any, weight: Any, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]
+) -> Any:
+    """One ``involution::Involution2d`` node (same inputs, output and attributes as the op; see
+    ``ops/csrc/involution_ort.cpp``). Needs the custom-op library in onnxruntime; not portable to other runtimes."""
+    return _CUSTOM.Involution2d(
+        input, weight, strides=[int(v) for v in stride], pads=[int(v) for v in padding],
+        dilations=[int(v) for v in dilation],
+    )
+
+
+def onnx_translation_table(onnx_ops: str = "standard") -> dict[Callable[..., torch.Tensor], Callable[..., Any]]:
+    """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``: the involution op -> ONNX.
+
+    Args:
+        onnx_ops: ``"standard"`` (standard operators, :func:`involution2d_onnx`) or ``"custom"`` (one custom node,
+            :func:`involution2d_onnx_custom`).
+    """
+    if onnx_ops not in ONNX_OPS:
+        raise ValueError(f"unknown onnx_ops {onnx_ops!r}; choose one of {', '.join(ONNX_OPS)}")
+    lowering = involution2d_onnx if onnx_ops == "standard" else involution2d_onnx_custom
+    return {torch.ops.involution.involution2d.default: lowering}

@@ -8,7 +8,9 @@
   torch.export-based exporter) with the involution op lowered to standard ONNX operators
   (:mod:`involution.ops.onnx`), a light graph clean-up (constant folding, dead nodes), ``onnx.checker``, and,
   when onnxruntime is installed, a run compared with eager PyTorch at a batch and size other than the example's.
-  The file runs in any ONNX runtime; nothing of this package is needed there.
+  The file runs in any ONNX runtime; nothing of this package is needed there. With ``onnx_ops="custom"`` each
+  involution is instead one ``involution::Involution2d`` node, which onnxruntime runs with this package's
+  custom-op library (:mod:`involution.ops.onnxruntime_library`, a C++ kernel): ~3x faster, onnxruntime only.
 * ``format="exported-program"``: ``torch.export.export`` + ``torch.export.save`` (a ``.pt2`` archive). The
   program calls ``torch.ops.involution.involution2d``, so load it with ``torch.export.load`` in a process that has
   imported ``involution`` (which registers the op). It is checked by loading it back and comparing with eager.
@@ -29,7 +31,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FORMATS", "ExportCheck", "check_exported_program", "check_onnx", "export_model", "load_export_model"]
+__all__ = [
+    "FORMATS",
+    "ExportCheck",
+    "check_exported_program",
+    "check_onnx",
+    "export_model",
+    "load_export_model",
+    "onnx_session",
+]
 
 FORMATS = ("onnx", "exported-program")
 _INSTALL_HINT = "pip install 'involution[export]' (or: pip install onnx onnxscript onnxruntime)"
@@ -170,17 +180,30 @@ def _random_input(shape: Sequence[int], seed: int = 0) -> Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
+def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session for the ONNX file at ``path``; the involution custom-op library is registered
+    when the file uses it (``onnx_ops="custom"``), built on first use."""
+    _require("onnxruntime", "running an ONNX file")
+    import onnx
+    import onnxruntime as ort
+
+    from ..ops import onnxruntime_library
+
+    proto = onnx.load(str(path), load_external_data=False)
+    if any(o.domain == onnxruntime_library.DOMAIN for o in proto.opset_import):
+        opts = onnxruntime_library.session_options(threads)
+    else:
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 def check_onnx(
     path: str | os.PathLike, model: nn.Module, shape: Sequence[int], threads: int | None = None
 ) -> ExportCheck:
     """Run the ONNX file at ``path`` in onnxruntime (CPU) on a random ``shape`` input and compare with ``model``."""
-    _require("onnxruntime", "checking an ONNX file")
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, threads)
     x = _random_input(shape)
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.inference_mode():
@@ -209,7 +232,9 @@ def _rename_input_dims(proto: Any) -> None:
                 d.dim_param = names[d.dim_param]
 
 
-def _export_onnx(program: torch.export.ExportedProgram, example: Tensor, out: Path, opset: int | None) -> None:
+def _export_onnx(
+    program: torch.export.ExportedProgram, example: Tensor, out: Path, opset: int | None, onnx_ops: str
+) -> None:
     _require("onnx", "ONNX export")
     _require("onnxscript", "ONNX export")
     import onnx
@@ -222,7 +247,7 @@ def _export_onnx(program: torch.export.ExportedProgram, example: Tensor, out: Pa
         program,
         (example,),
         dynamo=True,
-        custom_translation_table=onnx_translation_table(),
+        custom_translation_table=onnx_translation_table(onnx_ops),
         input_names=["input"],
         # The exporter's own optimizer runs pattern rewrites whose cost grows steeply with the graph (minutes for
         # a RedNet-50, whose involutions are 49 taps each); folding constants and dropping dead nodes is what
@@ -254,6 +279,7 @@ def export_model(
     verify: bool = True,
     rtol: float = 1e-4,
     opset: int | None = None,
+    onnx_ops: str = "standard",
     log: Callable[[str], None] | None = None,
     **model_kwargs: Any,
 ) -> Path:
@@ -272,6 +298,9 @@ def export_model(
             random input of another batch and size (if dynamic) and compare with eager PyTorch.
         rtol: the largest accepted max abs error, relative to the largest output (at least 1).
         opset: ONNX opset, at least 18 (default: the exporter's).
+        onnx_ops: how involution is written in ONNX: ``"standard"`` operators (runs in any ONNX runtime) or one
+            ``"custom"`` ``involution::Involution2d`` node per layer (onnxruntime with the library of
+            :mod:`involution.ops.onnxruntime_library`, which ``check_onnx``/``onnx_session`` load; ~3x faster).
         log: called with one line per step (e.g. ``print``); silent by default.
         **model_kwargs: passed to ``create_model`` with a name (``features_only=True``, ``width=0.5`` ...).
 
@@ -288,6 +317,14 @@ def export_model(
     if format == "onnx":  # fail before the (slow) tracing when the exporter's packages are missing
         _require("onnx", "ONNX export")
         _require("onnxscript", "ONNX export")
+        from ..ops.onnx import ONNX_OPS
+
+        if onnx_ops not in ONNX_OPS:
+            raise ValueError(f"unknown onnx_ops {onnx_ops!r}; choose one of {', '.join(ONNX_OPS)}")
+        if onnx_ops == "custom" and verify and importlib.util.find_spec("onnxruntime") is not None:
+            from ..ops.onnxruntime_library import library_path
+
+            library_path()  # the check needs the custom-op library: build it (or say why not) before tracing
     say = log or (lambda _msg: None)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +337,7 @@ def export_model(
         program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_shapes(dynamic))
 
     if format == "onnx":
-        _export_onnx(program, example, out, opset)
+        _export_onnx(program, example, out, opset, onnx_ops)
         say(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), onnx.checker passed")
         if verify:
             if importlib.util.find_spec("onnxruntime") is None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._native import simd_flags
 from .._shapes import Pair
 from . import register_backend
 
@@ -27,12 +28,9 @@ _NATIVE = (torch.float32, torch.float64)
 
 
 def _compile_flags() -> list[str]:
-    flags = ["-O3"]  # cpp_extension adds the C++ standard this torch needs
-    capability = torch.backends.cpu.get_cpu_capability()  # what this CPU runs: "AVX512", "AVX2", "DEFAULT", ...
-    if capability in ("AVX2", "AVX512"):
-        # at::vec is scalar unless told which instruction set to use; AVX2 is safe on both.
-        flags += ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2"]
-    return flags
+    simd = simd_flags()  # cpp_extension adds the C++ standard this torch needs
+    # at::vec is scalar unless told which instruction set to use.
+    return ["-O3", *simd, *(["-DCPU_CAPABILITY_AVX2"] if simd else [])]
 
 
 def _is_pixel_major(w: Tensor) -> bool:
