@@ -1,4 +1,8 @@
-"""The ONNX lowering of involution2d alone: export a module calling the op, run it in onnxruntime at another shape."""
+"""The ONNX forms of involution2d alone: export a module calling the op, run it in onnxruntime at another shape.
+
+Both forms are checked against eager PyTorch: the standard-operator graph and the one ``involution::Involution2d``
+node that onnxruntime runs with the custom-op library (skipped, with the reason, where that library cannot be built).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
 from involution.ops import involution2d  # noqa: E402
-from involution.ops.onnx import onnx_translation_table  # noqa: E402
+from involution.ops import onnxruntime_library  # noqa: E402
+from involution.ops.onnx import ONNX_OPS, onnx_translation_table  # noqa: E402
 
 
 class _Op(torch.nn.Module):
@@ -32,11 +37,24 @@ CASES = {
     "k7-s2": (16, 1, (7, 7), (2, 2), (3, 3), (1, 1)),
     "dilated-nonsquare": (6, 3, (3, 5), (1, 1), (2, 4), (2, 2)),
     "mixed-stride-no-pad": (4, 4, (5, 3), (2, 1), (0, 0), (1, 2)),
+    "k7-many-channels": (24, 2, (7, 7), (1, 1), (3, 3), (1, 1)),  # several channel blocks and a partial one
+    "k1": (5, 5, (1, 1), (1, 1), (0, 0), (1, 1)),
+    "stride3-asym-pad": (8, 2, (3, 3), (3, 3), (2, 1), (1, 1)),
 }
 
 
+def _session(path, onnx_ops: str):
+    if onnx_ops == "standard":
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    reason = onnxruntime_library.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"the onnxruntime custom-op library cannot be built here: {reason}")
+    return ort.InferenceSession(str(path), onnxruntime_library.session_options(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("onnx_ops", ONNX_OPS)
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_onnxruntime_matches_eager_at_another_shape(case, tmp_path):
+def test_onnxruntime_matches_eager_at_another_shape(case, onnx_ops, tmp_path):
     c, g, (kh, kw), stride, padding, dilation = case
 
     def inputs(n: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,13 +69,17 @@ def test_onnxruntime_matches_eager_at_another_shape(case, tmp_path):
         module, inputs(2, 16, 18), dynamic_shapes=({0: auto, 2: auto, 3: auto}, {0: auto, 4: auto, 5: auto})
     )
     onnx_program = torch.onnx.export(
-        program, dynamo=True, custom_translation_table=onnx_translation_table(), optimize=False, verbose=False
+        program, dynamo=True, custom_translation_table=onnx_translation_table(onnx_ops), optimize=False, verbose=False
     )
     path = tmp_path / "op.onnx"
     onnx_program.save(str(path))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    op_types = {node.op_type for node in onnx_program.model_proto.graph.node}
-    assert not any("involution" in t for t in op_types)  # standard ONNX only
+    session = _session(path, onnx_ops)
+    nodes = onnx_program.model_proto.graph.node
+    custom = [n for n in nodes if n.domain == onnxruntime_library.DOMAIN]
+    if onnx_ops == "standard":
+        assert not custom  # standard ONNX only
+    else:
+        assert len(custom) == 1 and custom[0].op_type == onnxruntime_library.OP_TYPE
 
     x, w = inputs(3, 21, 13)  # other batch, odd sizes, taller than wide
     names = [i.name for i in session.get_inputs()]
@@ -68,4 +90,7 @@ def test_onnxruntime_matches_eager_at_another_shape(case, tmp_path):
 
 
 def test_translation_table_names_the_op():
-    assert list(onnx_translation_table()) == [torch.ops.involution.involution2d.default]
+    for onnx_ops in ONNX_OPS:
+        assert list(onnx_translation_table(onnx_ops)) == [torch.ops.involution.involution2d.default]
+    with pytest.raises(ValueError, match="unknown onnx_ops 'fancy'; choose one of standard, custom"):
+        onnx_translation_table("fancy")

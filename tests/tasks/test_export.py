@@ -18,6 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 from involution.cli import main  # noqa: E402
 from involution.layers import Involution2d  # noqa: E402
 from involution.models import create_model, save_checkpoint  # noqa: E402
+from involution.ops import onnxruntime_library  # noqa: E402
 from involution.tasks import export as export_task  # noqa: E402
 from involution.tasks.export import check_onnx, export_model  # noqa: E402
 
@@ -71,6 +72,39 @@ def test_dense_backbone_onnx_matches_eager(tmp_path):
     assert _within_tolerance(check), check
 
 
+@pytest.fixture(scope="module")
+def custom_library():
+    reason = onnxruntime_library.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"the onnxruntime custom-op library cannot be built here: {reason}")
+
+
+def test_cli_export_with_the_custom_op_matches_eager(custom_library, rednet26, tmp_path):
+    model, ckpt = rednet26
+    out = tmp_path / "rednet26_custom.onnx"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["export", "--model", "rednet26", "--checkpoint", str(ckpt), "--out", str(out),
+                     "--onnx-ops", "custom", "--input-size", "3", "64", "64"])
+    assert code == 0 and "onnxruntime vs eager" in stdout.getvalue(), stdout.getvalue()
+    import onnx
+
+    graph = onnx.load(str(out)).graph
+    custom = [n for n in graph.node if n.domain == onnxruntime_library.DOMAIN]
+    assert len(custom) == sum(isinstance(m, Involution2d) for m in model.modules())  # one node per layer
+    check = check_onnx(out, model, (2, 3, 80, 56))
+    assert _within_tolerance(check), check
+
+
+def test_dense_backbone_with_the_custom_op_matches_eager(custom_library, tmp_path):
+    torch.manual_seed(4)
+    backbone = create_model("rednet26", features_only=True, out_indices=(1, 2, 3), width=0.25).eval()
+    out = export_model(backbone, tmp_path / "backbone.onnx", input_size=(3, 64, 64), onnx_ops="custom",
+                       verify=False)
+    check = check_onnx(out, backbone, (3, 3, 72, 104))
+    assert _within_tolerance(check), check
+
+
 def test_exported_program_roundtrip_in_a_fresh_process(tmp_path):
     torch.manual_seed(2)
     layer = torch.nn.Sequential(Involution2d(16, kernel_size=3, stride=2, group_channels=4)).eval()
@@ -106,6 +140,8 @@ def test_unknown_format_and_model_are_clear_errors(tmp_path):
         export_model("rednet26", tmp_path / "m.tflite", format="tflite")
     with pytest.raises(ValueError, match="unknown model"):
         export_model("rednet27", tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="unknown onnx_ops 'fast'; choose one of standard, custom"):
+        export_model("rednet26_small", tmp_path / "m.onnx", onnx_ops="fast")
     with pytest.raises(ValueError, match="input_size"):
         export_model("rednet26_small", tmp_path / "m.onnx", input_size=(3, 0, 8))
 

@@ -1,6 +1,6 @@
 """The onnxruntime custom-operator library for involution (``ops/csrc/involution_ort.cpp``): headers, build, load.
 
-An ONNX file exported with ``onnx_op="custom"`` holds ``involution::Involution2d`` nodes, which onnxruntime runs
+An ONNX file exported with ``onnx_ops="custom"`` holds ``involution::Involution2d`` nodes, which onnxruntime runs
 once this library is registered with the session::
 
     from involution.ops.onnxruntime_library import session_options

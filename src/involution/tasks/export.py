@@ -10,7 +10,7 @@
   when onnxruntime is installed, a run compared with eager PyTorch at a batch and size other than the example's.
   The file runs in any ONNX runtime; nothing of this package is needed there. With ``onnx_ops="custom"`` each
   involution is instead one ``involution::Involution2d`` node, which onnxruntime runs with this package's
-  custom-op library (:mod:`involution.ops.onnxruntime_library`, a C++ kernel): ~3x faster, onnxruntime only.
+  custom-op library (:mod:`involution.ops.onnxruntime_library`, a C++ kernel): 2-3x faster, onnxruntime only.
 * ``format="exported-program"``: ``torch.export.export`` + ``torch.export.save`` (a ``.pt2`` archive). The
   program calls ``torch.ops.involution.involution2d``, so load it with ``torch.export.load`` in a process that has
   imported ``involution`` (which registers the op). It is checked by loading it back and comparing with eager.
@@ -300,7 +300,7 @@ def export_model(
         opset: ONNX opset, at least 18 (default: the exporter's).
         onnx_ops: how involution is written in ONNX: ``"standard"`` operators (runs in any ONNX runtime) or one
             ``"custom"`` ``involution::Involution2d`` node per layer (onnxruntime with the library of
-            :mod:`involution.ops.onnxruntime_library`, which ``check_onnx``/``onnx_session`` load; ~3x faster).
+            :mod:`involution.ops.onnxruntime_library`, which ``check_onnx``/``onnx_session`` load; 2-3x faster).
         log: called with one line per step (e.g. ``print``); silent by default.
         **model_kwargs: passed to ``create_model`` with a name (``features_only=True``, ``width=0.5`` ...).
 
@@ -317,10 +317,9 @@ def export_model(
     if format == "onnx":  # fail before the (slow) tracing when the exporter's packages are missing
         _require("onnx", "ONNX export")
         _require("onnxscript", "ONNX export")
-        from ..ops.onnx import ONNX_OPS
+        from ..ops.onnx import check_onnx_ops
 
-        if onnx_ops not in ONNX_OPS:
-            raise ValueError(f"unknown onnx_ops {onnx_ops!r}; choose one of {', '.join(ONNX_OPS)}")
+        check_onnx_ops(onnx_ops)
         if onnx_ops == "custom" and verify and importlib.util.find_spec("onnxruntime") is not None:
             from ..ops.onnxruntime_library import library_path
 
