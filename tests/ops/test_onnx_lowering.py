@@ -13,8 +13,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
-from involution.ops import involution2d  # noqa: E402
-from involution.ops import onnxruntime_library  # noqa: E402
+from involution.ops import involution2d, onnxruntime_library  # noqa: E402
 from involution.ops.onnx import ONNX_OPS, onnx_translation_table  # noqa: E402
 
 
