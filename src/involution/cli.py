@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     export.add_argument("--onnx-ops", choices=("standard", "custom"), default="standard",
                         help="involution as standard ONNX operators (any runtime; default) or as one custom node "
-                             "per layer for onnxruntime with this package's C++ library (2-3x faster)")
+                             "per layer for onnxruntime with this package's C++ library (2.4x faster for RedNet-50)")
     export.add_argument("--no-verify", action="store_true", help="skip the comparison with eager PyTorch")
     export.set_defaults(func=_cmd_export)
 

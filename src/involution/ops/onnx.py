@@ -4,8 +4,8 @@ Two forms (``onnx_translation_table(onnx_ops=...)``):
 
 * ``"standard"``: standard ONNX operators only (:func:`involution2d_onnx`, below); runs in any ONNX runtime.
 * ``"custom"``: one ``involution::Involution2d`` node per layer (:func:`involution2d_onnx_custom`), which
-  onnxruntime runs with this package's C++ custom-op library (:mod:`involution.ops.onnxruntime_library`). About
-  2-3x faster for a whole RedNet-50 than the standard form; onnxruntime only.
+  onnxruntime runs with this package's C++ custom-op library (:mod:`involution.ops.onnxruntime_library`). For
+  RedNet-50 at batch 8 it runs 2.4x faster than the standard form (docs/benchmarks.md); onnxruntime only.
 
 The CPU/GPU kernels behind the op are not ONNX, so a portable file needs the op rewritten in standard ONNX
 operators. :func:`involution2d_onnx` does it as a sum over the Kh*Kw taps, grouped by kernel column, memory-light
