@@ -1,3 +1,4 @@
+import importlib.util
 import subprocess
 import sys
 
@@ -16,6 +17,8 @@ def test_info_checks_backends_and_times(capsys):
     assert main(["info", "--batch", "1", "--channels", "32", "--size", "12", "--repeats", "2"]) == 0
     out = capsys.readouterr().out
     assert "backend torch" in out and "Involution2d layer" in out
+    if importlib.util.find_spec("onnxruntime") is not None:
+        assert "onnxruntime custom-op library: " in out
 
 
 def test_convert_missing_file_is_a_clear_error(tmp_path, capsys):

@@ -6,6 +6,7 @@ Thin argument parsing over the library; each command's work lives in the package
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     status = ops.backend_status()
     for name, state in status.items():
         print(f"  backend {name:7s} {state if len(state) < 200 else state[:200] + '...'}")
+    if importlib.util.find_spec("onnxruntime") is not None:
+        from .ops import onnxruntime_library
+
+        print(f"  onnxruntime custom-op library: {onnxruntime_library.status()}")
     fast = [b for b in ("cpu",) if status.get(b) == "available"]
 
     torch.manual_seed(0)

@@ -91,6 +91,7 @@ def test_missing_headers_say_how_to_get_them(tmp_path, monkeypatch):
         lib.library_path()
     assert "INVOLUTION_ORT_INCLUDE" in lib.unavailable_reason()
     assert not lib.is_available()
+    assert lib.status().startswith("unavailable: no onnxruntime headers")
 
 
 def _fake_deb(files: dict[str, bytes]) -> bytes:
@@ -158,3 +159,4 @@ def test_a_package_without_the_headers_is_refused(tmp_path):
 def test_command_line_prints_the_library_path(library, capsys):
     assert lib.main(["path"]) == 0
     assert capsys.readouterr().out.strip() == str(library)
+    assert lib.status() == f"built: {library}"

@@ -47,6 +47,7 @@ __all__ = [
     "is_available",
     "library_path",
     "session_options",
+    "status",
     "unavailable_reason",
 ]
 
@@ -224,6 +225,20 @@ def unavailable_reason() -> str | None:
     except RuntimeError as exc:
         return str(exc)
     return None
+
+
+def status() -> str:
+    """One line on the library's state, without building it: built (where), buildable, or why not."""
+    include = find_headers()
+    if include is None:
+        return "unavailable: no onnxruntime headers (python -m involution.ops.onnxruntime_library fetch-headers)"
+    target = cache_dir() / "build" / _build_key(include) / "libinvolution_ort.so"
+    if target.is_file():
+        return f"built: {target}"
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        return f"unavailable: no C++ compiler ({compiler!r} is not on PATH)"
+    return f"not built yet (headers in {include}; built on first use)"
 
 
 def is_available() -> bool:
