@@ -160,3 +160,14 @@ def test_command_line_prints_the_library_path(library, capsys):
     assert lib.main(["path"]) == 0
     assert capsys.readouterr().out.strip() == str(library)
     assert lib.status() == f"built: {library}"
+
+
+def test_no_compiler_is_named_but_a_built_library_needs_none(library, tmp_path, monkeypatch):
+    headers = lib.find_headers()
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    assert lib._compile(headers, library.parent.name) == library  # cached: nothing to compile
+    monkeypatch.setenv("INVOLUTION_CACHE", str(tmp_path))  # an empty build cache (the headers stay where they are)
+    monkeypatch.setattr(lib, "find_headers", lambda: headers)
+    with pytest.raises(RuntimeError, match=r"no C\+\+ compiler: 'no-such-compiler' is not on PATH"):
+        lib._compile(headers, "fresh")
+    assert lib.status() == "unavailable: no C++ compiler: 'no-such-compiler' is not on PATH (set CXX or install g++)"

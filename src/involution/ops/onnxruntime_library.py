@@ -176,13 +176,29 @@ def _build_key(include: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _target(key: str) -> Path:
+    return cache_dir() / "build" / key / "libinvolution_ort.so"
+
+
+def _compiler() -> str:
+    return os.environ.get("CXX", "g++")
+
+
+def _no_compiler() -> str | None:
+    """Why no compiler can run (None if one can)."""
+    if shutil.which(_compiler()) is None:
+        return f"no C++ compiler: {_compiler()!r} is not on PATH (set CXX or install g++)"
+    return None
+
+
 def _compile(include: Path, key: str) -> Path:
-    compiler = os.environ.get("CXX", "g++")
-    if shutil.which(compiler) is None:
-        raise RuntimeError(f"no C++ compiler: {compiler!r} is not on PATH (set CXX or install g++)")
-    target = cache_dir() / "build" / key / "libinvolution_ort.so"
-    if target.is_file():
+    target = _target(key)
+    if target.is_file():  # built before: no compiler needed
         return target
+    problem = _no_compiler()
+    if problem:
+        raise RuntimeError(problem)
+    compiler = _compiler()
     with atomic_path(target) as tmp:
         cmd = [compiler, *_flags(), f"-I{include}", str(_SOURCE), "-o", str(tmp)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -232,12 +248,12 @@ def status() -> str:
     include = find_headers()
     if include is None:
         return "unavailable: no onnxruntime headers (python -m involution.ops.onnxruntime_library fetch-headers)"
-    target = cache_dir() / "build" / _build_key(include) / "libinvolution_ort.so"
+    target = _target(_build_key(include))
     if target.is_file():
         return f"built: {target}"
-    compiler = os.environ.get("CXX", "g++")
-    if shutil.which(compiler) is None:
-        return f"unavailable: no C++ compiler ({compiler!r} is not on PATH)"
+    problem = _no_compiler()
+    if problem:
+        return f"unavailable: {problem}"
     return f"not built yet (headers in {include}; built on first use)"
 
 
