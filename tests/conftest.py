@@ -1,4 +1,4 @@
-"""Shared fixtures: the backends that can run CPU tensors here."""
+"""Shared fixtures: the backends that can run CPU tensors here, and the onnxruntime custom-op library."""
 
 from __future__ import annotations
 
@@ -18,3 +18,14 @@ def backend(request) -> str:
     Session-scoped so that it combines with hypothesis's ``@given`` (no function-scoped fixture health check).
     """
     return request.param
+
+
+@pytest.fixture(scope="session")
+def ort_library():
+    """The path of the onnxruntime custom-op library, built here; skips, saying why, where it cannot be built."""
+    from involution.ops import onnxruntime_library
+
+    reason = onnxruntime_library.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"the onnxruntime custom-op library cannot be built here: {reason}")
+    return onnxruntime_library.library_path()

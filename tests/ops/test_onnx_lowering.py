@@ -42,18 +42,12 @@ CASES = {
 }
 
 
-def _session(path, onnx_ops: str):
-    if onnx_ops == "standard":
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    reason = onnxruntime_library.unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"the onnxruntime custom-op library cannot be built here: {reason}")
-    return ort.InferenceSession(str(path), onnxruntime_library.session_options(), providers=["CPUExecutionProvider"])
-
-
 @pytest.mark.parametrize("onnx_ops", ONNX_OPS)
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_onnxruntime_matches_eager_at_another_shape(case, onnx_ops, tmp_path):
+def test_onnxruntime_matches_eager_at_another_shape(case, onnx_ops, tmp_path, request):
+    custom = onnx_ops == "custom"
+    if custom:
+        request.getfixturevalue("ort_library")  # skips, saying why, where the library cannot be built
     c, g, (kh, kw), stride, padding, dilation = case
 
     def inputs(n: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,13 +66,14 @@ def test_onnxruntime_matches_eager_at_another_shape(case, onnx_ops, tmp_path):
     )
     path = tmp_path / "op.onnx"
     onnx_program.save(str(path))
-    session = _session(path, onnx_ops)
+    opts = onnxruntime_library.session_options(register_library=custom)
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     nodes = onnx_program.model_proto.graph.node
-    custom = [n for n in nodes if n.domain == onnxruntime_library.DOMAIN]
-    if onnx_ops == "standard":
-        assert not custom  # standard ONNX only
+    custom_nodes = [n for n in nodes if n.domain == onnxruntime_library.DOMAIN]
+    if not custom:
+        assert not custom_nodes  # standard ONNX only
     else:
-        assert len(custom) == 1 and custom[0].op_type == onnxruntime_library.OP_TYPE
+        assert len(custom_nodes) == 1 and custom_nodes[0].op_type == onnxruntime_library.OP_TYPE
 
     x, w = inputs(3, 21, 13)  # other batch, odd sizes, taller than wide
     names = [i.name for i in session.get_inputs()]

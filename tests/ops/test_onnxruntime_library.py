@@ -22,14 +22,6 @@ import involution.ops.onnx  # noqa: E402, F401  (registers the custom op's schem
 from involution.ops import onnxruntime_library as lib  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def library():
-    reason = lib.unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"the onnxruntime custom-op library cannot be built here: {reason}")
-    return lib.library_path()
-
-
 def _single_node_model(**attrs) -> bytes:
     """A graph of one ``involution::Involution2d`` node with unknown input shapes (so onnxruntime checks none)."""
     node = helper.make_node(lib.OP_TYPE, ["X", "W"], ["Y"], domain=lib.DOMAIN, **attrs)
@@ -48,7 +40,7 @@ def _run(model: bytes, x_shape, w_shape) -> np.ndarray:
     return session.run(None, feeds)[0]
 
 
-def test_all_ones_sums_the_taps_inside_the_image(library):
+def test_all_ones_sums_the_taps_inside_the_image(ort_library):
     model = _single_node_model(strides=[1, 1], pads=[1, 1], dilations=[1, 1])
     y = _run(model, (1, 2, 4, 5), (1, 1, 3, 3, 4, 5))
     # Each output counts the taps of its 3x3 window that fall inside the image (zero padding outside).
@@ -67,13 +59,13 @@ def test_all_ones_sums_the_taps_inside_the_image(library):
         ((2, 4, 8, 8), (2, 2, 3, 8, 8), r"weight must be \(N, G, Kh, Kw, Ho, Wo\)"),
     ],
 )
-def test_bad_shapes_are_errors_that_name_them(library, x_shape, w_shape, message):
+def test_bad_shapes_are_errors_that_name_them(ort_library, x_shape, w_shape, message):
     model = _single_node_model(strides=[1, 1], pads=[1, 1], dilations=[1, 1])
     with pytest.raises(Exception, match=message):
         _run(model, x_shape, w_shape)
 
 
-def test_bad_attributes_are_errors_that_name_them(library):
+def test_bad_attributes_are_errors_that_name_them(ort_library):
     for attrs, message in [
         (dict(strides=[0, 1], pads=[1, 1], dilations=[1, 1]), "strides and dilations must be >= 1"),
         (dict(strides=[1], pads=[1, 1], dilations=[1, 1]), "strides needs 2 values"),
@@ -156,16 +148,16 @@ def test_a_package_without_the_headers_is_refused(tmp_path):
         lib._extract_headers(b"PK\x03\x04", tmp_path / "include")
 
 
-def test_command_line_prints_the_library_path(library, capsys):
+def test_command_line_prints_the_library_path(ort_library, capsys):
     assert lib.main(["path"]) == 0
-    assert capsys.readouterr().out.strip() == str(library)
-    assert lib.status() == f"built: {library}"
+    assert capsys.readouterr().out.strip() == str(ort_library)
+    assert lib.status() == f"built: {ort_library}"
 
 
-def test_no_compiler_is_named_but_a_built_library_needs_none(library, tmp_path, monkeypatch):
+def test_no_compiler_is_named_but_a_built_library_needs_none(ort_library, tmp_path, monkeypatch):
     headers = lib.find_headers()
     monkeypatch.setenv("CXX", "no-such-compiler")
-    assert lib._compile(headers, library.parent.name) == library  # cached: nothing to compile
+    assert lib._compile(headers, ort_library.parent.name) == ort_library  # cached: nothing to compile
     monkeypatch.setenv("INVOLUTION_CACHE", str(tmp_path))  # an empty build cache (the headers stay where they are)
     monkeypatch.setattr(lib, "find_headers", lambda: headers)
     with pytest.raises(RuntimeError, match=r"no C\+\+ compiler: 'no-such-compiler' is not on PATH"):

@@ -72,14 +72,7 @@ def test_dense_backbone_onnx_matches_eager(tmp_path):
     assert _within_tolerance(check), check
 
 
-@pytest.fixture(scope="module")
-def custom_library():
-    reason = onnxruntime_library.unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"the onnxruntime custom-op library cannot be built here: {reason}")
-
-
-def test_cli_export_with_the_custom_op_matches_eager(custom_library, rednet26, tmp_path):
+def test_cli_export_with_the_custom_op_matches_eager(ort_library, rednet26, tmp_path):
     model, ckpt = rednet26
     out = tmp_path / "rednet26_custom.onnx"
     stdout = io.StringIO()
@@ -96,7 +89,7 @@ def test_cli_export_with_the_custom_op_matches_eager(custom_library, rednet26, t
     assert _within_tolerance(check), check
 
 
-def test_dense_backbone_with_the_custom_op_matches_eager(custom_library, tmp_path):
+def test_dense_backbone_with_the_custom_op_matches_eager(ort_library, tmp_path):
     torch.manual_seed(4)
     backbone = create_model("rednet26", features_only=True, out_indices=(1, 2, 3), width=0.25).eval()
     out = export_model(backbone, tmp_path / "backbone.onnx", input_size=(3, 64, 64), onnx_ops="custom",

@@ -55,6 +55,8 @@ from typing import Any
 
 import torch
 
+from .onnxruntime_library import DOMAIN, OP_TYPE
+
 try:
     import onnx.defs
     from onnxscript import opset18 as _op
@@ -75,11 +77,11 @@ ONNX_OPS = ("standard", "custom")
 def _register_custom_schema() -> None:
     """Make ``involution::Involution2d`` known to onnx (and so to onnxscript and onnx.checker): its inputs, output
     and attributes, as ``ops/csrc/involution_ort.cpp`` implements them."""
-    if onnx.defs.has("Involution2d", 1, "involution"):
+    if onnx.defs.has(OP_TYPE, 1, DOMAIN):
         return
     schema = onnx.defs.OpSchema(
-        "Involution2d",
-        "involution",
+        OP_TYPE,
+        DOMAIN,
         1,
         doc="Involution (Li et al., CVPR 2021): Y[n, c, i, j] = sum_{u,v} W[n, c // (C/G), u, v, i, j] * "
         "X[n, c, i*sh - ph + u*dh, j*sw - pw + v*dw], zero padding.",
@@ -99,7 +101,7 @@ def _register_custom_schema() -> None:
 
 _register_custom_schema()
 # The custom node's domain (ops/csrc/involution_ort.cpp registers the same).
-_CUSTOM = Opset("involution", 1)
+_CUSTOM = Opset(DOMAIN, 1)
 
 # Slice end meaning "to the end of the axis" (ONNX clamps it to the axis size).
 _TO_END = 2**62
@@ -199,7 +201,7 @@ def involution2d_onnx_custom(
 ) -> Any:
     """One ``involution::Involution2d`` node (same inputs, output and attributes as the op; see
     ``ops/csrc/involution_ort.cpp``). Needs the custom-op library in onnxruntime; not portable to other runtimes."""
-    return _CUSTOM.Involution2d(
+    return _CUSTOM.Involution2d(  # OP_TYPE
         input, weight, strides=[int(v) for v in stride], pads=[int(v) for v in padding],
         dilations=[int(v) for v in dilation],
     )

@@ -262,14 +262,16 @@ def is_available() -> bool:
     return unavailable_reason() is None
 
 
-def session_options(threads: int | None = None) -> Any:
-    """``onnxruntime.SessionOptions`` with the involution library registered (and ``threads`` intra-op threads)."""
+def session_options(threads: int | None = None, register_library: bool = True) -> Any:
+    """``onnxruntime.SessionOptions`` with ``threads`` intra-op threads (default: onnxruntime's) and, unless
+    ``register_library`` is False, the involution library registered (built on first use)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    opts.register_custom_ops_library(str(library_path()))
+    if register_library:
+        opts.register_custom_ops_library(str(library_path()))
     return opts
 
 

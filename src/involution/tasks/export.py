@@ -191,12 +191,8 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
     from ..ops import onnxruntime_library
 
     proto = onnx.load(str(path), load_external_data=False)
-    if any(o.domain == onnxruntime_library.DOMAIN for o in proto.opset_import):
-        opts = onnxruntime_library.session_options(threads)
-    else:
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
+    custom = any(o.domain == onnxruntime_library.DOMAIN for o in proto.opset_import)
+    opts = onnxruntime_library.session_options(threads, register_library=custom)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

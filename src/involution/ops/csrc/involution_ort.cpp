@@ -14,8 +14,8 @@
 //
 // The kernel works in NCHW so that nothing is transposed: the input is zero-padded once into a scratch buffer
 // (one copy of the input, so every tap reads in bounds and the inner loop has no branches), then each task, one
-// output row of one group, keeps a block of CB channels x JB pixels of accumulators in registers across all
-// Kh*Kw taps; each tap loads JB weights once and uses them for CB channels. Tasks run on onnxruntime's intra-op
+// output row of one group, keeps a block of CB channels x NJ pixels of accumulators in registers across all
+// Kh*Kw taps; each tap loads NJ weights once and uses them for CB channels. Tasks run on onnxruntime's intra-op
 // thread pool (KernelContext::ParallelFor), so intra_op_num_threads is respected.
 
 #define ORT_API_MANUAL_INIT
@@ -283,7 +283,8 @@ struct InvolutionOp : Ort::CustomOpBase<InvolutionOp, InvolutionKernel, /*WithSt
 // The entry point onnxruntime looks up after dlopen. The op and its domain must outlive every session that uses
 // them, so they are created once and kept for the life of the process. The library is built with hidden
 // visibility; this is its one exported symbol.
-extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api) {
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api) {
   Ort::InitApi(api->GetApi(ORT_API_VERSION));
   static InvolutionOp op;
   static std::mutex mutex;
