@@ -303,16 +303,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     """Run (or continue) studies and write their reports."""
     from .tasks.studies import STUDIES, StudyOptions, run_study
+    from .tasks.studies.definitions import KEY_SEEDS, SEEDS
 
     names = list(STUDIES) if args.name == "all" else [args.name]
     if args.name != "all" and args.name not in STUDIES:
         raise ValueError(f"unknown study {args.name!r}; choose one of {', '.join(STUDIES)} or all")
     out = args.out or ("runs/studies-quick" if args.quick else "runs/studies")
-    options = StudyOptions(data_dir=args.data_dir, quick=args.quick, seeds=tuple(args.seeds), threads=args.threads)
+    options = StudyOptions(data_dir=args.data_dir, quick=args.quick, seeds=tuple(args.seeds),
+                           key_seeds=tuple(args.key_seeds), threads=args.threads)
     for name in names:
         command = f"involution study {name}" + (" --quick" if args.quick else "")
         command += f" --data-dir {args.data_dir}" if args.data_dir else ""
-        command += f" --seeds {' '.join(map(str, args.seeds))}" if list(args.seeds) != [0, 1, 2] else ""
+        command += f" --seeds {' '.join(map(str, args.seeds))}" if tuple(args.seeds) != SEEDS else ""
+        command += f" --key-seeds {' '.join(map(str, args.key_seeds))}" if tuple(args.key_seeds) != KEY_SEEDS else ""
         if not args.quick and not args.report_only and args.data_dir is None:
             raise ValueError("the full studies train on Fashion-MNIST: pass --data-dir (e.g. ../shared/data), "
                              "or --quick for the digits smoke test")
@@ -378,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--quick", action="store_true", help="a seconds-long smoke test on digits (numbers mean nothing)")
     study.add_argument("--out", help="where the cells' runs and results.jsonl live (default runs/studies[-quick])")
     study.add_argument("--report-dir", help="where the report goes (default OUT/reports), e.g. docs/studies")
-    study.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    study.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every arm")
+    study.add_argument("--key-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                       help="seeds of the arms a study's conclusions hang on")
     study.add_argument("--report-only", action="store_true", help="train nothing; report the finished cells")
     study.add_argument("--threads", type=int, help="CPU threads per run (1 lets two studies share 2 cores)")
     study.add_argument("--no-progress", action="store_true")
