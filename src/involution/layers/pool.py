@@ -12,9 +12,12 @@ class CeilAvgPool2d(nn.Module):
     input average only the pixels inside it, so ``(N, C, H, W) -> (N, C, ceil(H / sh), ceil(W / sw))``.
 
     Why not ``nn.AvgPool2d(..., ceil_mode=True)`` itself: torch 2.14's Inductor computes a wrong input gradient for
-    it on sizes that the stride does not divide (measured: 4e-4 off on a 17x17 input). Here the clipped windows are
-    summed over a zero-padded input and divided by their true pixel count; on divisible sizes it is exactly
-    ``F.avg_pool2d(x, stride)``, the official layer's pooling.
+    it on sizes that the stride does not divide (measured: 4e-4 off on a 17x17 input). Here the input is zero-padded
+    to a multiple of the stride, average-pooled, and each clipped window rescaled by ``sh * sw / (its pixel count)``;
+    on divisible sizes it is exactly ``F.avg_pool2d(x, stride)``, the official layer's pooling.
+
+    ``divisor_override`` is avoided on purpose: the ONNX exporter drops it (AveragePool has no such attribute), which
+    made every exported stride-2 involution's kernel generator see a quarter of its input.
     """
 
     def __init__(self, stride: tuple[int, int]) -> None:
@@ -28,10 +31,11 @@ class CeilAvgPool2d(nn.Module):
         # Under torch.compile take the general path for every size, so one graph serves odd and even sizes.
         if not torch.compiler.is_compiling() and pad_h == 0 and pad_w == 0:
             return F.avg_pool2d(x, self.stride, self.stride)
-        sums = F.avg_pool2d(F.pad(x, (0, pad_w, 0, pad_h)), self.stride, self.stride, divisor_override=1)
-        rows = (h - torch.arange(sums.shape[-2], device=x.device) * sh).clamp(max=sh)
-        cols = (w - torch.arange(sums.shape[-1], device=x.device) * sw).clamp(max=sw)
-        return sums / (rows[:, None] * cols[None, :]).to(x.dtype)
+        means = F.avg_pool2d(F.pad(x, (0, pad_w, 0, pad_h)), self.stride, self.stride)
+        rows = (h - torch.arange(means.shape[-2], device=x.device) * sh).clamp(max=sh)
+        cols = (w - torch.arange(means.shape[-1], device=x.device) * sw).clamp(max=sw)
+        # the padded windows' means counted sh * sw pixels; the clipped ones hold fewer (1 inside the image)
+        return means * (sh * sw / (rows[:, None] * cols[None, :]).to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, ceil_mode=True"
