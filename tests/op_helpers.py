@@ -8,6 +8,7 @@ from torch import Tensor
 import involution  # noqa: F401  (registers torch.ops.involution.*)
 from involution.ops import available_backends, output_size
 from involution.ops.backends import get_backend
+from reference import involution2d_reference, reference_grads
 
 CPU = torch.device("cpu")
 
@@ -35,6 +36,82 @@ def assert_matches_reference(actual: Tensor, expected: Tensor, dtype: torch.dtyp
     torch.testing.assert_close(
         actual.detach().to(torch.float64), expected, rtol=rtol, atol=atol * scale, msg=lambda m: f"{msg}\n{m}"
     )
+
+
+def dtype_ulp(value: Tensor, dtype: torch.dtype) -> Tensor:
+    """The spacing of ``dtype``'s numbers in the binade of each ``|value|`` (float64), the subnormal spacing below
+    the normal range: the gap a result rounded to ``dtype`` near ``value`` is snapped to."""
+    info = torch.finfo(dtype)
+    _, exponent = torch.frexp(value.detach().to(torch.float64).abs().clamp_min(info.smallest_normal))
+    return torch.ldexp(torch.full_like(value, info.eps, dtype=torch.float64), exponent - 1)
+
+
+#: Unit roundoff of float32, the accumulator of every low-precision kernel.
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+
+
+def float32_accumulation_bound(
+    expected: Tensor, abs_terms: Tensor, n_terms: int, dtype: torch.dtype, rounding_ulps: float = 0.5
+) -> Tensor:
+    """Per element, the most a ``dtype`` result can differ from the exact sum ``expected`` (float64, of the already
+    rounded inputs) when its products are summed in float32, in any order, and rounded to ``dtype`` once.
+
+    Products of two bfloat16 (8 significand bits) or float16 (11) numbers are exact in float32 (24), so only the
+    additions round: the float32 sum is within ``d = gamma_n * sum|terms|`` of ``expected`` (``gamma_n = n u / (1 -
+    n u)``, ``u = 2**-24``; ``abs_terms`` is the sum of the products' magnitudes), and the final rounding to
+    ``dtype`` adds at most ``rounding_ulps`` ulps of ``dtype`` at ``|expected| + d``: 1/2 for round-to-nearest
+    (PyTorch, C++, compiled Triton), 1 for a truncating conversion (Triton's interpreter turns float32 into
+    bfloat16 so). The bound ``rounding_ulps * ulp(|expected| + d) + d`` is half an ulp of the output unless the sum
+    cancels (d is ~1e-6 of the magnitudes), so a kernel whose partial sums round to ``dtype`` (each addition may
+    lose half an ulp of the partial sum) breaks it at some element of a long sum.
+    """
+    assert dtype in (torch.bfloat16, torch.float16), dtype
+    gamma = n_terms * FLOAT32_UNIT_ROUNDOFF / (1 - n_terms * FLOAT32_UNIT_ROUNDOFF)
+    slack = gamma * abs_terms.detach().to(torch.float64)
+    return dtype_ulp(expected.abs() + slack, dtype) * rounding_ulps + slack
+
+
+def assert_float32_accumulated(
+    actual: Tensor, expected: Tensor, abs_terms: Tensor, n_terms: int, rounding_ulps: float = 0.5, msg: str = ""
+) -> None:
+    """``actual`` (bfloat16/float16) is ``expected`` (float64) rounded once after a float32 sum of ``n_terms``
+    products: within :func:`float32_accumulation_bound` at every element (not a tolerance scaled by max|expected|)."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    actual, expected = actual.detach(), expected.detach()
+    bound = float32_accumulation_bound(expected, abs_terms, n_terms, actual.dtype, rounding_ulps)
+    excess = (actual.to(torch.float64) - expected).abs() / bound
+    worst = int(excess.flatten().argmax())
+    assert float(excess.flatten()[worst]) <= 1.0, (
+        f"{msg}\n{int((excess > 1).sum())} of {excess.numel()} elements are further from the exact sum than a float32 "
+        f"sum of {n_terms} terms rounded once to {actual.dtype} can be; worst: element {worst}, got "
+        f"{float(actual.flatten()[worst])}, exact {float(expected.flatten()[worst])}, "
+        f"{float(excess.flatten()[worst]):.2f}x the bound {float(bound.flatten()[worst]):.3g}"
+    )
+
+
+def assert_op_accumulates_in_float32(
+    results: tuple[Tensor, Tensor, Tensor],
+    input: Tensor,
+    weight: Tensor,
+    grad_output: Tensor,
+    geometry: tuple,
+    rounding_ulps: float = 0.5,
+    msg: str = "",
+) -> None:
+    """(output, grad_input, grad_weight) in bfloat16/float16 each within :func:`float32_accumulation_bound` of the
+    float64 reference of the same (already rounded) ``input``, ``weight`` and ``grad_output``.
+
+    Forward and grad_input sum at most Kh*Kw products per element, grad_weight C/G; the magnitudes summed are the
+    reference applied to the inputs' absolute values."""
+    g, kh, kw = weight.shape[1:4]
+    n_terms = (kh * kw, kh * kw, input.shape[1] // g)
+    exact = (involution2d_reference(input, weight, *geometry), *reference_grads(input, weight, grad_output, *geometry))
+    magnitudes = (
+        involution2d_reference(input.abs(), weight.abs(), *geometry),
+        *reference_grads(input.abs(), weight.abs(), grad_output.abs(), *geometry),
+    )
+    for what, got, ref, mag, n in zip(("forward", "grad_input", "grad_weight"), results, exact, magnitudes, n_terms):
+        assert_float32_accumulated(got.cpu(), ref, mag, n, rounding_ulps, msg=f"{what} {msg}")
 
 
 def make_case(

@@ -13,6 +13,7 @@ from op_helpers import (
     CPU_BACKENDS,
     NON_TORCH_CPU_BACKENDS,
     assert_matches_reference,
+    assert_op_accumulates_in_float32,
     is_channels_last,
     make_case,
 )
@@ -91,9 +92,9 @@ def _weight_layout(w: torch.Tensor, layout: str) -> torch.Tensor:
     return w.clone().requires_grad_()
 
 
-def _check_against_reference(
-    backend: str, case: dict, layout: str | tuple[str, str], seed: int, dtype: torch.dtype
-) -> None:
+def _run_op(backend: str, case: dict, layout: str | tuple[str, str], seed: int, dtype: torch.dtype):
+    """Forward and both gradients of one random case through ``backend``, with the layouts' own checks: returns
+    the contiguous inputs (input, weight, grad_output), the geometry and (output, grad_input, grad_weight)."""
     gen = torch.Generator().manual_seed(seed)
     x0, w0 = make_case(**case, dtype=dtype, generator=gen)
     geo = (case["stride"], case["padding"], case["dilation"])
@@ -113,7 +114,13 @@ def _check_against_reference(
         assert out.is_contiguous(memory_format=torch.channels_last), out.stride()
     else:
         assert out.is_contiguous(), out.stride()
+    return (x0, w0, gy), geo, (out, gx, gw)
 
+
+def _check_against_reference(
+    backend: str, case: dict, layout: str | tuple[str, str], seed: int, dtype: torch.dtype
+) -> None:
+    (x0, w0, gy), geo, (out, gx, gw) = _run_op(backend, case, layout, seed, dtype)
     expected = involution2d_reference(x0, w0, *geo)
     ref_gx, ref_gw = reference_grads(x0, w0, gy, *geo)
     info = f"backend={backend} case={case} layout={layout} dtype={dtype}"
@@ -285,6 +292,21 @@ def test_low_precision_matches_reference(backend: str, dtype: torch.dtype, case:
     """Compared to the float64 reference of the already-rounded inputs, so only the op's own error counts."""
     case = {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), **case}
     _check_against_reference(backend, case, layout, seed=7, dtype=dtype)
+
+
+# Long sums, where a kernel that accumulated in bfloat16/float16 would break the bound below (its error grows with
+# the number of additions) though not the max|ref|-scaled tolerance above: K=7 makes forward and grad_input add
+# 49 products per element, C/G = 64 makes grad_weight add 64.
+LONG_SUMS = dict(n=1, c=128, g=2, kernel=(7, 7), hw=(10, 10), stride=(1, 1), padding=(3, 3), dilation=(1, 1))
+
+
+@pytest.mark.parametrize("layout", [("contiguous", "contiguous"), ("channels_last", "generator")], ids="-".join)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_low_precision_accumulates_in_float32(backend: str, dtype: torch.dtype, layout: tuple) -> None:
+    """Every element within half an ulp of its own value (plus the float32 sum's error bound) of the exact sum of
+    the already-rounded inputs: what a float32 sum rounded once can give, and no more."""
+    inputs, geo, results = _run_op(backend, LONG_SUMS, layout, seed=11, dtype=dtype)
+    assert_op_accumulates_in_float32(results, *inputs, geo, msg=f"backend={backend} dtype={dtype} layout={layout}")
 
 
 # -------------------------------------------------------------------------------------------- gradcheck

@@ -24,8 +24,8 @@ import torch
 import involution
 from involution.ops import backend_status, use_backend
 from involution.ops.backends import get_backend, select_backend
-from involution.ops.backends.triton_impl import TritonBackend, _interpret_requested
-from op_helpers import assert_matches_reference, is_channels_last, make_case
+from involution.ops.backends.triton_impl import TritonBackend, _interpret_requested, shape_class
+from op_helpers import assert_matches_reference, assert_op_accumulates_in_float32, is_channels_last, make_case
 from reference import involution2d_reference, reference_grads
 
 if importlib.util.find_spec("triton") is None:
@@ -73,8 +73,9 @@ def _weight_layout(w: torch.Tensor, layout: str) -> torch.Tensor:
     return w.clone().requires_grad_()
 
 
-def _check(case: dict, dtype: torch.dtype, input_layout: str = "contiguous", weight_layout: str = "contiguous"):
-    """Forward, grad_input and grad_weight of the triton backend against the float64 reference."""
+def _run(case: dict, dtype: torch.dtype, input_layout: str = "contiguous", weight_layout: str = "contiguous"):
+    """Forward, grad_input and grad_weight of the triton backend on one random case: returns the contiguous CPU
+    inputs (input, weight, grad_output), the geometry and the results (output, grad_input, grad_weight) on CPU."""
     case = {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), **case}
     gen = torch.Generator().manual_seed(0)
     x0, w0 = make_case(**case, dtype=dtype, generator=gen)
@@ -90,11 +91,17 @@ def _check(case: dict, dtype: torch.dtype, input_layout: str = "contiguous", wei
 
     assert out.dtype == gx.dtype == gw.dtype == dtype
     assert is_channels_last(out) == is_channels_last(x), out.stride()
+    return (x0, w0, gy), geo, (out.detach().cpu(), gx.cpu(), gw.cpu())
+
+
+def _check(case: dict, dtype: torch.dtype, input_layout: str = "contiguous", weight_layout: str = "contiguous"):
+    """Forward, grad_input and grad_weight of the triton backend against the float64 reference."""
+    (x0, w0, gy), geo, (out, gx, gw) = _run(case, dtype, input_layout, weight_layout)
     ref_gx, ref_gw = reference_grads(x0, w0, gy, *geo)
     info = f"case={case} dtype={dtype} layouts={input_layout}/{weight_layout}"
-    assert_matches_reference(out.cpu(), involution2d_reference(x0, w0, *geo), msg=f"forward {info}")
-    assert_matches_reference(gx.cpu(), ref_gx, msg=f"grad_input {info}")
-    assert_matches_reference(gw.cpu(), ref_gw, msg=f"grad_weight {info}")
+    assert_matches_reference(out, involution2d_reference(x0, w0, *geo), msg=f"forward {info}")
+    assert_matches_reference(gx, ref_gx, msg=f"grad_input {info}")
+    assert_matches_reference(gw, ref_gw, msg=f"grad_weight {info}")
 
 
 # ------------------------------------------------------------------------------------------- against the oracle
@@ -144,6 +151,28 @@ def test_low_precision_matches_reference(dtype: torch.dtype, name: str, layouts:
     _check(CASES[name], dtype, *layouts)
 
 
+# Long sums, where a kernel that accumulated in bfloat16/float16 would break the bound (its error grows with the
+# number of additions) though not the max|ref|-scaled tolerance above; small, for the interpreter. K=7: forward and
+# grad_input add 49 products per element; C/G = 64: grad_weight adds 64 (with a 3x3 kernel: the interpreter's
+# loops stay short).
+LONG_SUMS = {
+    "K7-taps": dict(n=1, c=8, g=1, kernel=(7, 7), hw=(6, 6), padding=(3, 3)),
+    "CG64-channels": dict(n=1, c=64, g=1, kernel=(3, 3), hw=(5, 6), padding=(1, 1)),
+}
+
+
+@in_process
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", list(LONG_SUMS))
+def test_low_precision_accumulates_in_float32(name: str, dtype: torch.dtype) -> None:
+    """Every element within half an ulp of its own value (plus the float32 sum's error bound) of the exact sum of
+    the already-rounded inputs. Compiled kernels round to nearest when storing; the interpreter truncates float32
+    to bfloat16, a full ulp."""
+    inputs, geo, results = _run(LONG_SUMS[name], dtype, "channels_last" if dtype == torch.bfloat16 else "contiguous")
+    truncates = dtype == torch.bfloat16 and BACKEND._load().INTERPRETED
+    assert_op_accumulates_in_float32(results, *inputs, geo, rounding_ulps=1.0 if truncates else 0.5, msg=name)
+
+
 @in_process
 def test_expanded_weight_and_channel_strided_input() -> None:
     """Zero strides (one kernel shared by the batch) and an input that steps over channels are read in place."""
@@ -170,6 +199,99 @@ def test_gradcheck_through_the_op() -> None:
 
     with use_backend("triton"):
         assert torch.autograd.gradcheck(fn, (x, w), fast_mode=True)
+
+
+# ---------------------------------------------------------------------------------------------- autotuning
+KERNELS = ["involution_fwd_kernel", "involution_bwd_input_kernel", "involution_bwd_weight_kernel"]
+
+
+def _dense(shape: tuple[int, ...], order: tuple[int, ...]) -> torch.Tensor:
+    """An empty tensor of ``shape`` whose dimensions are laid out from outermost to innermost in ``order``."""
+    return torch.empty([shape[d] for d in order]).permute(*[order.index(d) for d in range(len(shape))])
+
+
+def test_shape_class_buckets_sizes_and_tells_layouts_apart() -> None:
+    """The autotuner's stand-in for the exact shape: the next power of two of the input's and the output's pixel
+    counts, and which dimension of each tensor is innermost."""
+    nchw, nhwc, pixel_major, tap_major = (0, 1, 2, 3), (0, 2, 3, 1), (0, 1, 2, 3, 4, 5), (0, 4, 5, 1, 2, 3)
+
+    def key(hw: tuple[int, int], ohw: tuple[int, int], maps=nchw, weights=pixel_major) -> dict[str, int]:
+        a, b = _dense((2, 8, *hw), maps), _dense((2, 8, *ohw), maps)
+        return shape_class(a, _dense((2, 2, 3, 3, *ohw), weights), b)
+
+    assert key((5, 6), (5, 6)) == key((4, 8), (4, 8)) == key((1, 17), (3, 9))  # 30, 32 and 17, 27: bucket 32
+    assert key((5, 6), (5, 6))["IN_PIX_CLASS"] == 32
+    assert key((33, 64), (17, 32)) == key((64, 64), (32, 32))  # the next size in a bucket is not a new key ...
+    assert key((64, 65), (32, 32)) != key((64, 64), (32, 32))  # ... the first past a power of two is
+    assert key((64, 64), (32, 33)) != key((64, 64), (32, 32))
+    pairs = [(maps, weights) for maps in (nchw, nhwc) for weights in (pixel_major, tap_major)]
+    layouts = {key((6, 6), (3, 3), maps, weights)["LAYOUT_CLASS"] for maps, weights in pairs}
+    assert len(layouts) == 4  # NCHW / channels_last feature maps, pixel-major / tap-major weights
+
+
+def _tune_keys(case: dict, input_layout: str = "contiguous") -> dict[str, tuple]:
+    """The autotuner key each kernel gets in forward and backward of ``case``, taken from its arguments the way
+    Triton takes it (Triton then adds the tensors' dtypes)."""
+    kernels = BACKEND._load()
+    keys = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in KERNELS:
+            tuner = getattr(kernels, name)
+
+            def spy(*args, _tuner=tuner, _name=name, **kwargs):
+                named = {**dict(zip(_tuner.arg_names, args)), **kwargs}
+                keys[_name] = tuple(named[k] for k in _tuner.keys)
+                return type(_tuner).run(_tuner, *args, **kwargs)
+
+            mp.setattr(tuner, "run", spy)
+        _run(case, torch.float32, input_layout)
+    assert sorted(keys) == sorted(KERNELS)
+    return keys
+
+
+@in_process
+def test_autotune_key_is_the_shape_class_not_the_size() -> None:
+    """Image sizes in one power-of-two bucket share every kernel's tuned tile; another bucket or layout does not."""
+    kernels = BACKEND._load()
+    for name in KERNELS:
+        tuner = getattr(kernels, name)
+        assert not {"H", "W", "HO", "WO"} & set(tuner.keys)
+        assert not any(k[:2] in ("a_", "b_", "w_") for k in tuner.keys), tuner.keys  # no exact strides either
+    base = dict(n=1, c=4, g=1, kernel=(3, 3), padding=(1, 1))
+    keys = _tune_keys({**base, "hw": (5, 6)})  # 30 pixels in and out
+    assert _tune_keys({**base, "hw": (4, 8)}) == keys  # 32: the same bucket
+    bigger = _tune_keys({**base, "hw": (6, 6)})  # 36: the next bucket
+    assert all(bigger[name] != keys[name] for name in KERNELS), (bigger, keys)
+    # a channels_last input: forward and grad_weight read it (grad_input gets an NCHW grad_output from _run)
+    nhwc = _tune_keys({**base, "hw": (5, 6)}, "channels_last")
+    for name in ("involution_fwd_kernel", "involution_bwd_weight_kernel"):
+        assert nhwc[name] != keys[name], (nhwc, keys)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+@in_process
+def test_every_tuned_tile_gives_the_same_bits() -> None:
+    """Two processes may tune different tiles: each candidate config, forced in turn on all three kernels, gives
+    bit-identical forward and gradients (grad_weight's channel sum has one order whatever BLOCK_C is). C/G = 20
+    leaves a ragged channel block for every BLOCK_C."""
+    import triton
+
+    kernels = BACKEND._load()
+    tiles = [*kernels._GPU_TILES, kernels._INTERPRETER_TILE]
+    case = dict(n=1, c=20, g=1, kernel=(3, 3), hw=(5, 7), padding=(1, 1))  # 35 pixels: 2 blocks of 32
+    results = []
+    for block_p, block_c, warps in tiles:
+        config = triton.Config({"BLOCK_P": block_p, "BLOCK_C": block_c}, num_warps=warps)
+        with pytest.MonkeyPatch.context() as mp:
+            for name in KERNELS:
+                mp.setattr(getattr(kernels, name), "configs", [config])
+            results.append(_run(case, torch.float32, "channels_last")[2])
+    for tile, got in zip(tiles[1:], results[1:]):
+        for first, other, what in zip(results[0], got, ("forward", "grad_input", "grad_weight")):
+            assert torch.equal(_bits(first), _bits(other)), f"{what}: tile {tile} differs from {tiles[0]}"
 
 
 # ------------------------------------------------------------------------------------------------- routing

@@ -6,6 +6,9 @@ CUDA tensors fall back to the ``"torch"`` backend.
 
 The kernels read and write every tensor through its strides (NCHW, channels_last, a channels_last generator's
 output viewed as 6-D, sliced or permuted weights: no copies) and accumulate in float32 (float64 for float64).
+They are autotuned per shape class (:func:`shape_class`: powers of two of the pixel counts, the layouts), not per
+exact size, and every sum is taken in an order that does not depend on the tuned tile, so results are
+bit-identical whichever tile a process picked.
 
 With ``TRITON_INTERPRET=1`` in the environment before Triton is first imported (Triton reads it at import, when
 ``@triton.jit`` decorates, and at launch), Triton runs the kernels in its interpreter, on CPU tensors too:
@@ -35,6 +38,30 @@ def _interpret_requested() -> bool:
 def _strides(t: Tensor) -> tuple[int, ...]:
     # a dimension of size 1 is never stepped over, so its stride (possibly huge or 0) is irrelevant
     return tuple(0 if size == 1 else stride for size, stride in zip(t.shape, t.stride()))
+
+
+def _pixel_class(n_pix: int) -> int:
+    """The smallest power of two >= ``n_pix``: image sizes within one such bucket share a tuned tile."""
+    return 1 << max(0, n_pix - 1).bit_length()
+
+
+def _innermost(t: Tensor) -> int:
+    """The dimension of ``t`` (after the batch one) with the smallest stride among those longer than 1, the last
+    on a tie; 0 when there is none. It tells NCHW (3) from channels_last (1) feature maps, and pixel-major (5)
+    from tap-major (3: a generator's channels_last output viewed as 6-D) weights."""
+    steps = [(abs(st), -d) for d, (size, st) in enumerate(zip(t.shape, t.stride())) if d > 0 and size > 1]
+    return -min(steps)[1] if steps else 0
+
+
+def shape_class(a: Tensor, w: Tensor, b: Tensor) -> dict[str, int]:
+    """The kernels' shape-class arguments, which stand in the autotuner's key for the exact image size and strides:
+    ``a`` is the input-sized (N, C, H, W) tensor, ``w`` the (N, G, Kh, Kw, Ho, Wo) one, ``b`` the output-sized
+    (N, C, Ho, Wo) one."""
+    return {
+        "IN_PIX_CLASS": _pixel_class(a.shape[2] * a.shape[3]),
+        "OUT_PIX_CLASS": _pixel_class(b.shape[2] * b.shape[3]),
+        "LAYOUT_CLASS": _innermost(a) + 8 * _innermost(w) + 64 * _innermost(b),
+    }
 
 
 class TritonBackend:
@@ -136,6 +163,7 @@ class TritonBackend:
                 g, cg, h, wd, ho, wo,
                 *_strides(a), *_strides(w), *_strides(b),
                 *stride, *padding, *dilation,
+                **shape_class(a, w, b),
                 KH=kh, KW=kw, ACC=acc,
             )  # fmt: skip
 

@@ -10,7 +10,15 @@ channels, which is what makes the op bandwidth-bound rather than bound by reload
   (a gather, so every input pixel is written by exactly one program);
 * grad_weight: gw[tap, o] = sum_c gy[c, o] * x[c, in(o, tap)] over the group's channels, looped in the program.
 
-Products are accumulated in float32 (float64 for float64 tensors) and rounded once when stored.
+Products are accumulated in float32 (float64 for float64 tensors) and rounded once when stored. Every sum is taken
+in one fixed order (taps in row-major order; grad_weight's channels one by one, in channel order), whatever tile
+the autotuner picked: the tile only decides which program computes which elements, so every config, and so every
+process, gives the same bits.
+
+The autotuner keys on the shape class, not the exact shape: C/G, the kernel size and stride, the next powers of
+two of the input's and output's pixel counts and which dimension of each tensor is innermost (computed by
+``triton_impl.shape_class`` and passed as the otherwise unused ``*_CLASS`` arguments), and, added by Triton, the
+dtypes. A new image size in the same bucket reuses the tuned tile.
 
 ``TRITON_INTERPRET=1``, set before Triton is first imported in the process (Triton decorates its own library then,
 and ``@triton.jit`` reads it again when this module is imported), runs these kernels in Triton's interpreter, on
@@ -33,7 +41,8 @@ if isinstance(tl.cdiv, triton.JITFunction) == INTERPRETED:
     )
 
 # (BLOCK_P, BLOCK_C, num_warps) tried by the autotuner on a GPU. RedNet has 16 channels per group, so BLOCK_C=16
-# keeps a whole group in one program; the others cover few-channel groups and small feature maps.
+# keeps a whole group in one program; the others cover few-channel groups and small feature maps. In grad_weight,
+# BLOCK_C only unrolls the channel loop.
 _GPU_TILES = [
     (64, 16, 4),
     (128, 16, 4),
@@ -47,9 +56,9 @@ _GPU_TILES = [
 # Under the interpreter one small tile, so tests see several pixel blocks and channel blocks with ragged tails.
 _INTERPRETER_TILE = (64, 8, 1)
 
-# Kernel arguments the tuned tile depends on; Triton adds the tensors' dtypes. The input's channel stride tells
-# NCHW (H*W) from channels_last (1) apart, whose best tiles differ.
-_TUNE_KEY = ["CG", "H", "W", "HO", "WO", "KH", "KW", "a_sc"]
+# Kernel arguments the tuned tile depends on; Triton adds the tensors' dtypes. No exact image size: the *_CLASS
+# arguments bucket it.
+_TUNE_KEY = ["CG", "KH", "KW", "SH", "SW", "IN_PIX_CLASS", "OUT_PIX_CLASS", "LAYOUT_CLASS"]
 
 
 def _configs() -> list[triton.Config]:
@@ -105,6 +114,7 @@ def involution_fwd_kernel(
     w_sn, w_sg, w_su, w_sv, w_sh, w_sw,  # weight
     b_sn, b_sc, b_sh, b_sw,  # output y
     SH, SW, PH, PW, DH, DW,
+    IN_PIX_CLASS, OUT_PIX_CLASS, LAYOUT_CLASS,  # the autotuner's key only
     KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -145,6 +155,7 @@ def involution_bwd_input_kernel(
     w_sn, w_sg, w_su, w_sv, w_sh, w_sw,  # weight
     b_sn, b_sc, b_sh, b_sw,  # grad_output gy
     SH, SW, PH, PW, DH, DW,
+    IN_PIX_CLASS, OUT_PIX_CLASS, LAYOUT_CLASS,  # the autotuner's key only
     KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -184,16 +195,19 @@ def involution_bwd_weight_kernel(
     w_sn, w_sg, w_su, w_sv, w_sh, w_sw,  # grad_weight gw
     b_sn, b_sc, b_sh, b_sw,  # grad_output gy
     SH, SW, PH, PW, DH, DW,
+    IN_PIX_CLASS, OUT_PIX_CLASS, LAYOUT_CLASS,  # the autotuner's key only
     KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """gw (N, G, KH, KW, HO, WO): per tap and output pixel, the sum over the group's channels of gy * x.
 
     Launched with one program per (sample, group, pixel block): it loops over the group's channels itself, so
-    each gradient element is a plain sum, written once."""
-    n64, g, oi, oj, p_ok, offs_c = _program_tile(G, 1, HO * WO, WO, BLOCK_P, BLOCK_C)
+    each gradient element is a plain sum, written once. The channels are added one by one in channel order (no
+    tree reduction, whose order would follow the tile's layout), so the bits do not depend on the tuned config:
+    ``BLOCK_C`` only unrolls the loop, and the channels past C/G it pads with add exact zeros."""
+    n64, g, oi, oj, p_ok, _ = _program_tile(G, 1, HO * WO, WO, BLOCK_P, BLOCK_C)
     x_base = x_ptr + n64 * a_sn
-    gy_base = gy_ptr + n64 * b_sn + (oi * b_sh + oj * b_sw)[None, :]
+    gy_base = gy_ptr + n64 * b_sn + oi * b_sh + oj * b_sw
     gw_base = gw_ptr + n64 * w_sn + g * w_sg + oi * w_sh + oj * w_sw
     row0 = oi * SH - PH
     col0 = oj * SW - PW
@@ -201,18 +215,18 @@ def involution_bwd_weight_kernel(
     for u in range(KH):
         r = row0 + u * DH
         r_ok = p_ok & (r >= 0) & (r < H)
-        x_row = x_base + (r * a_sh)[None, :]
+        x_row = x_base + r * a_sh
         for v in range(KW):
             q = col0 + v * DW
-            ok = (r_ok & (q >= 0) & (q < W))[None, :]
-            x_pix = x_row + (q * a_sw)[None, :]
+            ok = r_ok & (q >= 0) & (q < W)
+            x_pix = x_row + q * a_sw
             acc = tl.zeros([BLOCK_P], dtype=ACC)
-            # gy's tile is the same for every tap; after the first tap it comes from L1/L2, not DRAM
+            # gy's pixels are the same for every tap; after the first tap they come from L1/L2, not DRAM
             for c0 in range(0, CG, BLOCK_C):
-                c = c0 + offs_c
-                chan = (g * CG + c)[:, None]
-                m = (c < CG)[:, None] & ok
-                gys = tl.load(gy_base + chan * b_sc, mask=m, other=0.0)
-                xs = tl.load(x_pix + chan * a_sc, mask=m, other=0.0)
-                acc += tl.sum(gys.to(ACC) * xs.to(ACC), axis=0)
+                for i in tl.static_range(BLOCK_C):
+                    chan = g * CG + c0 + i
+                    m = ok & (c0 + i < CG)
+                    gys = tl.load(gy_base + chan * b_sc, mask=m, other=0.0)
+                    xs = tl.load(x_pix + chan * a_sc, mask=m, other=0.0)
+                    acc += gys.to(ACC) * xs.to(ACC)
             tl.store(gw_base + u * w_su + v * w_sv, acc.to(gw_ptr.dtype.element_ty), mask=p_ok)
