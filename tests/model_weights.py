@@ -33,7 +33,10 @@ def randomise_weights(model: nn.Module, seed: int = 0) -> nn.Module:
       so activations neither vanish nor explode through a deep network;
     * normalisation scales (``weight`` of dimension 1, FrozenBatchNorm's too): uniform in [0.4, 0.9], never zero,
       so every residual branch adds something;
-    * biases and running means: normal, standard deviation 0.1; running variances: uniform in [0.5, 1.5].
+    * biases and running means: normal, standard deviation 0.1; running variances: uniform in [0.5, 1.5];
+    * an involution's kernel generator output (``conv2``) a further ``(Kh * Kw) ** -0.25`` smaller: the
+      aggregation sums Kh*Kw taps, and stacked involutions without statistics learnt from data otherwise explode
+      (an involutionized ResNet-18 reached inf); the involutions still matter (test_model_weights.py).
 
     Integer buffers (``num_batches_tracked``) are left alone. Returns ``model``.
     """
@@ -59,6 +62,9 @@ def randomise_weights(model: nn.Module, seed: int = 0) -> nn.Module:
             else:  # a normalisation layer's scale (or another vector parameter)
                 value = uniform(t, 0.4, 0.9)
             t.copy_(value)
+        for _, layer in involution_layers(model):
+            for p in layer.conv2.parameters():
+                p.mul_(math.prod(layer.kernel_size) ** -0.25)
     return model
 
 

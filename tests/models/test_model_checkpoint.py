@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from _rednet_parity import load_reference, parity_input, seeded_state_dict
+from _rednet_parity import load_reference, parity_input, seeded_state_dict  # the official parity's own weights
 
 from involution.models import (
     convert_official,
@@ -19,15 +19,14 @@ from involution.models import (
     save_checkpoint,
 )
 from involution.models._safetensors import read_safetensors
+from model_weights import randomise_weights, weights_matter
 
 SMALL = {"num_classes": 10, "width": 0.25, "zero_init_residual": False}
 
 
 def small_model(**kwargs):
-    """A narrow model with every weight and BN statistic random but tame (an untrained net explodes in eval)."""
-    model = create_model("rednet26_small", **{**SMALL, **kwargs}).eval()
-    model.load_state_dict(seeded_state_dict({k: list(v.shape) for k, v in model.state_dict().items()}))
-    return model
+    """A narrow model whose every involution matters (tests/model_weights.py)."""
+    return weights_matter(create_model("rednet26_small", **{**SMALL, **kwargs}))
 
 
 # -- own format ---------------------------------------------------------------------------------------------------
@@ -134,11 +133,26 @@ def test_numpy_scalars_in_metadata_are_fine(tmp_path):
 
 
 def test_features_only_round_trip(tmp_path):
-    backbone = create_model("rednet26_small", width=0.25, features_only=True, out_indices=(0, 1))
+    backbone = weights_matter(create_model("rednet26_small", width=0.25, features_only=True, out_indices=(0, 1)))
     path = save_checkpoint(backbone, tmp_path / "backbone.safetensors")
-    again = load_model(path)
+    again = load_model(path).eval()
     assert again.features_only and again.feature_info.channels() == [64, 128] and not hasattr(again, "layer3")
     assert again.state_dict().keys() == backbone.state_dict().keys()
+    x = torch.randn(2, 3, 12, 10)
+    with torch.no_grad():
+        for got, ref in zip(again(x), backbone(x), strict=True):
+            torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_features_only_model_gives_the_classifiers_intermediates(tmp_path):
+    """A backbone built from a classifier's checkpoint computes exactly the classifier's stage outputs."""
+    classifier = small_model()
+    path = save_checkpoint(classifier, tmp_path / "classifier.safetensors")
+    backbone = create_model("rednet26_small", checkpoint=path, features_only=True, **SMALL).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        for got, ref in zip(backbone(x), classifier.forward_intermediates(x), strict=True):
+            torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
 
 def test_other_architecture_is_refused_with_keys_listed(tmp_path):
@@ -177,8 +191,7 @@ def test_other_class_count_loads_backbone_and_reinitialises_head(tmp_path):
 def test_plain_torchvision_state_dict_loads_into_resnet50(tmp_path):
     import torchvision
 
-    torch.manual_seed(0)
-    ref = torchvision.models.resnet50().eval()
+    ref = randomise_weights(torchvision.models.resnet50()).eval()
     path = tmp_path / "tv.pth"
     torch.save(ref.state_dict(), path)
     model = create_model("resnet50", checkpoint=path).eval()
