@@ -1,14 +1,42 @@
-"""Shared fixtures: the backends that can run CPU tensors here, and the onnxruntime custom-op library."""
+"""Shared fixtures: the backends that can run CPU tensors here, and the onnxruntime custom-op library.
+
+The compiled pieces build on first use and, where they cannot, the package falls back (the op to pure PyTorch) and
+their tests skip. In CI that would hide a broken build behind a green run, so there the promised pieces are
+required: ``INVOLUTION_REQUIRE_BACKENDS`` (comma-separated: ``cpu``, ``onnxruntime``; default both when ``CI`` is
+set, none otherwise) turns their absence into failures that print the build error, and the op's fallback warning
+into an error.
+"""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
 from op_helpers import CPU_BACKENDS
 
+#: The compiled pieces a run must have: the C++ "cpu" backend of the op, the onnxruntime custom-op library.
+PROMISED = ("cpu", "onnxruntime")
+
+
+def required_backends() -> tuple[str, ...]:
+    default = ",".join(PROMISED) if os.environ.get("CI", "") not in ("", "0", "false") else ""
+    names = tuple(n.strip() for n in os.environ.get("INVOLUTION_REQUIRE_BACKENDS", default).split(",") if n.strip())
+    unknown = set(names) - set(PROMISED)
+    if unknown:
+        raise pytest.UsageError(f"INVOLUTION_REQUIRE_BACKENDS names {sorted(unknown)}; known: {', '.join(PROMISED)}")
+    return names
+
+
+def pytest_configure(config) -> None:
+    if "cpu" in required_backends():  # the pure-PyTorch fallback must never run unnoticed
+        config.addinivalue_line("filterwarnings", "error:involution. the fast:UserWarning")
+
 
 def pytest_report_header(config) -> str:
-    return f"involution CPU backends under test: {CPU_BACKENDS}"
+    required = required_backends()
+    return (f"involution CPU backends under test: {CPU_BACKENDS}; required: {', '.join(required) or 'none'} "
+            "(INVOLUTION_REQUIRE_BACKENDS)")
 
 
 @pytest.fixture(params=CPU_BACKENDS, scope="session")
@@ -27,5 +55,8 @@ def ort_library():
 
     reason = onnxruntime_library.unavailable_reason()
     if reason is not None:
-        pytest.skip(f"the onnxruntime custom-op library cannot be built here: {reason}")
+        message = f"the onnxruntime custom-op library cannot be built here: {reason}"
+        if "onnxruntime" in required_backends():
+            pytest.fail(message + " (required: INVOLUTION_REQUIRE_BACKENDS / CI)", pytrace=False)
+        pytest.skip(message)
     return onnxruntime_library.library_path()
