@@ -155,8 +155,10 @@ def _ablations(opts: StudyOptions) -> list[Cell]:
     if opts.quick:
         settings = [("kernel size K", "kernel_size", 3), ("kernel size K", "kernel_size", 7)]
     arms = [(f"{label}", value, _run(REDNET, opts, **{key: value})) for label, key, value in settings]
-    # the group-size and reduction-ratio conclusions (and their shared default, K = 7)
-    return _cells(opts, arms, key=lambda variant, value: variant != "kernel size K" or value == 7)
+    # the group-size conclusions (G = 1 underperforms, 4-8 channels per group help), r = 8 against the default r = 4,
+    # and the default itself (K = 7)
+    return _cells(opts, arms, key=lambda variant, value: variant == "channels per group" or (variant, value) in {
+        ("reduction ratio r", 4), ("reduction ratio r", 8), ("kernel size K", 7)})
 
 
 # -- 5. position information --------------------------------------------------------------------------------------
