@@ -1,7 +1,8 @@
 """The ``"cpu"`` backend: vectorised C++ kernels (``ops/csrc/involution_cpu.cpp``), compiled on first use.
 
 The extension is built once by ``torch.utils.cpp_extension.load`` and cached in ``TORCH_EXTENSIONS_DIR``
-(default ``~/.cache/torch_extensions``); a changed source or flag set rebuilds it. If it cannot be built (no
+(default ``~/.cache/torch_extensions``) under a name that hashes the source, the flags, the torch version and the
+Python version (:func:`extension_name`): environments on one machine never load or overwrite each other's builds. If it cannot be built (no
 compiler, ``INVOLUTION_DISABLE_CPU_EXT=1``), the backend reports itself unavailable with the reason and the op
 falls back to the ``"torch"`` backend.
 
@@ -11,8 +12,10 @@ copy out), bfloat16/float16 are computed in float32; weights are read in place t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -31,6 +34,14 @@ def _compile_flags() -> list[str]:
     simd = simd_flags()  # cpp_extension adds the C++ standard this torch needs
     # at::vec is scalar unless told which instruction set to use.
     return ["-O3", *simd, *(["-DCPU_CAPABILITY_AVX2"] if simd else [])]
+
+
+def extension_name(source: bytes, flags: list[str], torch_version: str = torch.__version__) -> str:
+    """The build's name: ``involution_cpu_<12 hex digits>``, a hash of everything the compiled library depends on."""
+    digest = hashlib.sha256()
+    for part in (source, " ".join(flags).encode(), torch_version.encode(), sys.version.encode()):
+        digest.update(len(part).to_bytes(8, "little") + part)
+    return f"involution_cpu_{digest.hexdigest()[:12]}"
 
 
 def _is_pixel_major(w: Tensor) -> bool:
@@ -64,10 +75,11 @@ class CpuBackend:
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             from torch.utils import cpp_extension
 
+            flags = _compile_flags()
             cpp_extension.load(
-                name="involution_cpu_ext",
+                name=extension_name(_SOURCE.read_bytes(), flags),
                 sources=[str(_SOURCE)],
-                extra_cflags=_compile_flags(),
+                extra_cflags=flags,
                 is_python_module=False,
                 verbose=os.environ.get("INVOLUTION_VERBOSE_BUILD", "") not in ("", "0"),
             )
