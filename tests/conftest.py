@@ -9,24 +9,10 @@ into an error.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
+from backend_requirements import required_backends
 from op_helpers import CPU_BACKENDS
-
-#: The compiled pieces a run must have: the C++ "cpu" backend of the op, the onnxruntime custom-op library.
-PROMISED = ("cpu", "onnxruntime")
-
-
-def required_backends() -> tuple[str, ...]:
-    default = ",".join(PROMISED) if os.environ.get("CI", "") not in ("", "0", "false") else ""
-    names = tuple(n.strip() for n in os.environ.get("INVOLUTION_REQUIRE_BACKENDS", default).split(",") if n.strip())
-    unknown = set(names) - set(PROMISED)
-    if unknown:
-        raise pytest.UsageError(f"INVOLUTION_REQUIRE_BACKENDS names {sorted(unknown)}; known: {', '.join(PROMISED)}")
-    return names
-
 
 def pytest_configure(config) -> None:
     if "cpu" in required_backends():  # the pure-PyTorch fallback must never run unnoticed

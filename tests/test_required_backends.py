@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROMISED, required_backends
+from backend_requirements import PROMISED, required_backends
 from involution.ops import backend_status
 
 
