@@ -160,6 +160,20 @@ def test_small_families_with_trained_weights_export_both_formats(name, kwargs, t
             assert _within_tolerance(result), (fmt, result)
 
 
+@pytest.mark.parametrize("fmt", ["exported-program", "onnx"])
+def test_small_model_exports_at_its_smallest_input(fmt, tmp_path):
+    """At 8x8 a RedNet-small's last map is 1x1, which torch.export cannot keep dynamic: the export fixes height and
+    width (saying so), keeps the batch dynamic, and matches eager (issue 21: it used to fail its own check)."""
+    model = weights_matter(create_model("rednet26_small", num_classes=10, width=0.25), seed=9)
+    assert model.pretrained_cfg["min_input_size"] == (3, 8, 8)
+    lines: list[str] = []
+    out = export_model(model, tmp_path / f"small.{fmt}", format=fmt, input_size=(3, 8, 8), log=lines.append)
+    assert any("cannot keep dynamic" in line for line in lines) and "vs eager" in lines[-1], lines
+    check = check_onnx if fmt == "onnx" else check_exported_program
+    result = check(out, model, (5, 3, 8, 8))
+    assert _within_tolerance(result), result
+
+
 def test_segmenter_and_detector_backbone_with_trained_weights_export(tmp_path):
     """Dense models export at a fixed size (torch.export's solver cannot yet prove the FPN's size constraints for
     dynamic shapes): the Semantic FPN with an involution neck, and a detector's backbone + involution FPN."""

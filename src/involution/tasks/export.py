@@ -132,19 +132,36 @@ def _example_shape(model: nn.Module, input_size: Sequence[int] | None, batch_siz
     return (int(batch_size), *size)
 
 
-def _check_shape(shape: tuple[int, int, int, int], dynamic: bool) -> tuple[int, int, int, int]:
-    """A different input than the example, to show that the dynamic dimensions really are dynamic."""
+def _check_shape(shape: tuple[int, int, int, int], dims: Sequence[int]) -> tuple[int, int, int, int]:
+    """A different input than the example along the dynamic dimensions ``dims``, to show that they really are."""
     n, c, h, w = shape
-    return (n + 1, c, h + 32, w + 16) if dynamic else shape
+    return (n + (0 in dims), c, h + 32 * (2 in dims), w + 16 * (3 in dims))
 
 
-def _dynamic_shapes(dynamic: bool) -> tuple[dict[int, Any], ...] | None:
+def _dynamic_shapes(dims: Sequence[int]) -> tuple[dict[int, Any], ...] | None:
     # Dim.AUTO lets torch.export work out the constraints itself (RedNets need H, W >= a few strides); named Dims
     # with hand-written ranges trip its solver on the ceil-mode pooling.
-    if not dynamic:
+    if not dims:
         return None
-    auto = torch.export.Dim.AUTO
-    return ({0: auto, 2: auto, 3: auto},)
+    return ({d: torch.export.Dim.AUTO for d in dims},)
+
+
+def _smallest_map(model: nn.Module, example: Tensor) -> int:
+    """The smallest height or width of any 4-D tensor a submodule of ``model`` returns for ``example``."""
+    sizes = [min(example.shape[-2:])]
+
+    def record(_module: nn.Module, _args: Any, out: Any) -> None:
+        if isinstance(out, Tensor) and out.dim() == 4:
+            sizes.append(min(out.shape[-2:]))
+
+    handles = [m.register_forward_hook(record) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return int(min(sizes))
 
 
 def _flat_outputs(out: Any) -> list[Tensor]:
@@ -289,7 +306,9 @@ def export_model(
         checkpoint: weights to load first (official mmcls ``.pth`` or this library's safetensors).
         input_size: the example input's ``(C, H, W)`` or ``(H, W)``; default ``model.pretrained_cfg["input_size"]``.
         batch_size: the example's batch (default 2: torch.export specialises a batch of 1 to a constant).
-        dynamic: batch, height and width dynamic (default); else fixed to the example's shape.
+        dynamic: batch, height and width dynamic (default); else fixed to the example's shape. Height and width
+            are fixed anyway when the example makes a feature map 1 pixel wide, and the batch when it is 1
+            (torch.export would specialise the program to those sizes); the log says so.
         num_classes: classifier outputs (a name only; default the model's 1000, 0: pooled features).
         verify: run the exported model (onnxruntime for ONNX, if installed; the loaded program otherwise) on a
             random input of another batch and size (if dynamic) and compare with eager PyTorch.
@@ -328,10 +347,20 @@ def export_model(
     model = load_export_model(model_or_name, checkpoint, num_classes, **model_kwargs)
     shape = _example_shape(model, input_size, batch_size)
     example = _random_input(shape)
+    dims: tuple[int, ...] = (0, 2, 3) if dynamic else ()
+    if dims and (size := _smallest_map(model, example)) < 2:
+        # torch.export assumes a dynamic size is never 0 or 1 and specialises the program to it when it is (a
+        # RedNet-small's last map at 8x8 is 1x1): such an example fixes the height and width.
+        dims = (0,)
+        say(f"at input {shape} a feature map is {size} pixel wide, which torch.export cannot keep dynamic: the "
+            "height and width are fixed to the example's (give a larger input size to keep them dynamic)")
+    if shape[0] < 2:
+        dims = tuple(d for d in dims if d != 0)  # likewise a batch of 1
+    names = {0: "batch", 2: "height", 3: "width"}
     say(f"tracing {getattr(model, 'model_name', type(model).__name__)} with torch.export on input {shape}"
-        + (" (dynamic batch, height, width)" if dynamic else " (static shape)"))
+        + (f" (dynamic {', '.join(names[d] for d in dims)})" if dims else " (static shape)"))
     with torch.inference_mode(False), torch.no_grad():
-        program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_shapes(dynamic))
+        program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_shapes(dims))
 
     if format == "onnx":
         _export_onnx(program, example, out, opset, onnx_ops)
@@ -340,7 +369,7 @@ def export_model(
             if importlib.util.find_spec("onnxruntime") is None:
                 say(f"onnxruntime not installed, run check skipped ({_INSTALL_HINT})")
             else:
-                say(str(_assert_close(check_onnx(out, model, _check_shape(shape, dynamic)), rtol)))
+                say(str(_assert_close(check_onnx(out, model, _check_shape(shape, dims)), rtol)))
     else:
         tmp = out.with_name(f"{out.stem}.tmp{out.suffix}")  # torch.export.save wants the .pt2 suffix kept
         torch.export.save(program, str(tmp))
@@ -348,5 +377,5 @@ def export_model(
         say(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB); load it with torch.export.load after "
             "`import involution`")
         if verify:
-            say(str(_assert_close(check_exported_program(out, model, _check_shape(shape, dynamic)), rtol)))
+            say(str(_assert_close(check_exported_program(out, model, _check_shape(shape, dims)), rtol)))
     return out
