@@ -13,6 +13,7 @@ from involution.layers import Involution2d
 from involution.models import create_model, load_model, ours_to_official, save_checkpoint
 from involution.models.detection import freeze_batchnorm
 from involution.ops import use_backend
+from model_weights import disabled, involution_sensitivity, randomise_weights, weights_matter
 
 # Official params (M) of the d-li14/involution model zoo, num_classes=80.
 OFFICIAL_PARAMS_M = {
@@ -62,22 +63,6 @@ def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def randomise(model, seed=0):
-    """Random but tame values for every float tensor (frozen BN statistics included), so outputs are non-trivial."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
-            elif name.endswith(("running_mean", "bias")):
-                t.copy_(torch.randn(t.shape, generator=gen) * 0.05)
-            else:
-                t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
-    return model
-
-
 def outputs(model, images):
     model.eval()
     with torch.no_grad():
@@ -90,6 +75,43 @@ def assert_same_outputs(a, b):
         assert x.keys() == y.keys()
         for key in x:
             torch.testing.assert_close(x[key], y[key], rtol=0, atol=0)
+
+
+# Fixed regions (x1, y1, x2, y2) inside both test images: the R-CNN heads' raw outputs are read on these, so that
+# they do not depend on which proposals survive the RPN's NMS.
+ROIS = torch.tensor([[4.0, 6.0, 40.0, 44.0], [20.0, 10.0, 60.0, 46.0], [0.0, 0.0, 63.0, 47.0]])
+
+
+def raw_outputs(model, images):
+    """The detector's continuous outputs, before any threshold, NMS or top-k, by name: every FPN level, the RPN
+    head's objectness and box deltas and the box (and mask) heads' outputs on ROIS (R-CNNs), or the RetinaNet head's
+    class logits and box regression. A wrong value anywhere moves these, where the final detections can hide it
+    (a box that drops out of the top 100) or change discontinuously (NMS)."""
+    model.eval()
+    with torch.no_grad():
+        batch, _ = model.transform(images)
+        features = model.backbone(batch.tensors)
+        levels = list(features.values())
+        out = {f"fpn.{name}": f for name, f in features.items()}
+        if hasattr(model, "head"):  # RetinaNet
+            out.update({f"head.{name}": t for name, t in model.head(levels).items()})
+            return out
+        objectness, deltas = model.rpn.head(levels)
+        out.update({f"rpn.objectness.{i}": t for i, t in enumerate(objectness)})
+        out.update({f"rpn.deltas.{i}": t for i, t in enumerate(deltas)})
+        heads, rois = model.roi_heads, [ROIS] * len(images)
+        box_features = heads.box_head(heads.box_roi_pool(features, rois, batch.image_sizes))
+        out["box.scores"], out["box.deltas"] = heads.box_predictor(box_features)
+        if heads.has_mask():
+            mask_features = heads.mask_head(heads.mask_roi_pool(features, rois, batch.image_sizes))
+            out["mask.logits"] = heads.mask_predictor(mask_features)
+    return out
+
+
+def assert_same_raw_outputs(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=lambda m, key=key: f"{key}: {m}")
 
 
 # -- sizes -------------------------------------------------------------------------------------------------------
@@ -148,7 +170,7 @@ def test_tiny_train_step_and_eval_outputs(kind, neck, head):
 
 
 def test_retinanet_never_outputs_the_background_label():
-    model = randomise(tiny("retinanet", score_thresh=0.0, detections_per_img=1000))
+    model = randomise_weights(tiny("retinanet", score_thresh=0.0, detections_per_img=1000))
     with torch.no_grad():  # make channel 0 the most confident class everywhere
         cls = model.head.classification_head.cls_logits
         cls.bias.view(-1, K + 1)[:, 0] = 20.0
@@ -253,13 +275,17 @@ def body_equals(body, reference, skip=()):
 
 
 def test_backbone_checkpoint_k7_loads_everything(tmp_path):
-    source = randomise(create_model("rednet50", stem_kernel_size=7, width=0.125), seed=1)
+    source = weights_matter(create_model("rednet50", stem_kernel_size=7, width=0.125), seed=1)
     path = tmp_path / "rednet50_k7.pth"
     torch.save(source.state_dict(), path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model = tiny("fasterrcnn", backbone_checkpoint=str(path))
     body_equals(model.backbone.body, source)
+    # the same maps as the classifier's stages, through the detector's FrozenBatchNorm2d layers
+    body, x = model.backbone.body.eval(), torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(body(x), source.forward_intermediates(x, body.out_indices))
     assert "backbone_checkpoint" not in model.model_kwargs  # weights travel in the model's own files
     safetensors = save_checkpoint(source, tmp_path / "rednet50_k7.safetensors")
     again = tiny("retinanet", backbone_checkpoint=str(safetensors))
@@ -267,7 +293,7 @@ def test_backbone_checkpoint_k7_loads_everything(tmp_path):
 
 
 def test_backbone_checkpoint_from_imagenet_k3_stem_warns_and_keeps_the_rest(tmp_path):
-    source = randomise(create_model("rednet50", width=0.125), seed=2)  # the ImageNet classifier: K=3 stem
+    source = randomise_weights(create_model("rednet50", width=0.125), seed=2)  # the ImageNet classifier: K=3 stem
     path = tmp_path / "rednet50_imagenet.pth"
     torch.save({"meta": {"epoch": 100}, "state_dict": ours_to_official(source.state_dict())}, path)  # mmcls layout
     fresh = tiny("fasterrcnn").backbone.body.stem[1].conv2.conv.weight.shape
@@ -336,6 +362,19 @@ def to_mmdet(state_dict, num_anchors=9):
     return out
 
 
+def without_background(raw):
+    """raw_outputs less what the background rows that an mmdet file does not hold compute (the box regression's
+    first 4 columns, the mask logits' first channel, RetinaNet's background logit): those rows keep the model's
+    fresh values, which torchvision never uses. mmdet's fc_cls does have a background row: box.scores stay whole."""
+    out = dict(raw)
+    for key, n in (("box.deltas", 4), ("mask.logits", 1)):
+        if key in out:
+            out[key] = out[key][:, n:]
+    if "head.cls_logits" in out:
+        out["head.cls_logits"] = out["head.cls_logits"][..., 1:]
+    return out
+
+
 MMDET_CASES = [
     ("fasterrcnn", "convolution", "convolution"),
     ("fasterrcnn", "involution", "involution"),
@@ -348,7 +387,7 @@ MMDET_CASES = [
 @pytest.mark.parametrize(("kind", "neck", "head"), MMDET_CASES)
 def test_mmdet_layout_checkpoint_gives_the_same_detector(tmp_path, kind, neck, head):
     extra = {"score_thresh": 0.0} if kind == "retinanet" else {"box_score_thresh": 0.0}
-    source = randomise(tiny(kind, neck=neck, head=head, **extra), seed=3)
+    source = weights_matter(tiny(kind, neck=neck, head=head, **extra), seed=3)
     sd = to_mmdet(source.state_dict())
     assert any(k.startswith("neck.fpn_convs.0.") for k in sd)
     if kind != "retinanet":
@@ -365,10 +404,11 @@ def test_mmdet_layout_checkpoint_gives_the_same_detector(tmp_path, kind, neck, h
     ref = outputs(source, images)
     assert sum(o["boxes"].shape[0] for o in ref) > 0
     assert_same_outputs(outputs(loaded, images), ref)
+    assert_same_raw_outputs(*(without_background(raw_outputs(m, images)) for m in (loaded, source)))
 
 
 def test_mmdet_checkpoint_of_another_neck_loads_the_backbone_and_warns(tmp_path):
-    source = randomise(tiny("fasterrcnn", neck="involution"), seed=4)
+    source = randomise_weights(tiny("fasterrcnn", neck="involution"), seed=4)
     path = tmp_path / "inv_neck.pth"
     torch.save({"state_dict": to_mmdet(source.state_dict())}, path)
     with pytest.warns(
@@ -384,14 +424,14 @@ def test_mmdet_checkpoint_of_another_neck_loads_the_backbone_and_warns(tmp_path)
 
 
 def test_own_state_dicts_round_trip(tmp_path):
-    source = randomise(tiny("maskrcnn", neck="involution", box_score_thresh=0.0), seed=5)
+    source = weights_matter(tiny("maskrcnn", neck="involution", box_score_thresh=0.0), seed=5)
     images, _ = images_and_targets()
-    ref = outputs(source, images)
+    ref, ref_raw = outputs(source, images), raw_outputs(source, images)
     path = tmp_path / "own.pth"
     torch.save(source.state_dict(), path)
-    assert_same_outputs(
-        outputs(tiny("maskrcnn", neck="involution", box_score_thresh=0.0, checkpoint=str(path)), images), ref
-    )
+    loaded = tiny("maskrcnn", neck="involution", box_score_thresh=0.0, checkpoint=str(path))
+    assert_same_outputs(outputs(loaded, images), ref)
+    assert_same_raw_outputs(raw_outputs(loaded, images), ref_raw)
     # this library's format: model_kwargs are JSON and rebuild the same detector
     json.dumps(source.model_kwargs)
     assert source.model_kwargs["num_classes"] == K and source.model_kwargs["neck"] == "involution"
@@ -399,10 +439,35 @@ def test_own_state_dicts_round_trip(tmp_path):
     rebuilt = load_model(saved)
     assert rebuilt.model_name == "maskrcnn_rednet50_fpn"
     assert_same_outputs(outputs(rebuilt, images), ref)
+    assert_same_raw_outputs(raw_outputs(rebuilt, images), ref_raw)
     # another class count: the class-dependent layers are skipped with a warning, the rest loads
     with pytest.warns(UserWarning, match=r"cls_score"):
         other = create_model("maskrcnn_rednet50_fpn", num_classes=5, neck="involution", checkpoint=str(saved), **TINY)
     torch.testing.assert_close(other.roi_heads.box_head.fc7.weight, source.roi_heads.box_head.fc7.weight)
+
+
+# Every comparison of two computations of a detector above is exact (rtol=0, atol=0), or within float32 rounding
+# (FrozenBatchNorm2d against BatchNorm2d). Under weights_matter, an involution layer that computed zeros must move
+# the compared outputs by far more than that: by at least this much, relative to the largest value of the output.
+MIN_EFFECT = 1e-3
+
+
+def test_compared_outputs_depend_on_every_involution_layer():
+    """The comparisons above cannot pass with a wrong involution path: in the detector with involutions everywhere
+    (body, neck, RPN head, mask head), with the weights of the mmdet round trip, every involution layer moves
+    raw_outputs, and one of the body and one of the neck move the final detections too."""
+    images, _ = images_and_targets()
+    model = weights_matter(tiny("maskrcnn", neck="involution", head="involution", box_score_thresh=0.0), seed=3)
+    scale = {name: t.abs().max() for name, t in raw_outputs(model, images).items()}
+    sensitivity = involution_sensitivity(model, lambda m: [t / scale[k] for k, t in raw_outputs(m, images).items()])
+    parts = ("backbone.body.", "backbone.fpn.", "rpn.head.", "roi_heads.mask_head.")
+    assert all(any(name.startswith(part) for name in sensitivity) for part in parts), sorted(sensitivity)
+    weakest = min(sensitivity, key=sensitivity.get)
+    assert sensitivity[weakest] > MIN_EFFECT, (weakest, sensitivity[weakest])
+    final = outputs(model, images)
+    for name in ("backbone.body.layer1.0.conv2", "backbone.fpn.layer_blocks.0"):
+        with disabled(model.get_submodule(name)), pytest.raises(AssertionError):
+            assert_same_outputs(outputs(model, images), final)
 
 
 # -- arguments -----------------------------------------------------------------------------------------------------

@@ -19,11 +19,17 @@ from involution.models import (
 from involution.models.backbone_init import load_backbone_checkpoint
 from involution.models.segmentation import Segmentor
 from involution.ops import use_backend
+from model_weights import involution_sensitivity, randomise_weights, weights_matter
 
 TINY_BACKBONE = {"width": 0.125}
 TINY_FPN = {"backbone_kwargs": TINY_BACKBONE, "neck_channels": 16, "head_channels": 8}
 TINY_UPER = {"backbone_kwargs": TINY_BACKBONE, "head_channels": 16, "aux_channels": 8}
 SIZE = (33, 47)  # odd on purpose: every level's size is rounded up and the 2x upsamplings overshoot
+# Every comparison of two computations of a segmentor here is exact (rtol=0, atol=0). Under weights_matter, an
+# involution layer that computed zeros must move the compared output by far more than rounding: by at least this
+# much, relative to the output's largest value. At width 1/8, weights_matter leaves some involution layer below
+# that at many seeds (the FPN below: under 1e-3 at 11 of 24 seeds, exactly 0 at 5); the seeds here were checked.
+MIN_EFFECT = 1e-3
 
 
 @pytest.fixture(autouse=True)
@@ -167,10 +173,8 @@ def _mmseg_file(model, path, **meta):
 
 
 def test_mmseg_checkpoint_loads_by_prefix(tmp_path):
-    torch.manual_seed(1)
-    src = create_model("upernet_rednet50", num_classes=5, **TINY_UPER)
-    src.train()(images())  # move the BN statistics off their defaults
-    path = _mmseg_file(src.eval(), tmp_path / "upernet.pth")
+    src = weights_matter(create_model("upernet_rednet50", num_classes=5, **TINY_UPER), seed=9)
+    path = _mmseg_file(src, tmp_path / "upernet.pth")
     torch.manual_seed(2)
     dst = create_model("upernet_rednet50", num_classes=5, checkpoint=path, **TINY_UPER).eval()
     with torch.no_grad():
@@ -180,7 +184,7 @@ def test_mmseg_checkpoint_loads_by_prefix(tmp_path):
     assert report.layout == "mmseg" and not report.head_reinitialised
     # the entry point's own checkpoint= (direct call) works too
     direct = create_model.__globals__["model_entrypoint"]("fpn_rednet50")
-    fpn_src = create_model("fpn_rednet50", neck="involution", **TINY_FPN)
+    fpn_src = randomise_weights(create_model("fpn_rednet50", neck="involution", **TINY_FPN), seed=2)
     fpn_path = _mmseg_file(fpn_src, tmp_path / "fpn.pth")
     fpn = direct(neck="involution", checkpoint=fpn_path, **TINY_FPN)
     for key, value in fpn_src.state_dict().items():
@@ -188,7 +192,7 @@ def test_mmseg_checkpoint_loads_by_prefix(tmp_path):
 
 
 def test_mmseg_checkpoint_other_classes_and_no_aux(tmp_path):
-    src = create_model("upernet_rednet50", num_classes=19, **TINY_UPER)
+    src = weights_matter(create_model("upernet_rednet50", num_classes=19, **TINY_UPER), seed=9)
     path = _mmseg_file(src, tmp_path / "cityscapes.pth")
     with pytest.warns(UserWarning, match="conv_seg do not match"):
         model = create_model("upernet_rednet50", num_classes=4, checkpoint=path, **TINY_UPER)
@@ -198,6 +202,8 @@ def test_mmseg_checkpoint_other_classes_and_no_aux(tmp_path):
     with pytest.warns(UserWarning, match="no auxiliary head"):
         no_aux = create_model("upernet_rednet50", aux_head=False, checkpoint=path, **TINY_UPER)
     assert torch.equal(no_aux.decode_head.conv_seg.weight, src.decode_head.conv_seg.weight)
+    with torch.no_grad():  # the auxiliary head only trains: without it, the same predictions
+        torch.testing.assert_close(no_aux.eval()(images(1))["out"], src(images(1))["out"], rtol=0, atol=0)
 
 
 def test_checkpoint_that_does_not_fit_is_an_error(tmp_path):
@@ -221,12 +227,18 @@ def test_checkpoint_that_does_not_fit_is_an_error(tmp_path):
 
 
 def test_own_safetensors_round_trip(tmp_path):
-    model = create_model("fpn_rednet50", neck="involution", num_classes=3, **TINY_FPN).eval()
+    model = weights_matter(create_model("fpn_rednet50", neck="involution", num_classes=3, **TINY_FPN), seed=8)
     path = save_checkpoint(model, tmp_path / "fpn.safetensors")
     rebuilt = load_model(path).eval()
     assert rebuilt.model_name == "fpn_rednet50" and rebuilt.model_kwargs == model.model_kwargs
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(images(1))["out"], model(images(1))["out"], rtol=0, atol=0)
+    # the comparisons of this file are not vacuous: every involution layer, the backbone's and the neck's, moves
+    # the predictions of a model under weights_matter by far more than their (zero) tolerance
+    sensitivity = involution_sensitivity(model, lambda m: m(images(1))["out"])
+    assert {name.split(".")[0] for name in sensitivity} == {"backbone", "neck"}
+    weakest = min(sensitivity, key=sensitivity.get)
+    assert sensitivity[weakest] > MIN_EFFECT, (weakest, sensitivity[weakest])
     report = load_checkpoint(create_model("fpn_rednet50", neck="involution", num_classes=3, **TINY_FPN), path)
     assert report.layout == "involution"
     uper = create_model("upernet_rednet50", num_classes=3, **TINY_UPER)
@@ -244,38 +256,48 @@ def test_in_chans_and_grad_checkpointing():
         backbone_kwargs={**TINY_BACKBONE, "grad_checkpointing": True},
         neck_channels=16,
         head_channels=8,
-    ).train()
+    )
+    weights_matter(model).train()
     assert model.pretrained_cfg["input_size"][0] == 1 and len(model.pretrained_cfg["mean"]) == 1
-    out = model(torch.randn(2, 1, *SIZE, requires_grad=True))["out"]
-    assert out.shape == (2, 19, *SIZE)
-    out.mean().backward()
+    assert model.backbone.grad_checkpointing
+    x = torch.randn(2, 1, *SIZE, generator=torch.Generator().manual_seed(0))
+    results = []
+    for checkpointing in (True, False):  # the same values and gradients with and without recomputation
+        model.backbone.set_grad_checkpointing(checkpointing)
+        model.zero_grad()
+        inputs = x.clone().requires_grad_()
+        torch.manual_seed(0)  # the heads' dropout
+        out = model(inputs)["out"]
+        assert out.shape == (2, 19, *SIZE)
+        out.square().mean().backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        results.append({"out": out.detach(), "input": inputs.grad, **grads})
+    for name, value in results[0].items():
+        torch.testing.assert_close(value, results[1][name], rtol=0, atol=0, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # -- backbone_checkpoint ------------------------------------------------------------------------------------------
 
 
-def _backbone_weights(model):
-    return {k: v for k, v in model.state_dict().items()}
-
-
 def test_backbone_checkpoint_k7_plain(tmp_path):
-    torch.manual_seed(3)
-    src = create_model("rednet50", stem_kernel_size=7, features_only=True, **TINY_BACKBONE)
+    src = weights_matter(create_model("rednet50", stem_kernel_size=7, features_only=True, **TINY_BACKBONE), seed=3)
     path = tmp_path / "k7.pth"
     torch.save(src.state_dict(), path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model = create_model("fpn_rednet50", backbone_checkpoint=path, **TINY_FPN)
     assert model.backbone_load_report.reinitialised == []
-    for key, value in _backbone_weights(src).items():
+    for key, value in src.state_dict().items():
         assert torch.equal(model.backbone.state_dict()[key], value), key
+    with torch.no_grad():
+        for got, want in zip(model.backbone.eval()(images()), src(images()), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert "backbone_checkpoint" not in model.model_kwargs  # a path is no constructor argument
 
 
 @pytest.mark.parametrize("fmt", ["official", "safetensors"])
 def test_backbone_checkpoint_k3_classifier(tmp_path, fmt):
-    torch.manual_seed(4)
-    cls = create_model("rednet50", num_classes=10, **TINY_BACKBONE)  # the ImageNet layout: K=3 stem, fc
+    cls = randomise_weights(create_model("rednet50", num_classes=10, **TINY_BACKBONE), seed=4)  # ImageNet: K=3 stem, fc
     if fmt == "official":
         path = tmp_path / "rednet50_mmcls.pth"
         torch.save({"meta": {"epoch": 100}, "state_dict": ours_to_official(cls.state_dict())}, path)
