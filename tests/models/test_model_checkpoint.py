@@ -119,8 +119,57 @@ def test_missing_file():
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": small_model().state_dict(), "obj": warnings.WarningMessage}, path)
-    with pytest.raises(ValueError, match="evil.pth.*weights_only"):
+    with pytest.raises(ValueError, match=r"evil.pth.*Python objects.*warnings.WarningMessage") as info:
         create_model("rednet26_small", checkpoint=path, **SMALL)
+    assert "weights_only" not in str(info.value)
+
+
+def _not_checkpoints(tmp_path):
+    """Files that are no checkpoint: text beginning with each byte that once crashed the pickle reader, random bytes
+    (some behind a pickle's or a zip's first bytes), an empty file, a zip of something else, cut torch files."""
+    import random
+    import zipfile
+
+    files = {f"text-{c}": f"{c} note\n".encode() for c in "at.Kq"}
+    files.update({f"char-{c}": c.encode() for c in "at.Kq"})
+    rng = random.Random(0)
+    for i in range(12):
+        files[f"random-{i}"] = rng.randbytes(rng.randrange(1, 3000))
+        files[f"pickle-{i}"] = b"\x80\x02" + rng.randbytes(rng.randrange(0, 300))
+    files["zip-random"] = b"PK\x03\x04" + rng.randbytes(500)
+    files["empty"] = b""
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": small_model().state_dict()}, good)
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"state_dict": small_model().state_dict()}, legacy, _use_new_zipfile_serialization=False)
+    for name, source in (("zip", good), ("legacy", legacy)):
+        data = source.read_bytes()
+        for cut in (1, 9, 40, 200, len(data) // 3, len(data) - 30):
+            files[f"{name}-cut-{cut}"] = data[:cut]
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as z:
+        z.writestr("readme.txt", "hello")
+    files["other-zip"] = other.read_bytes()
+    paths = []
+    for name, data in files.items():
+        path = tmp_path / f"{name}.pth"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def test_files_that_are_no_checkpoint_give_one_error_naming_them(tmp_path):
+    from involution.models.checkpoint import read_torch_file
+
+    for path in _not_checkpoints(tmp_path):
+        for read in (read_checkpoint, read_torch_file, load_model,
+                     lambda p: create_model("rednet26_small", checkpoint=p, **SMALL)):
+            with pytest.raises(ValueError) as info:
+                read(path)
+            message = str(info.value)
+            assert str(path) in message, message
+            assert "not a PyTorch or safetensors checkpoint" in message or "truncated or corrupt" in message, message
+            assert "weights_only" not in message, message
 
 
 def test_numpy_scalars_in_metadata_are_fine(tmp_path):

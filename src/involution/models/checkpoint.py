@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import warnings
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, refuse_same_file
 from ._safetensors import read_safetensors, write_safetensors
 
 FORMAT = "involution"
@@ -70,29 +70,63 @@ def _numpy_scalar_globals() -> list[Any]:
     return [core.multiarray.scalar, np.dtype, *dtypes]
 
 
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive (PyTorch >= 1.6)
+_LEGACY_MAGIC = torch.serialization.MAGIC_NUMBER.to_bytes(10, "little")  # pickled first by the legacy format
+_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")  # the object a weights_only load refused
+
+
+def _head(path: Path, n: int = 32) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _is_torch_file(head: bytes) -> bool:
+    """Whether ``head`` begins a ``torch.save`` file: a zip archive, or the legacy format's pickled magic number."""
+    return head.startswith(_ZIP_MAGIC) or (head.startswith(b"\x80") and _LEGACY_MAGIC in head)
+
+
+def _not_a_checkpoint(path: Path, head: bytes) -> ValueError:
+    """The error for a file that is neither kind of checkpoint: what it begins with, so it can be recognised."""
+    what = "it is empty" if not head else f"it begins with {head[:16]!r}"
+    return ValueError(f"{path}: not a PyTorch or safetensors checkpoint ({what})")
+
+
 def read_torch_file(path: Path) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU; ``ValueError`` naming the file if it is corrupt or holds code."""
+    """``torch.load(path, weights_only=True)`` on the CPU, for untrusted files: ``ValueError`` naming the file when
+    it is no ``torch.save`` file, is truncated or corrupt, or holds Python objects (which are never unpickled).
+
+    Whatever a damaged file makes the unpickler raise (IndexError, struct.error, AssertionError ...) becomes that one
+    error, and torch's advice to load with ``weights_only=False`` (which would run the file's code) never reaches it.
+    """
+    path = Path(path)
+    head = _head(path)
+    if not _is_torch_file(head):
+        raise _not_a_checkpoint(path, head)
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - an untrusted file's bytes can make the unpickler raise anything
+        text = str(err)
+        found = _GLOBAL.search(text) if isinstance(err, pickle.UnpicklingError) else None
+        if found:
+            raise ValueError(
+                f"{path}: refused to load: the file holds Python objects other than tensors, numbers, strings and "
+                f"containers ({found.group(1)}); such files are never unpickled here, as that could run their code"
+            ) from None
+        cause = text.strip().splitlines()[0][:160] if text.strip() else ""
+        if isinstance(err, pickle.UnpicklingError) or "weights_only" in text or not cause:
+            cause = type(err).__name__
         raise ValueError(
-            f"{path}: refused to load: the file holds Python objects other than tensors and plain containers, "
-            f"and is only read with weights_only=True ({err})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise ValueError(
-            f"{path}: could not read the checkpoint; the file may be truncated or corrupt ({type(err).__name__}: {err})"
+            f"{path}: not a readable PyTorch checkpoint: the file is truncated or corrupt ({cause})"
         ) from None
 
 
 def _is_safetensors(path: Path) -> bool:
     if path.suffix == ".safetensors":
         return True
-    with open(path, "rb") as f:
-        head = f.read(9)
+    head = _head(path, 9)
     # An 8-byte little-endian header length, then the JSON header's '{'; torch files start with 'PK' or 0x80.
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 32)
 
@@ -282,7 +316,6 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: Mapping
     temporary name in the same folder and renamed over ``path``, so a crash never leaves a half-written file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     kwargs, dropped = _jsonable_kwargs(getattr(model, "model_kwargs", {}) or {})
     if dropped:
         warnings.warn(
@@ -379,6 +412,7 @@ def convert_official(src: str | os.PathLike, dst: str | os.PathLike, name: str |
     from .registry import create_model
 
     src = Path(src)
+    refuse_same_file(src, dst)
     state_dict, _ = read_checkpoint(src)
     if not is_official_layout(state_dict):
         raise ValueError(f"{src}: not an official mmcls checkpoint (no 'backbone.' keys)")

@@ -2,11 +2,13 @@
 per-epoch history, best weights. A task subclasses :class:`TrainingLoop` and supplies its data, model, step and
 validation (classification: :mod:`.classification.training`; detection and segmentation: :mod:`.dense.training`).
 
-Reliability: ``last.pt`` is written atomically at the end of every epoch and on a stop; resuming restores model,
-optimizer, schedule, loss scaler, every RNG state, the position inside the epoch and the epoch's running sums, so
-an interrupted-and-resumed run equals an uninterrupted one exactly on the CPU. The first Ctrl-C stops after the
-current step and saves; a non-finite loss stops the run with advice, keeping the last good checkpoint; resuming
-with another model, or from a damaged file, is refused with a message.
+Reliability: ``last.pt`` is written atomically at the end of every epoch (after ``best.safetensors``, so it never
+records a best that is not on disk) and on a stop; resuming restores model, optimizer, schedule, loss scaler, every
+RNG state, the position inside the epoch and the epoch's running sums, so an interrupted-and-resumed run equals an
+uninterrupted one exactly on the CPU, and makes the best weights agree with last.pt's record after a crash between
+the two writes. The first Ctrl-C stops after the current step and saves; a non-finite loss stops the run with
+advice, keeping the last good checkpoint; resuming with another model, or from a damaged file, is refused with a
+message.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from ..models import count_params, save_checkpoint
+from ..models._safetensors import read_safetensors
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum
 from .run_dir import TensorBoard, new_run_dir, provenance, write_csv, write_json
 from .runtime import NonFiniteLossError, StopFlag, autocast, select_device
@@ -60,7 +63,13 @@ def saved_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: {path} not found (is {run_dir} a run directory?)")
-    return json.loads(path.read_text())
+    try:
+        values = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot resume: {path} is not a JSON file ({err})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"cannot resume: {path} does not hold a run's configuration (a JSON object)")  # noqa: TRY004
+    return values
 
 
 class TrainingLoop(ABC):
@@ -171,11 +180,13 @@ class TrainingLoop(ABC):
         value = float(loss.item())
         bad = not math.isfinite(value)
         if self.agree(bad):
+            last = self.ckpt_dir / "last.pt"
+            kept = (f"the last good checkpoint is {last}" if last.is_file()
+                    else "no checkpoint was written yet, so there is nothing to resume")
             raise NonFiniteLossError(
                 f"the training loss is non-finite ({value if bad else 'on another process'}) at epoch "
-                f"{self.epoch + 1}, step {self.step_in_epoch + 1}; stopped without saving this state (the last good "
-                f"checkpoint is {self.ckpt_dir / 'last.pt'}). Try a lower --lr, --clip-grad, longer --warmup-epochs, "
-                "or --amp bf16 instead of fp16"
+                f"{self.epoch + 1}, step {self.step_in_epoch + 1}; stopped without saving this state ({kept}). "
+                "Try a lower --lr, --clip-grad, longer --warmup-epochs, or --amp bf16 instead of fp16"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -252,7 +263,40 @@ class TrainingLoop(ABC):
         self.history = list(state["history"])
         self.best, self.best_epoch, self.elapsed = state["best"], state["best_epoch"], state["elapsed"]
         self.load_extra_state(state)
+        self.reconcile_best(path)
         self.log(f"resumed {self.run_dir} at epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch}")
+
+    def reconcile_best(self, last: Path) -> None:
+        """Make the resumed record of the best agree with ``best.safetensors`` after a crash between their writes.
+
+        The file written by the crashed attempt at an epoch this run repeats is adopted with its score; a missing
+        or older file (a version that wrote last.pt first, or a deleted file) is rewritten when last.pt's weights
+        are those of the best epoch, and otherwise reported and the best chosen again from the epochs to come.
+        """
+        if self.best_epoch < 1:
+            return
+        best = self.ckpt_dir / "best.safetensors"
+        try:
+            meta = read_safetensors(best, metadata_only=True)[1] if best.is_file() else {}
+            epoch, score = json.loads(meta.get("epoch", "null")), json.loads(meta.get(self.score_key, "null"))
+        except ValueError:  # damaged (JSONDecodeError is a ValueError): as if missing
+            epoch, score = None, None
+        if epoch == self.best_epoch:
+            return
+        if isinstance(epoch, int) and epoch > self.epoch and isinstance(score, (int, float)):
+            self.best, self.best_epoch = float(score), epoch
+            self.log(f"note: {best} holds epoch {epoch} of the interrupted attempt, which this run repeats")
+            return
+        found = "missing" if epoch is None else f"holds epoch {epoch}"
+        if (self.epoch, self.step_in_epoch) == (self.best_epoch, 0):  # last.pt holds the best epoch's weights
+            self.save_weights("best.safetensors", {"epoch": self.best_epoch, self.score_key: self.best})
+            self.log(f"note: {best} was {found}; rewrote it with epoch {self.best_epoch}'s weights from {last}")
+            return
+        warnings.warn(
+            f"{best} is {found}, but {last} records the best {self.score_key} {self.best:.4g} at epoch "
+            f"{self.best_epoch}, whose weights are no longer on disk (a crash between the two writes, or a removed "
+            "file); the best weights are chosen again from the epochs still to come", stacklevel=2)
+        self.best, self.best_epoch = -math.inf, -1
 
     # -- outputs --------------------------------------------------------------------------------------------------
 
@@ -365,8 +409,8 @@ class TrainingLoop(ABC):
             self.best, self.best_epoch = score, row["epoch"]
         self.tb.scalars({f"epoch/{k}": v for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))},
                         row["epoch"])
-        self.save_state()
-        if improved:
+        if improved:  # the weights first: last.pt never records a best that is not on disk
             self.save_weights("best.safetensors", {"epoch": row["epoch"], self.score_key: score})
+        self.save_state()
         self.write_metrics("running")
         self.log(self.epoch_message(row))

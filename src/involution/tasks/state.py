@@ -16,11 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, io_failure
 from ..models.checkpoint import read_torch_file
 
 FORMAT = "involution-train"
 FORMAT_VERSION = 1
+# What every training checkpoint holds (tasks add their own entries, e.g. classification's data_spec).
+REQUIRED_KEYS = ("model_name", "model_kwargs", "model", "optimizer", "scheduler", "scaler", "rng", "epoch",
+                 "step_in_epoch", "global_step", "sums", "history", "best", "best_epoch", "elapsed")
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DistributedDataParallel
 
 
@@ -85,7 +88,10 @@ def save_training_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write a training checkpoint atomically (temporary file in the same folder, then rename)."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as err:  # e.g. a full disk: "enforce fail at inline_container.cc ... unexpected pos"
+            raise io_failure(err) from err
     return Path(path)
 
 
@@ -97,6 +103,13 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     state = read_torch_file(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path}: not a training checkpoint of this library (no format={FORMAT!r} entry)")
-    if state.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: written by a newer version (format {state['format_version']}); upgrade involution")
+    version = state.get("format_version", 0)
+    if not isinstance(version, int):
+        raise ValueError(f"{path}: not a training checkpoint of this library (format_version {version!r})")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path}: written by a newer version (format {version}); upgrade involution")
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"{path}: an incomplete training checkpoint (no {', '.join(missing)}): damaged, or written "
+                         "by another program")
     return state

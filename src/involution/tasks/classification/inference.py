@@ -50,6 +50,8 @@ def load_classifier(
     if path.suffix == ".pt":
         state = _maybe_training_state(path)
         if state is not None:
+            if "data_spec" not in state:
+                raise ValueError(f"{path}: a training checkpoint without a data_spec entry: not a classification run's")
             spec = DataSpec.from_dict(json.loads(state["data_spec"]))
             net = create_model(state["model_name"], **state["model_kwargs"])
             net.load_state_dict(state["model"])
