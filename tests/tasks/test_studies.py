@@ -27,6 +27,11 @@ def test_every_study_has_quick_cells_and_shared_baselines_train_once():
     # the cells a conclusion hangs on (1% and 100%) run 5 seeds, the others 3
     assert {c.group for c in full["data_regime"] if c.seed >= 3} == {0.01, 1.0}
     assert {c.group for c in full["data_regime"]} == {0.01, 0.05, 0.2, 1.0}
+    five = {name: {(c.variant, c.group) for c in cells if c.seed == 4} for name, cells in full.items()}
+    assert {g for _, g in five["width"]} == {0.5} and not five["position"]
+    assert {g for _, g in five["components"]} == {"depthwise", "static_shared", "dynamic", "involution"}
+    assert five["ablations"] == {("channels per group", g) for g in (4, 8, 16, 4096)} | {
+        ("reduction ratio r", 4), ("reduction ratio r", 8), ("kernel size K", 7)}
     assert all(c.train["data"] == "fashion-mnist" for cells in full.values() for c in cells)
 
 
