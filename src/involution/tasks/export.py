@@ -146,22 +146,37 @@ def _dynamic_shapes(dims: Sequence[int]) -> tuple[dict[int, Any], ...] | None:
     return ({d: torch.export.Dim.AUTO for d in dims},)
 
 
-def _smallest_map(model: nn.Module, example: Tensor) -> int:
-    """The smallest height or width of any 4-D tensor a submodule of ``model`` returns for ``example``."""
-    sizes = [min(example.shape[-2:])]
+def _map_sizes(model: nn.Module, x: Tensor) -> list[tuple[int, int]]:
+    """The (height, width) of every 4-D tensor the submodules of ``model`` return for ``x``, in call order."""
+    sizes: list[tuple[int, int]] = []
 
     def record(_module: nn.Module, _args: Any, out: Any) -> None:
         if isinstance(out, Tensor) and out.dim() == 4:
-            sizes.append(min(out.shape[-2:]))
+            sizes.append((int(out.shape[-2]), int(out.shape[-1])))
 
     handles = [m.register_forward_hook(record) for m in model.modules()]
     try:
         with torch.no_grad():
-            model(example)
+            model(x)
     finally:
         for handle in handles:
             handle.remove()
-    return int(min(sizes))
+    return sizes
+
+
+def _degenerate_map(model: nn.Module, example: Tensor) -> tuple[int, int] | None:
+    """A feature map size that follows the input's and is 1 pixel at ``example`` (None if there is none).
+
+    A map whose size is 1 whatever the input (a global pooling's) does not count: only sizes that change with the
+    input are symbolic in the exported program.
+    """
+    n, c, h, w = example.shape
+    at_example = _map_sizes(model, example)
+    at_double = _map_sizes(model, example.new_zeros(n, c, 2 * h, 2 * w))
+    for small, large in zip(at_example, at_double):
+        if any(a == 1 and b != 1 for a, b in zip(small, large)):
+            return small
+    return None
 
 
 def _flat_outputs(out: Any) -> list[Tensor]:
@@ -348,12 +363,13 @@ def export_model(
     shape = _example_shape(model, input_size, batch_size)
     example = _random_input(shape)
     dims: tuple[int, ...] = (0, 2, 3) if dynamic else ()
-    if dims and (size := _smallest_map(model, example)) < 2:
+    if dims and (size := _degenerate_map(model, example)) is not None:
         # torch.export assumes a dynamic size is never 0 or 1 and specialises the program to it when it is (a
         # RedNet-small's last map at 8x8 is 1x1): such an example fixes the height and width.
         dims = (0,)
-        say(f"at input {shape} a feature map is {size} pixel wide, which torch.export cannot keep dynamic: the "
-            "height and width are fixed to the example's (give a larger input size to keep them dynamic)")
+        say(f"at input {shape} a feature map is {size[0]}x{size[1]}, and torch.export cannot keep a size of 1 "
+            "dynamic: the height and width are fixed to the example's (give a larger input size to keep them "
+            "dynamic)")
     if shape[0] < 2:
         dims = tuple(d for d in dims if d != 0)  # likewise a batch of 1
     names = {0: "batch", 2: "height", 3: "width"}
