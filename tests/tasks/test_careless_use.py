@@ -134,3 +134,105 @@ def test_rednet_involution_arguments_are_checked(kwargs, word):
     with pytest.raises((ValueError, TypeError)) as err:
         create_model("rednet26_small", num_classes=10, **kwargs)
     assert word in str(err.value), str(err.value)
+
+
+# -- a run directory is owned by one process ---------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("INVOLUTION_DEBUG", None)
+    return env
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, f"{path} did not appear in time"
+        time.sleep(0.2)
+
+
+def test_a_second_run_on_the_same_out_is_refused_and_a_killed_run_frees_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "involution", "train", "--epochs", "200", "--model-kwargs", "width=0.125",
+           "--out", str(out), "--no-progress"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    try:
+        _wait_for(out / "provenance.json", first)  # written after config.json
+        config = (out / "config.json").read_text()
+        provenance = (out / "provenance.json").read_text()
+        # the second run, in this process: refused at once, naming the first one's PID
+        rc = main(["train", "--epochs", "1", "--model-kwargs", "width=0.125", "--out", str(out), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and str(first.pid) in err and str(out) in err and "Traceback" not in err, err
+        assert first.poll() is None, "the first run goes on"
+        assert (out / "config.json").read_text() == config and (out / "provenance.json").read_text() == provenance
+        assert json.loads(config)["epochs"] == 200
+        # --resume is refused as well (it would rewrite last.pt under the first run)
+        rc = main(["train", "--resume", "--out", str(out), "--no-progress"])
+        assert rc == 2 and str(first.pid) in capsys.readouterr().err
+    finally:
+        first.kill()  # SIGKILL: no clean-up code runs; the OS releases the lock
+        first.wait(timeout=60)
+
+    # what a SIGKILLed writer leaves behind: temporary files of a dead process
+    (out / "checkpoints").mkdir(exist_ok=True)
+    stale = [out / "checkpoints" / ".last.pt.99999999.tmp", out / ".metrics.json.99999999.tmp", out / ".tmpk3j2x9"]
+    for path in stale:
+        path.write_bytes(b"\0" * 1000)
+    kept = out / "notes.tmp"  # not one of ours: a user's file is never removed
+    kept.write_text("mine")
+    # a new run can take the directory; it fails later here (no such data), after clearing the litter
+    rc = main(["train", "--epochs", "1", "--data", "cifar10", "--data-dir", str(tmp_path / "none"), "--out", str(out),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "none" in err and "in use" not in err, err
+    assert not any(p.exists() for p in stale) and kept.exists()
+
+
+def test_the_lock_is_exclusive_between_processes_and_released(tmp_path, capsys):
+    from involution.tasks.run_dir import RunDirBusy, lock_run_dir
+
+    run = tmp_path / "run"
+    script = (f"import sys, time; sys.path[:0] = {sys.path!r}\n"
+              "from involution.tasks.run_dir import lock_run_dir\n"
+              f"lock = lock_run_dir({str(run)!r}); print('locked', flush=True); time.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirBusy, match=f"process {holder.pid}"):
+            lock_run_dir(run)
+        for command in (["detect", "train"], ["segment", "train"]):
+            rc = main([*command, "--epochs", "1", "--out", str(run), "--no-progress"])
+            err = capsys.readouterr().err
+            assert rc == 2 and f"process {holder.pid}" in err and "Traceback" not in err, err
+        assert [p.name for p in run.iterdir()] == [".lock"], "the refused runs wrote nothing"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    lock = lock_run_dir(run)  # free again after the crash
+    assert (run / ".lock").read_text().strip() == str(os.getpid())
+    with pytest.raises(RunDirBusy):
+        lock_run_dir(run)  # also against another opening in the same process
+    lock.release()
+    lock_run_dir(run).release()
+
+
+def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path):
+    from involution.tasks.run_dir import remove_stale_temp_files
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "nested").mkdir()
+    dead = [run / "checkpoints" / ".last.pt.99999999.tmp", run / ".config.json.99999999.tmp", run / ".tmpab12cd"]
+    alive = [run / f".eval-digits.json.{os.getppid()}.tmp"]  # a live writer (e.g. an eval of this run)
+    other = [run / "checkpoints" / "last.pt", run / "notes.tmp", run / ".lock"]
+    (run / "nested" / ".lock").write_text("")  # a run directory of its own inside: not ours to clean
+    foreign = run / "nested" / ".x.99999999.tmp"
+    for path in [*dead, *alive, *other, foreign]:
+        path.write_text("x")
+    assert sorted(remove_stale_temp_files(run)) == sorted(dead)
+    assert not any(p.exists() for p in dead) and all(p.exists() for p in [*alive, *other, foreign])
