@@ -321,7 +321,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .tasks.export import export_model
 
     try:
-        export_model(
+        out = export_model(
             args.model,
             args.out,
             format=args.format,
@@ -338,6 +338,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except ImportError as exc:  # a missing optional package: the message names the pip install
         print(f"involution export: error: {exc}", file=sys.stderr)
         return 2
+    print(f"wrote {out}")
     return 0
 
 

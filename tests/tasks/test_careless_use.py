@@ -236,3 +236,64 @@ def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path):
         path.write_text("x")
     assert sorted(remove_stale_temp_files(run)) == sorted(dead)
     assert not any(p.exists() for p in dead) and all(p.exists() for p in [*alive, *other, foreign])
+
+
+# -- export never destroys its input or leaves a broken output ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory) -> Path:
+    model = create_model("rednet26_small", num_classes=10, width=0.125)
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "small.safetensors")
+
+
+def test_export_refuses_to_overwrite_its_checkpoint(small_checkpoint, tmp_path, capsys):
+    ckpt = tmp_path / "small.safetensors"
+    ckpt.write_bytes(small_checkpoint.read_bytes())
+    before = ckpt.read_bytes()
+    alias = tmp_path / "alias.safetensors"
+    alias.symlink_to(ckpt)
+    for out in (ckpt, alias, tmp_path / "." / "small.safetensors"):
+        rc = main(["export", "--model", "rednet26_small", "--checkpoint", str(ckpt), "--out", str(out),
+                   "--format", "exported-program", "--input-size", "3", "8", "8"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "same file" in err and "Traceback" not in err, err
+        assert ckpt.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias.safetensors", "small.safetensors"]
+
+
+def test_export_to_a_directory_is_a_clear_error(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rc = main(["export", "--model", "rednet26_small", "--out", str(folder), "--format", "exported-program",
+               "--input-size", "3", "8", "8", "--num-classes", "10"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "directory" in err and str(folder) in err and "Traceback" not in err, err
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+@pytest.mark.parametrize("fmt", ["exported-program", "onnx"])
+def test_a_failed_export_leaves_nothing_at_out(fmt, tmp_path, monkeypatch):
+    from involution.layers import Involution2d
+    from involution.tasks import export
+
+    if fmt == "onnx":
+        pytest.importorskip("onnxscript")
+        pytest.importorskip("onnxruntime")
+
+    def disagree(path, model, shape, *args):
+        assert Path(path).is_file()
+        raise RuntimeError("exported model disagrees with eager PyTorch (simulated)")
+
+    monkeypatch.setattr(export, "check_exported_program", disagree)
+    monkeypatch.setattr(export, "check_onnx", disagree)
+    layer = Involution2d(16, kernel_size=3)
+    out = tmp_path / ("layer.pt2" if fmt != "onnx" else "layer.onnx")
+    with pytest.raises(RuntimeError, match="simulated"):
+        export.export_model(layer, out, format=fmt, input_size=(16, 8, 8))
+    assert list(tmp_path.iterdir()) == [], "no broken file at --out, no temporary file"
+    # an older good export at --out survives a failed one
+    out.write_bytes(b"previous export")
+    with pytest.raises(RuntimeError, match="simulated"):
+        export.export_model(layer, out, format=fmt, input_size=(16, 8, 8))
+    assert out.read_bytes() == b"previous export" and list(tmp_path.iterdir()) == [out]
