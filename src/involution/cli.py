@@ -453,8 +453,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("INVOLUTION_DEBUG"):
             raise
         # User errors (missing file, bad checkpoint, bad shape) already say what to fix; no traceback needed.
-        print(f"involution {args.command}: error: {exc}", file=sys.stderr)
+        print(f"involution {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc``; for an error re-raised from a DataLoader worker process (whose message carries the
+    worker's traceback), the worker's own last line, e.g. ``ValueError: DIR/cat.jpg: the image file is truncated``."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        return f"{lines[-1]} (in a data-loader worker)"
+    return text
 
 
 if __name__ == "__main__":

@@ -297,3 +297,103 @@ def test_a_failed_export_leaves_nothing_at_out(fmt, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated"):
         export.export_model(layer, out, format=fmt, input_size=(16, 8, 8))
     assert out.read_bytes() == b"previous export" and list(tmp_path.iterdir()) == [out]
+
+
+# -- image errors name the file ----------------------------------------------------------------------------------
+
+
+def _png(path: Path, size: int = 16, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _truncated_png(path: Path) -> Path:
+    data = _png(path, 64).read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _bomb_png(path: Path, width: int = 40000, height: int = 40000) -> Path:
+    """A small PNG whose header claims ``width x height`` pixels (a decompression bomb to Pillow)."""
+    data = bytearray(_png(path, 4).read_bytes())
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _segmentation_item(path: Path) -> object:
+    """Item 0 of a generic-layout segmentation folder whose only image is ``path``."""
+    from involution.tasks.segmentation.data import SegmentationFolderDataset
+
+    root = path.parent / "seg"
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "classes.json").write_text('["a", "b"]')
+    (root / "images" / "train" / path.name).write_bytes(path.read_bytes())
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "labels" / "train" / f"{path.stem}.png")
+    return SegmentationFolderDataset(root, "train")[0]
+
+
+def _detection_item(path: Path) -> object:
+    """Item 0 of a COCO detection set whose only image is ``path``."""
+    from involution.tasks.detection.data import CocoDetectionDataset
+
+    coco = {"images": [{"id": 1, "file_name": path.name, "width": 16, "height": 16}], "annotations": [],
+            "categories": [{"id": 1, "name": "a"}]}
+    (path.parent / "ann.json").write_text(json.dumps(coco))
+    return CocoDetectionDataset(path.parent, path.parent / "ann.json")[0]
+
+
+@pytest.mark.parametrize("make, words", [
+    (_truncated_png, ["truncated"]),
+    (_bomb_png, ["1600000000 pixels", "decompression bomb"]),
+    (lambda p: (p.write_text("hello"), p)[1], ["not an image"]),
+], ids=["truncated", "bomb", "text"])
+@pytest.mark.parametrize("reader", ["predict", "dense-predict", "segmentation-data", "detection-data"])
+def test_unreadable_images_are_named_by_every_reader(make, words, reader, tmp_path):
+    from involution.tasks.classification.data import DataSpec
+    from involution.tasks.classification.inference import read_image
+    from involution.tasks.dense.inference import read_rgb
+
+    path = make(tmp_path / "bad.png")
+    spec = DataSpec("digits", [str(i) for i in range(10)], 1, 8, [0.5], [0.5])
+    read = {"predict": lambda p: read_image(p, spec), "dense-predict": read_rgb,
+            "segmentation-data": _segmentation_item, "detection-data": _detection_item}[reader]
+    with pytest.raises(ValueError) as err:
+        read(path)
+    message = str(err.value)
+    assert path.name in message and all(w in message for w in words), message
+
+
+def test_predict_names_a_truncated_or_oversized_image(tmp_path, capsys):
+    from involution.tasks.classification.data import DataSpec
+
+    spec = DataSpec("digits", [str(i) for i in range(10)], 1, 8, [0.5], [0.5])  # what a digits run records
+    model = create_model("rednet26_small", num_classes=10, in_chans=1, width=0.125)
+    ckpt = save_checkpoint(model, tmp_path / "digits.safetensors", metadata={"data_spec": spec.to_dict()})
+    good = _png(tmp_path / "good.png")
+    assert main(["predict", "--checkpoint", str(ckpt), str(good)]) == 0
+    capsys.readouterr()
+    for bad in (_truncated_png(tmp_path / "cut.png"), _bomb_png(tmp_path / "bomb.png")):
+        rc = main(["predict", "--checkpoint", str(ckpt), str(good), str(bad)])
+        err = capsys.readouterr().err
+        assert rc == 2 and str(bad) in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_training_on_an_image_folder_names_a_broken_file(workers, tmp_path, capsys):
+    root = tmp_path / "images"
+    for split, count in (("train", 4), ("val", 2)):
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True)
+            for i in range(count):
+                _png(root / split / label / f"{i}.png", 12, seed=i)
+    bad = _truncated_png(root / "train" / "b" / "2.png")
+    rc = main(["train", "--data", "imagefolder", "--data-dir", str(root), "--image-size", "8", "--model",
+               "rednet26_small", "--model-kwargs", "width=0.125", "--batch-size", "8", "--epochs", "1",
+               "--no-augment", "--workers", workers, "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(bad) in err and "truncated" in err and "Traceback" not in err, err
