@@ -9,7 +9,50 @@ import argparse
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from ._checks import accepted_int, accepted_number, check_int, check_number
+
+# -- option types: every value checked when the command line is parsed, so a bad one fails at once with a message
+# naming the option and what it accepts ("argument --eval-every: must be an integer >= 1, got '0'"), not after an
+# epoch of training
+
+
+def int_option(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        try:
+            return check_int("value", int(text), low, high)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {accepted_int(low, high)}, got {text!r}") from None
+
+    return parse
+
+
+def float_option(
+    low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number within the bounds (``*_open``: the bound itself excluded)."""
+
+    def parse(text: str) -> float:
+        try:
+            return check_number("value", float(text), low, high, low_open, high_open)
+        except (TypeError, ValueError):
+            accepted = accepted_number(low, high, low_open, high_open)
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}") from None
+
+    return parse
+
+
+positive_int = int_option(low=1)
+non_negative_int = int_option(low=0)
+seed_int = int_option(low=0, high=2**32 - 1)  # NumPy's seeds are 32-bit
+positive_float = float_option(low=0.0, low_open=True)
+non_negative_float = float_option(low=0.0)
+fraction_below_1 = float_option(low=0.0, high=1.0, high_open=True)  # [0, 1)
+fraction_above_0 = float_option(low=0.0, high=1.0, low_open=True)  # (0, 1]
+fraction_in_0_1 = float_option(low=0.0, high=1.0)  # [0, 1]
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -194,29 +237,29 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", choices=DATASETS, help="data set (default digits)")
     g.add_argument("--data-dir", help="folder of the data set files (fashion-mnist, cifar10, imagefolder)")
-    g.add_argument("--image-size", type=int, help="train/test image size (default: the recipe's)")
-    g.add_argument("--val-fraction", type=float, help="share of the training split held out for validation")
-    g.add_argument("--train-fraction", type=float,
+    g.add_argument("--image-size", type=positive_int, help="train/test image size (default: the recipe's)")
+    g.add_argument("--val-fraction", type=fraction_below_1, help="share of the training split held out for validation")
+    g.add_argument("--train-fraction", type=fraction_above_0,
                    help="train on this share of the training split (stratified, fixed per --seed)")
     g.add_argument("--no-augment", action="store_true", help="no random crops/flips")
-    g.add_argument("--workers", type=int, help="data-loader worker processes (default 0)")
+    g.add_argument("--workers", type=non_negative_int, help="data-loader worker processes (default 0)")
     g = p.add_argument_group("model")
     g.add_argument("--model", help="registry name (see `involution models`), e.g. rednet26_small, resnet26_small")
     g.add_argument("--model-kwargs", nargs="+", metavar="KEY=VALUE", help="model arguments, e.g. width=0.25")
     g.add_argument("--checkpoint", help="initial weights (fine-tuning): any file create_model(checkpoint=) reads")
     g = p.add_argument_group("optimisation")
     g.add_argument("--recipe", choices=sorted(RECIPES), help="defaults to take (default: the data set's)")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int, help="global batch (split across torchrun processes)")
-    g.add_argument("--lr", type=float, help="peak learning rate (default: base lr scaled by batch size)")
+    g.add_argument("--epochs", type=positive_int)
+    g.add_argument("--batch-size", type=positive_int, help="global batch (split across torchrun processes)")
+    g.add_argument("--lr", type=positive_float, help="peak learning rate (default: base lr scaled by batch size)")
     g.add_argument("--optimizer", choices=("sgd", "adamw"))
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--momentum", type=fraction_below_1)
+    g.add_argument("--weight-decay", type=non_negative_float)
+    g.add_argument("--warmup-epochs", type=non_negative_float)
     g.add_argument("--schedule", choices=("cosine", "constant"))
-    g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradient norm to NORM")
-    g.add_argument("--seed", type=int)
+    g.add_argument("--label-smoothing", type=fraction_below_1)
+    g.add_argument("--clip-grad", type=positive_float, metavar="NORM", help="clip the gradient norm to NORM")
+    g.add_argument("--seed", type=seed_int)
     g = p.add_argument_group("speed")
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), help="autocast precision (bf16 on the CPU)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
@@ -225,12 +268,12 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--compile-backend", help="torch.compile backend (default inductor)")
     g.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun (GPUs)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    g.add_argument("--threads", type=int, help="CPU threads per process")
+    g.add_argument("--threads", type=positive_int, help="CPU threads per process")
     g = p.add_argument_group("run")
     g.add_argument("--out", help="run directory (default: a new folder under runs/)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    g.add_argument("--eval-every", type=int, metavar="EPOCHS")
-    g.add_argument("--log-every", type=int, metavar="STEPS", help="TensorBoard step-loss interval")
+    g.add_argument("--eval-every", type=positive_int, metavar="EPOCHS")
+    g.add_argument("--log-every", type=positive_int, metavar="STEPS", help="TensorBoard step-loss interval")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 
@@ -239,19 +282,19 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--data", required=True, choices=DATASETS)
     e.add_argument("--data-dir")
     e.add_argument("--model", help="architecture, for checkpoints that do not record it (official files)")
-    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--batch-size", type=positive_int, default=256)
     e.add_argument("--out", help="where to write eval-DATA.json and confusion-DATA.png (default: the run directory)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     e.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     e.add_argument("--channels-last", action="store_true")
-    e.add_argument("--workers", type=int, default=0)
+    e.add_argument("--workers", type=non_negative_int, default=0)
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_cmd_eval)
 
     r = sub.add_parser("predict", help="top-k classes of image files")
     r.add_argument("--checkpoint", required=True, help="run directory, best.safetensors, last.pt or another checkpoint")
     r.add_argument("images", nargs="+", metavar="IMAGE")
-    r.add_argument("--topk", type=int, default=5)
+    r.add_argument("--topk", type=positive_int, default=5)
     r.add_argument("--model", help="architecture, for checkpoints that do not record it (official files)")
     r.set_defaults(func=_cmd_predict)
 
@@ -260,8 +303,9 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("image", nargs="?", metavar="IMAGE", help="image file (not needed with --layer list)")
     v.add_argument("--layer", help="involution layer name, or 'list' to print them "
                    "(default: the last involution of the first stage)")
-    v.add_argument("--pixel", type=int, nargs=2, metavar=("Y", "X"),
-                   help="where to show the K x K kernels, in the preprocessed input (default: its centre)")
+    v.add_argument("--pixel", type=int_option(), nargs=2, metavar=("Y", "X"),
+                   help="where to show the K x K kernels, in the preprocessed input (default: its centre; the "
+                   "range, which depends on the model's input size, is checked once the checkpoint is read)")
     v.add_argument("--reduce", choices=("sum", "norm"), default="sum",
                    help="per-pixel reduction of each kernel for the heat maps (default sum, as in the paper)")
     v.add_argument("--out", help="PNG to write (default: kernels-IMAGE-LAYER.png in the run directory)")
@@ -277,7 +321,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .tasks.export import export_model
 
     try:
-        export_model(
+        out = export_model(
             args.model,
             args.out,
             format=args.format,
@@ -294,6 +338,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except ImportError as exc:  # a missing optional package: the message names the pip install
         print(f"involution export: error: {exc}", file=sys.stderr)
         return 2
+    print(f"wrote {out}")
     return 0
 
 
@@ -336,10 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
 
     info = sub.add_parser("info", help="versions, backends, a correctness check and a quick timing")
-    info.add_argument("--batch", type=int, default=8)
-    info.add_argument("--channels", type=int, default=64)
-    info.add_argument("--size", type=int, default=56)
-    info.add_argument("--repeats", type=int, default=10)
+    info.add_argument("--batch", type=positive_int, default=8)
+    info.add_argument("--channels", type=positive_int, default=64)
+    info.add_argument("--size", type=positive_int, default=56)
+    info.add_argument("--repeats", type=positive_int, default=10)
     info.set_defaults(func=_cmd_info)
 
     models = sub.add_parser("models", help="list the registered model names")
@@ -348,8 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     summ = sub.add_parser("summary", help="parameters and multiply-adds of a model, per stage")
     summ.add_argument("model", help="registry name, e.g. rednet50")
-    summ.add_argument("--input-size", type=int, nargs="+", metavar="N", help="C H W or H W (default: the model's)")
-    summ.add_argument("--depth", type=int, default=1, help="1: stages, 2: blocks too")
+    summ.add_argument("--input-size", type=positive_int, nargs="+", metavar="N",
+                      help="C H W or H W (default: the model's)")
+    summ.add_argument("--depth", type=positive_int, default=1, help="1: stages, 2: blocks too")
     summ.set_defaults(func=_cmd_summary)
 
     convert = sub.add_parser("convert", help="convert an official mmcls RedNet checkpoint to safetensors")
@@ -363,12 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", help="weights: an official mmcls .pth or this library's safetensors")
     export.add_argument("--format", choices=("onnx", "exported-program"), default="onnx")
     export.add_argument("--out", required=True, help="output file, e.g. rednet50.onnx or rednet50.pt2")
-    export.add_argument("--input-size", type=int, nargs="+", metavar="N",
+    export.add_argument("--input-size", type=positive_int, nargs="+", metavar="N",
                         help="example input C H W or H W (default: the model's pretrained_cfg input_size)")
-    export.add_argument("--batch", type=int, default=2, help="example batch (default 2; the batch stays dynamic)")
-    export.add_argument("--num-classes", type=int, help="classifier outputs (default: the model's 1000)")
+    export.add_argument("--batch", type=positive_int, default=2,
+                        help="example batch (default 2; the batch stays dynamic)")
+    export.add_argument("--num-classes", type=non_negative_int, help="classifier outputs (default: the model's 1000)")
     export.add_argument("--static", action="store_true", help="fix batch, height and width to the example's")
-    export.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    export.add_argument("--opset", type=int_option(low=18), help="ONNX opset, 18 or later (default: the exporter's)")
     export.add_argument("--onnx-ops", choices=("standard", "custom"), default="standard",
                         help="involution as standard ONNX operators (any runtime; default) or as one custom node "
                              "per layer for onnxruntime with this package's C++ library (2.4x faster for RedNet-50)")
@@ -381,11 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--quick", action="store_true", help="a seconds-long smoke test on digits (numbers mean nothing)")
     study.add_argument("--out", help="where the cells' runs and results.jsonl live (default runs/studies[-quick])")
     study.add_argument("--report-dir", help="where the report goes (default OUT/reports), e.g. docs/studies")
-    study.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every arm")
-    study.add_argument("--key-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+    study.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2], help="seeds of every arm")
+    study.add_argument("--key-seeds", type=seed_int, nargs="+", default=[0, 1, 2, 3, 4],
                        help="seeds of the arms a study's conclusions hang on")
     study.add_argument("--report-only", action="store_true", help="train nothing; report the finished cells")
-    study.add_argument("--threads", type=int, help="CPU threads per run (1 lets two studies share 2 cores)")
+    study.add_argument("--threads", type=positive_int, help="CPU threads per run (1 lets two studies share 2 cores)")
     study.add_argument("--no-progress", action="store_true")
     study.set_defaults(func=_cmd_study)
 
@@ -406,8 +453,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("INVOLUTION_DEBUG"):
             raise
         # User errors (missing file, bad checkpoint, bad shape) already say what to fix; no traceback needed.
-        print(f"involution {args.command}: error: {exc}", file=sys.stderr)
+        print(f"involution {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc``; for an error re-raised from a DataLoader worker process (whose message carries the
+    worker's traceback), the worker's own last line, e.g. ``ValueError: DIR/cat.jpg: the image file is truncated``."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        return f"{lines[-1]} (in a data-loader worker)"
+    return text
 
 
 if __name__ == "__main__":

@@ -58,6 +58,15 @@ def _cmd_dense_predict(args: argparse.Namespace) -> int:
 
 
 def add_dense_parsers(sub: argparse._SubParsersAction) -> None:
+    from .cli import (
+        fraction_below_1,
+        fraction_in_0_1,
+        non_negative_float,
+        non_negative_int,
+        positive_float,
+        positive_int,
+        seed_int,
+    )
     from .tasks.dense import DATASETS
 
     for task, (what, models) in _TASK_HELP.items():
@@ -75,12 +84,12 @@ def add_dense_parsers(sub: argparse._SubParsersAction) -> None:
         g.add_argument("--data-dir", help="the data set root; with --data scenes the folder holding FashionMNIST/raw")
         g.add_argument("--scenes-dir", help="where generated scenes go (default runs/scenes/<settings>)")
         g.add_argument("--scene-source", choices=("fashion-mnist", "digits"))
-        g.add_argument("--num-train", type=int, help="generated training scenes")
-        g.add_argument("--num-val", type=int, help="generated validation scenes")
-        g.add_argument("--image-size", type=int, help="scene size (detection: also the resize target)")
+        g.add_argument("--num-train", type=positive_int, help="generated training scenes")
+        g.add_argument("--num-val", type=positive_int, help="generated validation scenes")
+        g.add_argument("--image-size", type=positive_int, help="scene size (detection: also the resize target)")
         if task == "segment":
-            g.add_argument("--crop-size", type=int, help="random square training crop")
-        g.add_argument("--workers", type=int)
+            g.add_argument("--crop-size", type=positive_int, help="random square training crop")
+        g.add_argument("--workers", type=non_negative_int)
         g = p.add_argument_group("model")
         g.add_argument("--model", help=models)
         g.add_argument("--model-kwargs", nargs="+", metavar="KEY=VALUE",
@@ -88,21 +97,22 @@ def add_dense_parsers(sub: argparse._SubParsersAction) -> None:
         g.add_argument("--checkpoint", help="whole-model weights to start from (ours, or official mmdet/mmseg)")
         g.add_argument("--backbone-checkpoint", help="ImageNet RedNet-50 weights (official mmcls .pth or ours)")
         g = p.add_argument_group("optimisation")
-        for flag, kind in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--momentum", float),
-                           ("--weight-decay", float), ("--warmup-epochs", float), ("--clip-grad", float),
-                           ("--seed", int)):
+        for flag, kind in (("--epochs", positive_int), ("--batch-size", positive_int), ("--lr", positive_float),
+                           ("--momentum", fraction_below_1), ("--weight-decay", non_negative_float),
+                           ("--warmup-epochs", non_negative_float), ("--clip-grad", positive_float),
+                           ("--seed", seed_int)):
             g.add_argument(flag, type=kind)
         g.add_argument("--schedule", choices=("cosine", "constant"))
         if task == "segment":
-            g.add_argument("--aux-weight", type=float, help="auxiliary-head loss weight (official 0.4)")
+            g.add_argument("--aux-weight", type=non_negative_float, help="auxiliary-head loss weight (official 0.4)")
         g.add_argument("--amp", choices=("none", "bf16", "fp16"))
         g.add_argument("--device", choices=("auto", "cpu", "cuda"))
-        g.add_argument("--threads", type=int)
+        g.add_argument("--threads", type=positive_int)
         g = p.add_argument_group("run")
         g.add_argument("--out", help="run directory (default: a new folder under runs/)")
         g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-        g.add_argument("--eval-every", type=int, metavar="EPOCHS")
-        g.add_argument("--log-every", type=int, metavar="STEPS")
+        g.add_argument("--eval-every", type=positive_int, metavar="EPOCHS")
+        g.add_argument("--log-every", type=positive_int, metavar="STEPS")
         g.add_argument("--no-progress", action="store_true")
         p.set_defaults(func=_cmd_dense_train)
 
@@ -110,8 +120,8 @@ def add_dense_parsers(sub: argparse._SubParsersAction) -> None:
         e.add_argument("--checkpoint", required=True, help="run directory or its best/last.safetensors")
         e.add_argument("--data", choices=DATASETS[task], help="default: the run's own")
         e.add_argument("--data-dir")
-        e.add_argument("--batch-size", type=int, default=4)
-        e.add_argument("--pictures", type=int, default=8, help="validation images to draw (predictions/)")
+        e.add_argument("--batch-size", type=positive_int, default=4)
+        e.add_argument("--pictures", type=non_negative_int, default=8, help="validation images to draw (predictions/)")
         e.add_argument("--out", help="where eval-DATA.json and predictions/ go (default: the run directory)")
         e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
         e.add_argument("--no-progress", action="store_true")
@@ -120,7 +130,8 @@ def add_dense_parsers(sub: argparse._SubParsersAction) -> None:
         r = actions.add_parser("predict", help="draw the predictions on image files")
         r.add_argument("--checkpoint", required=True, help="run directory or its best/last.safetensors")
         r.add_argument("images", nargs="+", metavar="IMAGE")
-        r.add_argument("--threshold", type=float, default=0.5, help="detections scoring below it are not drawn")
+        r.add_argument("--threshold", type=fraction_in_0_1, default=0.5,
+                       help="detections scoring below it are not drawn")
         r.add_argument("--out", help="folder for the pictures (default RUN/predictions)")
         r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
         r.set_defaults(func=_cmd_dense_predict)

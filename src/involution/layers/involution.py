@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .._checks import check_flag, check_int
 from ..ops import involution2d
 from ..ops._shapes import IntOrPair, pair
 from .conv_norm_act import ConvNormAct, LayerFactory
@@ -68,8 +69,12 @@ class Involution2d(nn.Module):
         coord_channels: bool = False,
     ) -> None:
         super().__init__()
-        self.recompute_kernel = recompute_kernel
-        self.coord_channels = coord_channels
+        self.recompute_kernel = check_flag("recompute_kernel", recompute_kernel)
+        self.coord_channels = check_flag("coord_channels", coord_channels)
+        for name, value in (("channels", channels), ("reduction_ratio", reduction_ratio),
+                            ("group_channels", group_channels), ("groups", groups), ("out_channels", out_channels)):
+            if value is not None:
+                check_int(name, value)  # the type; the ranges are checked below
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
         self.dilation = pair(dilation, "dilation")

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_int
 from ..ops import involution2d
 from .conv_norm_act import LayerFactory
 from .involution import Involution2d
@@ -38,6 +39,8 @@ SPATIAL_KINDS = ("involution", "dynamic", "static_shared", "depthwise", "attenti
 
 
 def _check_common(channels: int, kernel_size: int, stride: int, groups: int) -> None:
+    for name, value in (("channels", channels), ("kernel_size", kernel_size), ("stride", stride), ("groups", groups)):
+        check_int(name, value)  # the type; the ranges are checked below
     if channels < 1:
         raise ValueError(f"channels must be >= 1, got {channels}")
     if kernel_size < 1 or kernel_size % 2 == 0:
@@ -205,7 +208,7 @@ def spatial_layer(
         raise ValueError(f"spatial kind must be one of {', '.join(SPATIAL_KINDS)}; got {kind!r}")
     if coord_channels and kind not in ("involution", "dynamic"):
         raise ValueError(f"coord_channels=True needs a kernel generator: kind 'involution' or 'dynamic', not {kind!r}")
-    groups = max(1, channels // group_channels)
+    groups = max(1, channels // check_int("group_channels", group_channels, low=1))
     if kind in ("involution", "dynamic"):
         return Involution2d(
             channels,

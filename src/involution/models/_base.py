@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .._checks import check_flag, check_int, check_number
+
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
 
 
@@ -63,25 +65,34 @@ def scaled_channels(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
+# The widest multiplier accepted: 16 already gives a RedNet-50 of about 4 billion parameters; a typo such as
+# width=1e6 must not make the process allocate until the machine runs out of memory.
+MAX_WIDTH = 16.0
+
+
 def check_stage_args(layers: Sequence[int], width: float, in_chans: int) -> tuple[int, ...]:
     """Validate the arguments every residual net here shares; returns the four stage depths as ints."""
-    layers = tuple(int(n) for n in layers)
-    if len(layers) != 4 or min(layers) < 1:
-        raise ValueError(f"layers must give 4 stage depths >= 1, got {layers}")
-    if width <= 0:
-        raise ValueError(f"width must be > 0, got {width}")
-    if in_chans < 1:
-        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or len(layers) != 4:
+        raise TypeError(f"layers must give 4 stage depths >= 1, got {layers!r}")
+    layers = tuple(check_int("layers (each stage depth)", n, low=1) for n in layers)
+    check_number("width", width, low=0.0, high=MAX_WIDTH, low_open=True)
+    check_int("in_chans", in_chans, low=1)
     return layers
+
+
+def check_flags(**flags: Any) -> None:
+    """Each keyword must be True or False (a string such as ``'no'`` from ``--model-kwargs`` would be true)."""
+    for name, value in flags.items():
+        check_flag(name, value)
 
 
 def stem_stride_for(stem_stride: int | None, small_input: bool) -> int:
     """The stride of a net's first convolution: by default 1 for small inputs, 2 otherwise."""
     if stem_stride is None:
         return 1 if small_input else 2
-    if stem_stride not in (1, 2):
-        raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
-    return stem_stride
+    if isinstance(stem_stride, bool) or stem_stride not in (1, 2):
+        raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
+    return int(stem_stride)
 
 
 def check_out_indices(out_indices: Sequence[int], num_stages: int = 4) -> tuple[int, ...]:
@@ -135,10 +146,9 @@ class ResidualNet(nn.Module):
         out_indices: Sequence[int],
         grad_checkpointing: bool,
     ) -> None:
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0 (0: no classifier), got {num_classes}")
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+        check_int("num_classes (0: no classifier)", num_classes, low=0)
+        check_number("drop_rate", drop_rate, low=0.0, high=1.0, high_open=True)
+        check_flags(features_only=features_only, grad_checkpointing=grad_checkpointing)
         full_info = [
             {"num_chs": int(c), "reduction": int(r), "module": name, "stage": i}
             for i, (c, r, name) in enumerate(zip(stage_channels, stage_reductions, STAGE_NAMES))

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 from ..layers.conv_norm_act import LayerFactory
-from ._base import ResidualNet, check_stage_args, scaled_channels, stem_stride_for
+from ._base import ResidualNet, check_flags, check_stage_args, scaled_channels, stem_stride_for
 from .registry import build_model, default_cfg, register_model, small_cfg
 
 
@@ -52,6 +52,7 @@ class ResNet(ResidualNet):
     ) -> None:
         super().__init__()
         layers = check_stage_args(layers, width, in_chans)
+        check_flags(small_input=small_input, zero_init_residual=zero_init_residual)
         self.layers = layers
         self.zero_init_residual = zero_init_residual
         self.small_input = small_input

@@ -291,9 +291,7 @@ def _export_onnx(
     proto = onnx_program.model_proto
     _rename_input_dims(proto)
     onnx.checker.check_model(proto, full_check=True)
-    tmp = out.with_name(f"{out.stem}.tmp{out.suffix}")
-    onnx.save_model(proto, str(tmp))
-    os.replace(tmp, out)
+    onnx.save_model(proto, str(out))
 
 
 def export_model(
@@ -316,7 +314,8 @@ def export_model(
 
     Args:
         model_or_name: a registry name (``"rednet50"``) or a module.
-        out: the file to write (``.onnx`` or ``.pt2`` by convention); its folder is created.
+        out: the file to write (``.onnx`` or ``.pt2`` by convention); its folder is created. It is written under a
+            temporary name beside it, checked (``verify``), then renamed: a failed export leaves ``out`` as it was.
         format: ``"onnx"`` or ``"exported-program"``.
         checkpoint: weights to load first (official mmcls ``.pth`` or this library's safetensors).
         input_size: the example input's ``(C, H, W)`` or ``(H, W)``; default ``model.pretrained_cfg["input_size"]``.
@@ -337,7 +336,8 @@ def export_model(
         **model_kwargs: passed to ``create_model`` with a name (``features_only=True``, ``width=0.5`` ...).
 
     Raises:
-        ValueError: unknown format or model name, bad ``input_size``.
+        ValueError: unknown format or model name, bad ``input_size``; ``out`` is the ``checkpoint`` file itself.
+        IsADirectoryError: ``out`` is a directory.
         FileNotFoundError: missing checkpoint.
         ImportError: onnx / onnxscript missing for ONNX export (naming the pip install).
         RuntimeError: the exported model disagrees with eager PyTorch.
@@ -358,7 +358,7 @@ def export_model(
             library_path()  # the check needs the custom-op library: build it (or say why not) before tracing
     say = log or (lambda _msg: None)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_destination(out, checkpoint)
     model = load_export_model(model_or_name, checkpoint, num_classes, **model_kwargs)
     shape = _example_shape(model, input_size, batch_size)
     example = _random_input(shape)
@@ -378,20 +378,38 @@ def export_model(
     with torch.inference_mode(False), torch.no_grad():
         program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_shapes(dims))
 
-    if format == "onnx":
-        _export_onnx(program, example, out, opset, onnx_ops)
-        say(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB), onnx.checker passed")
-        if verify:
-            if importlib.util.find_spec("onnxruntime") is None:
-                say(f"onnxruntime not installed, run check skipped ({_INSTALL_HINT})")
-            else:
-                say(str(_assert_close(check_onnx(out, model, _check_shape(shape, dims)), rtol)))
-    else:
-        tmp = out.with_name(f"{out.stem}.tmp{out.suffix}")  # torch.export.save wants the .pt2 suffix kept
-        torch.export.save(program, str(tmp))
+    # written beside --out under a temporary name, checked there, and only then renamed to --out: a failed export
+    # (or a crash) leaves --out as it was (absent, or the previous export) and no temporary file
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")  # torch.export.save wants .pt2 kept
+    try:
+        if format == "onnx":
+            _export_onnx(program, example, tmp, opset, onnx_ops)
+            what = "onnx.checker passed"
+        else:
+            torch.export.save(program, str(tmp))
+            what = "load it with torch.export.load after `import involution`"
+        size = f"{tmp.stat().st_size / 2**20:.1f} MiB"
+        checked = verify and (format != "onnx" or importlib.util.find_spec("onnxruntime") is not None)
+        if verify and not checked:
+            say(f"onnxruntime not installed, run check skipped ({_INSTALL_HINT})")
+        if checked:
+            say(f"exported ({size}), {what}; comparing with eager PyTorch before writing {out}")
+            check = check_onnx if format == "onnx" else check_exported_program
+            say(str(_assert_close(check(tmp, model, _check_shape(shape, dims)), rtol)))
         os.replace(tmp, out)
-        say(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB); load it with torch.export.load after "
-            "`import involution`")
-        if verify:
-            say(str(_assert_close(check_exported_program(out, model, _check_shape(shape, dims)), rtol)))
+    finally:
+        tmp.unlink(missing_ok=True)
+    if not checked:
+        say(f"wrote {out} ({size}), {what}")
     return out
+
+
+def check_destination(out: Path, checkpoint: str | os.PathLike | None) -> None:
+    """Refuse an ``out`` that is a directory, or the very file of ``checkpoint`` (by any name: symlinks, hard
+    links and ``..`` compare equal), before any work."""
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a directory; give the file to write, e.g. {out / 'model.onnx'}")
+    if checkpoint is not None and out.exists() and Path(checkpoint).exists() and os.path.samefile(out, checkpoint):
+        raise ValueError(f"--out {out} is the same file as --checkpoint {checkpoint}: the export would overwrite "
+                         "the weights it reads; choose another --out")

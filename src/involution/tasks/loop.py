@@ -8,7 +8,8 @@ RNG state, the position inside the epoch and the epoch's running sums, so an int
 uninterrupted one exactly on the CPU, and makes the best weights agree with last.pt's record after a crash between
 the two writes. The first Ctrl-C stops after the current step and saves; a non-finite loss stops the run with
 advice, keeping the last good checkpoint; resuming with another model, or from a damaged file, is refused with a
-message.
+message. One process owns a run directory: a second run on it (fresh or ``--resume``) is refused while
+the first lives (:func:`~.run_dir.lock_run_dir`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,17 @@ from torch import nn
 from ..models import count_params, save_checkpoint
 from ..models._safetensors import read_safetensors
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum
-from .run_dir import TensorBoard, new_run_dir, provenance, write_csv, write_json
+from .run_dir import (
+    RunDirBusy,
+    RunDirLock,
+    TensorBoard,
+    lock_run_dir,
+    new_run_dir,
+    provenance,
+    remove_stale_temp_files,
+    write_csv,
+    write_json,
+)
 from .runtime import NonFiniteLossError, StopFlag, autocast, select_device
 from .state import capture_rng, clean_state_dict, load_training_state, restore_rng, save_training_state, unwrap_model
 
@@ -95,8 +106,6 @@ class TrainingLoop(ABC):
         if out is None:
             out = all_gather_objects(str(new_run_dir(prefix=self.run_prefix)), info)[0]  # every rank agrees on it
         self.run_dir = Path(out)
-        if not resume and (self.run_dir / "checkpoints" / "last.pt").exists():
-            raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.stop = stop_flag or StopFlag(announce=info.is_main and not quiet)
         self.device = select_device(config.device, info)
@@ -321,6 +330,37 @@ class TrainingLoop(ABC):
     # -- the loop -------------------------------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        """Own the run directory (one process trains in it at a time), then train (:meth:`run_owned`)."""
+        lock = self.own_run_dir()
+        try:
+            if not self.resume and (self.ckpt_dir / "last.pt").exists():
+                raise FileExistsError(
+                    f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
+            if self.info.is_main:
+                stale = remove_stale_temp_files(self.run_dir)
+                if stale:
+                    self.log(f"removed {len(stale)} temporary file(s) that killed writers left in {self.run_dir}")
+            return self.run_owned()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def own_run_dir(self) -> RunDirLock | None:
+        """Rank 0 (the only writer) takes the run directory's lock, before anything is written to it; every
+        process raises the same error if that fails (e.g. another run holds it, naming its PID)."""
+        lock, error = None, None
+        if self.info.is_main:
+            try:
+                lock = lock_run_dir(self.run_dir)
+            except (RunDirBusy, OSError) as err:
+                error = err
+        error = all_gather_objects(error, self.info)[0]
+        if error is not None:
+            raise error
+        return lock
+
+    def run_owned(self) -> TrainResult:
+        """Set up, resume if asked, run the epochs, and finish (the run directory is this process's)."""
         self.setup()
         if self.resume:
             self.load_state()

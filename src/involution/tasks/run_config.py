@@ -6,6 +6,8 @@ import dataclasses
 import json
 from typing import Any, TypeVar
 
+from .._checks import check_int, check_number
+
 C = TypeVar("C", bound="RunConfig")
 
 
@@ -27,3 +29,37 @@ class RunConfig:
         if unknown:
             raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
         return cls(**values)
+
+
+# model arguments the training run sets itself (from the data set, or --checkpoint), not --model-kwargs
+RUN_SET_MODEL_KWARGS = ("num_classes", "in_chans", "checkpoint", "features_only", "out_indices")
+
+
+def check_run_options(config: Any) -> None:
+    """Reject values of the options every training run has that cannot work, naming each option as it is typed on
+    the command line (``--epochs must be an integer >= 1, got 0``): the API gets the checks the parser makes."""
+    check_int("--epochs", config.epochs, low=1)
+    check_int("--batch-size", config.batch_size, low=1)
+    check_number("--lr", config.lr, low=0.0, low_open=True)
+    check_number("--momentum", config.momentum, low=0.0, high=1.0, high_open=True)
+    check_number("--weight-decay", config.weight_decay, low=0.0)
+    check_number("--warmup-epochs", config.warmup_epochs, low=0.0)
+    if config.clip_grad is not None:
+        check_number("--clip-grad", config.clip_grad, low=0.0, low_open=True)
+    check_int("--seed", config.seed, low=0, high=2**32 - 1)
+    check_int("--workers", config.workers, low=0)
+    if config.threads is not None:
+        check_int("--threads", config.threads, low=1)
+    check_int("--eval-every", config.eval_every, low=1)
+    check_int("--log-every", config.log_every, low=1)
+    for name, value, choices in (("--schedule", config.schedule, ("cosine", "constant")),
+                                 ("--amp", config.amp, ("none", "bf16", "fp16")),
+                                 ("--device", config.device, ("auto", "cpu", "cuda"))):
+        if value not in choices:
+            raise ValueError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
+    if not isinstance(config.model_kwargs, dict):
+        raise TypeError(f"model_kwargs must be a dict of model arguments, got {config.model_kwargs!r}")
+    reserved = sorted(set(config.model_kwargs) & set(RUN_SET_MODEL_KWARGS))
+    if reserved:
+        raise ValueError(f"--model-kwargs {', '.join(reserved)}: set by the run itself (the data set gives the "
+                         "classes and channels, --checkpoint the initial weights); remove it")

@@ -9,15 +9,23 @@ Layout (shared by every task that trains)::
     RUN/curves.png           loss and accuracy against epoch
     RUN/tb/                  TensorBoard events
     RUN/checkpoints/         last.pt (resumable training state), best.safetensors, last.safetensors (weights)
+    RUN/.lock                held (``flock``) by the process training in RUN; holds its PID
+
+One process owns a run directory: :func:`lock_run_dir` takes an exclusive OS lock on ``RUN/.lock`` before anything
+is written, and refuses a second run naming the holder's PID. The OS releases the lock when the holder exits,
+however it exits (SIGKILL included), so a crashed run never blocks its ``--resume``. Once it holds the lock, a run
+clears the temporary files that killed writers left (:func:`remove_stale_temp_files`).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -29,6 +37,13 @@ from typing import Any
 import torch
 
 from .._atomic import write_text_atomic
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock; runs there are not protected from each other
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".lock"
 
 
 def new_run_dir(root: str | os.PathLike = "runs", prefix: str = "train") -> Path:
@@ -122,3 +137,115 @@ class TensorBoard:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
+
+
+class RunDirBusy(RuntimeError):
+    """Another process holds the run directory's lock (it is training there)."""
+
+
+class RunDirLock:
+    """The exclusive lock on a run directory (see :func:`lock_run_dir`); :meth:`release` it when done (the OS
+    releases it anyway when the process ends). A directory this lock created and nothing else wrote to is
+    removed again on release, so a run that fails before writing anything leaves no empty folder behind."""
+
+    def __init__(self, run_dir: Path, fd: int, created: bool) -> None:
+        self.run_dir, self.fd, self.created = run_dir, fd, created
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            if self.created and [p.name for p in self.run_dir.iterdir()] == [LOCK_NAME]:
+                (self.run_dir / LOCK_NAME).unlink()  # while still locked (a run that opened it meanwhile retries)
+                self.run_dir.rmdir()
+        except OSError:
+            pass  # only tidying: the folder was removed or written to meanwhile
+        if fcntl is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = -1
+
+
+def lock_run_dir(run_dir: str | os.PathLike) -> RunDirLock:
+    """Take the exclusive lock of ``run_dir`` (created if missing) for this process, writing its PID into the
+    lock file; :class:`RunDirBusy` naming the holder's PID if another run holds it."""
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    for _ in range(10):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                _flock_or_refuse(fd, run_dir)
+                if not _same_file(fd, run_dir / LOCK_NAME):
+                    # the holder of a directory it had created removed it on release, between our open and lock:
+                    # this lock is on a file nobody else will see; take the new one
+                    os.close(fd)
+                    continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except BaseException:
+            os.close(fd)
+            raise
+        return RunDirLock(run_dir, fd, created)
+    raise RunDirBusy(f"{run_dir} keeps being created and removed by other runs; choose another --out")
+
+
+def _flock_or_refuse(fd: int, run_dir: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        holder = os.read(fd, 64).decode("ascii", "replace").strip()
+        who = f"process {holder}" if holder.isdigit() else "another process"
+        raise RunDirBusy(f"{run_dir} is in use by another run ({who} holds {run_dir / LOCK_NAME}); wait for it to "
+                         "finish or stop it, or choose another --out") from None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+# Temporary files of atomic writes: ``.NAME.PID.tmp`` (involution._atomic) and ``.tmpXXXXXXXX`` (tempfile-style).
+_TEMP_NAME = re.compile(r"^\.(?:.+\.(?P<pid>\d+)\.tmp|.+\.tmp|tmp[^.]*)$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this run has written nothing yet: a file with its PID is another, dead process's
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that writers killed mid-write left in ``run_dir`` (and below, except in folders
+    holding a lock file of their own: other runs' directories); returns what was removed.
+
+    Call it holding the run's lock: no other training process writes here then. A temporary file naming a live
+    process (e.g. an ``involution eval`` writing its report into the run) is left alone; one without a PID can only
+    be a dead writer's.
+    """
+    removed = []
+    root = Path(run_dir)
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = [d for d in dirs if not (here / d / LOCK_NAME).exists()]
+        for name in files:
+            match = _TEMP_NAME.match(name)
+            if match is None or (match["pid"] is not None and _alive(int(match["pid"]))):
+                continue
+            try:
+                (here / name).unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(here / name)
+    return removed

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..run_config import RunConfig
+from ..._checks import check_int, check_number
+from ..run_config import RunConfig, check_run_options
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "imagefolder")
 
@@ -122,22 +123,10 @@ def resolve(config: TrainConfig) -> TrainConfig:
 
 def check(config: TrainConfig) -> None:
     """Reject values that cannot work, naming the option."""
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ValueError(message)
-
-    need(config.epochs is not None and config.epochs >= 1, f"--epochs must be >= 1, got {config.epochs}")
-    need(config.batch_size is not None and config.batch_size >= 1, f"--batch-size must be >= 1, got {config.batch_size}")
-    need(config.lr is not None and config.lr > 0, f"--lr must be > 0, got {config.lr}")
-    need(config.optimizer in ("sgd", "adamw"), f"--optimizer must be sgd or adamw, got {config.optimizer!r}")
-    need(config.schedule in ("cosine", "constant"), f"--schedule must be cosine or constant, got {config.schedule!r}")
-    need(config.amp in ("none", "bf16", "fp16"), f"--amp must be none, bf16 or fp16, got {config.amp!r}")
-    need(config.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda, got {config.device!r}")
-    need(0 <= (config.val_fraction or 0) < 1, f"--val-fraction must be in [0, 1), got {config.val_fraction}")
-    need(0 < config.train_fraction <= 1, f"--train-fraction must be in (0, 1], got {config.train_fraction}")
-    need(config.clip_grad is None or config.clip_grad > 0, f"--clip-grad must be > 0, got {config.clip_grad}")
-    need(config.workers >= 0, f"--workers must be >= 0, got {config.workers}")
-    need(config.threads is None or config.threads >= 1, f"--threads must be >= 1, got {config.threads}")
-    need(0 <= (config.label_smoothing or 0) < 1, f"--label-smoothing must be in [0, 1), got {config.label_smoothing}")
-    need(config.warmup_epochs is not None and config.warmup_epochs >= 0, "--warmup-epochs must be >= 0")
+    check_run_options(config)
+    if config.optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"--optimizer must be sgd or adamw, got {config.optimizer!r}")
+    check_int("--image-size", config.image_size, low=1)
+    check_number("--val-fraction", config.val_fraction or 0.0, low=0.0, high=1.0, high_open=True)
+    check_number("--train-fraction", config.train_fraction, low=0.0, high=1.0, low_open=True)
+    check_number("--label-smoothing", config.label_smoothing or 0.0, low=0.0, high=1.0, high_open=True)

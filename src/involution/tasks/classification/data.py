@@ -12,6 +12,7 @@ next to nothing; image folders go through torchvision's transforms one image at 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ...models.registry import IMAGENET_MEAN, IMAGENET_STD
+from .._images import open_image
 from ..runtime import sample_seed
 
 Transform = Callable[[Any], Tensor]
@@ -384,7 +386,7 @@ class _FolderImages(Dataset):
         from torchvision.datasets import ImageFolder
 
         try:
-            self.folder = ImageFolder(str(root))
+            self.folder = ImageFolder(str(root), loader=functools.partial(open_image, mode="RGB"))
         except (FileNotFoundError, RuntimeError) as err:
             raise FileNotFoundError(f"{root}: {err} (expected layout: {_LAYOUTS['imagefolder']})") from None
         self.classes = list(self.folder.classes)

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from ...models import create_model, load_model, read_checkpoint
 from ...models.checkpoint import FORMAT as WEIGHTS_FORMAT
+from .._images import open_image
 from ..distributed import DistInfo
 from ..plots import plot_confusion_matrix
 from ..run_dir import write_json
@@ -173,17 +174,8 @@ def load_classifier_and_spec(
 
 
 def read_image(path: str | os.PathLike, spec: DataSpec) -> Tensor:
-    """An image file preprocessed for a model trained on ``spec``: ``(C, H, W)``; clear errors for bad files."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return build_image_transform(spec)(image)
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image file PIL can read") from None
+    """An image file preprocessed for a model trained on ``spec``: ``(C, H, W)``; errors name the file."""
+    return build_image_transform(spec)(open_image(path))
 
 
 @torch.no_grad()

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..run_config import RunConfig
+from ..._checks import check_int, check_number
+from ..run_config import RunConfig, check_run_options
 
 TASKS = ("detect", "segment")
 DATASETS = {"detect": ("scenes", "coco"), "segment": ("scenes", "folder")}
@@ -94,8 +95,6 @@ def resolve(config: DenseConfig) -> DenseConfig:
                          f"{', '.join(DATASETS[config.task])}")
     if config.data != "scenes" and not config.data_dir:
         raise ValueError(f"--data {config.data} needs --data-dir (the data set's root folder)")
-    if config.amp not in ("none", "bf16", "fp16"):
-        raise ValueError(f"--amp must be none, bf16 or fp16, got {config.amp!r}")
     recipe = RECIPES[(config.task, config.data)]
     values = config.to_dict()
     for key, value in recipe.items():
@@ -107,7 +106,11 @@ def resolve(config: DenseConfig) -> DenseConfig:
         values["model_kwargs"] = {**base, **config.model_kwargs}
         if values["scene_source"] is None:
             values["scene_source"] = "fashion-mnist" if config.data_dir else "digits"
-    for key in ("epochs", "batch_size"):
-        if values[key] < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {values[key]}")
-    return DenseConfig.from_dict(values)
+    resolved = DenseConfig.from_dict(values)
+    check_run_options(resolved)
+    for name, value in (("--num-train", resolved.num_train), ("--num-val", resolved.num_val),
+                        ("--image-size", resolved.image_size), ("--crop-size", resolved.crop_size)):
+        if value is not None:
+            check_int(name, value, low=1)
+    check_number("--aux-weight", resolved.aux_weight, low=0.0)
+    return resolved

@@ -131,18 +131,12 @@ def predict_files(
 
 
 def read_rgb(path: str | os.PathLike) -> Tensor:
-    """An image file as float ``(3, H, W)`` in [0, 1]; clear errors for missing or unreadable files."""
+    """An image file as float ``(3, H, W)`` in [0, 1]; errors name missing or unreadable files."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB")).copy()
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image file PIL can read") from None
+    from .._images import open_image
+
+    array = np.asarray(open_image(path, "RGB")).copy()
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._images import open_image
 from .._paired import PairedTransform, apply_paired, set_epoch
 
 __all__ = [
@@ -106,14 +107,11 @@ class CocoDetectionDataset(Dataset):
         return self.coco.imgs[self.ids[index]]
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
-        from PIL import Image
-
         info = self.image_info(index)
         path = self.image_dir / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"image {info['file_name']!r} of image id {info['id']} not found in {self.image_dir}")
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"))
+        array = np.asarray(open_image(path, "RGB"))
         image = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
         target = self.target(index, height=array.shape[0], width=array.shape[1])
         return apply_paired(self.transforms, image, target, index)

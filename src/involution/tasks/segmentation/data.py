@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._images import open_image
 from .._paired import PairedTransform, apply_paired, set_epoch
 
 __all__ = [
@@ -98,15 +99,13 @@ class SegmentationFolderDataset(Dataset):
         set_epoch(self.transforms, epoch)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        from PIL import Image
-
         image_path, label_path = self.samples[index]
-        with Image.open(image_path) as im:
-            image = np.asarray(im.convert("RGB"))
-        with Image.open(label_path) as im:
-            if im.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(f"{label_path}: labels must be single-channel class indices (L or P mode), got mode {im.mode}")
-            label = np.asarray(im).astype(np.int64)
+        image = np.asarray(open_image(image_path, "RGB"))
+        im = open_image(label_path)
+        if im.mode not in ("L", "P", "I", "I;16"):
+            raise ValueError(
+                f"{label_path}: labels must be single-channel class indices (L or P mode), got mode {im.mode}")
+        label = np.asarray(im).astype(np.int64)
         if label.shape != image.shape[:2]:
             raise ValueError(f"{label_path}: label is {label.shape} (H, W), its image {image_path} is {image.shape[:2]}")
         image_t = torch.from_numpy(image.copy()).permute(2, 0, 1).float().div_(255.0)
