@@ -1,8 +1,8 @@
 """Studies: reproducible experiments that test the claims made about involution.
 
 ``involution study NAME`` trains the study's cells (resumable, one result line per finished cell) and writes a
-report: a summary table (mean ± sd over seeds; per comparison Welch's t-test, 95% CI, Holm-corrected p), a plot, the command and the
-compute used. See :mod:`.definitions` for the questions and the runs each takes.
+report: a summary table (mean ± sd over seeds; per comparison Welch's t-test, 95% CI, Holm-corrected p), a plot,
+the command and the compute used. See :mod:`.definitions` for the questions and the runs each takes.
 """
 
 from __future__ import annotations
