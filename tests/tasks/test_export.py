@@ -227,3 +227,17 @@ def test_own_checkpoint_rebuilds_its_recorded_model(tmp_path):
     model = export_task.load_export_model("rednet26_small", checkpoint=path)
     assert not model.training and model.num_classes == 10
     torch.testing.assert_close(model.state_dict(), tuned.state_dict())
+
+
+CLASSIFIERS = [n for n in __import__("involution").list_models() if n.startswith(("rednet", "resnet"))]
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_every_classifier_exports_at_its_smallest_input(name, tmp_path):
+    """Every registered classifier, randomised, as a program at its pretrained_cfg's smallest input (issue 21);
+    ONNX of the same path is covered for the _small family above (it costs tens of seconds a model)."""
+    model = weights_matter(create_model(name, num_classes=10, **({"width": 0.25} if name.endswith("_small") else {})))
+    lines: list[str] = []
+    export_model(model, tmp_path / f"{name}.pt2", format="exported-program",
+                 input_size=model.pretrained_cfg["min_input_size"], log=lines.append)
+    assert "torch.export vs eager" in lines[-1], lines
