@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._atomic import refuse_same_file
+
 __all__ = [
     "FORMATS",
     "ExportCheck",
@@ -410,6 +412,5 @@ def check_destination(out: Path, checkpoint: str | os.PathLike | None) -> None:
     links and ``..`` compare equal), before any work."""
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a directory; give the file to write, e.g. {out / 'model.onnx'}")
-    if checkpoint is not None and out.exists() and Path(checkpoint).exists() and os.path.samefile(out, checkpoint):
-        raise ValueError(f"--out {out} is the same file as --checkpoint {checkpoint}: the export would overwrite "
-                         "the weights it reads; choose another --out")
+    if checkpoint is not None:
+        refuse_same_file(checkpoint, out)
