@@ -6,6 +6,8 @@ Per runtime and batch size, the models are timed in rounds (each round runs ever
 every other round, so machine noise hits them alike); medians are reported with the ratio to ResNet-50 in the same
 runtime and batch. Setup:
 
+* every model has each BatchNorm that follows a convolution folded into it (``model.fuse()``, as ``involution
+  export`` does; ``--no-fuse`` keeps them), ResNet-50 alike, so the comparison stays fair;
 * eager and torch.compile: ``model.eval()``, channels_last model and input (the library's fast CPU path),
   forward under ``torch.inference_mode()``; compile is ``torch.compile(model, dynamic=False)`` with inductor's
   ``freezing`` on (its CPU inference setting), the compilation absorbed by the warm-up;
@@ -58,13 +60,15 @@ def make_runner(runtime: str, name: str, batch: int, size: int, args: argparse.N
         path = args.onnx_files.get((name, onnx_ops))
         if path is None:
             path = os.path.join(args.workdir, f"{name}-{onnx_ops}.onnx")
-            export_model(name, path, input_size=(3, size, size), onnx_ops=onnx_ops,
+            export_model(name, path, input_size=(3, size, size), onnx_ops=onnx_ops, fuse=not args.no_fuse,
                          log=lambda m: print(f"[export {name}] {m}", file=sys.stderr))
             args.onnx_files[(name, onnx_ops)] = path
         session = onnx_session(path, threads=args.threads)
         feed = {session.get_inputs()[0].name: _input(batch, size).numpy()}
         return lambda: session.run(None, feed)
     model = involution.create_model(name).eval().to(memory_format=torch.channels_last)
+    if not args.no_fuse:
+        model.fuse()
     if runtime == "compile":
         import torch._inductor.config as inductor_config
 
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 10)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up runs per model (default 2; compilation included)")
     p.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads (default: usable CPUs)")
+    p.add_argument("--no-fuse", action="store_true", help="keep the BatchNorms (default: folded, in every model)")
     p.add_argument("--quick", action="store_true", help="smoke test: rednet26 vs resnet26, 64x64, batch 2, 2 repeats")
     p.add_argument("--out", metavar="PATH", help="also write the markdown report to PATH")
     args = p.parse_args(argv)

@@ -49,3 +49,7 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.bn(self.conv(x)))
+
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """``bn`` follows ``conv`` (see :func:`involution.layers.fuse.fuse_conv_bn_`)."""
+        return [("conv", "bn")]

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .._checks import check_flag, check_int, check_number
+from ..layers.fuse import fuse_conv_bn_
 
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -211,6 +212,15 @@ class ResidualNet(nn.Module):
         Note that in training mode BatchNorm's running statistics are updated again by the recomputation.
         """
         self.grad_checkpointing = bool(enable)
+
+    def fuse(self) -> "ResidualNet":
+        """Fold every BatchNorm that follows a convolution into it (generators' included), in place; for inference.
+
+        Outputs stay the same to float32 rounding and the BatchNorms become ``nn.Identity`` (RedNet-50: 55 of 72
+        folded; the 17 after an involution stay). Returns ``self``. Raises RuntimeError in training mode.
+        """
+        fuse_conv_bn_(self)
+        return self
 
     def get_classifier(self) -> nn.Module:
         return getattr(self, self.classifier_name, nn.Identity())

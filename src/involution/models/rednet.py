@@ -90,6 +90,10 @@ class RedNetBottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
 
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """The BatchNorms that directly follow a convolution (``bn2`` too when ``conv2`` is a depthwise conv)."""
+        return [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]
+
 
 class RedNet(ResidualNet):
     """RedNet classifier / backbone.

@@ -90,6 +90,10 @@ class ResNet(ResidualNet):
             if isinstance(m, Bottleneck):
                 nn.init.zeros_(m.bn3.weight)
 
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        """The stem's convolution and BatchNorm (the blocks name their own pairs)."""
+        return [("conv1", "bn1")]
+
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 

@@ -17,11 +17,13 @@
   imported ``involution`` (which registers the op). It is checked by loading it back and comparing with eager.
 
 Models are exported in eval mode and traced under ``torch.no_grad()`` (batch norm uses its running statistics;
-``recompute_kernel`` only matters for gradients, so it plays no part).
+``recompute_kernel`` only matters for gradients, so it plays no part), with every BatchNorm that follows a
+convolution folded into it (:func:`involution.layers.fuse.fuse_conv_bn_`; ``fuse=False`` keeps them).
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 from collections.abc import Callable, Sequence
@@ -33,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .._atomic import refuse_same_file
+from ..layers.fuse import fuse_conv_bn_
 
 __all__ = [
     "FORMATS",
@@ -309,6 +312,7 @@ def export_model(
     rtol: float = 1e-4,
     opset: int | None = None,
     onnx_ops: str = "standard",
+    fuse: bool = True,
     log: Callable[[str], None] | None = None,
     **model_kwargs: Any,
 ) -> Path:
@@ -334,6 +338,8 @@ def export_model(
             ``"custom"`` ``involution::Involution2d`` node per layer (onnxruntime with the library of
             :mod:`involution.ops.onnxruntime_library`, which ``check_onnx``/``onnx_session`` load; 2.4x faster
             for RedNet-50).
+        fuse: fold every BatchNorm that follows a convolution into it before exporting (default; a copy is
+            folded, the check compares with the unfolded model).
         log: called with one line per step (e.g. ``print``); silent by default.
         **model_kwargs: passed to ``create_model`` with a name (``features_only=True``, ``width=0.5`` ...).
 
@@ -375,10 +381,14 @@ def export_model(
     if shape[0] < 2:
         dims = tuple(d for d in dims if d != 0)  # likewise a batch of 1
     names = {0: "batch", 2: "height", 3: "width"}
+    traced = model
+    if fuse:
+        traced = copy.deepcopy(model)
+        say(f"folded {fuse_conv_bn_(traced)} BatchNorms into the convolutions before them")
     say(f"tracing {getattr(model, 'model_name', type(model).__name__)} with torch.export on input {shape}"
         + (f" (dynamic {', '.join(names[d] for d in dims)})" if dims else " (static shape)"))
     with torch.inference_mode(False), torch.no_grad():
-        program = torch.export.export(model, (example,), dynamic_shapes=_dynamic_shapes(dims))
+        program = torch.export.export(traced, (example,), dynamic_shapes=_dynamic_shapes(dims))
 
     # written beside --out under a temporary name, checked there, and only then renamed to --out: a failed export
     # (or a crash) leaves --out as it was (absent, or the previous export) and no temporary file
