@@ -373,3 +373,18 @@ def test_backends_agree_with_torch_backend(other: str, case: dict, dtype: torch.
         torch.testing.assert_close(
             b.double(), a.double(), rtol=tol, atol=tol, msg=lambda m: f"{other} vs torch, {what}: {m}"
         )
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_torch_backend_in_cache_sized_batch_chunks(monkeypatch, layout: str) -> None:
+    """The torch backend runs the taps over a few images at a time; chunks of 1 and 2 of 5 images agree with the
+    reference in both layouts."""
+    from involution.ops.backends import torch_impl
+
+    case = {"n": 5, "c": 8, "g": 2, "kernel": (3, 3), "hw": (9, 7), "stride": (2, 1), "padding": (1, 1),
+            "dilation": (1, 1)}
+    for chunk_images in (1, 2):
+        per_image = 8 * 5 * 7 * 4  # the output's C * Ho * Wo float32s
+        monkeypatch.setattr(torch_impl, "_CHUNK_BYTES", chunk_images * per_image)
+        assert len(torch_impl._cache_sized_chunks(torch.empty(5, 8, 5, 7))) == -(-5 // chunk_images)
+        _check_against_reference("torch", case, layout, seed=chunk_images, dtype=torch.float64)
