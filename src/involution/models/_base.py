@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from .._checks import check_flag, check_int, check_number
 from ..layers.fuse import fuse_conv_bn_
+from ..layers.recompute import recompute
 
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -209,7 +209,7 @@ class ResidualNet(nn.Module):
         """Recompute each residual block's activations in the backward pass (saves memory, costs ~1 forward).
 
         Like the official ``with_cp``: only the blocks are checkpointed, and only when grads are being taken.
-        Note that in training mode BatchNorm's running statistics are updated again by the recomputation.
+        BatchNorm running statistics are updated once per step, as without it (:mod:`involution.layers.recompute`).
         """
         self.grad_checkpointing = bool(enable)
 
@@ -249,7 +249,7 @@ class ResidualNet(nn.Module):
     def _run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
             for block in stage:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = recompute(block, x)
             return x
         return stage(x)
 
