@@ -131,6 +131,7 @@ class ResidualNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.grad_checkpointing = False
+        self.channels_last = False
         self.pretrained_cfg: dict[str, Any] = {}
         self.model_name: str | None = None
         self.model_kwargs: dict[str, Any] = {}
@@ -245,6 +246,13 @@ class ResidualNet(nn.Module):
     # -- forward ---------------------------------------------------------------------------------------------
     def forward_stem(self, x: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def _in_network_layout(self, x: Tensor) -> Tensor:
+        """``x`` in the memory layout the network runs in: NHWC when ``channels_last`` is set (one copy of the
+        input; every layer's output then stays NHWC), else as given."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def _run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():

@@ -28,6 +28,8 @@ class ResNet(ResidualNet):
         small_input: for 8x8 to 32x32 images: a 3x3 stride-1 first conv and no max-pool (reductions 1/2/4/8).
         stem_stride: stride of the first conv (default 1 with ``small_input``, else 2), as for :class:`RedNet`.
         zero_init_residual: zero the last BN of every block (default True, as for RedNet, so both start alike).
+        channels_last: run in channels_last whatever the input's layout, as :class:`RedNet` does by default
+            (default False: the caller's layout, as torchvision's ResNet).
         drop_rate, grad_checkpointing, features_only, out_indices, norm_layer: as for :class:`RedNet`.
 
     Shapes: ``(N, in_chans, H, W) -> (N, num_classes)``.
@@ -44,6 +46,7 @@ class ResNet(ResidualNet):
         small_input: bool = False,
         stem_stride: int | None = None,
         zero_init_residual: bool = True,
+        channels_last: bool = False,
         drop_rate: float = 0.0,
         grad_checkpointing: bool = False,
         features_only: bool = False,
@@ -52,7 +55,8 @@ class ResNet(ResidualNet):
     ) -> None:
         super().__init__()
         layers = check_stage_args(layers, width, in_chans)
-        check_flags(small_input=small_input, zero_init_residual=zero_init_residual)
+        check_flags(small_input=small_input, zero_init_residual=zero_init_residual, channels_last=channels_last)
+        self.channels_last = channels_last
         self.layers = layers
         self.zero_init_residual = zero_init_residual
         self.small_input = small_input
@@ -95,6 +99,7 @@ class ResNet(ResidualNet):
         return [("conv1", "bn1")]
 
     def forward_stem(self, x: Tensor) -> Tensor:
+        x = self._in_network_layout(x)
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
 

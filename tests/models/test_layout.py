@@ -1,0 +1,45 @@
+"""RedNets run in channels_last whatever the caller's layout (``channels_last=True``, the default)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from involution import create_model
+from model_weights import randomise_weights, weights_matter
+
+
+def is_nhwc(t: torch.Tensor) -> bool:
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+@pytest.mark.parametrize("name", ["rednet26_small", "resnet26_small"])
+def test_an_nchw_input_gives_the_same_outputs_in_either_internal_layout(name) -> None:
+    model = weights_matter(create_model(name, num_classes=10, width=0.25, channels_last=True))
+    plain = weights_matter(create_model(name, num_classes=10, width=0.25, channels_last=False))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, want = model(x), plain(x)
+        maps, plain_maps = model.forward_intermediates(x), plain.forward_intermediates(x)
+    assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5
+    assert all(is_nhwc(m) for m in maps)
+    assert not any(is_nhwc(m) for m in plain_maps)
+
+
+def test_rednet_defaults_to_channels_last_and_resnet_to_the_callers_layout() -> None:
+    assert create_model("rednet26_small", num_classes=10).channels_last is True
+    assert create_model("resnet26_small", num_classes=10).channels_last is False
+    with pytest.raises(TypeError, match="channels_last"):
+        create_model("rednet26_small", channels_last="yes")
+
+
+def test_training_in_channels_last_matches_nchw() -> None:
+    model = randomise_weights(create_model("rednet26_small", num_classes=10, width=0.25))
+    plain = create_model("rednet26_small", num_classes=10, width=0.25, channels_last=False)
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    for m in (model, plain):
+        m.train()
+        m(x).logsumexp(1).sum().backward()
+    for (name, p), q in zip(model.named_parameters(), plain.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-5), name
