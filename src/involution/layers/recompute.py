@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -36,8 +37,11 @@ def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
 def recompute(module: nn.Module, *args: Any) -> Tensor:
     """``module(*args)``, keeping only ``args`` for the backward pass, which runs the module again.
 
-    Non-reentrant ``torch.utils.checkpoint``; BatchNorm running statistics are updated once, as without it.
+    Non-reentrant ``torch.utils.checkpoint``; BatchNorm running statistics are updated once, as without it. Under
+    ``torch.compile`` the module is simply called: the compiler's own partitioner decides what to recompute.
     """
+    if torch.compiler.is_compiling():
+        return module(*args)
     return checkpoint(
         module, *args, use_reentrant=False,
         context_fn=lambda: (contextlib.nullcontext(), _running_stats_frozen(module)),

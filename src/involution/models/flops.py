@@ -250,6 +250,9 @@ def _run(
     recomputing = [m for m in model.modules() if isinstance(m, Involution2d) and m.recompute_kernel]
     for m in recomputing:
         m.recompute_kernel = False
+    recomputing_stem = [m for m in model.modules() if getattr(m, "recompute_stem", False) is True]
+    for m in recomputing_stem:
+        m.recompute_stem = False
     try:
         with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
             grad = torch.enable_grad() if backward else torch.no_grad()
@@ -276,6 +279,8 @@ def _run(
     finally:
         for m in recomputing:
             m.recompute_kernel = True
+        for m in recomputing_stem:
+            m.recompute_stem = True
         model.train(was_training)
         for h in handles:
             h.remove()
