@@ -1,0 +1,392 @@
+// NCHW kernels of the involution op, shared by the PyTorch extension (involution_cpu.cpp) and the onnxruntime
+// custom-op library (involution_ort.cpp). Plain C++17 with no framework headers: the caller brings the scalar type
+// (float or double) and a parallel-for callable, `parallel_for(count, body)`, that runs `body(begin, end)` over
+// disjoint ranges covering [0, count) (at::parallel_for in the extension, KernelContext::ParallelFor in the
+// onnxruntime library).
+//
+//   y[n, c, i, j] = sum_{u,v} w[n, g, u, v, i, j] * x[n, c, i*sh - ph + u*dh, j*sw - pw + v*dw],  g = c / (C/G)
+//
+// Nothing is transposed. The input is zero-padded once into a scratch buffer (the one copy of it these kernels
+// make), so every tap reads in bounds and the inner loops have no branches. With a column stride sw > 1 each padded
+// row is stored as sw phases (padded column p at (p % sw) * Wq + p / sw), so for any stride and dilation one tap's
+// reads along an output row are contiguous: tap (u, v) of output row i starts at i*sh*row + off[u*Kw + v] and
+// steps by one element per output column. The weight is read in its contiguous (N, G, Kh, Kw, Ho, Wo) layout,
+// where one tap's weights along an output row are contiguous too. Every loop over output columns is therefore a
+// unit-stride loop over compile-time block sizes, which gcc vectorises (-O3 -mavx2 -mfma) with the accumulators in
+// registers.
+//
+// Every kernel writes disjoint parts of its result from each task (grad_input through a private scratch buffer),
+// so results are deterministic and no atomics are needed.
+
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+namespace involution_nchw {
+
+// Pixels per register block of the forward and grad_input kernels: 16 floats or 8 doubles (two AVX2 vectors). A
+// block keeps CB channels x NJ pixels of accumulators in registers; each tap's NJ weights are loaded once for CB
+// channels (CB = 8 with NJ = 8 measured 2x slower than 4: the accumulators no longer fit beside the operands).
+template <typename T>
+constexpr int kPixels = 64 / static_cast<int>(sizeof(T));
+constexpr int CB = 4;
+// grad_weight: one vector of pixels (8 floats, 4 doubles) times up to kTaps taps of accumulators, sharing each
+// grad_output load.
+template <typename T>
+constexpr int kPixelsGw = 32 / static_cast<int>(sizeof(T));
+constexpr int kTaps = 8;
+
+struct Geometry {
+  int64_t N, C, G, Cg, H, W, Kh, Kw, Ho, Wo;
+  int64_t sh, sw, ph, pw, dh, dw;
+  // The padded copy: Hp rows of `row` elements per (n, c) plane, holding only the rows and columns some tap reads
+  // (with stride > 1 that can be fewer than the input's). Filled in by finish().
+  int64_t Hp, Wp, Wq, row, plane;
+
+  void finish() {
+    Cg = C / G;
+    Hp = (Ho - 1) * sh + dh * (Kh - 1) + 1;
+    Wp = (Wo - 1) * sw + dw * (Kw - 1) + 1;
+    Wq = (Wp + sw - 1) / sw;
+    row = sw * Wq;
+    plane = Hp * row;
+  }
+  int64_t taps() const { return Kh * Kw; }
+  // Position of padded column p in a padded row.
+  int64_t column(int64_t p) const { return sw == 1 ? p : (p % sw) * Wq + p / sw; }
+};
+
+// Elements of zeros after a padded buffer: a last block may read (and grad_input's scratch write) up to one block
+// past the end of its row.
+template <typename T>
+constexpr int64_t kSlack = kPixels<T>;
+
+// Per tap (u, v): its offset in a padded plane from the first element output row 0 reads.
+inline std::vector<int64_t> tap_offsets(const Geometry& g) {
+  std::vector<int64_t> off(static_cast<size_t>(g.taps()));
+  for (int64_t u = 0; u < g.Kh; ++u)
+    for (int64_t v = 0; v < g.Kw; ++v) off[u * g.Kw + v] = u * g.dh * g.row + g.column(v * g.dw);
+  return off;
+}
+
+// Elements of the padded copy of an (N, C, H, W) input, slack included.
+template <typename T>
+int64_t padded_size(const Geometry& g) {
+  return g.N * g.C * g.plane + kSlack<T>;
+}
+
+// One (n, c) plane of the zero-padded, phase-split copy, from a plane of the input with row stride hs and column
+// stride ws (any strides: this copy is where other layouts are read).
+template <typename T>
+void pad_plane(const Geometry& g, const T* src, int64_t hs, int64_t ws, T* dst) {
+  std::fill(dst, dst + g.plane, T(0));
+  const int64_t rows = std::min(g.H, g.Hp - g.ph);  // input rows no tap reads are left out
+  for (int64_t h = 0; h < rows; ++h) {
+    const T* in = src + h * hs;
+    T* out = dst + (g.ph + h) * g.row;
+    if (g.sw == 1) {
+      const int64_t n = std::min(g.W, g.row - g.pw);
+      if (ws == 1) {
+        if (n > 0) std::memcpy(out + g.pw, in, sizeof(T) * static_cast<size_t>(n));
+      } else {
+        for (int64_t k = 0; k < n; ++k) out[g.pw + k] = in[k * ws];
+      }
+    } else {
+      for (int64_t r = 0; r < g.sw; ++r) {  // phase r holds padded columns r, r + sw, ...: k from the first inside
+        const int64_t k0 = g.pw > r ? (g.pw - r + g.sw - 1) / g.sw : 0;
+        const int64_t k1 = std::min(g.Wq, (g.pw + g.W - r + g.sw - 1) / g.sw);
+        T* phase = out + r * g.Wq;
+        for (int64_t k = k0; k < k1; ++k) phase[k] = in[(r + k * g.sw - g.pw) * ws];
+      }
+    }
+  }
+}
+
+// The padded copy of the whole input x (strides xs: n, c, h, w) into xp (padded_size elements).
+template <typename T, typename ParallelFor>
+void pad_input(const Geometry& g, const T* x, const int64_t* xs, T* xp, ParallelFor&& parallel_for) {
+  std::fill(xp + g.N * g.C * g.plane, xp + padded_size<T>(g), T(0));
+  parallel_for(g.N * g.C, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / g.C, c = p % g.C;
+      pad_plane<T>(g, x + n * xs[0] + c * xs[1], xs[2], xs[3], xp + p * g.plane);
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------------- forward
+// y[c][j] = sum_t w[t * w_tap + j] * x[c][off[t] + j] for NC channels and the first nj of NJ pixels. Sizes are
+// compile-time, so the accumulators stay in registers and the j loop is vectorised. Lanes past nj compute
+// garbage from in-bounds memory (the weights are then a zero-filled copy) and are not stored.
+template <typename T, int NJ, int NC>
+inline void forward_block(const T* __restrict w, int64_t w_tap, const int64_t* off, int64_t taps,
+                          const T* const* x, T* const* y, int64_t nj) {
+  T acc[NC][NJ] = {};
+  for (int64_t t = 0; t < taps; ++t) {
+    const T* __restrict wt = w + t * w_tap;
+    const int64_t o = off[t];
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) {
+      const T* __restrict xt = x[c] + o;
+#pragma GCC unroll 16
+      for (int j = 0; j < NJ; ++j) acc[c][j] += wt[j] * xt[j];
+    }
+  }
+  for (int c = 0; c < NC; ++c) std::memcpy(y[c], acc[c], sizeof(T) * static_cast<size_t>(nj));
+}
+
+// forward_block<NJ, nc> for a runtime nc <= NC.
+template <typename T, int NJ, int NC>
+inline void forward_block_upto(int64_t nc, const T* w, int64_t w_tap, const int64_t* off, int64_t taps,
+                               const T* const* x, T* const* y, int64_t nj) {
+  if constexpr (NC > 1) {
+    if (nc < NC) return forward_block_upto<T, NJ, NC - 1>(nc, w, w_tap, off, taps, x, y, nj);
+  }
+  forward_block<T, NJ, NC>(w, w_tap, off, taps, x, y, nj);
+}
+
+// Pixels j0 .. j0 + nj of output row i of group grp, all its channels, in blocks of NJ pixels x CB channels.
+template <typename T, int NJ>
+void forward_pixels(const Geometry& g, const int64_t* off, const T* xp, const T* w_all, const T* w_end, T* y_all,
+                    int64_t n, int64_t grp, int64_t i, int64_t j0, int64_t nj, std::vector<T>& wbuf) {
+  const int64_t taps = g.taps(), w_tap = g.Ho * g.Wo;
+  const T* w = w_all + (n * g.G + grp) * taps * w_tap + i * g.Wo + j0;
+  int64_t stride = w_tap;
+  // A partial last block reads its weights NJ wide too: past the row's end lies the next row of the same tensor,
+  // except at the very end of the tensor, where the block's weights are first copied, zero-filled, to wbuf.
+  if (nj < NJ && w + (taps - 1) * w_tap + NJ > w_end) {
+    wbuf.assign(static_cast<size_t>(taps * NJ), T(0));
+    for (int64_t t = 0; t < taps; ++t) std::memcpy(&wbuf[t * NJ], w + t * w_tap, sizeof(T) * nj);
+    w = wbuf.data(), stride = NJ;
+  }
+  const T* x[CB];
+  T* y[CB];
+  for (int64_t c0 = 0; c0 < g.Cg; c0 += CB) {
+    const int64_t nc = std::min<int64_t>(CB, g.Cg - c0);
+    for (int64_t c = 0; c < nc; ++c) {
+      const int64_t ch = n * g.C + grp * g.Cg + c0 + c;
+      x[c] = xp + ch * g.plane + i * g.sh * g.row + j0;
+      y[c] = y_all + (ch * g.Ho + i) * g.Wo + j0;
+    }
+    forward_block_upto<T, NJ, CB>(nc, w, stride, off, taps, x, y, nj);
+  }
+}
+
+// y (N, C, Ho, Wo) contiguous from the padded input xp (pad_input) and the contiguous weight w. Tasks: one output
+// row of one group, t = (n * G + group) * Ho + i.
+template <typename T, typename ParallelFor>
+void forward(const Geometry& g, const T* xp, const T* w, T* y, ParallelFor&& parallel_for) {
+  constexpr int NJ = kPixels<T>;
+  const std::vector<int64_t> off = tap_offsets(g);
+  const T* w_end = w + g.N * g.G * g.taps() * g.Ho * g.Wo;
+  parallel_for(g.N * g.G * g.Ho, [&](int64_t begin, int64_t end) {
+    std::vector<T> wbuf;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t i = t % g.Ho, ng = t / g.Ho, n = ng / g.G, grp = ng % g.G;
+      int64_t j0 = 0;
+      for (; j0 + NJ <= g.Wo; j0 += NJ) forward_pixels<T, NJ>(g, off.data(), xp, w, w_end, y, n, grp, i, j0, NJ, wbuf);
+      const int64_t rest = g.Wo - j0;
+      if (rest > NJ / 2)
+        forward_pixels<T, NJ>(g, off.data(), xp, w, w_end, y, n, grp, i, j0, rest, wbuf);
+      else if (rest > 0)
+        forward_pixels<T, NJ / 2>(g, off.data(), xp, w, w_end, y, n, grp, i, j0, rest, wbuf);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------- grad_input
+// The forward's adjoint, as a scatter into a zero-padded, phase-split scratch of NC channel planes: for NJ output
+// pixels, the NC channels' grad_output stay in registers while every tap adds w * grad_output into the padded
+// positions that tap read (contiguous, as in the forward). gy holds NJ values per channel (zeros past the block's
+// last pixel) and w NJ weights per tap (zeros likewise), so lanes past the block add exact zeros.
+template <typename T, int NJ, int NC>
+inline void scatter_block(const T* w, int64_t w_tap, const int64_t* off, int64_t taps, const T* const* gy,
+                          T* const* dst) {
+  T gv[NC][NJ];
+  for (int c = 0; c < NC; ++c)
+    for (int j = 0; j < NJ; ++j) gv[c][j] = gy[c][j];
+  for (int64_t t = 0; t < taps; ++t) {
+    const T* __restrict wt = w + t * w_tap;
+    const int64_t o = off[t];
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) {
+      T* __restrict d = dst[c] + o;
+#pragma GCC unroll 16
+#pragma GCC ivdep
+      for (int j = 0; j < NJ; ++j) d[j] += wt[j] * gv[c][j];
+    }
+  }
+}
+
+template <typename T, int NJ, int NC>
+inline void scatter_block_upto(int64_t nc, const T* w, int64_t w_tap, const int64_t* off, int64_t taps,
+                               const T* const* gy, T* const* dst) {
+  if constexpr (NC > 1) {
+    if (nc < NC) return scatter_block_upto<T, NJ, NC - 1>(nc, w, w_tap, off, taps, gy, dst);
+  }
+  scatter_block<T, NJ, NC>(w, w_tap, off, taps, gy, dst);
+}
+
+// Channels [c_lo, c_hi) of group grp in image n, every output row, scattered into `scratch` (one padded plane per
+// channel, zeroed here), then the planes' interior copied out to gx (contiguous NCHW).
+template <typename T, int NJ>
+void grad_input_channels(const Geometry& g, const int64_t* off, const T* gy_all, const T* w_all, T* gx_all,
+                         int64_t n, int64_t grp, int64_t c_lo, int64_t c_hi, T* scratch, std::vector<T>& buf) {
+  const int64_t taps = g.taps(), w_tap = g.Ho * g.Wo, nch = c_hi - c_lo;
+  std::fill(scratch, scratch + nch * g.plane + kSlack<T>, T(0));
+  const T* w_group = w_all + (n * g.G + grp) * taps * w_tap;
+  // Partial blocks: NJ grad_output values per channel (CB of them) then NJ weights per tap, zero-filled.
+  buf.resize(static_cast<size_t>((CB + taps) * NJ));
+  const T* gy[CB];
+  T* dst[CB];
+  for (int64_t i = 0; i < g.Ho; ++i) {
+    for (int64_t j0 = 0; j0 < g.Wo; j0 += NJ) {
+      const int64_t nj = std::min<int64_t>(NJ, g.Wo - j0);
+      const T* w = w_group + i * g.Wo + j0;
+      int64_t stride = w_tap;
+      if (nj < NJ) {
+        std::fill(buf.begin(), buf.end(), T(0));
+        T* wb = buf.data() + CB * NJ;
+        for (int64_t t = 0; t < taps; ++t) std::memcpy(wb + t * NJ, w + t * w_tap, sizeof(T) * nj);
+        w = wb, stride = NJ;
+      }
+      for (int64_t c0 = c_lo; c0 < c_hi; c0 += CB) {
+        const int64_t nc = std::min<int64_t>(CB, c_hi - c0);
+        for (int64_t c = 0; c < nc; ++c) {
+          const T* src = gy_all + ((n * g.C + grp * g.Cg + c0 + c) * g.Ho + i) * g.Wo + j0;
+          if (nj < NJ) {
+            std::memcpy(buf.data() + c * NJ, src, sizeof(T) * nj);
+            src = buf.data() + c * NJ;
+          }
+          gy[c] = src;
+          dst[c] = scratch + (c0 - c_lo + c) * g.plane + i * g.sh * g.row + j0;
+        }
+        scatter_block_upto<T, NJ, CB>(nc, w, stride, off, taps, gy, dst);
+      }
+    }
+  }
+  // The interior: input (h, w) is padded (ph + h, pw + w); rows and columns no tap reads get zero.
+  for (int64_t c = 0; c < nch; ++c) {
+    const T* plane = scratch + c * g.plane;
+    T* out = gx_all + (n * g.C + grp * g.Cg + c_lo + c) * g.H * g.W;
+    for (int64_t h = 0; h < g.H; ++h) {
+      T* orow = out + h * g.W;
+      const int64_t hp = g.ph + h;
+      if (hp >= g.Hp) {
+        std::fill(orow, orow + g.W, T(0));
+        continue;
+      }
+      const T* prow = plane + hp * g.row;
+      const int64_t inside = std::max<int64_t>(0, std::min(g.W, g.Wp - g.pw));  // columns some tap reads
+      if (g.sw == 1) {
+        std::memcpy(orow, prow + g.pw, sizeof(T) * inside);
+      } else {
+        for (int64_t r = 0; r < g.sw; ++r) {  // input columns w with (pw + w) % sw == r
+          const int64_t w0 = ((r - g.pw) % g.sw + g.sw) % g.sw;
+          const T* phase = prow + r * g.Wq;
+          for (int64_t w = w0; w < inside; w += g.sw) orow[w] = phase[(g.pw + w) / g.sw];
+        }
+      }
+      std::fill(orow + inside, orow + g.W, T(0));
+    }
+  }
+}
+
+// gx (N, C, H, W) contiguous from gy (N, C, Ho, Wo) contiguous and the contiguous weight w. Tasks: the channels of
+// one group of one image, split into chunks of CB-multiples when there are too few (n, group) pairs to keep every
+// thread busy; each task scatters into its own scratch planes, so no two tasks write the same memory.
+template <typename T, typename ParallelFor>
+void grad_input(const Geometry& g, const T* gy, const T* w, T* gx, ParallelFor&& parallel_for) {
+  constexpr int NJ = kPixels<T>;
+  const std::vector<int64_t> off = tap_offsets(g);
+  int64_t per_task = g.Cg;  // channels per task, CB-aligned within the group
+  while (g.N * g.G * ((g.Cg + per_task - 1) / per_task) < 16 && per_task > CB)
+    per_task = (per_task / 2 + CB - 1) / CB * CB;
+  const int64_t chunks = (g.Cg + per_task - 1) / per_task;
+  parallel_for(g.N * g.G * chunks, [&](int64_t begin, int64_t end) {
+    std::unique_ptr<T[]> scratch(new T[static_cast<size_t>(per_task * g.plane + kSlack<T>)]);
+    std::vector<T> buf;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t k = t % chunks, ng = t / chunks, n = ng / g.G, grp = ng % g.G;
+      const int64_t c_lo = k * per_task, c_hi = std::min(g.Cg, c_lo + per_task);
+      grad_input_channels<T, NJ>(g, off.data(), gy, w, gx, n, grp, c_lo, c_hi, scratch.get(), buf);
+    }
+  });
+}
+
+// --------------------------------------------------------------------------------------------- grad_weight
+// gw[t][j] = sum_c gy[c][j] * x[c][off[t] + j] for TB taps and NJ pixels (the first nj stored): each channel's
+// grad_output vector is loaded once for all TB taps, whose accumulators stay in registers. Lanes past nj compute
+// garbage from in-bounds memory and are not stored.
+template <typename T, int NJ, int TB>
+inline void tap_block(int64_t channels, const T* gy, int64_t gy_c, const T* x, int64_t x_c, const int64_t* off,
+                      T* gw, int64_t gw_tap, int64_t nj) {
+  T acc[TB][NJ] = {};
+  for (int64_t c = 0; c < channels; ++c) {
+    const T* __restrict gc = gy + c * gy_c;
+    const T* xc = x + c * x_c;
+    T gv[NJ];
+#pragma GCC unroll 16
+    for (int j = 0; j < NJ; ++j) gv[j] = gc[j];
+#pragma GCC unroll 8
+    for (int t = 0; t < TB; ++t) {
+      const T* __restrict xt = xc + off[t];
+#pragma GCC unroll 16
+      for (int j = 0; j < NJ; ++j) acc[t][j] += gv[j] * xt[j];
+    }
+  }
+  for (int t = 0; t < TB; ++t) std::memcpy(gw + t * gw_tap, acc[t], sizeof(T) * static_cast<size_t>(nj));
+}
+
+template <typename T, int NJ, int TB>
+inline void tap_block_upto(int64_t tb, int64_t channels, const T* gy, int64_t gy_c, const T* x, int64_t x_c,
+                           const int64_t* off, T* gw, int64_t gw_tap, int64_t nj) {
+  if constexpr (TB > 1) {
+    if (tb < TB) return tap_block_upto<T, NJ, TB - 1>(tb, channels, gy, gy_c, x, x_c, off, gw, gw_tap, nj);
+  }
+  tap_block<T, NJ, TB>(channels, gy, gy_c, x, x_c, off, gw, gw_tap, nj);
+}
+
+// gw (N, G, Kh, Kw, Ho, Wo) contiguous from gy (N, C, Ho, Wo) contiguous and the padded input xp (pad_input).
+// Tasks: one output row of one group, t = (n * G + group) * Ho + i, so one image alone keeps every thread busy.
+// The taps are taken in even chunks of at most kTaps (49 = 7 x 7).
+template <typename T, typename ParallelFor>
+void grad_weight(const Geometry& g, const T* gy, const T* xp, T* gw, ParallelFor&& parallel_for) {
+  constexpr int NJ = kPixelsGw<T>;
+  const std::vector<int64_t> off = tap_offsets(g);
+  const int64_t taps = g.taps(), w_tap = g.Ho * g.Wo;
+  const int64_t nchunks = (taps + kTaps - 1) / kTaps, chunk = (taps + nchunks - 1) / nchunks;
+  const T* gy_end = gy + g.N * g.C * g.Ho * g.Wo;
+  parallel_for(g.N * g.G * g.Ho, [&](int64_t begin, int64_t end) {
+    std::vector<T> gbuf;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t i = task % g.Ho, ng = task / g.Ho, n = ng / g.G, grp = ng % g.G;
+      const int64_t ch0 = n * g.C + grp * g.Cg;
+      for (int64_t j0 = 0; j0 < g.Wo; j0 += NJ) {
+        const int64_t nj = std::min<int64_t>(NJ, g.Wo - j0);
+        const T* gyp = gy + (ch0 * g.Ho + i) * g.Wo + j0;
+        int64_t gy_c = w_tap;
+        // A partial block reads NJ grad_output values per channel: in bounds except at the tensor's very end,
+        // where the group's values are first copied to gbuf.
+        if (gyp + (g.Cg - 1) * gy_c + NJ > gy_end) {
+          gbuf.assign(static_cast<size_t>(g.Cg * NJ), T(0));
+          for (int64_t c = 0; c < g.Cg; ++c) std::memcpy(&gbuf[c * NJ], gyp + c * gy_c, sizeof(T) * nj);
+          gyp = gbuf.data(), gy_c = NJ;
+        }
+        const T* x = xp + ch0 * g.plane + i * g.sh * g.row + j0;
+        T* gwp = gw + ng * taps * w_tap + i * g.Wo + j0;
+        for (int64_t t0 = 0; t0 < taps; t0 += chunk) {
+          const int64_t tb = std::min(chunk, taps - t0);
+          tap_block_upto<T, NJ, kTaps>(tb, g.Cg, gyp, gy_c, x, g.plane, off.data() + t0, gwp + t0 * w_tap, w_tap,
+                                       nj);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace involution_nchw
