@@ -79,6 +79,29 @@ int64_t padded_size(const Geometry& g) {
   return g.N * g.C * g.plane + kSlack<T>;
 }
 
+// Prefetch `count` rows of `len` elements, `stride` apart, into L2: the next task's weights (49 rows of one
+// output row each for a 7x7 kernel, too many streams for the hardware prefetchers) and padded input rows. A task is
+// several microseconds of work, enough to hide the memory latency.
+template <typename T>
+inline void prefetch_rows(const T* base, int64_t count, int64_t stride, int64_t len, bool write = false) {
+  constexpr int64_t line = 64 / static_cast<int64_t>(sizeof(T));
+  for (int64_t r = 0; r < count; ++r) {
+    const T* p = base + r * stride;
+    for (int64_t k = 0; k < len; k += line) {
+      if (write)
+        __builtin_prefetch(p + k, 1, 2);
+      else
+        __builtin_prefetch(p + k, 0, 2);
+    }
+    if (len % line != 0 || len == 0) {
+      if (write)
+        __builtin_prefetch(p + len - 1, 1, 2);
+      else
+        __builtin_prefetch(p + len - 1, 0, 2);
+    }
+  }
+}
+
 // One (n, c) plane of the zero-padded, phase-split copy, from a plane of the input with row stride hs and column
 // stride ws (any strides: this copy is where other layouts are read).
 template <typename T>
@@ -187,6 +210,11 @@ void forward(const Geometry& g, const T* xp, const T* w, T* y, ParallelFor&& par
     std::vector<T> wbuf;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t i = t % g.Ho, ng = t / g.Ho, n = ng / g.G, grp = ng % g.G;
+      if (i + 1 < g.Ho) {  // the next row's weights, and the padded input row it reads first
+        prefetch_rows(w + ng * g.taps() * g.Ho * g.Wo + (i + 1) * g.Wo, g.taps(), g.Ho * g.Wo, g.Wo);
+        prefetch_rows(xp + (n * g.C + grp * g.Cg) * g.plane + ((i + 1) * g.sh + (g.Kh - 1) * g.dh) * g.row, g.Cg,
+                      g.plane, g.row);
+      }
       int64_t j0 = 0;
       for (; j0 + NJ <= g.Wo; j0 += NJ) forward_pixels<T, NJ>(g, off.data(), xp, w, w_end, y, n, grp, i, j0, NJ, wbuf);
       const int64_t rest = g.Wo - j0;
@@ -199,97 +227,126 @@ void forward(const Geometry& g, const T* xp, const T* w, T* y, ParallelFor&& par
 }
 
 // ---------------------------------------------------------------------------------------------- grad_input
-// The forward's adjoint, as a scatter into a zero-padded, phase-split scratch of NC channel planes: for NJ output
-// pixels, the NC channels' grad_output stay in registers while every tap adds w * grad_output into the padded
-// positions that tap read (contiguous, as in the forward). gy holds NJ values per channel (zeros past the block's
-// last pixel) and w NJ weights per tap (zeros likewise), so lanes past the block add exact zeros.
+// The forward's adjoint, as a gather: padded row hp of grad_input receives, from every (kernel row u, output row i)
+// with i*sh + u*dh == hp,
+//   sum_v w[u, v, i, j] * gy[c, i, j]   at padded column j*sw + v*dw.
+// In phase r of that row (columns r, r + sw, ...; position k) the taps v with v*dw % sw == r contribute, with
+// j = k - m_v, m_v = v*dw / sw: contiguous reads again. Each output row's weights and grad_output are staged once
+// in zero-bordered rows (M zeros before, zeros after; a ring of the last R output rows), so the shifted reads need
+// no bounds checks; a block of NC channels x NJ positions is then summed over all the row's taps in registers and
+// stored once. (A scatter of each tap into memory instead stalls on loads that overlap the previous tap's stores.)
+
+// dst[c][k] = sum_t w[woff[t] + k] * gy[c][goff[t] + k] for k < nk.
+// Not inlined: inlined into its caller, gcc (13) scalarised it.
 template <typename T, int NJ, int NC>
-inline void scatter_block(const T* w, int64_t w_tap, const int64_t* off, int64_t taps, const T* const* gy,
-                          T* const* dst) {
-  T gv[NC][NJ];
-  for (int c = 0; c < NC; ++c)
-    for (int j = 0; j < NJ; ++j) gv[c][j] = gy[c][j];
+__attribute__((noinline)) void gather_block(const T* w, const int64_t* woff, const int64_t* goff, int64_t taps, const T* const* gy,
+                         T* const* dst, int64_t nk) {
+  T acc[NC][NJ] = {};
   for (int64_t t = 0; t < taps; ++t) {
-    const T* __restrict wt = w + t * w_tap;
-    const int64_t o = off[t];
+    const T* __restrict wt = w + woff[t];
+    const int64_t o = goff[t];
 #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) {
-      T* __restrict d = dst[c] + o;
+      const T* __restrict gt = gy[c] + o;
 #pragma GCC unroll 16
-#pragma GCC ivdep
-      for (int j = 0; j < NJ; ++j) d[j] += wt[j] * gv[c][j];
+      for (int k = 0; k < NJ; ++k) acc[c][k] += wt[k] * gt[k];
     }
   }
+  for (int c = 0; c < NC; ++c) std::memcpy(dst[c], acc[c], sizeof(T) * static_cast<size_t>(nk));
 }
 
 template <typename T, int NJ, int NC>
-inline void scatter_block_upto(int64_t nc, const T* w, int64_t w_tap, const int64_t* off, int64_t taps,
-                               const T* const* gy, T* const* dst) {
+inline void gather_block_upto(int64_t nc, const T* w, const int64_t* woff, const int64_t* goff, int64_t taps,
+                              const T* const* gy, T* const* dst, int64_t nk) {
   if constexpr (NC > 1) {
-    if (nc < NC) return scatter_block_upto<T, NJ, NC - 1>(nc, w, w_tap, off, taps, gy, dst);
+    if (nc < NC) return gather_block_upto<T, NJ, NC - 1>(nc, w, woff, goff, taps, gy, dst, nk);
   }
-  scatter_block<T, NJ, NC>(w, w_tap, off, taps, gy, dst);
+  gather_block<T, NJ, NC>(w, woff, goff, taps, gy, dst, nk);
 }
 
-// Channels [c_lo, c_hi) of group grp in image n, every output row, scattered into `scratch` (one padded plane per
-// channel, zeroed here), then the planes' interior copied out to gx (contiguous NCHW).
+// Staged rows and tap tables of one grad_input task.
+template <typename T>
+struct GatherScratch {
+  int64_t M, L, R, nch;
+  std::unique_ptr<T[]> wst, gst, rows;  // R x taps x L weights, R x nch x L grad_output, nch x row (+ NJ) results
+  std::vector<int64_t> woff, goff;
+};
+
+// Channels [c_lo, c_hi) of group grp in image n: every input row of grad_input (contiguous NCHW).
 template <typename T, int NJ>
-void grad_input_channels(const Geometry& g, const int64_t* off, const T* gy_all, const T* w_all, T* gx_all,
-                         int64_t n, int64_t grp, int64_t c_lo, int64_t c_hi, T* scratch, std::vector<T>& buf) {
-  const int64_t taps = g.taps(), w_tap = g.Ho * g.Wo, nch = c_hi - c_lo;
-  std::fill(scratch, scratch + nch * g.plane + kSlack<T>, T(0));
+void grad_input_channels(const Geometry& g, const T* gy_all, const T* w_all, T* gx_all, int64_t n, int64_t grp,
+                         int64_t c_lo, int64_t c_hi, GatherScratch<T>& s) {
+  const int64_t taps = g.taps(), w_tap = g.Ho * g.Wo, nch = c_hi - c_lo, M = s.M, L = s.L, R = s.R;
+  const int64_t rlen = g.row + NJ;
+  std::fill(s.wst.get(), s.wst.get() + R * taps * L, T(0));
+  std::fill(s.gst.get(), s.gst.get() + R * s.nch * L, T(0));
   const T* w_group = w_all + (n * g.G + grp) * taps * w_tap;
-  // Partial blocks: NJ grad_output values per channel (CB of them) then NJ weights per tap, zero-filled.
-  buf.resize(static_cast<size_t>((CB + taps) * NJ));
+  const T* gy_group = gy_all + (n * g.C + grp * g.Cg + c_lo) * w_tap;
+  T* gx_group = gx_all + (n * g.C + grp * g.Cg + c_lo) * g.H * g.W;
+  const int64_t inside = std::max<int64_t>(0, std::min(g.W, g.Wp - g.pw));  // columns some tap reads
   const T* gy[CB];
   T* dst[CB];
-  for (int64_t i = 0; i < g.Ho; ++i) {
-    for (int64_t j0 = 0; j0 < g.Wo; j0 += NJ) {
-      const int64_t nj = std::min<int64_t>(NJ, g.Wo - j0);
-      const T* w = w_group + i * g.Wo + j0;
-      int64_t stride = w_tap;
-      if (nj < NJ) {
-        std::fill(buf.begin(), buf.end(), T(0));
-        T* wb = buf.data() + CB * NJ;
-        for (int64_t t = 0; t < taps; ++t) std::memcpy(wb + t * NJ, w + t * w_tap, sizeof(T) * nj);
-        w = wb, stride = NJ;
+  int64_t next = 0;  // the next output row to stage
+  for (int64_t h = 0; h < g.H; ++h) {
+    const int64_t hp = g.ph + h;
+    if (hp >= g.Hp) {  // no tap reads this row
+      for (int64_t c = 0; c < nch; ++c) std::fill(gx_group + (c * g.H + h) * g.W, gx_group + (c * g.H + h + 1) * g.W, T(0));
+      continue;
+    }
+    // Output rows i with i*sh + u*dh == hp for some u: within [i_lo, i_hi].
+    const int64_t reach = hp - (g.Kh - 1) * g.dh;
+    const int64_t i_lo = reach <= 0 ? 0 : (reach + g.sh - 1) / g.sh;
+    const int64_t i_hi = std::min(g.Ho - 1, hp / g.sh);
+    next = std::max(next, i_lo);
+    for (; next <= i_hi; ++next) {
+      const int64_t slot = next % R;
+      if (next + 1 < g.Ho) {
+        prefetch_rows(w_group + (next + 1) * g.Wo, taps, w_tap, g.Wo);
+        prefetch_rows(gy_group + (next + 1) * g.Wo, nch, w_tap, g.Wo);
       }
-      for (int64_t c0 = c_lo; c0 < c_hi; c0 += CB) {
-        const int64_t nc = std::min<int64_t>(CB, c_hi - c0);
-        for (int64_t c = 0; c < nc; ++c) {
-          const T* src = gy_all + ((n * g.C + grp * g.Cg + c0 + c) * g.Ho + i) * g.Wo + j0;
-          if (nj < NJ) {
-            std::memcpy(buf.data() + c * NJ, src, sizeof(T) * nj);
-            src = buf.data() + c * NJ;
-          }
-          gy[c] = src;
-          dst[c] = scratch + (c0 - c_lo + c) * g.plane + i * g.sh * g.row + j0;
+      for (int64_t t = 0; t < taps; ++t)
+        std::memcpy(s.wst.get() + (slot * taps + t) * L + M, w_group + t * w_tap + next * g.Wo,
+                    sizeof(T) * static_cast<size_t>(g.Wo));
+      for (int64_t c = 0; c < nch; ++c)
+        std::memcpy(s.gst.get() + (slot * s.nch + c) * L + M, gy_group + c * w_tap + next * g.Wo,
+                    sizeof(T) * static_cast<size_t>(g.Wo));
+    }
+    for (int64_t r = 0; r < g.sw; ++r) {
+      s.woff.clear();
+      s.goff.clear();
+      for (int64_t u = 0; u < g.Kh; ++u) {
+        const int64_t num = hp - u * g.dh;
+        if (num < 0) break;
+        if (num % g.sh != 0 || num / g.sh >= g.Ho) continue;
+        const int64_t slot = (num / g.sh) % R;
+        for (int64_t v = 0; v < g.Kw; ++v) {
+          const int64_t q = v * g.dw;
+          if (q % g.sw != r) continue;
+          s.woff.push_back((slot * taps + u * g.Kw + v) * L - q / g.sw);
+          s.goff.push_back(slot * s.nch * L - q / g.sw);
         }
-        scatter_block_upto<T, NJ, CB>(nc, w, stride, off, taps, gy, dst);
+      }
+      const int64_t ntaps = static_cast<int64_t>(s.woff.size());
+      for (int64_t k0 = 0; k0 < g.Wq; k0 += NJ) {
+        const int64_t nk = std::min<int64_t>(NJ, g.Wq - k0);
+        for (int64_t c0 = 0; c0 < nch; c0 += CB) {
+          const int64_t nc = std::min<int64_t>(CB, nch - c0);
+          for (int64_t c = 0; c < nc; ++c) {
+            gy[c] = s.gst.get() + (c0 + c) * L + M + k0;
+            dst[c] = s.rows.get() + (c0 + c) * rlen + r * g.Wq + k0;
+          }
+          gather_block_upto<T, NJ, CB>(nc, s.wst.get() + M + k0, s.woff.data(), s.goff.data(), ntaps, gy, dst, nk);
+        }
       }
     }
-  }
-  // The interior: input (h, w) is padded (ph + h, pw + w); rows and columns no tap reads get zero.
-  for (int64_t c = 0; c < nch; ++c) {
-    const T* plane = scratch + c * g.plane;
-    T* out = gx_all + (n * g.C + grp * g.Cg + c_lo + c) * g.H * g.W;
-    for (int64_t h = 0; h < g.H; ++h) {
-      T* orow = out + h * g.W;
-      const int64_t hp = g.ph + h;
-      if (hp >= g.Hp) {
-        std::fill(orow, orow + g.W, T(0));
-        continue;
-      }
-      const T* prow = plane + hp * g.row;
-      const int64_t inside = std::max<int64_t>(0, std::min(g.W, g.Wp - g.pw));  // columns some tap reads
+    // The row's interior: input column w is padded column pw + w; columns no tap reads get zero.
+    for (int64_t c = 0; c < nch; ++c) {
+      const T* prow = s.rows.get() + c * rlen;
+      T* orow = gx_group + (c * g.H + h) * g.W;
       if (g.sw == 1) {
-        std::memcpy(orow, prow + g.pw, sizeof(T) * inside);
+        std::memcpy(orow, prow + g.pw, sizeof(T) * static_cast<size_t>(inside));
       } else {
-        for (int64_t r = 0; r < g.sw; ++r) {  // input columns w with (pw + w) % sw == r
-          const int64_t w0 = ((r - g.pw) % g.sw + g.sw) % g.sw;
-          const T* phase = prow + r * g.Wq;
-          for (int64_t w = w0; w < inside; w += g.sw) orow[w] = phase[(g.pw + w) / g.sw];
-        }
+        for (int64_t w = 0; w < inside; ++w) orow[w] = prow[g.column(g.pw + w)];
       }
       std::fill(orow + inside, orow + g.W, T(0));
     }
@@ -298,22 +355,27 @@ void grad_input_channels(const Geometry& g, const int64_t* off, const T* gy_all,
 
 // gx (N, C, H, W) contiguous from gy (N, C, Ho, Wo) contiguous and the contiguous weight w. Tasks: the channels of
 // one group of one image, split into chunks of CB-multiples when there are too few (n, group) pairs to keep every
-// thread busy; each task scatters into its own scratch planes, so no two tasks write the same memory.
+// thread busy; tasks write disjoint channels.
 template <typename T, typename ParallelFor>
 void grad_input(const Geometry& g, const T* gy, const T* w, T* gx, ParallelFor&& parallel_for) {
   constexpr int NJ = kPixels<T>;
-  const std::vector<int64_t> off = tap_offsets(g);
   int64_t per_task = g.Cg;  // channels per task, CB-aligned within the group
   while (g.N * g.G * ((g.Cg + per_task - 1) / per_task) < 16 && per_task > CB)
     per_task = (per_task / 2 + CB - 1) / CB * CB;
   const int64_t chunks = (g.Cg + per_task - 1) / per_task;
   parallel_for(g.N * g.G * chunks, [&](int64_t begin, int64_t end) {
-    std::unique_ptr<T[]> scratch(new T[static_cast<size_t>(per_task * g.plane + kSlack<T>)]);
-    std::vector<T> buf;
+    GatherScratch<T> s;
+    s.M = (g.Kw - 1) * g.dw / g.sw;             // the largest shift m_v
+    s.L = s.M + (g.Wq + NJ - 1) / NJ * NJ;      // a staged row: reads reach L - 1 at most
+    s.R = (g.Kh - 1) * g.dh / g.sh + 1;         // output rows one padded row reads from, at most
+    s.nch = per_task;
+    s.wst.reset(new T[static_cast<size_t>(s.R * g.taps() * s.L)]);
+    s.gst.reset(new T[static_cast<size_t>(s.R * per_task * s.L)]);
+    s.rows.reset(new T[static_cast<size_t>(per_task * (g.row + NJ))]);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t k = t % chunks, ng = t / chunks, n = ng / g.G, grp = ng % g.G;
       const int64_t c_lo = k * per_task, c_hi = std::min(g.Cg, c_lo + per_task);
-      grad_input_channels<T, NJ>(g, off.data(), gy, w, gx, n, grp, c_lo, c_hi, scratch.get(), buf);
+      grad_input_channels<T, NJ>(g, gy, w, gx, n, grp, c_lo, c_hi, s);
     }
   });
 }
@@ -366,6 +428,11 @@ void grad_weight(const Geometry& g, const T* gy, const T* xp, T* gw, ParallelFor
     for (int64_t task = begin; task < end; ++task) {
       const int64_t i = task % g.Ho, ng = task / g.Ho, n = ng / g.G, grp = ng % g.G;
       const int64_t ch0 = n * g.C + grp * g.Cg;
+      if (i + 1 < g.Ho) {  // the next row's gradient rows (written), grad_output and last padded input rows
+        prefetch_rows(gw + ng * taps * w_tap + (i + 1) * g.Wo, taps, w_tap, g.Wo, /*write=*/true);
+        prefetch_rows(gy + (ch0 * g.Ho + i + 1) * g.Wo, g.Cg, w_tap, g.Wo);
+        prefetch_rows(xp + ch0 * g.plane + ((i + 1) * g.sh + (g.Kh - 1) * g.dh) * g.row, g.Cg, g.plane, g.row);
+      }
       for (int64_t j0 = 0; j0 < g.Wo; j0 += NJ) {
         const int64_t nj = std::min<int64_t>(NJ, g.Wo - j0);
         const T* gyp = gy + (ch0 * g.Ho + i) * g.Wo + j0;
