@@ -144,7 +144,7 @@ void pad_input(const Geometry& g, const T* x, const int64_t* xs, T* xp, Parallel
 // ------------------------------------------------------------------------------------------------- forward
 // y[c][j] = sum_t w[t * w_tap + j] * x[c][off[t] + j] for NC channels and the first nj of NJ pixels. Sizes are
 // compile-time, so the accumulators stay in registers and the j loop is vectorised. Lanes past nj compute
-// garbage from in-bounds memory (the weights are then a zero-filled copy) and are not stored.
+// garbage from in-bounds memory (the staged weights are zeros there) and are not stored.
 template <typename T, int NJ, int NC>
 inline void forward_block(const T* __restrict w, int64_t w_tap, const int64_t* off, int64_t taps,
                           const T* const* x, T* const* y, int64_t nj) {
@@ -172,20 +172,11 @@ inline void forward_block_upto(int64_t nc, const T* w, int64_t w_tap, const int6
   forward_block<T, NJ, NC>(w, w_tap, off, taps, x, y, nj);
 }
 
-// Pixels j0 .. j0 + nj of output row i of group grp, all its channels, in blocks of NJ pixels x CB channels.
+// Pixels j0 .. j0 + nj of output row i of group grp, all its channels, in blocks of NJ pixels x CB channels. `w`
+// is the row's staged weights: tap t's at w[t * w_tap + j], zeros past Wo.
 template <typename T, int NJ>
-void forward_pixels(const Geometry& g, const int64_t* off, const T* xp, const T* w_all, const T* w_end, T* y_all,
-                    int64_t n, int64_t grp, int64_t i, int64_t j0, int64_t nj, std::vector<T>& wbuf) {
-  const int64_t taps = g.taps(), w_tap = g.Ho * g.Wo;
-  const T* w = w_all + (n * g.G + grp) * taps * w_tap + i * g.Wo + j0;
-  int64_t stride = w_tap;
-  // A partial last block reads its weights NJ wide too: past the row's end lies the next row of the same tensor,
-  // except at the very end of the tensor, where the block's weights are first copied, zero-filled, to wbuf.
-  if (nj < NJ && w + (taps - 1) * w_tap + NJ > w_end) {
-    wbuf.assign(static_cast<size_t>(taps * NJ), T(0));
-    for (int64_t t = 0; t < taps; ++t) std::memcpy(&wbuf[t * NJ], w + t * w_tap, sizeof(T) * nj);
-    w = wbuf.data(), stride = NJ;
-  }
+void forward_pixels(const Geometry& g, const int64_t* off, const T* xp, const T* w, int64_t w_tap, T* y_all,
+                    int64_t n, int64_t grp, int64_t i, int64_t j0, int64_t nj) {
   const T* x[CB];
   T* y[CB];
   for (int64_t c0 = 0; c0 < g.Cg; c0 += CB) {
@@ -195,33 +186,39 @@ void forward_pixels(const Geometry& g, const int64_t* off, const T* xp, const T*
       x[c] = xp + ch * g.plane + i * g.sh * g.row + j0;
       y[c] = y_all + (ch * g.Ho + i) * g.Wo + j0;
     }
-    forward_block_upto<T, NJ, CB>(nc, w, stride, off, taps, x, y, nj);
+    forward_block_upto<T, NJ, CB>(nc, w + j0, w_tap, off, g.taps(), x, y, nj);
   }
 }
 
 // y (N, C, Ho, Wo) contiguous from the padded input xp (pad_input) and the contiguous weight w. Tasks: one output
-// row of one group, t = (n * G + group) * Ho + i.
+// row of one group, t = (n * G + group) * Ho + i. A task first copies its row's Kh*Kw weight rows (Wo each, Ho*Wo
+// apart) next to each other: one burst of independent loads, where reading them inside the register-blocked loop
+// stalled on each stream's memory latency in turn; it also gives the last block zeros to read past Wo.
 template <typename T, typename ParallelFor>
 void forward(const Geometry& g, const T* xp, const T* w, T* y, ParallelFor&& parallel_for) {
   constexpr int NJ = kPixels<T>;
   const std::vector<int64_t> off = tap_offsets(g);
-  const T* w_end = w + g.N * g.G * g.taps() * g.Ho * g.Wo;
+  const int64_t taps = g.taps(), w_tap = g.Ho * g.Wo;
+  const int64_t ws = (g.Wo + NJ - 1) / NJ * NJ;  // a staged weight row
   parallel_for(g.N * g.G * g.Ho, [&](int64_t begin, int64_t end) {
-    std::vector<T> wbuf;
+    std::vector<T> wrow(static_cast<size_t>(taps * ws), T(0));
     for (int64_t t = begin; t < end; ++t) {
       const int64_t i = t % g.Ho, ng = t / g.Ho, n = ng / g.G, grp = ng % g.G;
+      const T* wsrc = w + ng * taps * w_tap + i * g.Wo;
+      for (int64_t k = 0; k < taps; ++k)
+        std::memcpy(wrow.data() + k * ws, wsrc + k * w_tap, sizeof(T) * static_cast<size_t>(g.Wo));
       if (i + 1 < g.Ho) {  // the next row's weights, and the padded input row it reads first
-        prefetch_rows(w + ng * g.taps() * g.Ho * g.Wo + (i + 1) * g.Wo, g.taps(), g.Ho * g.Wo, g.Wo);
+        prefetch_rows(wsrc + g.Wo, taps, w_tap, g.Wo);
         prefetch_rows(xp + (n * g.C + grp * g.Cg) * g.plane + ((i + 1) * g.sh + (g.Kh - 1) * g.dh) * g.row, g.Cg,
                       g.plane, g.row);
       }
       int64_t j0 = 0;
-      for (; j0 + NJ <= g.Wo; j0 += NJ) forward_pixels<T, NJ>(g, off.data(), xp, w, w_end, y, n, grp, i, j0, NJ, wbuf);
+      for (; j0 + NJ <= g.Wo; j0 += NJ) forward_pixels<T, NJ>(g, off.data(), xp, wrow.data(), ws, y, n, grp, i, j0, NJ);
       const int64_t rest = g.Wo - j0;
       if (rest > NJ / 2)
-        forward_pixels<T, NJ>(g, off.data(), xp, w, w_end, y, n, grp, i, j0, rest, wbuf);
+        forward_pixels<T, NJ>(g, off.data(), xp, wrow.data(), ws, y, n, grp, i, j0, rest);
       else if (rest > 0)
-        forward_pixels<T, NJ / 2>(g, off.data(), xp, w, w_end, y, n, grp, i, j0, rest, wbuf);
+        forward_pixels<T, NJ / 2>(g, off.data(), xp, wrow.data(), ws, y, n, grp, i, j0, rest);
     }
   });
 }
