@@ -65,6 +65,31 @@ struct Geometry {
 template <typename T>
 constexpr int64_t kSlack = kPixels<T>;
 
+// dst[k] = src[k] for k < n: the short copies of the kernels (rows of a few dozen elements), inline. A libc memcpy
+// call per row, and a block's accumulators spilled to memory for one, cost more than the copy at small widths.
+template <typename T>
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void copy_n(T* __restrict dst,
+                                                                                 const T* __restrict src, int64_t n) {
+  constexpr int V = 32 / static_cast<int>(sizeof(T));
+  int64_t k = 0;
+  for (; k + V <= n; k += V) {
+#pragma GCC unroll 8
+    for (int e = 0; e < V; ++e) dst[k + e] = src[k + e];
+  }
+  for (; k < n; ++k) dst[k] = src[k];
+}
+
+// Store the first n of NJ accumulators.
+template <typename T, int NJ>
+inline void store_n(T* __restrict dst, const T* acc, int64_t n) {
+  if (n == NJ) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NJ; ++j) dst[j] = acc[j];
+  } else {
+    for (int64_t j = 0; j < n; ++j) dst[j] = acc[j];
+  }
+}
+
 // Per tap (u, v): its offset in a padded plane from the first element output row 0 reads.
 inline std::vector<int64_t> tap_offsets(const Geometry& g) {
   std::vector<int64_t> off(static_cast<size_t>(g.taps()));
@@ -159,7 +184,7 @@ inline void forward_block(const T* __restrict w, int64_t w_tap, const int64_t* o
       for (int j = 0; j < NJ; ++j) acc[c][j] += wt[j] * xt[j];
     }
   }
-  for (int c = 0; c < NC; ++c) std::memcpy(y[c], acc[c], sizeof(T) * static_cast<size_t>(nj));
+  for (int c = 0; c < NC; ++c) store_n<T, NJ>(y[c], acc[c], nj);
 }
 
 // forward_block<NJ, nc> for a runtime nc <= NC.
@@ -206,7 +231,7 @@ void forward(const Geometry& g, const T* xp, const T* w, T* y, ParallelFor&& par
       const int64_t i = t % g.Ho, ng = t / g.Ho, n = ng / g.G, grp = ng % g.G;
       const T* wsrc = w + ng * taps * w_tap + i * g.Wo;
       for (int64_t k = 0; k < taps; ++k)
-        std::memcpy(wrow.data() + k * ws, wsrc + k * w_tap, sizeof(T) * static_cast<size_t>(g.Wo));
+        copy_n(wrow.data() + k * ws, wsrc + k * w_tap, g.Wo);
       if (i + 1 < g.Ho) {  // the next row's weights, and the padded input row it reads first
         prefetch_rows(wsrc + g.Wo, taps, w_tap, g.Wo);
         prefetch_rows(xp + (n * g.C + grp * g.Cg) * g.plane + ((i + 1) * g.sh + (g.Kh - 1) * g.dh) * g.row, g.Cg,
@@ -249,7 +274,7 @@ __attribute__((noinline)) void gather_block(const T* w, const int64_t* woff, con
       for (int k = 0; k < NJ; ++k) acc[c][k] += wt[k] * gt[k];
     }
   }
-  for (int c = 0; c < NC; ++c) std::memcpy(dst[c], acc[c], sizeof(T) * static_cast<size_t>(nk));
+  for (int c = 0; c < NC; ++c) store_n<T, NJ>(dst[c], acc[c], nk);
 }
 
 template <typename T, int NJ, int NC>
@@ -302,11 +327,9 @@ void grad_input_channels(const Geometry& g, const T* gy_all, const T* w_all, T* 
         prefetch_rows(gy_group + (next + 1) * g.Wo, nch, w_tap, g.Wo);
       }
       for (int64_t t = 0; t < taps; ++t)
-        std::memcpy(s.wst.get() + (slot * taps + t) * L + M, w_group + t * w_tap + next * g.Wo,
-                    sizeof(T) * static_cast<size_t>(g.Wo));
+        copy_n(s.wst.get() + (slot * taps + t) * L + M, w_group + t * w_tap + next * g.Wo, g.Wo);
       for (int64_t c = 0; c < nch; ++c)
-        std::memcpy(s.gst.get() + (slot * s.nch + c) * L + M, gy_group + c * w_tap + next * g.Wo,
-                    sizeof(T) * static_cast<size_t>(g.Wo));
+        copy_n(s.gst.get() + (slot * s.nch + c) * L + M, gy_group + c * w_tap + next * g.Wo, g.Wo);
     }
     for (int64_t r = 0; r < g.sw; ++r) {
       s.woff.clear();
@@ -398,7 +421,7 @@ inline void tap_block(int64_t channels, const T* gy, int64_t gy_c, const T* x, i
       for (int j = 0; j < NJ; ++j) acc[t][j] += gv[j] * xt[j];
     }
   }
-  for (int t = 0; t < TB; ++t) std::memcpy(gw + t * gw_tap, acc[t], sizeof(T) * static_cast<size_t>(nj));
+  for (int t = 0; t < TB; ++t) store_n<T, NJ>(gw + t * gw_tap, acc[t], nj);
 }
 
 template <typename T, int NJ, int TB>
