@@ -511,23 +511,6 @@ void check_contiguous(const at::Tensor& t, const char* name, at::ScalarType dtyp
   TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
 }
 
-// The zero-padded, phase-split copy of `input` (any strides) that the NCHW forward and grad_weight read. It lives
-// in a buffer kept per calling thread and grown as needed: a fresh multi-megabyte allocation per call is fresh
-// pages from the kernel every time (measured: 1.5k page faults and ~3 ms of system time per call at N=8, C=64,
-// 56x56, more than the padding itself).
-template <typename T>
-T* padded_input(const at::Tensor& input, const involution_nchw::Geometry& g) {
-  thread_local std::vector<T> buffer;
-  const auto size = static_cast<size_t>(involution_nchw::padded_size<T>(g));
-  if (buffer.size() < size) {
-    buffer = std::vector<T>();  // free the old one first
-    buffer.resize(size);
-  }
-  const int64_t xs[4] = {input.stride(0), input.stride(1), input.stride(2), input.stride(3)};
-  involution_nchw::pad_input<T>(g, input.data_ptr<T>(), xs, buffer.data(), AtenParallelFor{});
-  return buffer.data();
-}
-
 // input: any strides; weight and out contiguous, all of one dtype.
 void forward_nchw(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& out, at::IntArrayRef stride,
                   at::IntArrayRef padding, at::IntArrayRef dilation) {
@@ -539,8 +522,8 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& weight, const at::T
               "out has the wrong shape");
   if (out.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "involution_forward_nchw", [&] {
-    const scalar_t* xp = padded_input<scalar_t>(input, g);
-    involution_nchw::forward<scalar_t>(g, xp, weight.data_ptr<scalar_t>(),
+    const int64_t xs[4] = {input.stride(0), input.stride(1), input.stride(2), input.stride(3)};
+    involution_nchw::forward<scalar_t>(g, input.data_ptr<scalar_t>(), xs, weight.data_ptr<scalar_t>(),
                                        out.data_ptr<scalar_t>(), AtenParallelFor{});
   });
 }
@@ -575,8 +558,8 @@ void backward_weight_nchw(const at::Tensor& grad_out, const at::Tensor& input, c
               "grad_output has the wrong shape");
   if (grad_w.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "involution_backward_weight_nchw", [&] {
-    const scalar_t* xp = padded_input<scalar_t>(input, g);
-    involution_nchw::grad_weight<scalar_t>(g, grad_out.data_ptr<scalar_t>(), xp,
+    const int64_t xs[4] = {input.stride(0), input.stride(1), input.stride(2), input.stride(3)};
+    involution_nchw::grad_weight<scalar_t>(g, grad_out.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), xs,
                                            grad_w.data_ptr<scalar_t>(), AtenParallelFor{});
   });
 }

@@ -98,11 +98,6 @@ inline std::vector<int64_t> tap_offsets(const Geometry& g) {
   return off;
 }
 
-// Elements of the padded copy of an (N, C, H, W) input, slack included.
-template <typename T>
-int64_t padded_size(const Geometry& g) {
-  return g.N * g.C * g.plane + kSlack<T>;
-}
 
 // Prefetch `count` rows of `len` elements, `stride` apart, into L2: the next task's weights (49 rows of one
 // output row each for a 7x7 kernel, too many streams for the hardware prefetchers) and padded input rows. A task is
@@ -127,19 +122,20 @@ inline void prefetch_rows(const T* base, int64_t count, int64_t stride, int64_t 
   }
 }
 
-// One (n, c) plane of the zero-padded, phase-split copy, from a plane of the input with row stride hs and column
-// stride ws (any strides: this copy is where other layouts are read).
+// Padded rows [p0, p1) of one (n, c) plane of the zero-padded, phase-split input, from a plane of the input with
+// row stride hs and column stride ws (any strides: this copy is where other layouts are read), into dst (row
+// elements per padded row).
 template <typename T>
-void pad_plane(const Geometry& g, const T* src, int64_t hs, int64_t ws, T* dst) {
-  std::fill(dst, dst + g.plane, T(0));
-  const int64_t rows = std::min(g.H, g.Hp - g.ph);  // input rows no tap reads are left out
-  for (int64_t h = 0; h < rows; ++h) {
+void pad_rows(const Geometry& g, const T* src, int64_t hs, int64_t ws, T* dst, int64_t p0, int64_t p1) {
+  std::fill(dst, dst + (p1 - p0) * g.row, T(0));
+  const int64_t h_lo = std::max<int64_t>(0, p0 - g.ph), h_hi = std::min(g.H, p1 - g.ph);
+  for (int64_t h = h_lo; h < h_hi; ++h) {
     const T* in = src + h * hs;
-    T* out = dst + (g.ph + h) * g.row;
+    T* out = dst + (g.ph + h - p0) * g.row;
     if (g.sw == 1) {
       const int64_t n = std::min(g.W, g.row - g.pw);
       if (ws == 1) {
-        if (n > 0) std::memcpy(out + g.pw, in, sizeof(T) * static_cast<size_t>(n));
+        copy_n(out + g.pw, in, n);
       } else {
         for (int64_t k = 0; k < n; ++k) out[g.pw + k] = in[k * ws];
       }
@@ -154,16 +150,34 @@ void pad_plane(const Geometry& g, const T* src, int64_t hs, int64_t ws, T* dst) 
   }
 }
 
-// The padded copy of the whole input x (strides xs: n, c, h, w) into xp (padded_size elements).
-template <typename T, typename ParallelFor>
-void pad_input(const Geometry& g, const T* x, const int64_t* xs, T* xp, ParallelFor&& parallel_for) {
-  std::fill(xp + g.N * g.C * g.plane, xp + padded_size<T>(g), T(0));
-  parallel_for(g.N * g.C, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t n = p / g.C, c = p % g.C;
-      pad_plane<T>(g, x + n * xs[0] + c * xs[1], xs[2], xs[3], xp + p * g.plane);
-    }
-  });
+// The padded input rows that output rows [i0, i1) of one group read, for its Cg channels: a task's own copy, made
+// just before it is read (so it is read from cache, and no copy of the whole input is written and read back).
+template <typename T>
+struct GroupRows {
+  std::vector<T> data;
+  int64_t p0 = 0, cstride = 0;  // the first padded row held; elements per channel
+
+  // x: the input, strides xs (n, c, h, w).
+  void fill(const Geometry& g, const T* x, const int64_t* xs, int64_t n, int64_t grp, int64_t i0, int64_t i1) {
+    p0 = i0 * g.sh;
+    const int64_t p1 = (i1 - 1) * g.sh + (g.Kh - 1) * g.dh + 1;
+    cstride = (p1 - p0) * g.row;
+    const auto size = static_cast<size_t>(g.Cg * cstride + kSlack<T>);
+    if (data.size() < size) data.resize(size);
+    std::fill(data.begin() + g.Cg * cstride, data.begin() + static_cast<int64_t>(size), T(0));
+    for (int64_t c = 0; c < g.Cg; ++c)
+      pad_rows<T>(g, x + n * xs[0] + (grp * g.Cg + c) * xs[1], xs[2], xs[3], data.data() + c * cstride, p0, p1);
+  }
+  // Channel 0 of the group at the first padded row output row i reads.
+  const T* row(const Geometry& g, int64_t i) const { return data.data() + (i * g.sh - p0) * g.row; }
+};
+
+// Rows per task of the forward and grad_weight: a whole image's group, unless that leaves fewer than 16 tasks
+// (then halved until it does not, so one image alone keeps every thread busy).
+inline int64_t rows_per_task(const Geometry& g) {
+  int64_t rows = g.Ho;
+  while (rows > 1 && g.N * g.G * ((g.Ho + rows - 1) / rows) < 16) rows = (rows + 1) / 2;
+  return rows;
 }
 
 // ------------------------------------------------------------------------------------------------- forward
@@ -197,53 +211,57 @@ inline void forward_block_upto(int64_t nc, const T* w, int64_t w_tap, const int6
   forward_block<T, NJ, NC>(w, w_tap, off, taps, x, y, nj);
 }
 
-// Pixels j0 .. j0 + nj of output row i of group grp, all its channels, in blocks of NJ pixels x CB channels. `w`
-// is the row's staged weights: tap t's at w[t * w_tap + j], zeros past Wo.
+// Pixels j0 .. j0 + nj of output row i of group grp, all its channels, in blocks of NJ pixels x CB channels. `x`
+// is the group's channel 0 at the row's first padded row, channels x_c apart; `w` the row's staged weights: tap t's
+// at w[t * w_tap + j], zeros past Wo.
 template <typename T, int NJ>
-void forward_pixels(const Geometry& g, const int64_t* off, const T* xp, const T* w, int64_t w_tap, T* y_all,
-                    int64_t n, int64_t grp, int64_t i, int64_t j0, int64_t nj) {
+void forward_pixels(const Geometry& g, const int64_t* off, const T* x0, int64_t x_c, const T* w, int64_t w_tap,
+                    T* y_all, int64_t n, int64_t grp, int64_t i, int64_t j0, int64_t nj) {
   const T* x[CB];
   T* y[CB];
   for (int64_t c0 = 0; c0 < g.Cg; c0 += CB) {
     const int64_t nc = std::min<int64_t>(CB, g.Cg - c0);
     for (int64_t c = 0; c < nc; ++c) {
-      const int64_t ch = n * g.C + grp * g.Cg + c0 + c;
-      x[c] = xp + ch * g.plane + i * g.sh * g.row + j0;
-      y[c] = y_all + (ch * g.Ho + i) * g.Wo + j0;
+      x[c] = x0 + (c0 + c) * x_c + j0;
+      y[c] = y_all + ((n * g.C + grp * g.Cg + c0 + c) * g.Ho + i) * g.Wo + j0;
     }
     forward_block_upto<T, NJ, CB>(nc, w + j0, w_tap, off, g.taps(), x, y, nj);
   }
 }
 
-// y (N, C, Ho, Wo) contiguous from the padded input xp (pad_input) and the contiguous weight w. Tasks: one output
-// row of one group, t = (n * G + group) * Ho + i. A task first copies its row's Kh*Kw weight rows (Wo each, Ho*Wo
-// apart) next to each other: one burst of independent loads, where reading them inside the register-blocked loop
-// stalled on each stream's memory latency in turn; it also gives the last block zeros to read past Wo.
+// y (N, C, Ho, Wo) contiguous from the input x (any strides xs: n, c, h, w) and the contiguous weight w. Tasks: a
+// block of output rows of one group of one image (rows_per_task), which first pads the input rows it reads
+// (GroupRows). Per output row, the row's Kh*Kw weight rows (Wo each, Ho*Wo apart) are first copied next to each
+// other: one burst of independent loads, where reading them inside the register-blocked loop stalled on each
+// stream in turn; it also gives the last block zeros to read past Wo.
 template <typename T, typename ParallelFor>
-void forward(const Geometry& g, const T* xp, const T* w, T* y, ParallelFor&& parallel_for) {
+void forward(const Geometry& g, const T* x, const int64_t* xs, const T* w, T* y, ParallelFor&& parallel_for) {
   constexpr int NJ = kPixels<T>;
   const std::vector<int64_t> off = tap_offsets(g);
   const int64_t taps = g.taps(), w_tap = g.Ho * g.Wo;
   const int64_t ws = (g.Wo + NJ - 1) / NJ * NJ;  // a staged weight row
-  parallel_for(g.N * g.G * g.Ho, [&](int64_t begin, int64_t end) {
+  const int64_t rows = rows_per_task(g), blocks = (g.Ho + rows - 1) / rows;
+  parallel_for(g.N * g.G * blocks, [&](int64_t begin, int64_t end) {
     std::vector<T> wrow(static_cast<size_t>(taps * ws), T(0));
+    GroupRows<T> xr;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t i = t % g.Ho, ng = t / g.Ho, n = ng / g.G, grp = ng % g.G;
-      const T* wsrc = w + ng * taps * w_tap + i * g.Wo;
-      for (int64_t k = 0; k < taps; ++k)
-        copy_n(wrow.data() + k * ws, wsrc + k * w_tap, g.Wo);
-      if (i + 1 < g.Ho) {  // the next row's weights, and the padded input row it reads first
-        prefetch_rows(wsrc + g.Wo, taps, w_tap, g.Wo);
-        prefetch_rows(xp + (n * g.C + grp * g.Cg) * g.plane + ((i + 1) * g.sh + (g.Kh - 1) * g.dh) * g.row, g.Cg,
-                      g.plane, g.row);
+      const int64_t ng = t / blocks, n = ng / g.G, grp = ng % g.G;
+      const int64_t i0 = (t % blocks) * rows, i1 = std::min(g.Ho, i0 + rows);
+      xr.fill(g, x, xs, n, grp, i0, i1);
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* wsrc = w + ng * taps * w_tap + i * g.Wo;
+        for (int64_t k = 0; k < taps; ++k) copy_n(wrow.data() + k * ws, wsrc + k * w_tap, g.Wo);
+        if (i + 1 < i1) prefetch_rows(wsrc + g.Wo, taps, w_tap, g.Wo);  // the next row's weights
+        const T* x0 = xr.row(g, i);
+        int64_t j0 = 0;
+        for (; j0 + NJ <= g.Wo; j0 += NJ)
+          forward_pixels<T, NJ>(g, off.data(), x0, xr.cstride, wrow.data(), ws, y, n, grp, i, j0, NJ);
+        const int64_t rest = g.Wo - j0;
+        if (rest > NJ / 2)
+          forward_pixels<T, NJ>(g, off.data(), x0, xr.cstride, wrow.data(), ws, y, n, grp, i, j0, rest);
+        else if (rest > 0)
+          forward_pixels<T, NJ / 2>(g, off.data(), x0, xr.cstride, wrow.data(), ws, y, n, grp, i, j0, rest);
       }
-      int64_t j0 = 0;
-      for (; j0 + NJ <= g.Wo; j0 += NJ) forward_pixels<T, NJ>(g, off.data(), xp, wrow.data(), ws, y, n, grp, i, j0, NJ);
-      const int64_t rest = g.Wo - j0;
-      if (rest > NJ / 2)
-        forward_pixels<T, NJ>(g, off.data(), xp, wrow.data(), ws, y, n, grp, i, j0, rest);
-      else if (rest > 0)
-        forward_pixels<T, NJ / 2>(g, off.data(), xp, wrow.data(), ws, y, n, grp, i, j0, rest);
     }
   });
 }
@@ -433,43 +451,48 @@ inline void tap_block_upto(int64_t tb, int64_t channels, const T* gy, int64_t gy
   tap_block<T, NJ, TB>(channels, gy, gy_c, x, x_c, off, gw, gw_tap, nj);
 }
 
-// gw (N, G, Kh, Kw, Ho, Wo) contiguous from gy (N, C, Ho, Wo) contiguous and the padded input xp (pad_input).
-// Tasks: one output row of one group, t = (n * G + group) * Ho + i, so one image alone keeps every thread busy.
-// The taps are taken in even chunks of at most kTaps (49 = 7 x 7).
+// gw (N, G, Kh, Kw, Ho, Wo) contiguous from gy (N, C, Ho, Wo) contiguous and the input x (any strides xs: n, c,
+// h, w). Tasks as in the forward: a block of output rows of one group of one image, which first pads the input rows
+// it reads. The taps are taken in even chunks of at most kTaps (49 = 7 x 7).
 template <typename T, typename ParallelFor>
-void grad_weight(const Geometry& g, const T* gy, const T* xp, T* gw, ParallelFor&& parallel_for) {
+void grad_weight(const Geometry& g, const T* gy, const T* x, const int64_t* xs, T* gw, ParallelFor&& parallel_for) {
   constexpr int NJ = kPixelsGw<T>;
   const std::vector<int64_t> off = tap_offsets(g);
   const int64_t taps = g.taps(), w_tap = g.Ho * g.Wo;
   const int64_t nchunks = (taps + kTaps - 1) / kTaps, chunk = (taps + nchunks - 1) / nchunks;
   const T* gy_end = gy + g.N * g.C * g.Ho * g.Wo;
-  parallel_for(g.N * g.G * g.Ho, [&](int64_t begin, int64_t end) {
+  const int64_t rows = rows_per_task(g), blocks = (g.Ho + rows - 1) / rows;
+  parallel_for(g.N * g.G * blocks, [&](int64_t begin, int64_t end) {
     std::vector<T> gbuf;
+    GroupRows<T> xr;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t i = task % g.Ho, ng = task / g.Ho, n = ng / g.G, grp = ng % g.G;
+      const int64_t ng = task / blocks, n = ng / g.G, grp = ng % g.G;
+      const int64_t i0 = (task % blocks) * rows, i1 = std::min(g.Ho, i0 + rows);
       const int64_t ch0 = n * g.C + grp * g.Cg;
-      if (i + 1 < g.Ho) {  // the next row's gradient rows (written), grad_output and last padded input rows
-        prefetch_rows(gw + ng * taps * w_tap + (i + 1) * g.Wo, taps, w_tap, g.Wo, /*write=*/true);
-        prefetch_rows(gy + (ch0 * g.Ho + i + 1) * g.Wo, g.Cg, w_tap, g.Wo);
-        prefetch_rows(xp + ch0 * g.plane + ((i + 1) * g.sh + (g.Kh - 1) * g.dh) * g.row, g.Cg, g.plane, g.row);
-      }
-      for (int64_t j0 = 0; j0 < g.Wo; j0 += NJ) {
-        const int64_t nj = std::min<int64_t>(NJ, g.Wo - j0);
-        const T* gyp = gy + (ch0 * g.Ho + i) * g.Wo + j0;
-        int64_t gy_c = w_tap;
-        // A partial block reads NJ grad_output values per channel: in bounds except at the tensor's very end,
-        // where the group's values are first copied to gbuf.
-        if (gyp + (g.Cg - 1) * gy_c + NJ > gy_end) {
-          gbuf.assign(static_cast<size_t>(g.Cg * NJ), T(0));
-          for (int64_t c = 0; c < g.Cg; ++c) std::memcpy(&gbuf[c * NJ], gyp + c * gy_c, sizeof(T) * nj);
-          gyp = gbuf.data(), gy_c = NJ;
+      xr.fill(g, x, xs, n, grp, i0, i1);
+      for (int64_t i = i0; i < i1; ++i) {
+        if (i + 1 < i1) {  // the next row's gradient rows (written) and grad_output
+          prefetch_rows(gw + ng * taps * w_tap + (i + 1) * g.Wo, taps, w_tap, g.Wo, /*write=*/true);
+          prefetch_rows(gy + (ch0 * g.Ho + i + 1) * g.Wo, g.Cg, w_tap, g.Wo);
         }
-        const T* x = xp + ch0 * g.plane + i * g.sh * g.row + j0;
-        T* gwp = gw + ng * taps * w_tap + i * g.Wo + j0;
-        for (int64_t t0 = 0; t0 < taps; t0 += chunk) {
-          const int64_t tb = std::min(chunk, taps - t0);
-          tap_block_upto<T, NJ, kTaps>(tb, g.Cg, gyp, gy_c, x, g.plane, off.data() + t0, gwp + t0 * w_tap, w_tap,
-                                       nj);
+        for (int64_t j0 = 0; j0 < g.Wo; j0 += NJ) {
+          const int64_t nj = std::min<int64_t>(NJ, g.Wo - j0);
+          const T* gyp = gy + (ch0 * g.Ho + i) * g.Wo + j0;
+          int64_t gy_c = w_tap;
+          // A partial block reads NJ grad_output values per channel: in bounds except at the tensor's very end,
+          // where the group's values are first copied to gbuf.
+          if (gyp + (g.Cg - 1) * gy_c + NJ > gy_end) {
+            gbuf.assign(static_cast<size_t>(g.Cg * NJ), T(0));
+            for (int64_t c = 0; c < g.Cg; ++c) copy_n(&gbuf[c * NJ], gyp + c * gy_c, nj);
+            gyp = gbuf.data(), gy_c = NJ;
+          }
+          const T* x0 = xr.row(g, i) + j0;
+          T* gwp = gw + ng * taps * w_tap + i * g.Wo + j0;
+          for (int64_t t0 = 0; t0 < taps; t0 += chunk) {
+            const int64_t tb = std::min(chunk, taps - t0);
+            tap_block_upto<T, NJ, kTaps>(tb, g.Cg, gyp, gy_c, x0, xr.cstride, off.data() + t0, gwp + t0 * w_tap,
+                                         w_tap, nj);
+          }
         }
       }
     }

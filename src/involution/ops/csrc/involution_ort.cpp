@@ -126,12 +126,8 @@ struct InvolutionKernel {
     const float* wd = w.GetTensorData<float>();
     float* yd = y.GetTensorMutableData<float>();
 
-    // Per call (sessions may run concurrently), uninitialised: pad_input writes every element.
-    std::unique_ptr<float[]> padded(new float[static_cast<size_t>(involution_nchw::padded_size<float>(g))]);
     const int64_t x_strides[4] = {g.C * g.H * g.W, g.H * g.W, g.W, 1};
-    const OrtParallelFor parallel_for{context};
-    involution_nchw::pad_input<float>(g, xd, x_strides, padded.get(), parallel_for);
-    involution_nchw::forward<float>(g, padded.get(), wd, yd, parallel_for);
+    involution_nchw::forward<float>(g, xd, x_strides, wd, yd, OrtParallelFor{context});
   }
 };
 
