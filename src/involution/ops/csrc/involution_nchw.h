@@ -458,7 +458,8 @@ inline void tap_block_upto(int64_t tb, int64_t channels, const T* gy, int64_t gy
 
 // gw (N, G, Kh, Kw, Ho, Wo) contiguous from gy (N, C, Ho, Wo) contiguous and the input x (any strides xs: n, c,
 // h, w). Tasks as in the forward: a block of output rows of one group of one image, which first pads the input rows
-// it reads. The taps are taken in even chunks of at most kTaps (49 = 7 x 7).
+// it reads; the gradient of R output rows is computed into a buffer, then written out as one run per tap. The taps
+// are taken in even chunks of at most kTaps (49 = 7 x 7).
 template <typename T, typename ParallelFor>
 void grad_weight(const Geometry& g, const T* gy, const T* x, const int64_t* xs, T* gw, ParallelFor&& parallel_for) {
   constexpr int NJ = kPixelsGw<T>;
@@ -467,38 +468,43 @@ void grad_weight(const Geometry& g, const T* gy, const T* x, const int64_t* xs, 
   const int64_t nchunks = (taps + kTaps - 1) / kTaps, chunk = (taps + nchunks - 1) / nchunks;
   const T* gy_end = gy + g.N * g.C * g.Ho * g.Wo;
   const int64_t rows = rows_per_task(g), blocks = (g.Ho + rows - 1) / rows;
+  const int64_t R = std::max<int64_t>(1, 256 / g.Wo);  // output rows whose gradient is staged at once
+  const int64_t wt = R * g.Wo + NJ;                      // a tap's staged gradient, with slack
   parallel_for(g.N * g.G * blocks, [&](int64_t begin, int64_t end) {
     std::vector<T> gbuf;
+    std::vector<T> gst(static_cast<size_t>(taps * wt));
     GroupRows<T> xr;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t ng = task / blocks, n = ng / g.G, grp = ng % g.G;
       const int64_t i0 = (task % blocks) * rows, i1 = std::min(g.Ho, i0 + rows);
       const int64_t ch0 = n * g.C + grp * g.Cg;
       xr.fill(g, x, xs, n, grp, i0, i1);
-      for (int64_t i = i0; i < i1; ++i) {
-        if (i + 1 < i1) {  // the next row's gradient rows (written) and grad_output
-          prefetch_rows(gw + ng * taps * w_tap + (i + 1) * g.Wo, taps, w_tap, g.Wo, /*write=*/true);
-          prefetch_rows(gy + (ch0 * g.Ho + i + 1) * g.Wo, g.Cg, w_tap, g.Wo);
-        }
-        for (int64_t j0 = 0; j0 < g.Wo; j0 += NJ) {
-          const int64_t nj = std::min<int64_t>(NJ, g.Wo - j0);
-          const T* gyp = gy + (ch0 * g.Ho + i) * g.Wo + j0;
-          int64_t gy_c = w_tap;
-          // A partial block reads NJ grad_output values per channel: in bounds except at the tensor's very end,
-          // where the group's values are first copied to gbuf.
-          if (gyp + (g.Cg - 1) * gy_c + NJ > gy_end) {
-            gbuf.assign(static_cast<size_t>(g.Cg * NJ), T(0));
-            for (int64_t c = 0; c < g.Cg; ++c) copy_n(&gbuf[c * NJ], gyp + c * gy_c, nj);
-            gyp = gbuf.data(), gy_c = NJ;
+      for (int64_t r0 = i0; r0 < i1; r0 += R) {
+        const int64_t nr = std::min(R, i1 - r0);
+        for (int64_t i = r0; i < r0 + nr; ++i) {
+          for (int64_t j0 = 0; j0 < g.Wo; j0 += NJ) {
+            const int64_t nj = std::min<int64_t>(NJ, g.Wo - j0);
+            const T* gyp = gy + (ch0 * g.Ho + i) * g.Wo + j0;
+            int64_t gy_c = w_tap;
+            // A partial block reads NJ grad_output values per channel: in bounds except at the tensor's very
+            // end, where the group's values are first copied to gbuf.
+            if (gyp + (g.Cg - 1) * gy_c + NJ > gy_end) {
+              gbuf.assign(static_cast<size_t>(g.Cg * NJ), T(0));
+              for (int64_t c = 0; c < g.Cg; ++c) copy_n(&gbuf[c * NJ], gyp + c * gy_c, nj);
+              gyp = gbuf.data(), gy_c = NJ;
+            }
+            const T* x0 = xr.row(g, i) + j0;
+            T* gwp = gst.data() + (i - r0) * g.Wo + j0;
+            for (int64_t t0 = 0; t0 < taps; t0 += chunk) {
+              const int64_t tb = std::min(chunk, taps - t0);
+              tap_block_upto<T, NJ, kTaps>(tb, g.Cg, gyp, gy_c, x0, xr.cstride, off.data() + t0, gwp + t0 * wt, wt,
+                                           nj);
+            }
           }
-          const T* x0 = xr.row(g, i) + j0;
-          T* gwp = gw + ng * taps * w_tap + i * g.Wo + j0;
-          for (int64_t t0 = 0; t0 < taps; t0 += chunk) {
-            const int64_t tb = std::min(chunk, taps - t0);
-            tap_block_upto<T, NJ, kTaps>(tb, g.Cg, gyp, gy_c, x0, xr.cstride, off.data() + t0, gwp + t0 * w_tap,
-                                         w_tap, nj);
-          }
         }
+        // The R rows' gradient of each tap: one contiguous run in gw.
+        T* gwdst = gw + ng * taps * w_tap + r0 * g.Wo;
+        for (int64_t k = 0; k < taps; ++k) copy_n(gwdst + k * w_tap, gst.data() + k * wt, nr * g.Wo);
       }
     }
   });
