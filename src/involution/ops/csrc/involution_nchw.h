@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 namespace involution_nchw {
@@ -65,8 +66,7 @@ struct Geometry {
 template <typename T>
 constexpr int64_t kSlack = kPixels<T>;
 
-// dst[k] = src[k] for k < n: the short copies of the kernels (rows of a few dozen elements), inline. A libc memcpy
-// call per row, and a block's accumulators spilled to memory for one, cost more than the copy at small widths.
+// dst[k] = src[k] for k < n: the row copies of the kernels (a few dozen to a few hundred elements), inline.
 template <typename T>
 __attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void copy_n(T* __restrict dst,
                                                                                  const T* __restrict src, int64_t n) {
@@ -77,17 +77,6 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void copy_n
     for (int e = 0; e < V; ++e) dst[k + e] = src[k + e];
   }
   for (; k < n; ++k) dst[k] = src[k];
-}
-
-// Store the first n of NJ accumulators.
-template <typename T, int NJ>
-inline void store_n(T* __restrict dst, const T* acc, int64_t n) {
-  if (n == NJ) {
-#pragma GCC unroll 16
-    for (int j = 0; j < NJ; ++j) dst[j] = acc[j];
-  } else {
-    for (int64_t j = 0; j < n; ++j) dst[j] = acc[j];
-  }
 }
 
 // Per tap (u, v): its offset in a padded plane from the first element output row 0 reads.
@@ -184,8 +173,10 @@ inline int64_t rows_per_task(const Geometry& g) {
 // y[c][j] = sum_t w[t * w_tap + j] * x[c][off[t] + j] for NC channels and the first nj of NJ pixels. Sizes are
 // compile-time, so the accumulators stay in registers and the j loop is vectorised. Lanes past nj compute
 // garbage from in-bounds memory and are not stored.
+// Not inlined (nor is gather_block): inlined into a large caller, gcc 13 scalarised them (measured 3-6x slower).
+// tap_block, on the contrary, is 2-3x slower when not inlined.
 template <typename T, int NJ, int NC>
-inline void forward_block(const T* __restrict w, int64_t w_tap, const int64_t* off, int64_t taps,
+__attribute__((noinline)) void forward_block(const T* __restrict w, int64_t w_tap, const int64_t* off, int64_t taps,
                           const T* const* x, T* const* y, int64_t nj) {
   T acc[NC][NJ] = {};
   for (int64_t t = 0; t < taps; ++t) {
@@ -198,7 +189,7 @@ inline void forward_block(const T* __restrict w, int64_t w_tap, const int64_t* o
       for (int j = 0; j < NJ; ++j) acc[c][j] += wt[j] * xt[j];
     }
   }
-  for (int c = 0; c < NC; ++c) store_n<T, NJ>(y[c], acc[c], nj);
+  for (int c = 0; c < NC; ++c) std::memcpy(y[c], acc[c], sizeof(T) * static_cast<size_t>(nj));
 }
 
 // forward_block<NJ, nc> for a runtime nc <= NC.
@@ -282,7 +273,6 @@ void forward(const Geometry& g, const T* x, const int64_t* xs, const T* w, T* y,
 // stored once. (A scatter of each tap into memory instead stalls on loads that overlap the previous tap's stores.)
 
 // dst[c][k] = sum_t w[woff[t] + k] * gy[c][goff[t] + k] for k < nk.
-// Not inlined: inlined into its caller, gcc (13) scalarised it.
 template <typename T, int NJ, int NC>
 __attribute__((noinline)) void gather_block(const T* w, const int64_t* woff, const int64_t* goff, int64_t taps, const T* const* gy,
                          T* const* dst, int64_t nk) {
@@ -297,7 +287,7 @@ __attribute__((noinline)) void gather_block(const T* w, const int64_t* woff, con
       for (int k = 0; k < NJ; ++k) acc[c][k] += wt[k] * gt[k];
     }
   }
-  for (int c = 0; c < NC; ++c) store_n<T, NJ>(dst[c], acc[c], nk);
+  for (int c = 0; c < NC; ++c) std::memcpy(dst[c], acc[c], sizeof(T) * static_cast<size_t>(nk));
 }
 
 template <typename T, int NJ, int NC>
@@ -315,6 +305,11 @@ struct GatherScratch {
   int64_t M, L, R, nch;
   std::unique_ptr<T[]> wst, gst, rows;  // R x taps x L weights, R x nch x L grad_output, nch x row (+ NJ) results
   std::vector<int64_t> woff, goff;
+  std::vector<int64_t> phase, shift;  // per kernel column v: v*dw % sw and m_v = v*dw / sw
+  // The weights of chunk_rows output rows from chunk_lo, one contiguous run per tap: read from the weight tensor
+  // in long runs (which the hardware prefetchers follow), then staged row by row from here.
+  std::unique_ptr<T[]> chunk;
+  int64_t chunk_lo = 0, chunk_rows = 0;
 };
 
 // Channels [c_lo, c_hi) of group grp in image n: every input row of grad_input (contiguous NCHW).
@@ -332,6 +327,7 @@ void grad_input_channels(const Geometry& g, const T* gy_all, const T* w_all, T* 
   const T* gy[CB];
   T* dst[CB];
   int64_t next = 0;  // the next output row to stage
+  s.chunk_lo = -s.chunk_rows;  // none held
   for (int64_t h = 0; h < g.H; ++h) {
     const int64_t hp = g.ph + h;
     if (hp >= g.Hp) {  // no tap reads this row
@@ -345,12 +341,15 @@ void grad_input_channels(const Geometry& g, const T* gy_all, const T* w_all, T* 
     next = std::max(next, i_lo);
     for (; next <= i_hi; ++next) {
       const int64_t slot = next % R;
-      if (next + 1 < g.Ho) {
-        prefetch_rows(w_group + (next + 1) * g.Wo, taps, w_tap, g.Wo);
-        prefetch_rows(gy_group + (next + 1) * g.Wo, nch, w_tap, g.Wo);
+      if (next < s.chunk_lo || next >= s.chunk_lo + s.chunk_rows) {  // the weights of the next chunk of rows
+        s.chunk_lo = next;
+        const int64_t nr = std::min(s.chunk_rows, g.Ho - next);
+        for (int64_t t = 0; t < taps; ++t)
+          copy_n(s.chunk.get() + t * s.chunk_rows * g.Wo, w_group + t * w_tap + next * g.Wo, nr * g.Wo);
       }
+      const T* wsrc = s.chunk.get() + (next - s.chunk_lo) * g.Wo;
       for (int64_t t = 0; t < taps; ++t)
-        copy_n(s.wst.get() + (slot * taps + t) * L + M, w_group + t * w_tap + next * g.Wo, g.Wo);
+        copy_n(s.wst.get() + (slot * taps + t) * L + M, wsrc + t * s.chunk_rows * g.Wo, g.Wo);
       for (int64_t c = 0; c < nch; ++c)
         copy_n(s.gst.get() + (slot * s.nch + c) * L + M, gy_group + c * w_tap + next * g.Wo, g.Wo);
     }
@@ -363,24 +362,33 @@ void grad_input_channels(const Geometry& g, const T* gy_all, const T* w_all, T* 
         if (num % g.sh != 0 || num / g.sh >= g.Ho) continue;
         const int64_t slot = (num / g.sh) % R;
         for (int64_t v = 0; v < g.Kw; ++v) {
-          const int64_t q = v * g.dw;
-          if (q % g.sw != r) continue;
-          s.woff.push_back((slot * taps + u * g.Kw + v) * L - q / g.sw);
-          s.goff.push_back(slot * s.nch * L - q / g.sw);
+          if (s.phase[v] != r) continue;
+          s.woff.push_back((slot * taps + u * g.Kw + v) * L - s.shift[v]);
+          s.goff.push_back(slot * s.nch * L - s.shift[v]);
         }
       }
       const int64_t ntaps = static_cast<int64_t>(s.woff.size());
-      for (int64_t k0 = 0; k0 < g.Wq; k0 += NJ) {
-        const int64_t nk = std::min<int64_t>(NJ, g.Wq - k0);
+      // Only the positions of the phase that are input columns: r + sw * k - pw in [0, W).
+      const int64_t k_lo = g.pw > r ? (g.pw - r + g.sw - 1) / g.sw : 0;
+      const int64_t k_hi = std::min(g.Wq, (g.pw + g.W - r + g.sw - 1) / g.sw);
+      auto block = [&](auto nj_tag, int64_t k0, int64_t nk) {
+        constexpr int B = decltype(nj_tag)::value;
         for (int64_t c0 = 0; c0 < nch; c0 += CB) {
           const int64_t nc = std::min<int64_t>(CB, nch - c0);
           for (int64_t c = 0; c < nc; ++c) {
             gy[c] = s.gst.get() + (c0 + c) * L + M + k0;
             dst[c] = s.rows.get() + (c0 + c) * rlen + r * g.Wq + k0;
           }
-          gather_block_upto<T, NJ, CB>(nc, s.wst.get() + M + k0, s.woff.data(), s.goff.data(), ntaps, gy, dst, nk);
+          gather_block_upto<T, B, CB>(nc, s.wst.get() + M + k0, s.woff.data(), s.goff.data(), ntaps, gy, dst, nk);
         }
-      }
+      };
+      int64_t k0 = k_lo;
+      for (; k0 + NJ <= k_hi; k0 += NJ) block(std::integral_constant<int, NJ>{}, k0, NJ);
+      const int64_t rest = k_hi - k0;
+      if (rest > NJ / 2)
+        block(std::integral_constant<int, NJ>{}, k0, rest);
+      else if (rest > 0)
+        block(std::integral_constant<int, NJ / 2>{}, k0, rest);
     }
     // The row's interior: input column w is padded column pw + w; columns no tap reads get zero.
     for (int64_t c = 0; c < nch; ++c) {
@@ -409,12 +417,18 @@ void grad_input(const Geometry& g, const T* gy, const T* w, T* gx, ParallelFor&&
   parallel_for(g.N * g.G * chunks, [&](int64_t begin, int64_t end) {
     GatherScratch<T> s;
     s.M = (g.Kw - 1) * g.dw / g.sw;             // the largest shift m_v
-    s.L = s.M + (g.Wq + NJ - 1) / NJ * NJ;      // a staged row: reads reach L - 1 at most
+    s.L = s.M + g.Wq + NJ;                      // a staged row: reads reach L - 1 at most
     s.R = (g.Kh - 1) * g.dh / g.sh + 1;         // output rows one padded row reads from, at most
     s.nch = per_task;
     s.wst.reset(new T[static_cast<size_t>(s.R * g.taps() * s.L)]);
     s.gst.reset(new T[static_cast<size_t>(s.R * per_task * s.L)]);
     s.rows.reset(new T[static_cast<size_t>(per_task * (g.row + NJ))]);
+    s.chunk_rows = std::max<int64_t>(1, 256 / g.Wo);
+    for (int64_t v = 0; v < g.Kw; ++v) {
+      s.phase.push_back(v * g.dw % g.sw);
+      s.shift.push_back(v * g.dw / g.sw);
+    }
+    s.chunk.reset(new T[static_cast<size_t>(g.taps() * s.chunk_rows * g.Wo)]);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t k = t % chunks, ng = t / chunks, n = ng / g.G, grp = ng % g.G;
       const int64_t c_lo = k * per_task, c_hi = std::min(g.Cg, c_lo + per_task);
@@ -444,7 +458,7 @@ inline void tap_block(int64_t channels, const T* gy, int64_t gy_c, const T* x, i
       for (int j = 0; j < NJ; ++j) acc[t][j] += gv[j] * xt[j];
     }
   }
-  for (int t = 0; t < TB; ++t) store_n<T, NJ>(gw + t * gw_tap, acc[t], nj);
+  for (int t = 0; t < TB; ++t) std::memcpy(gw + t * gw_tap, acc[t], sizeof(T) * static_cast<size_t>(nj));
 }
 
 template <typename T, int NJ, int TB>
