@@ -47,10 +47,7 @@ def _check(case: dict, dtype: torch.dtype, input_layout: str, weight_layout: str
     x0, w0 = make_case(**case, dtype=dtype, generator=gen)
     geo = (case["stride"], case["padding"], case["dilation"])
     x = (x0.contiguous(memory_format=torch.channels_last) if input_layout == "nhwc" else x0.clone()).requires_grad_()
-    if weight_layout == "pixel_major":
-        leaf, w = _generator_weight(w0)
-    else:
-        leaf = w = w0.clone().requires_grad_()
+    w = _generator_weight(w0)[1] if weight_layout == "pixel_major" else w0.clone().requires_grad_()
     before = _calls()
     with use_backend("cpu"):
         out = involution.involution2d(x, w, *geo)
@@ -95,8 +92,8 @@ GEOMETRIES = _geometries()
 
 
 def _case_id(c: dict) -> str:
-    return (f"N{c['n']}C{c['c']}G{c['g']}K{c['kernel'][0]}x{c['kernel'][1]}HW{c['hw'][0]}x{c['hw'][1]}"
-            f"s{c['stride'][0]}{c['stride'][1]}p{c['padding'][0]}{c['padding'][1]}d{c['dilation'][0]}{c['dilation'][1]}")
+    pairs = "".join(f"{k[0]}{c[k][0]}{c[k][1]}" for k in ("stride", "padding", "dilation"))
+    return f"N{c['n']}C{c['c']}G{c['g']}K{c['kernel'][0]}x{c['kernel'][1]}HW{c['hw'][0]}x{c['hw'][1]}{pairs}"
 
 
 @pytest.mark.parametrize("input_layout", ["nchw", "nhwc"])

@@ -13,9 +13,9 @@ layout, which the op gives its outputs and gradients too (``empty_features``), s
 * channels_last (NHWC) input: the NHWC kernels. They read a pixel's G*Kh*Kw taps together, so the weight is used
   in place when pixel-major (as a channels_last kernel generator produces it), else permuted once per call.
 * any other input (NCHW, or strided): the NCHW kernels (``involution_nchw.h``, shared with the onnxruntime
-  library), vectorised along output rows. Their one copy is a zero-padded scratch copy of the input, read through
-  its strides; the weight is read in its contiguous (N, G, Kh, Kw, Ho, Wo) layout (a pixel-major or otherwise
-  strided weight, and an expanded or strided grad_output, are made contiguous first).
+  library), vectorised along output rows. Their one copy of the input is zero-padded scratch rows, each task's
+  own, read from the input through its strides; the weight is read in its contiguous (N, G, Kh, Kw, Ho, Wo) layout
+  (a pixel-major or otherwise strided weight, and an expanded or strided grad_output, are made contiguous first).
 
 :attr:`CpuBackend.kernel_calls` counts the kernels run, by ``(pass, family)``, so tests can see which family ran.
 """

@@ -2,8 +2,8 @@
 //
 // * NCHW (forward_nchw, backward_input_nchw, backward_weight_nchw): the kernels of involution_nchw.h, shared with
 //   the onnxruntime library, vectorised along output rows; they read the weight in its contiguous
-//   (N, G, Kh, Kw, Ho, Wo) layout and make one zero-padded scratch copy of the input (read there through its
-//   strides). Wrapped below for ATen: at::parallel_for, float32 and float64.
+//   (N, G, Kh, Kw, Ho, Wo) layout, and the input through its strides into zero-padded scratch rows (their one
+//   copy of it). Wrapped below for ATen: at::parallel_for, float32 and float64.
 // * NHWC (forward, backward_input, backward_weight), described here.
 //
 // Feature maps (input, output and their gradients) are read and written in NHWC (channels_last) order, which

@@ -6,17 +6,18 @@
 //
 //   y[n, c, i, j] = sum_{u,v} w[n, g, u, v, i, j] * x[n, c, i*sh - ph + u*dh, j*sw - pw + v*dw],  g = c / (C/G)
 //
-// Nothing is transposed. The input is zero-padded once into a scratch buffer (the one copy of it these kernels
-// make), so every tap reads in bounds and the inner loops have no branches. With a column stride sw > 1 each padded
-// row is stored as sw phases (padded column p at (p % sw) * Wq + p / sw), so for any stride and dilation one tap's
-// reads along an output row are contiguous: tap (u, v) of output row i starts at i*sh*row + off[u*Kw + v] and
-// steps by one element per output column. The weight is read in its contiguous (N, G, Kh, Kw, Ho, Wo) layout,
+// Nothing is transposed. The input is zero-padded into scratch rows (the one copy of it these kernels make: each
+// task pads the rows it reads, just before reading them), so every tap reads in bounds and the inner loops have no
+// branches (grad_input likewise gathers from zero-bordered scratch rows of grad_output). With a column stride
+// sw > 1 each padded row is stored as sw phases (padded column p at (p % sw) * Wq + p / sw), so for any stride and
+// dilation one tap's reads along an output row are contiguous: tap (u, v) of output row i starts at
+// i*sh*row + off[u*Kw + v] and steps by one element per output column. The weight is read in its contiguous (N, G, Kh, Kw, Ho, Wo) layout,
 // where one tap's weights along an output row are contiguous too. Every loop over output columns is therefore a
 // unit-stride loop over compile-time block sizes, which gcc vectorises (-O3 -mavx2 -mfma) with the accumulators in
 // registers.
 //
-// Every kernel writes disjoint parts of its result from each task (grad_input through a private scratch buffer),
-// so results are deterministic and no atomics are needed.
+// Every kernel is a gather: each task writes disjoint parts of its result, so results are deterministic and no
+// atomics are needed.
 
 #pragma once
 
@@ -274,8 +275,8 @@ void forward(const Geometry& g, const T* x, const int64_t* xs, const T* w, T* y,
 
 // dst[c][k] = sum_t w[woff[t] + k] * gy[c][goff[t] + k] for k < nk.
 template <typename T, int NJ, int NC>
-__attribute__((noinline)) void gather_block(const T* w, const int64_t* woff, const int64_t* goff, int64_t taps, const T* const* gy,
-                         T* const* dst, int64_t nk) {
+__attribute__((noinline)) void gather_block(const T* w, const int64_t* woff, const int64_t* goff, int64_t taps,
+                                            const T* const* gy, T* const* dst, int64_t nk) {
   T acc[NC][NJ] = {};
   for (int64_t t = 0; t < taps; ++t) {
     const T* __restrict wt = w + woff[t];
@@ -331,7 +332,10 @@ void grad_input_channels(const Geometry& g, const T* gy_all, const T* w_all, T* 
   for (int64_t h = 0; h < g.H; ++h) {
     const int64_t hp = g.ph + h;
     if (hp >= g.Hp) {  // no tap reads this row
-      for (int64_t c = 0; c < nch; ++c) std::fill(gx_group + (c * g.H + h) * g.W, gx_group + (c * g.H + h + 1) * g.W, T(0));
+      for (int64_t c = 0; c < nch; ++c) {
+        T* orow = gx_group + (c * g.H + h) * g.W;
+        std::fill(orow, orow + g.W, T(0));
+      }
       continue;
     }
     // Output rows i with i*sh + u*dh == hp for some u: within [i_lo, i_hi].

@@ -12,11 +12,11 @@
 //                                                                                   j*sw - pw + v*dw]
 //     attributes: strides, pads, dilations (2 ints each, (h, w)); zero padding.
 //
-// The kernel is the NCHW forward of involution_nchw.h, shared with the PyTorch extension: the input is zero-padded
-// once into a scratch buffer (one copy of the input, so every tap reads in bounds and the inner loop has no
-// branches), then each task, one output row of one group, keeps a block of CB channels x NJ pixels of accumulators
-// in registers across all Kh*Kw taps; each tap loads NJ weights once and uses them for CB channels. Tasks run on
-// onnxruntime's intra-op thread pool (KernelContext::ParallelFor), so intra_op_num_threads is respected.
+// The kernel is the NCHW forward of involution_nchw.h, shared with the PyTorch extension: each task, a block of
+// output rows of one group, zero-pads the input rows it reads into scratch rows (so every tap reads in bounds and
+// the inner loop has no branches), then keeps a block of CB channels x NJ pixels of accumulators in registers
+// across all Kh*Kw taps; each tap loads NJ weights once and uses them for CB channels. Tasks run on onnxruntime's
+// intra-op thread pool (KernelContext::ParallelFor), so intra_op_num_threads is respected.
 
 #define ORT_API_MANUAL_INIT
 #include <onnxruntime_cxx_api.h>
