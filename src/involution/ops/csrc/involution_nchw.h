@@ -80,6 +80,21 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void copy_n
   for (; k < n; ++k) dst[k] = src[k];
 }
 
+// dst[j] = acc[j] for j < n (n <= NJ). Full vectors are stored as such; a partial one goes through a buffer, so the
+// accumulators stay in registers (a memcpy from them, or a store loop of runtime length, puts them in memory).
+template <typename T, int NJ>
+inline void store_first(T* dst, const T* acc, int64_t n) {
+  if (n == NJ) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NJ; ++j) dst[j] = acc[j];
+  } else {
+    alignas(64) T tmp[NJ];
+#pragma GCC unroll 16
+    for (int j = 0; j < NJ; ++j) tmp[j] = acc[j];
+    std::memcpy(dst, tmp, sizeof(T) * static_cast<size_t>(n));
+  }
+}
+
 // Per tap (u, v): its offset in a padded plane from the first element output row 0 reads.
 inline std::vector<int64_t> tap_offsets(const Geometry& g) {
   std::vector<int64_t> off(static_cast<size_t>(g.taps()));
@@ -190,7 +205,7 @@ __attribute__((noinline)) void forward_block(const T* __restrict w, int64_t w_ta
       for (int j = 0; j < NJ; ++j) acc[c][j] += wt[j] * xt[j];
     }
   }
-  for (int c = 0; c < NC; ++c) std::memcpy(y[c], acc[c], sizeof(T) * static_cast<size_t>(nj));
+  for (int c = 0; c < NC; ++c) store_first<T, NJ>(y[c], acc[c], nj);
 }
 
 // forward_block<NJ, nc> for a runtime nc <= NC.
@@ -288,7 +303,7 @@ __attribute__((noinline)) void gather_block(const T* w, const int64_t* woff, con
       for (int k = 0; k < NJ; ++k) acc[c][k] += wt[k] * gt[k];
     }
   }
-  for (int c = 0; c < NC; ++c) std::memcpy(dst[c], acc[c], sizeof(T) * static_cast<size_t>(nk));
+  for (int c = 0; c < NC; ++c) store_first<T, NJ>(dst[c], acc[c], nk);
 }
 
 template <typename T, int NJ, int NC>
@@ -462,7 +477,7 @@ inline void tap_block(int64_t channels, const T* gy, int64_t gy_c, const T* x, i
       for (int j = 0; j < NJ; ++j) acc[t][j] += gv[j] * xt[j];
     }
   }
-  for (int t = 0; t < TB; ++t) std::memcpy(gw + t * gw_tap, acc[t], sizeof(T) * static_cast<size_t>(nj));
+  for (int t = 0; t < TB; ++t) store_first<T, NJ>(gw + t * gw_tap, acc[t], nj);
 }
 
 template <typename T, int NJ, int TB>
