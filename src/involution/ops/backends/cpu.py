@@ -43,10 +43,17 @@ _KERNELS = _CSRC / "involution_nchw.h"  # included by _SOURCE
 _NATIVE = (torch.float32, torch.float64)
 
 
+def _openmp_flags() -> list[str]:
+    """``-fopenmp`` where this torch runs at::parallel_for on OpenMP: the loop is a template compiled into the
+    extension, and without the flag it runs on the calling thread alone (``torch.set_num_threads`` is ignored).
+    The extension then links the libgomp that torch has already loaded."""
+    return ["-fopenmp"] if torch._C.has_openmp else []
+
+
 def _compile_flags() -> list[str]:
     simd = simd_flags()  # cpp_extension adds the C++ standard this torch needs
     # at::vec is scalar unless told which instruction set to use.
-    return ["-O3", *simd, *(["-DCPU_CAPABILITY_AVX2"] if simd else [])]
+    return ["-O3", *simd, *(["-DCPU_CAPABILITY_AVX2"] if simd else []), *_openmp_flags()]
 
 
 def extension_name(source: bytes, flags: list[str], torch_version: str = torch.__version__) -> str:
@@ -95,6 +102,7 @@ class CpuBackend:
                 name=extension_name(_SOURCE.read_bytes() + _KERNELS.read_bytes(), flags),
                 sources=[str(_SOURCE)],
                 extra_cflags=flags,
+                extra_ldflags=_openmp_flags(),
                 extra_include_paths=[str(_CSRC)],
                 is_python_module=False,
                 verbose=os.environ.get("INVOLUTION_VERBOSE_BUILD", "") not in ("", "0"),
