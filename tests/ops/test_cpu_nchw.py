@@ -186,3 +186,26 @@ def test_gradcheck_float64(input_layout: str) -> None:
     expected = set(PASSES) if input_layout == "nchw" else {"forward", "backward_weight"}
     assert _ran(before, input_layout) == expected
     assert "backward_input" in _ran(before, "nchw")
+
+
+@pytest.mark.parametrize("input_layout", ["nchw", "nhwc"])
+def test_results_do_not_depend_on_the_thread_count(input_layout: str) -> None:
+    """Every task writes its own part of each result in a fixed order: 1 and 2 threads give the same bits."""
+    gen = torch.Generator().manual_seed(7)
+    x0, w0 = make_case(1, 32, 2, (7, 7), (13, 19), padding=(3, 3), generator=gen)
+    fmt = torch.channels_last if input_layout == "nhwc" else torch.contiguous_format
+    gy = torch.randn(1, 32, 13, 19, generator=gen).contiguous(memory_format=fmt)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            x = x0.contiguous(memory_format=fmt).requires_grad_()
+            w = w0.clone().requires_grad_()
+            with use_backend("cpu"):
+                out = involution.involution2d(x, w, 1, 3, 1)
+                results.append((out, *torch.autograd.grad(out, (x, w), gy)))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
