@@ -8,7 +8,8 @@ built (no compiler, ``INVOLUTION_DISABLE_CPU_EXT=1``), the backend reports itsel
 the op falls back to the ``"torch"`` backend.
 
 Two kernel families, float32/float64 (bfloat16/float16 are computed in float32), chosen by the feature maps'
-layout, which the op gives its outputs and gradients too (``empty_features``), so they are written in place:
+layout (the input's; for grad_input, grad_output's, whose layout the op gives grad_input), which the op gives its
+outputs too (``empty_features``), so they are written in place:
 
 * channels_last (NHWC) input: the NHWC kernels. They read a pixel's G*Kh*Kw taps together, so the weight is used
   in place when pixel-major (as a channels_last kernel generator produces it), else permuted once per call.
@@ -16,6 +17,9 @@ layout, which the op gives its outputs and gradients too (``empty_features``), s
   library), vectorised along output rows. Their one copy of the input is zero-padded scratch rows, each task's
   own, read from the input through its strides; the weight is read in its contiguous (N, G, Kh, Kw, Ho, Wo) layout
   (a pixel-major or otherwise strided weight, and an expanded or strided grad_output, are made contiguous first).
+
+Both run on torch's intra-op threads (``at::parallel_for``; the extension is built with ``-fopenmp`` where torch's
+is OpenMP) and are deterministic: each task writes its own part of a result.
 
 :attr:`CpuBackend.kernel_calls` counts the kernels run, by ``(pass, family)``, so tests can see which family ran.
 """
