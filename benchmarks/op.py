@@ -7,7 +7,8 @@ Compares, per shape, forward and forward+backward median time and peak extra mem
 * ``torch:nchw``   ``involution2d`` on the pure-PyTorch backend, NCHW input, contiguous 6-D weight;
 * ``torch:cl``     the same with a channels_last input and a channels_last ``(N, G*K*K, Ho, Wo)`` weight viewed as
                    6-D with ``.unflatten(1, (G, K, K))`` (what a channels_last kernel generator produces);
-* ``cpu:nchw``, ``cpu:cl``  the same on the compiled C++ backend (skipped, and listed, while unavailable);
+* ``cpu:nchw``, ``cpu:cl``  the same on the compiled C++ backend (skipped, and listed, while unavailable), which runs
+                   its NCHW kernels for the NCHW input and its NHWC kernels for the channels_last one;
 * ``dwconv:nchw``, ``dwconv:cl``  ``nn.Conv2d(C, C, K, padding=K//2, groups=C, bias=False)``, the static-weight twin
                    and the reference of every ratio (always timed).
 

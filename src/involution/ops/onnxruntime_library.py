@@ -16,7 +16,8 @@ looked for, first found wins: ``$INVOLUTION_ORT_INCLUDE``; the folder :func:`fet
 involution.ops.onnxruntime_library fetch-headers``) takes them from Debian's ``libonnxruntime-dev`` package (API
 version 21: onnxruntime keeps its C API backward compatible, so the library runs on 1.21 and every later runtime).
 
-The library is compiled once per source, header set and flag set, into ``<cache>/onnxruntime/build/<hash>/``, and
+The library is compiled once per source (``involution_ort.cpp`` and the NCHW kernels it shares with the PyTorch
+extension, ``involution_nchw.h``), header set and flag set, into ``<cache>/onnxruntime/build/<hash>/``, and
 written atomically (a concurrent or interrupted build never leaves a half-written ``.so`` behind).
 """
 
@@ -54,7 +55,10 @@ __all__ = [
 DOMAIN = "involution"
 OP_TYPE = "Involution2d"
 
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "involution_ort.cpp"
+_CSRC = Path(__file__).resolve().parent / "csrc"
+_SOURCE = _CSRC / "involution_ort.cpp"
+# The NCHW kernels it includes, shared with the PyTorch extension (backends/cpu.py).
+_KERNELS = _CSRC / "involution_nchw.h"
 _HEADER = "onnxruntime_cxx_api.h"
 # Debian trixie's headers of onnxruntime 1.21.0 (85 KB); the hash guards against a corrupt or substituted file.
 _DEB_NAME = "libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb"
@@ -171,6 +175,7 @@ def _flags() -> list[str]:
 
 def _build_key(include: Path) -> str:
     h = hashlib.sha256(_SOURCE.read_bytes())
+    h.update(_KERNELS.read_bytes())
     h.update(" ".join(_flags()).encode())
     h.update((include / "onnxruntime_c_api.h").read_bytes())
     return h.hexdigest()[:16]
@@ -200,7 +205,7 @@ def _compile(include: Path, key: str) -> Path:
         raise RuntimeError(problem)
     compiler = _compiler()
     with atomic_path(target) as tmp:
-        cmd = [compiler, *_flags(), f"-I{include}", str(_SOURCE), "-o", str(tmp)]
+        cmd = [compiler, *_flags(), f"-I{include}", f"-I{_CSRC}", str(_SOURCE), "-o", str(tmp)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"building the onnxruntime library failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")

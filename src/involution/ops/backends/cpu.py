@@ -1,13 +1,27 @@
 """The ``"cpu"`` backend: vectorised C++ kernels (``ops/csrc/involution_cpu.cpp``), compiled on first use.
 
 The extension is built once by ``torch.utils.cpp_extension.load`` and cached in ``TORCH_EXTENSIONS_DIR``
-(default ``~/.cache/torch_extensions``) under a name that hashes the source, the flags, the torch version and the
-Python version (:func:`extension_name`): environments on one machine never load or overwrite each other's builds. If it cannot be built (no
-compiler, ``INVOLUTION_DISABLE_CPU_EXT=1``), the backend reports itself unavailable with the reason and the op
-falls back to the ``"torch"`` backend.
+(default ``~/.cache/torch_extensions``) under a name that hashes the source (``involution_cpu.cpp`` and the NCHW
+kernels it includes, ``involution_nchw.h``), the flags, the torch version and the Python version
+(:func:`extension_name`): environments on one machine never load or overwrite each other's builds. If it cannot be
+built (no compiler, ``INVOLUTION_DISABLE_CPU_EXT=1``), the backend reports itself unavailable with the reason and
+the op falls back to the ``"torch"`` backend.
 
-The kernels work on NHWC feature maps in float32/float64. Other layouts are converted here (one copy in, one
-copy out), bfloat16/float16 are computed in float32; weights are read in place through their strides.
+Two kernel families, float32/float64 (bfloat16/float16 are computed in float32), chosen by the feature maps'
+layout (the input's; for grad_input, grad_output's, whose layout the op gives grad_input), which the op gives its
+outputs too (``empty_features``), so they are written in place:
+
+* channels_last (NHWC) input: the NHWC kernels. They read a pixel's G*Kh*Kw taps together, so the weight is used
+  in place when pixel-major (as a channels_last kernel generator produces it), else permuted once per call.
+* any other input (NCHW, or strided): the NCHW kernels (``involution_nchw.h``, shared with the onnxruntime
+  library), vectorised along output rows. Their one copy of the input is zero-padded scratch rows, each task's
+  own, read from the input through its strides; the weight is read in its contiguous (N, G, Kh, Kw, Ho, Wo) layout
+  (a pixel-major or otherwise strided weight, and an expanded or strided grad_output, are made contiguous first).
+
+Both run on torch's intra-op threads (``at::parallel_for``; the extension is built with ``-fopenmp`` where torch's
+is OpenMP) and are deterministic: each task writes its own part of a result.
+
+:attr:`CpuBackend.kernel_calls` counts the kernels run, by ``(pass, family)``, so tests can see which family ran.
 """
 
 from __future__ import annotations
@@ -17,23 +31,33 @@ import logging
 import os
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from .._native import simd_flags
-from .._shapes import Pair
+from .._shapes import Pair, is_channels_last
 from . import register_backend
 
-_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "involution_cpu.cpp"
+_CSRC = Path(__file__).resolve().parent.parent / "csrc"
+_SOURCE = _CSRC / "involution_cpu.cpp"
+_KERNELS = _CSRC / "involution_nchw.h"  # included by _SOURCE
 _NATIVE = (torch.float32, torch.float64)
+
+
+def _openmp_flags() -> list[str]:
+    """``-fopenmp`` where this torch runs at::parallel_for on OpenMP: the loop is a template compiled into the
+    extension, and without the flag it runs on the calling thread alone (``torch.set_num_threads`` is ignored).
+    The extension then links the libgomp that torch has already loaded."""
+    return ["-fopenmp"] if torch._C.has_openmp else []
 
 
 def _compile_flags() -> list[str]:
     simd = simd_flags()  # cpp_extension adds the C++ standard this torch needs
     # at::vec is scalar unless told which instruction set to use.
-    return ["-O3", *simd, *(["-DCPU_CAPABILITY_AVX2"] if simd else [])]
+    return ["-O3", *simd, *(["-DCPU_CAPABILITY_AVX2"] if simd else []), *_openmp_flags()]
 
 
 def extension_name(source: bytes, flags: list[str], torch_version: str = torch.__version__) -> str:
@@ -57,6 +81,8 @@ class CpuBackend:
         self._lock = threading.Lock()
         self._loaded: bool | None = None
         self._error = ""
+        #: Kernels run, by (pass, family): ("forward" | "backward_input" | "backward_weight", "nchw" | "nhwc").
+        self.kernel_calls: Counter[tuple[str, str]] = Counter()
 
     # ------------------------------------------------------------------------------------------ building
     def _load(self) -> bool:
@@ -77,9 +103,11 @@ class CpuBackend:
 
             flags = _compile_flags()
             cpp_extension.load(
-                name=extension_name(_SOURCE.read_bytes(), flags),
+                name=extension_name(_SOURCE.read_bytes() + _KERNELS.read_bytes(), flags),
                 sources=[str(_SOURCE)],
                 extra_cflags=flags,
+                extra_ldflags=_openmp_flags(),
+                extra_include_paths=[str(_CSRC)],
                 is_python_module=False,
                 verbose=os.environ.get("INVOLUTION_VERBOSE_BUILD", "") not in ("", "0"),
             )
@@ -111,59 +139,92 @@ class CpuBackend:
         return t
 
     @staticmethod
+    def _contiguous(t: Tensor, dtype: torch.dtype) -> Tensor:
+        """``t`` in ``dtype``, contiguous (no copy if it already is)."""
+        return (t.to(dtype) if t.dtype != dtype else t).contiguous()
+
+    @staticmethod
     def _pixel_major(w: Tensor, dtype: torch.dtype) -> Tensor:
         """``w`` (N, G, Kh, Kw, Ho, Wo) in ``dtype`` with each pixel's G*Kh*Kw taps contiguous, as a channels_last
-        generator produces them (then no copy). The kernels read a pixel's taps together; one permuted copy costs
-        less than reading them scattered (measured in benchmarks/op.py, NCHW rows)."""
+        generator produces them (then no copy). The NHWC kernels read a pixel's taps together; one permuted copy
+        costs less than reading them scattered."""
         w = w.to(dtype) if w.dtype != dtype else w
         if _is_pixel_major(w):
             return w
         return w.permute(0, 4, 5, 1, 2, 3).contiguous().permute(0, 3, 4, 5, 1, 2)
 
-    @classmethod
-    def _run(cls, kernel, out: Tensor, *args) -> None:
-        """Run ``kernel(..., target, ...)`` writing into ``out`` directly when its layout and dtype allow."""
-        direct = out.dtype in _NATIVE and (out.stride(1) == 1 or out.shape[1] == 1)
-        target = out if direct else torch.empty(
-            out.shape, dtype=args[0].dtype, device=out.device, memory_format=torch.channels_last
-        )
-        kernel(*args[:2], target, *args[2:])
-        if not direct:
+    @staticmethod
+    def _direct(out: Tensor, dtype: torch.dtype, contiguous: bool) -> Tensor:
+        """``out`` itself when a kernel can write it (dtype, and layout: contiguous, or channel stride 1), else an
+        empty tensor of the shape that can be; :meth:`_finish` then copies it into ``out``."""
+        if out.dtype == dtype and (out.is_contiguous() if contiguous else (out.stride(1) == 1 or out.shape[1] == 1)):
+            return out
+        fmt = torch.contiguous_format if contiguous else torch.channels_last
+        return torch.empty(out.shape, dtype=dtype, device=out.device, memory_format=fmt)
+
+    @staticmethod
+    def _finish(out: Tensor, target: Tensor) -> None:
+        if target is not out:
             out.copy_(target)
 
     def forward(self, input: Tensor, weight: Tensor, out: Tensor, stride: Pair, padding: Pair, dilation: Pair) -> None:
-        x = self._nhwc(input)
-        w = self._pixel_major(weight, x.dtype)
-        if out.dtype == x.dtype:  # the kernel writes NCHW or NHWC outputs itself
-            torch.ops.involution_cpu.forward(x, w, out, stride, padding, dilation)
-        else:
-            self._run(torch.ops.involution_cpu.forward, out, x, w, stride, padding, dilation)
+        ops = torch.ops.involution_cpu
+        if is_channels_last(input):
+            self.kernel_calls["forward", "nhwc"] += 1
+            x = self._nhwc(input)
+            w = self._pixel_major(weight, x.dtype)
+            if out.dtype == x.dtype:  # the NHWC kernel writes NCHW or NHWC outputs itself
+                ops.forward(x, w, out, stride, padding, dilation)
+            else:
+                target = self._direct(out, x.dtype, contiguous=False)
+                ops.forward(x, w, target, stride, padding, dilation)
+                self._finish(out, target)
+            return
+        self.kernel_calls["forward", "nchw"] += 1
+        x = self._float(input)  # read through its strides
+        target = self._direct(out, x.dtype, contiguous=True)
+        ops.forward_nchw(x, self._contiguous(weight, x.dtype), target, stride, padding, dilation)
+        self._finish(out, target)
 
     def backward_input(
         self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
-        gy = self._float(grad_output)  # the kernel reads grad_output in any layout
-        self._run(
-            torch.ops.involution_cpu.backward_input,
-            grad_input,
-            gy,
-            self._pixel_major(weight, gy.dtype),
-            stride,
-            padding,
-            dilation,
-        )
+        ops = torch.ops.involution_cpu
+        gy = self._float(grad_output)
+        if is_channels_last(grad_input):
+            self.kernel_calls["backward_input", "nhwc"] += 1
+            target = self._direct(grad_input, gy.dtype, contiguous=False)
+            # the NHWC kernel reads grad_output in any layout
+            ops.backward_input(gy, self._pixel_major(weight, gy.dtype), target, stride, padding, dilation)
+        else:
+            self.kernel_calls["backward_input", "nchw"] += 1
+            target = self._direct(grad_input, gy.dtype, contiguous=True)
+            ops.backward_input_nchw(
+                gy.contiguous(), self._contiguous(weight, gy.dtype), target, stride, padding, dilation
+            )
+        self._finish(grad_input, target)
 
     def backward_weight(
         self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
-        gy, x = self._float(grad_output), self._nhwc(input)
-        if grad_weight.dtype == x.dtype and _is_pixel_major(grad_weight):
-            torch.ops.involution_cpu.backward_weight(gy, x, grad_weight, stride, padding, dilation)
-        else:  # written pixel by pixel: compute pixel-major, then one copy into the requested layout
-            n, g, kh, kw, ho, wo = grad_weight.shape
-            target = torch.empty((n, ho, wo, g, kh, kw), dtype=x.dtype, device=x.device).permute(0, 3, 4, 5, 1, 2)
-            torch.ops.involution_cpu.backward_weight(gy, x, target, stride, padding, dilation)
-            grad_weight.copy_(target)
+        ops = torch.ops.involution_cpu
+        gy = self._float(grad_output)
+        if is_channels_last(input):
+            self.kernel_calls["backward_weight", "nhwc"] += 1
+            x = self._nhwc(input)
+            if grad_weight.dtype == x.dtype and _is_pixel_major(grad_weight):
+                ops.backward_weight(gy, x, grad_weight, stride, padding, dilation)
+            else:  # written pixel by pixel: compute pixel-major, then one copy into the requested layout
+                n, g, kh, kw, ho, wo = grad_weight.shape
+                target = torch.empty((n, ho, wo, g, kh, kw), dtype=x.dtype, device=x.device).permute(0, 3, 4, 5, 1, 2)
+                ops.backward_weight(gy, x, target, stride, padding, dilation)
+                grad_weight.copy_(target)
+            return
+        self.kernel_calls["backward_weight", "nchw"] += 1
+        x = self._float(input)  # read through its strides
+        target = self._direct(grad_weight, x.dtype, contiguous=True)
+        ops.backward_weight_nchw(self._contiguous(gy, x.dtype), x, target, stride, padding, dilation)
+        self._finish(grad_weight, target)
 
 
 register_backend(CpuBackend())

@@ -1,4 +1,10 @@
-// CPU kernels of the involution op: forward, grad_input and grad_weight.
+// CPU kernels of the involution op: forward, grad_input and grad_weight, in two families.
+//
+// * NCHW (forward_nchw, backward_input_nchw, backward_weight_nchw): the kernels of involution_nchw.h, shared with
+//   the onnxruntime library, vectorised along output rows; they read the weight in its contiguous
+//   (N, G, Kh, Kw, Ho, Wo) layout, and the input through its strides into zero-padded scratch rows (their one
+//   copy of it). Wrapped below for ATen: at::parallel_for, float32 and float64.
+// * NHWC (forward, backward_input, backward_weight), described here.
 //
 // Feature maps (input, output and their gradients) are read and written in NHWC (channels_last) order, which
 // puts the C/G channels of a group next to each other: one generated kernel weight is broadcast into a vector
@@ -19,6 +25,8 @@
 #include <algorithm>
 #include <numeric>
 #include <vector>
+
+#include "involution_nchw.h"
 
 namespace {
 
@@ -477,6 +485,85 @@ void backward_weight(const at::Tensor& grad_out, const at::Tensor& input, const 
                              [&] { backward_weight_impl<scalar_t>(grad_out, input, grad_w, g); });
 }
 
+// ------------------------------------------------------------------------------------------------ NCHW family
+// The header's parallel_for(count, body) on ATen's thread pool.
+struct AtenParallelFor {
+  template <typename Body>
+  void operator()(int64_t count, Body&& body) const {
+    at::parallel_for(0, count, 1, body);
+  }
+};
+
+involution_nchw::Geometry nchw_geometry(const Geometry& g) {
+  involution_nchw::Geometry n{};
+  n.N = g.N, n.C = g.C, n.G = g.G, n.H = g.H, n.W = g.W, n.Kh = g.Kh, n.Kw = g.Kw, n.Ho = g.Ho, n.Wo = g.Wo;
+  n.sh = g.sh, n.sw = g.sw, n.ph = g.ph, n.pw = g.pw, n.dh = g.dh, n.dw = g.dw;
+  TORCH_CHECK(g.Ho == (g.H + 2 * g.ph - g.dh * (g.Kh - 1) - 1) / g.sh + 1 &&
+                  g.Wo == (g.W + 2 * g.pw - g.dw * (g.Kw - 1) - 1) / g.sw + 1,
+              "the weight's (Ho, Wo) do not match the input size, stride, padding and dilation");
+  n.finish();
+  return n;
+}
+
+void check_contiguous(const at::Tensor& t, const char* name, at::ScalarType dtype) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), name, " must be a contiguous CPU tensor, got strides ",
+              t.strides());
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
+}
+
+// input: any strides; weight and out contiguous, all of one dtype.
+void forward_nchw(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& out, at::IntArrayRef stride,
+                  at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_features(input, "input", /*any_layout=*/true);
+  check_contiguous(weight, "weight", input.scalar_type());
+  check_contiguous(out, "out", input.scalar_type());
+  const auto g = nchw_geometry(make_geometry(input, weight, stride, padding, dilation));
+  TORCH_CHECK(out.size(0) == g.N && out.size(1) == g.C && out.size(2) == g.Ho && out.size(3) == g.Wo,
+              "out has the wrong shape");
+  if (out.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "involution_forward_nchw", [&] {
+    const int64_t xs[4] = {input.stride(0), input.stride(1), input.stride(2), input.stride(3)};
+    involution_nchw::forward<scalar_t>(g, input.data_ptr<scalar_t>(), xs, weight.data_ptr<scalar_t>(),
+                                       out.data_ptr<scalar_t>(), AtenParallelFor{});
+  });
+}
+
+// grad_output, weight and grad_input contiguous, all of one dtype.
+void backward_input_nchw(const at::Tensor& grad_out, const at::Tensor& weight, const at::Tensor& grad_in,
+                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_features(grad_in, "grad_input", /*any_layout=*/true);
+  check_contiguous(grad_in, "grad_input", grad_in.scalar_type());
+  check_contiguous(grad_out, "grad_output", grad_in.scalar_type());
+  check_contiguous(weight, "weight", grad_in.scalar_type());
+  const auto g = nchw_geometry(make_geometry(grad_in, weight, stride, padding, dilation));
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == g.N && grad_out.size(1) == g.C &&
+                  grad_out.size(2) == g.Ho && grad_out.size(3) == g.Wo,
+              "grad_output has the wrong shape");
+  if (grad_in.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "involution_backward_input_nchw", [&] {
+    involution_nchw::grad_input<scalar_t>(g, grad_out.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+                                          grad_in.data_ptr<scalar_t>(), AtenParallelFor{});
+  });
+}
+
+// input: any strides; grad_output and grad_weight contiguous, all of one dtype.
+void backward_weight_nchw(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& grad_w,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  check_features(input, "input", /*any_layout=*/true);
+  check_contiguous(grad_out, "grad_output", input.scalar_type());
+  check_contiguous(grad_w, "grad_weight", input.scalar_type());
+  const auto g = nchw_geometry(make_geometry(input, grad_w, stride, padding, dilation));
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == g.N && grad_out.size(1) == g.C &&
+                  grad_out.size(2) == g.Ho && grad_out.size(3) == g.Wo,
+              "grad_output has the wrong shape");
+  if (grad_w.numel() == 0) return;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "involution_backward_weight_nchw", [&] {
+    const int64_t xs[4] = {input.stride(0), input.stride(1), input.stride(2), input.stride(3)};
+    involution_nchw::grad_weight<scalar_t>(g, grad_out.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), xs,
+                                           grad_w.data_ptr<scalar_t>(), AtenParallelFor{});
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(involution_cpu, m) {
@@ -487,10 +574,21 @@ TORCH_LIBRARY(involution_cpu, m) {
   m.def(
       "backward_weight(Tensor grad_output, Tensor input, Tensor(a!) grad_weight, int[] stride, int[] padding, "
       "int[] dilation) -> ()");
+  m.def(
+      "forward_nchw(Tensor input, Tensor weight, Tensor(a!) out, int[] stride, int[] padding, int[] dilation) -> ()");
+  m.def(
+      "backward_input_nchw(Tensor grad_output, Tensor weight, Tensor(a!) grad_input, int[] stride, int[] padding, "
+      "int[] dilation) -> ()");
+  m.def(
+      "backward_weight_nchw(Tensor grad_output, Tensor input, Tensor(a!) grad_weight, int[] stride, int[] padding, "
+      "int[] dilation) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(involution_cpu, CPU, m) {
   m.impl("forward", &forward);
   m.impl("backward_input", &backward_input);
   m.impl("backward_weight", &backward_weight);
+  m.impl("forward_nchw", &forward_nchw);
+  m.impl("backward_input_nchw", &backward_input_nchw);
+  m.impl("backward_weight_nchw", &backward_weight_nchw);
 }
