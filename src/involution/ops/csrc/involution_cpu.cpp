@@ -528,6 +528,14 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& weight, const at::T
   });
 }
 
+// grad_output must be (N, C, Ho, Wo) of the geometry.
+template <typename Geom>
+void check_grad_output_shape(const at::Tensor& grad_out, const Geom& g) {
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == g.N && grad_out.size(1) == g.C &&
+                  grad_out.size(2) == g.Ho && grad_out.size(3) == g.Wo,
+              "grad_output has the wrong shape");
+}
+
 // grad_output, weight and grad_input contiguous, all of one dtype.
 void backward_input_nchw(const at::Tensor& grad_out, const at::Tensor& weight, const at::Tensor& grad_in,
                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
@@ -536,9 +544,7 @@ void backward_input_nchw(const at::Tensor& grad_out, const at::Tensor& weight, c
   check_contiguous(grad_out, "grad_output", grad_in.scalar_type());
   check_contiguous(weight, "weight", grad_in.scalar_type());
   const auto g = nchw_geometry(make_geometry(grad_in, weight, stride, padding, dilation));
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == g.N && grad_out.size(1) == g.C &&
-                  grad_out.size(2) == g.Ho && grad_out.size(3) == g.Wo,
-              "grad_output has the wrong shape");
+  check_grad_output_shape(grad_out, g);
   if (grad_in.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "involution_backward_input_nchw", [&] {
     involution_nchw::grad_input<scalar_t>(g, grad_out.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
@@ -553,9 +559,7 @@ void backward_weight_nchw(const at::Tensor& grad_out, const at::Tensor& input, c
   check_contiguous(grad_out, "grad_output", input.scalar_type());
   check_contiguous(grad_w, "grad_weight", input.scalar_type());
   const auto g = nchw_geometry(make_geometry(input, grad_w, stride, padding, dilation));
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == g.N && grad_out.size(1) == g.C &&
-                  grad_out.size(2) == g.Ho && grad_out.size(3) == g.Wo,
-              "grad_output has the wrong shape");
+  check_grad_output_shape(grad_out, g);
   if (grad_w.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "involution_backward_weight_nchw", [&] {
     const int64_t xs[4] = {input.stride(0), input.stride(1), input.stride(2), input.stride(3)};

@@ -185,45 +185,46 @@ inline int64_t rows_per_task(const Geometry& g) {
   return rows;
 }
 
-// ------------------------------------------------------------------------------------------------- forward
-// y[c][j] = sum_t w[t * w_tap + j] * x[c][off[t] + j] for NC channels and the first nj of NJ pixels. Sizes are
-// compile-time, so the accumulators stay in registers and the j loop is vectorised. Lanes past nj compute
+// dst[c][k] = sum_t w[woff[t] + k] * src[c][soff[t] + k] for NC channels and the first nk of NJ positions: the
+// register block of the forward (src = padded input rows) and of grad_input (src = staged grad_output rows). Sizes
+// are compile-time, so the accumulators stay in registers and the k loop is vectorised. Lanes past nk compute
 // garbage from in-bounds memory and are not stored.
-// Not inlined (nor is gather_block): inlined into a large caller, gcc 13 scalarised them (measured 3-6x slower).
-// tap_block, on the contrary, is 2-3x slower when not inlined.
+// Not inlined: inlined into a large caller, gcc 13 scalarised it (measured 3-6x slower). tap_block, on the
+// contrary, is 2-3x slower when not inlined.
 template <typename T, int NJ, int NC>
-__attribute__((noinline)) void forward_block(const T* __restrict w, int64_t w_tap, const int64_t* off, int64_t taps,
-                          const T* const* x, T* const* y, int64_t nj) {
+__attribute__((noinline)) void row_block(const T* __restrict w, const int64_t* woff, const int64_t* soff,
+                                         int64_t taps, const T* const* src, T* const* dst, int64_t nk) {
   T acc[NC][NJ] = {};
   for (int64_t t = 0; t < taps; ++t) {
-    const T* __restrict wt = w + t * w_tap;
-    const int64_t o = off[t];
+    const T* __restrict wt = w + woff[t];
+    const int64_t o = soff[t];
 #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) {
-      const T* __restrict xt = x[c] + o;
+      const T* __restrict st = src[c] + o;
 #pragma GCC unroll 16
-      for (int j = 0; j < NJ; ++j) acc[c][j] += wt[j] * xt[j];
+      for (int k = 0; k < NJ; ++k) acc[c][k] += wt[k] * st[k];
     }
   }
-  for (int c = 0; c < NC; ++c) store_first<T, NJ>(y[c], acc[c], nj);
+  for (int c = 0; c < NC; ++c) store_first<T, NJ>(dst[c], acc[c], nk);
 }
 
-// forward_block<NJ, nc> for a runtime nc <= NC.
+// row_block<NJ, nc> for a runtime nc <= NC.
 template <typename T, int NJ, int NC>
-inline void forward_block_upto(int64_t nc, const T* w, int64_t w_tap, const int64_t* off, int64_t taps,
-                               const T* const* x, T* const* y, int64_t nj) {
+inline void row_block_upto(int64_t nc, const T* w, const int64_t* woff, const int64_t* soff, int64_t taps,
+                           const T* const* src, T* const* dst, int64_t nk) {
   if constexpr (NC > 1) {
-    if (nc < NC) return forward_block_upto<T, NJ, NC - 1>(nc, w, w_tap, off, taps, x, y, nj);
+    if (nc < NC) return row_block_upto<T, NJ, NC - 1>(nc, w, woff, soff, taps, src, dst, nk);
   }
-  forward_block<T, NJ, NC>(w, w_tap, off, taps, x, y, nj);
+  row_block<T, NJ, NC>(w, woff, soff, taps, src, dst, nk);
 }
 
+// ------------------------------------------------------------------------------------------------- forward
 // Pixels j0 .. j0 + nj of output row i of group grp, all its channels, in blocks of NJ pixels x CB channels. `x`
 // is the group's channel 0 at the row's first padded row, channels x_c apart; `w` the row's staged weights: tap t's
-// at w[t * w_tap + j].
+// at w[woff[t] + j].
 template <typename T, int NJ>
-void forward_pixels(const Geometry& g, const int64_t* off, const T* x0, int64_t x_c, const T* w, int64_t w_tap,
-                    T* y_all, int64_t n, int64_t grp, int64_t i, int64_t j0, int64_t nj) {
+void forward_pixels(const Geometry& g, const int64_t* off, const T* x0, int64_t x_c, const T* w,
+                    const int64_t* woff, T* y_all, int64_t n, int64_t grp, int64_t i, int64_t j0, int64_t nj) {
   const T* x[CB];
   T* y[CB];
   for (int64_t c0 = 0; c0 < g.Cg; c0 += CB) {
@@ -232,7 +233,7 @@ void forward_pixels(const Geometry& g, const int64_t* off, const T* x0, int64_t 
       x[c] = x0 + (c0 + c) * x_c + j0;
       y[c] = y_all + ((n * g.C + grp * g.Cg + c0 + c) * g.Ho + i) * g.Wo + j0;
     }
-    forward_block_upto<T, NJ, CB>(nc, w + j0, w_tap, off, g.taps(), x, y, nj);
+    row_block_upto<T, NJ, CB>(nc, w + j0, woff, off, g.taps(), x, y, nj);
   }
 }
 
@@ -250,6 +251,8 @@ void forward(const Geometry& g, const T* x, const int64_t* xs, const T* w, T* y,
   const int64_t rows = rows_per_task(g), blocks = (g.Ho + rows - 1) / rows;
   const int64_t R = std::max<int64_t>(1, 256 / g.Wo);  // output rows staged at once: about 1 KB per tap
   const int64_t wt = R * g.Wo + NJ;                      // a tap's staged weights, with slack
+  std::vector<int64_t> woff(static_cast<size_t>(taps));
+  for (int64_t k = 0; k < taps; ++k) woff[k] = k * wt;
   parallel_for(g.N * g.G * blocks, [&](int64_t begin, int64_t end) {
     std::vector<T> wst(static_cast<size_t>(taps * wt), T(0));
     GroupRows<T> xr;
@@ -266,12 +269,12 @@ void forward(const Geometry& g, const T* x, const int64_t* xs, const T* w, T* y,
           const T* x0 = xr.row(g, i);
           int64_t j0 = 0;
           for (; j0 + NJ <= g.Wo; j0 += NJ)
-            forward_pixels<T, NJ>(g, off.data(), x0, xr.cstride, wi, wt, y, n, grp, i, j0, NJ);
+            forward_pixels<T, NJ>(g, off.data(), x0, xr.cstride, wi, woff.data(), y, n, grp, i, j0, NJ);
           const int64_t rest = g.Wo - j0;
           if (rest > NJ / 2)
-            forward_pixels<T, NJ>(g, off.data(), x0, xr.cstride, wi, wt, y, n, grp, i, j0, rest);
+            forward_pixels<T, NJ>(g, off.data(), x0, xr.cstride, wi, woff.data(), y, n, grp, i, j0, rest);
           else if (rest > 0)
-            forward_pixels<T, NJ / 2>(g, off.data(), x0, xr.cstride, wi, wt, y, n, grp, i, j0, rest);
+            forward_pixels<T, NJ / 2>(g, off.data(), x0, xr.cstride, wi, woff.data(), y, n, grp, i, j0, rest);
         }
       }
     }
@@ -288,32 +291,6 @@ void forward(const Geometry& g, const T* x, const int64_t* xs, const T* w, T* y,
 // no bounds checks; a block of NC channels x NJ positions is then summed over all the row's taps in registers and
 // stored once. (A scatter of each tap into memory instead stalls on loads that overlap the previous tap's stores.)
 
-// dst[c][k] = sum_t w[woff[t] + k] * gy[c][goff[t] + k] for k < nk.
-template <typename T, int NJ, int NC>
-__attribute__((noinline)) void gather_block(const T* w, const int64_t* woff, const int64_t* goff, int64_t taps,
-                                            const T* const* gy, T* const* dst, int64_t nk) {
-  T acc[NC][NJ] = {};
-  for (int64_t t = 0; t < taps; ++t) {
-    const T* __restrict wt = w + woff[t];
-    const int64_t o = goff[t];
-#pragma GCC unroll 8
-    for (int c = 0; c < NC; ++c) {
-      const T* __restrict gt = gy[c] + o;
-#pragma GCC unroll 16
-      for (int k = 0; k < NJ; ++k) acc[c][k] += wt[k] * gt[k];
-    }
-  }
-  for (int c = 0; c < NC; ++c) store_first<T, NJ>(dst[c], acc[c], nk);
-}
-
-template <typename T, int NJ, int NC>
-inline void gather_block_upto(int64_t nc, const T* w, const int64_t* woff, const int64_t* goff, int64_t taps,
-                              const T* const* gy, T* const* dst, int64_t nk) {
-  if constexpr (NC > 1) {
-    if (nc < NC) return gather_block_upto<T, NJ, NC - 1>(nc, w, woff, goff, taps, gy, dst, nk);
-  }
-  gather_block<T, NJ, NC>(w, woff, goff, taps, gy, dst, nk);
-}
 
 // Staged rows and tap tables of one grad_input task.
 template <typename T>
@@ -398,7 +375,7 @@ void grad_input_channels(const Geometry& g, const T* gy_all, const T* w_all, T* 
             gy[c] = s.gst.get() + (c0 + c) * L + M + k0;
             dst[c] = s.rows.get() + (c0 + c) * rlen + r * g.Wq + k0;
           }
-          gather_block_upto<T, B, CB>(nc, s.wst.get() + M + k0, s.woff.data(), s.goff.data(), ntaps, gy, dst, nk);
+          row_block_upto<T, B, CB>(nc, s.wst.get() + M + k0, s.woff.data(), s.goff.data(), ntaps, gy, dst, nk);
         }
       };
       int64_t k0 = k_lo;
