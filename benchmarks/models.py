@@ -129,9 +129,8 @@ class Runner:
         self.model = involution.create_model(name).to(memory_format=memory_format(layout))
         self.model.set_grad_checkpointing(checkpointing)
         self.fn: Callable[[Tensor], Tensor] = torch.compile(self.model, dynamic=False) if compile_ else self.model
-        # the folded copy for 'infer_fused' (a copy: the model itself keeps training)
-        self.fused = copy.deepcopy(self.model).eval().fuse()
-        self.fused_fn = torch.compile(self.fused, dynamic=False) if compile_ else self.fused
+        self.compile = compile_
+        self.fused_fn: Callable[[Tensor], Tensor] | None = None  # built by prepare('infer_fused')
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
         self.last_loss = float("nan")
 
@@ -139,6 +138,9 @@ class Runner:
         """Set the mode (and checkpointing) for ``kind`` ('infer', 'infer_fused', 'train' or 'train_ckpt'); not
         timed."""
         if kind == "infer_fused":
+            if self.fused_fn is None:  # a folded copy, made before any training step: the model itself trains on
+                fused = copy.deepcopy(self.model).eval().fuse()
+                self.fused_fn = torch.compile(fused, dynamic=False) if self.compile else fused
             return
         self.model.train(kind != "infer")
         if kind != "infer":

@@ -43,7 +43,6 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from .. import ops as _ops  # noqa: F401  (defines torch.ops.involution.*)
-from ..layers import Involution2d
 from ..layers.pool import CeilAvgPool2d
 
 __all__ = [
@@ -246,13 +245,11 @@ def _run(
     handles = hooks() if hooks is not None else []
     was_training = model.training
     model.eval()  # counts do not depend on the mode; eval keeps BatchNorm statistics untouched
-    # Count the model's own work, not the kernel recomputation that trades compute for memory in training.
-    recomputing = [m for m in model.modules() if isinstance(m, Involution2d) and m.recompute_kernel]
-    for m in recomputing:
-        m.recompute_kernel = False
-    recomputing_stem = [m for m in model.modules() if getattr(m, "recompute_stem", False) is True]
-    for m in recomputing_stem:
-        m.recompute_stem = False
+    # Count the model's own work, not the recomputation (kernels, stem) that trades compute for memory in training.
+    recomputing = [(m, flag) for m in model.modules() for flag in ("recompute_kernel", "recompute_stem")
+                   if getattr(m, flag, False) is True]
+    for m, flag in recomputing:
+        setattr(m, flag, False)
     try:
         with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
             grad = torch.enable_grad() if backward else torch.no_grad()
@@ -277,10 +274,8 @@ def _run(
                     torch.autograd.grad(sum(t.float().sum() for t in outs), weights, allow_unused=True)
             counts = counter.get_flop_counts()
     finally:
-        for m in recomputing:
-            m.recompute_kernel = True
-        for m in recomputing_stem:
-            m.recompute_stem = True
+        for m, flag in recomputing:
+            setattr(m, flag, True)
         model.train(was_training)
         for h in handles:
             h.remove()

@@ -130,14 +130,6 @@ class CpuBackend:
     def _float(t: Tensor) -> Tensor:
         return t if t.dtype in _NATIVE else t.float()
 
-    @classmethod
-    def _nhwc(cls, t: Tensor) -> Tensor:
-        """``t`` in float32/float64 with channel stride 1 (no copy if it already is)."""
-        t = cls._float(t)
-        if t.stride(1) != 1 and t.shape[1] != 1:
-            t = t.contiguous(memory_format=torch.channels_last)
-        return t
-
     @staticmethod
     def _contiguous(t: Tensor, dtype: torch.dtype) -> Tensor:
         """``t`` in ``dtype``, contiguous (no copy if it already is)."""
@@ -171,7 +163,7 @@ class CpuBackend:
         ops = torch.ops.involution_cpu
         if is_channels_last(input):
             self.kernel_calls["forward", "nhwc"] += 1
-            x = self._nhwc(input)
+            x = self._float(input)  # channel stride 1 already
             w = self._pixel_major(weight, x.dtype)
             if out.dtype == x.dtype:  # the NHWC kernel writes NCHW or NHWC outputs itself
                 ops.forward(x, w, out, stride, padding, dilation)
@@ -211,7 +203,7 @@ class CpuBackend:
         gy = self._float(grad_output)
         if is_channels_last(input):
             self.kernel_calls["backward_weight", "nhwc"] += 1
-            x = self._nhwc(input)
+            x = self._float(input)  # channel stride 1 already
             if grad_weight.dtype == x.dtype and _is_pixel_major(grad_weight):
                 ops.backward_weight(gy, x, grad_weight, stride, padding, dilation)
             else:  # written pixel by pixel: compute pixel-major, then one copy into the requested layout

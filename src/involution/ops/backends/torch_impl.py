@@ -2,9 +2,9 @@
 
 It loops over the Kh*Kw taps; each tap is one broadcast multiply-add between a strided window of the input and
 that tap's weights, restricted to the output pixels whose input pixel lies inside the image (so no padded copy of
-the input is made either). The forward accumulates in the output itself, in the input's layout (NCHW or NHWC:
-mixing layouts in the multiply-add is what made channels_last slow), a few images at a time so the accumulator
-stays in cache. Low-precision inputs accumulate in a float32 temporary. It is the fallback when no compiled
+the input is made either). The forward and grad_input accumulate in the result itself, in its layout (NCHW or
+NHWC: mixing layouts in the multiply-add is what made channels_last slow); the forward a few images at a time, so
+the accumulator stays in cache. Low-precision inputs accumulate in a float32 temporary. It is the fallback when no compiled
 backend is available, and a second, independent implementation for the tests.
 """
 
@@ -48,11 +48,19 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
-def _zeros_like_layout(ref: Tensor, dtype: torch.dtype) -> Tensor:
-    """Zeros of ``ref``'s shape in ``ref``'s layout (NHWC or NCHW). Every tap's multiply-add then walks the
-    accumulator and the features with the same strides; mixing layouts there made channels_last 8x slower."""
-    fmt = torch.channels_last if is_channels_last(ref) else torch.contiguous_format
-    return torch.empty(ref.shape, dtype=dtype, device=ref.device, memory_format=fmt).zero_()
+def _accumulator(target: Tensor, dtype: torch.dtype) -> Tensor:
+    """Zeros to sum into: ``target`` itself when it has ``dtype``, else a tensor of its shape in its layout (NHWC or
+    NCHW; :func:`_write_back` copies it over). Every tap's multiply-add then walks the accumulator and the features
+    with the same strides; mixing layouts there made channels_last 8x slower."""
+    if target.dtype == dtype:
+        return target.zero_()
+    fmt = torch.channels_last if is_channels_last(target) else torch.contiguous_format
+    return torch.empty(target.shape, dtype=dtype, device=target.device, memory_format=fmt).zero_()
+
+
+def _write_back(target: Tensor, acc: Tensor) -> None:
+    if acc is not target:
+        target.copy_(acc)
 
 
 # Images per pass over the taps: every tap reads and writes the whole accumulator, so it should stay in cache.
@@ -81,15 +89,14 @@ class TorchBackend:
         acc_t = _acc_dtype(input.dtype)
         x = input.to(acc_t).unflatten(1, (g, -1))  # (N, G, C/G, H, W)
         w = weight.to(acc_t).unsqueeze(2)  # (N, G, 1, Kh, Kw, Ho, Wo)
-        acc = out if out.dtype == acc_t else _zeros_like_layout(out, acc_t)
-        acc = acc.zero_().unflatten(1, (g, -1))
+        acc = _accumulator(out, acc_t)
+        grouped = acc.unflatten(1, (g, -1))
         taps = list(_taps(weight, input.shape[2:], stride, padding, dilation))
         for batch in _cache_sized_chunks(out):
-            a, xb, wb = acc[batch], x[batch], w[batch]
+            a, xb, wb = grouped[batch], x[batch], w[batch]
             for u, v, (ro, co), (ri, ci) in taps:
                 a[..., ro, co].addcmul_(xb[..., ri, ci], wb[:, :, :, u, v, ro, co])
-        if acc.data_ptr() != out.data_ptr():
-            out.copy_(acc.flatten(1, 2))
+        _write_back(out, acc)
 
     def backward_input(
         self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Pair, padding: Pair, dilation: Pair
@@ -98,10 +105,11 @@ class TorchBackend:
         acc_t = _acc_dtype(grad_output.dtype)
         gy = grad_output.to(acc_t).unflatten(1, (g, -1))
         w = weight.to(acc_t).unsqueeze(2)
-        acc = _zeros_like_layout(grad_input, acc_t).unflatten(1, (g, -1))
+        acc = _accumulator(grad_input, acc_t)
+        grouped = acc.unflatten(1, (g, -1))
         for u, v, (ro, co), (ri, ci) in _taps(weight, grad_input.shape[2:], stride, padding, dilation):
-            acc[..., ri, ci].addcmul_(gy[..., ro, co], w[:, :, :, u, v, ro, co])
-        grad_input.copy_(acc.flatten(1, 2))
+            grouped[..., ri, ci].addcmul_(gy[..., ro, co], w[:, :, :, u, v, ro, co])
+        _write_back(grad_input, acc)
 
     def backward_weight(
         self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Pair, padding: Pair, dilation: Pair

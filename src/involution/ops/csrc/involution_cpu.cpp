@@ -511,6 +511,12 @@ void check_contiguous(const at::Tensor& t, const char* name, at::ScalarType dtyp
   TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
 }
 
+// An output-shaped tensor (the output, grad_output) must be (N, C, Ho, Wo) of the geometry.
+void check_output_shape(const at::Tensor& t, const char* name, const involution_nchw::Geometry& g) {
+  TORCH_CHECK(t.dim() == 4 && t.size(0) == g.N && t.size(1) == g.C && t.size(2) == g.Ho && t.size(3) == g.Wo, name,
+              " has the wrong shape");
+}
+
 // input: any strides; weight and out contiguous, all of one dtype.
 void forward_nchw(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& out, at::IntArrayRef stride,
                   at::IntArrayRef padding, at::IntArrayRef dilation) {
@@ -518,22 +524,13 @@ void forward_nchw(const at::Tensor& input, const at::Tensor& weight, const at::T
   check_contiguous(weight, "weight", input.scalar_type());
   check_contiguous(out, "out", input.scalar_type());
   const auto g = nchw_geometry(make_geometry(input, weight, stride, padding, dilation));
-  TORCH_CHECK(out.size(0) == g.N && out.size(1) == g.C && out.size(2) == g.Ho && out.size(3) == g.Wo,
-              "out has the wrong shape");
+  check_output_shape(out, "out", g);
   if (out.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "involution_forward_nchw", [&] {
     const int64_t xs[4] = {input.stride(0), input.stride(1), input.stride(2), input.stride(3)};
     involution_nchw::forward<scalar_t>(g, input.data_ptr<scalar_t>(), xs, weight.data_ptr<scalar_t>(),
                                        out.data_ptr<scalar_t>(), AtenParallelFor{});
   });
-}
-
-// grad_output must be (N, C, Ho, Wo) of the geometry.
-template <typename Geom>
-void check_grad_output_shape(const at::Tensor& grad_out, const Geom& g) {
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == g.N && grad_out.size(1) == g.C &&
-                  grad_out.size(2) == g.Ho && grad_out.size(3) == g.Wo,
-              "grad_output has the wrong shape");
 }
 
 // grad_output, weight and grad_input contiguous, all of one dtype.
@@ -544,7 +541,7 @@ void backward_input_nchw(const at::Tensor& grad_out, const at::Tensor& weight, c
   check_contiguous(grad_out, "grad_output", grad_in.scalar_type());
   check_contiguous(weight, "weight", grad_in.scalar_type());
   const auto g = nchw_geometry(make_geometry(grad_in, weight, stride, padding, dilation));
-  check_grad_output_shape(grad_out, g);
+  check_output_shape(grad_out, "grad_output", g);
   if (grad_in.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "involution_backward_input_nchw", [&] {
     involution_nchw::grad_input<scalar_t>(g, grad_out.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
@@ -559,7 +556,7 @@ void backward_weight_nchw(const at::Tensor& grad_out, const at::Tensor& input, c
   check_contiguous(grad_out, "grad_output", input.scalar_type());
   check_contiguous(grad_w, "grad_weight", input.scalar_type());
   const auto g = nchw_geometry(make_geometry(input, grad_w, stride, padding, dilation));
-  check_grad_output_shape(grad_out, g);
+  check_output_shape(grad_out, "grad_output", g);
   if (grad_w.numel() == 0) return;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "involution_backward_weight_nchw", [&] {
     const int64_t xs[4] = {input.stride(0), input.stride(1), input.stride(2), input.stride(3)};
