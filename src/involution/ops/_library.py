@@ -35,7 +35,7 @@ def involution2d_op(
     input: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]
 ) -> Tensor:
     out = _forward_fake(input, weight, stride, padding, dilation)
-    select_backend(input.device).forward(input, weight, out, *_pairs(stride, padding, dilation))
+    select_backend(input, weight).forward(input, weight, out, *_pairs(stride, padding, dilation))
     return out
 
 
@@ -59,7 +59,7 @@ def involution2d_backward_input_op(
     dilation: Sequence[int],
 ) -> Tensor:
     grad_input = _backward_input_fake(grad_output, weight, input_size, stride, padding, dilation)
-    select_backend(grad_output.device).backward_input(
+    select_backend(grad_output, weight).backward_input(
         grad_output, weight, grad_input, *_pairs(stride, padding, dilation)
     )
     return grad_input
@@ -89,7 +89,7 @@ def involution2d_backward_weight_op(
 ) -> Tensor:
     """``weight`` only gives the gradient's shape and strides; its values are not read."""
     grad_weight = _backward_weight_fake(grad_output, input, weight, stride, padding, dilation)
-    select_backend(input.device).backward_weight(grad_output, input, grad_weight, *_pairs(stride, padding, dilation))
+    select_backend(input, grad_output).backward_weight(grad_output, input, grad_weight, *_pairs(stride, padding, dilation))
     return grad_weight
 
 

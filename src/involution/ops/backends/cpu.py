@@ -30,7 +30,6 @@ import hashlib
 import logging
 import os
 import sys
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from torch import Tensor
 
 from .._native import simd_flags
 from .._shapes import Pair, is_channels_last
-from . import register_backend
+from .base import Backend, register_backend
 
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _SOURCE = _CSRC / "involution_cpu.cpp"
@@ -74,13 +73,12 @@ def _is_pixel_major(w: Tensor) -> bool:
     return (kw == 1 or w.stride(3) == 1) and (kh == 1 or w.stride(2) == kw) and (g == 1 or w.stride(1) == kh * kw)
 
 
-class CpuBackend:
+class CpuBackend(Backend):
     name = "cpu"
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        super().__init__()
         self._loaded: bool | None = None
-        self._error = ""
         #: Kernels run, by (pass, family): ("forward" | "backward_input" | "backward_weight", "nchw" | "nhwc").
         self.kernel_calls: Counter[tuple[str, str]] = Counter()
 
@@ -118,9 +116,6 @@ class CpuBackend:
 
     def is_available(self) -> bool:
         return self._load()
-
-    def unavailable_reason(self) -> str:
-        return self._error or "available"
 
     def supports(self, device: torch.device) -> bool:
         return device.type == "cpu"

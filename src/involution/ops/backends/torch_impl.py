@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._shapes import Pair, is_channels_last
-from . import register_backend
+from .base import Backend, register_backend
 
 
 def tap_range(size_in: int, size_out: int, stride: int, padding: int, offset: int) -> tuple[int, int, int]:
@@ -75,11 +75,8 @@ def _cache_sized_chunks(features: Tensor) -> list[slice]:
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     name = "torch"
-
-    def is_available(self) -> bool:
-        return True
 
     def supports(self, device: torch.device) -> bool:
         return True
