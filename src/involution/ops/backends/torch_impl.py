@@ -3,7 +3,7 @@
 It loops over the Kh*Kw taps; each tap is one broadcast multiply-add between a strided window of the input and
 that tap's weights, restricted to the output pixels whose input pixel lies inside the image (so no padded copy of
 the input is made either). The forward and grad_input accumulate in the result itself, in its layout (NCHW or
-NHWC: mixing layouts in the multiply-add is what made channels_last slow); the forward a few images at a time, so
+NHWC: the multiply-add then walks both operands with the same strides); the forward a few images at a time, so
 the accumulator stays in cache. Low-precision inputs accumulate in a float32 temporary. It is the fallback when no compiled
 backend is available, and a second, independent implementation for the tests.
 """
@@ -51,7 +51,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def _accumulator(target: Tensor, dtype: torch.dtype) -> Tensor:
     """Zeros to sum into: ``target`` itself when it has ``dtype``, else a tensor of its shape in its layout (NHWC or
     NCHW; :func:`_write_back` copies it over). Every tap's multiply-add then walks the accumulator and the features
-    with the same strides; mixing layouts there made channels_last 8x slower."""
+    with the same strides, which mixed layouts would not."""
     if target.dtype == dtype:
         return target.zero_()
     fmt = torch.channels_last if is_channels_last(target) else torch.contiguous_format
