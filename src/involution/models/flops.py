@@ -6,12 +6,12 @@ multiply-add is 2 FLOPs, so ``report.flops == 2 * report.macs``. The paper's "2.
 
 What is counted: :class:`torch.utils.flop_counter.FlopCounterMode` counts matrix products and convolutions (the
 ``aten`` convolution, ``mm``, ``addmm``, ``bmm`` and attention ops) and, with the formulas the op registers
-(:mod:`involution.ops.flops`: ``N * C * Ho * Wo * Kh * Kw`` each, backward ops too), the involution aggregation;
-an involution's kernel generator (two 1x1 convolutions) counts as convolutions. Not counted: normalisation,
-activations, pooling, additions and other elementwise work, and convolution biases. The published numbers follow mmcv's ``get_model_complexity_info``
-(through mmcls' ``get_flops``), which does count BN/ReLU/pooling/biases, but not the involution aggregation;
-:func:`mmcv_style_macs` repeats its rules for comparison. ``docs/models.md`` compares all the models with the
-published numbers and reconstructs how those were counted.
+(:mod:`involution.ops.flops`: ``N * C * Ho * Wo * Kh * Kw`` each, backward ops too), the involution aggregation; an
+involution's kernel generator (two 1x1 convolutions) counts as convolutions. Not counted: normalisation,
+activations, pooling, additions and other elementwise work, and convolution biases. The published numbers follow
+mmcv's ``get_model_complexity_info`` (through mmcls' ``get_flops``), which does count BN/ReLU/pooling/biases, but
+not the involution aggregation; :func:`mmcv_style_macs` repeats its rules for comparison. ``docs/models.md``
+compares all the models with the published numbers and reconstructs how those were counted.
 
 The counts run on the ``meta`` device by default: no memory is allocated and nothing is computed, so even
 RedNet-152 at 224x224 takes well under a second.
@@ -298,7 +298,8 @@ def mmcv_style_macs(
         elif isinstance(mod, pools):
             counts["pool"] += inp.numel()
 
-    by_op, _ = _split_counts(_meta_forward(model, shape, lambda: [m.register_forward_hook(hook) for m in model.modules()]))
+    counts_by_op = _meta_forward(model, shape, lambda: [m.register_forward_hook(hook) for m in model.modules()])
+    by_op, _ = _split_counts(counts_by_op)
     counts["total"] = sum(counts.values())
     counts["involution"] = by_op.get("involution.involution2d", 0)
     return counts

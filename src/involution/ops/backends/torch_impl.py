@@ -4,8 +4,8 @@ It loops over the Kh*Kw taps; each tap is one broadcast multiply-add between a s
 that tap's weights, restricted to the output pixels whose input pixel lies inside the image (so no padded copy of
 the input is made either). The forward and grad_input accumulate in the result itself, in its layout (NCHW or
 NHWC: the multiply-add then walks both operands with the same strides); the forward a few images at a time, so
-the accumulator stays in cache. Low-precision inputs accumulate in a float32 temporary. It is the fallback when no compiled
-backend is available, and a second, independent implementation for the tests.
+the accumulator stays in cache. Low-precision inputs accumulate in a float32 temporary. It is the fallback when no
+compiled backend is available, and a second, independent implementation for the tests.
 """
 
 from __future__ import annotations
@@ -63,6 +63,15 @@ def _write_back(target: Tensor, acc: Tensor) -> None:
         target.copy_(acc)
 
 
+def _operands(features: Tensor, weight: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The forward's and grad_input's operands in the accumulation dtype: ``features`` as (N, G, C/G, H, W),
+    ``weight`` as (N, G, 1, Kh, Kw, Ho, Wo), and the accumulator for ``target`` with its (N, G, C/G, H, W) view."""
+    g = weight.shape[1]
+    acc_t = _acc_dtype(features.dtype)
+    acc = _accumulator(target, acc_t)
+    return features.to(acc_t).unflatten(1, (g, -1)), weight.to(acc_t).unsqueeze(2), acc, acc.unflatten(1, (g, -1))
+
+
 # Images per pass over the taps: every tap reads and writes the whole accumulator, so it should stay in cache.
 _CHUNK_BYTES = 1 << 20
 
@@ -82,12 +91,7 @@ class TorchBackend(Backend):
         return True
 
     def forward(self, input: Tensor, weight: Tensor, out: Tensor, stride: Pair, padding: Pair, dilation: Pair) -> None:
-        g = weight.shape[1]
-        acc_t = _acc_dtype(input.dtype)
-        x = input.to(acc_t).unflatten(1, (g, -1))  # (N, G, C/G, H, W)
-        w = weight.to(acc_t).unsqueeze(2)  # (N, G, 1, Kh, Kw, Ho, Wo)
-        acc = _accumulator(out, acc_t)
-        grouped = acc.unflatten(1, (g, -1))
+        x, w, acc, grouped = _operands(input, weight, out)
         taps = list(_taps(weight, input.shape[2:], stride, padding, dilation))
         for batch in _cache_sized_chunks(out):
             a, xb, wb = grouped[batch], x[batch], w[batch]
@@ -98,12 +102,7 @@ class TorchBackend(Backend):
     def backward_input(
         self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
-        g = weight.shape[1]
-        acc_t = _acc_dtype(grad_output.dtype)
-        gy = grad_output.to(acc_t).unflatten(1, (g, -1))
-        w = weight.to(acc_t).unsqueeze(2)
-        acc = _accumulator(grad_input, acc_t)
-        grouped = acc.unflatten(1, (g, -1))
+        gy, w, acc, grouped = _operands(grad_output, weight, grad_input)
         for u, v, (ro, co), (ri, ci) in _taps(weight, grad_input.shape[2:], stride, padding, dilation):
             grouped[..., ri, ci].addcmul_(gy[..., ro, co], w[:, :, :, u, v, ro, co])
         _write_back(grad_input, acc)

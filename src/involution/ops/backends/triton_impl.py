@@ -167,24 +167,20 @@ class TritonBackend(Backend):
             )  # fmt: skip
 
     def forward(self, input: Tensor, weight: Tensor, out: Tensor, stride: Pair, padding: Pair, dilation: Pair) -> None:
-        ptrs = (input, weight, out)
-        self._launch("involution_fwd_kernel", False, input, weight, out, ptrs, stride, padding, dilation)
+        conv = (stride, padding, dilation)
+        self._launch("involution_fwd_kernel", False, input, weight, out, (input, weight, out), *conv)
 
     def backward_input(
         self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
-        ptrs = (grad_output, weight, grad_input)
-        self._launch(
-            "involution_bwd_input_kernel", False, grad_input, weight, grad_output, ptrs, stride, padding, dilation
-        )
+        ptrs, conv = (grad_output, weight, grad_input), (stride, padding, dilation)
+        self._launch("involution_bwd_input_kernel", False, grad_input, weight, grad_output, ptrs, *conv)
 
     def backward_weight(
         self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
-        ptrs = (grad_output, input, grad_weight)
-        self._launch(
-            "involution_bwd_weight_kernel", True, input, grad_weight, grad_output, ptrs, stride, padding, dilation
-        )
+        ptrs, conv = (grad_output, input, grad_weight), (stride, padding, dilation)
+        self._launch("involution_bwd_weight_kernel", True, input, grad_weight, grad_output, ptrs, *conv)
 
 
 register_backend(TritonBackend())
