@@ -19,7 +19,10 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 
 import involution.ops.onnx  # noqa: E402, F401  (registers the custom op's schema with onnx)
+from involution import cli  # noqa: E402
 from involution.ops import onnxruntime_library as lib  # noqa: E402
+from involution.ops.onnxruntime_library import build as ort_build  # noqa: E402
+from involution.ops.onnxruntime_library import headers as ort_headers  # noqa: E402
 
 
 def _single_node_model(**attrs) -> bytes:
@@ -77,7 +80,7 @@ def test_bad_attributes_are_errors_that_name_them(ort_library):
 def test_missing_headers_say_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("INVOLUTION_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("INVOLUTION_ORT_INCLUDE", str(tmp_path / "nowhere"))
-    monkeypatch.setattr(lib, "_candidates", lambda: [tmp_path / "nowhere", tmp_path / "cache" / "include"])
+    monkeypatch.setattr(ort_headers, "candidates", lambda: [tmp_path / "nowhere", tmp_path / "cache" / "include"])
     assert lib.find_headers() is None
     with pytest.raises(RuntimeError, match="headers were not found.*fetch-headers"):
         lib.library_path()
@@ -116,13 +119,13 @@ def test_fetch_headers_checks_the_hash_and_extracts_only_the_headers(tmp_path, m
         "usr/include/onnxruntime/core/session/extra.h": b"// nested\n",
         "usr/share/doc/libonnxruntime-dev/copyright": b"not a header",
     })
-    monkeypatch.setattr(lib.urllib.request, "urlopen", lambda url, timeout: _Response(deb))
+    monkeypatch.setattr(ort_headers.urllib.request, "urlopen", lambda url, timeout: _Response(deb))
 
     with pytest.raises(RuntimeError, match="(?s)SHA-256 .* expected .*INVOLUTION_ORT_INCLUDE"):
         lib.fetch_headers(tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 
-    monkeypatch.setattr(lib, "_DEB_SHA256", hashlib.sha256(deb).hexdigest())
+    monkeypatch.setattr(ort_headers, "_DEB_SHA256", hashlib.sha256(deb).hexdigest())
     dest = lib.fetch_headers(tmp_path / "include")
     assert (dest / "onnxruntime_cxx_api.h").read_bytes() == b"// cxx api\n"
     assert (dest / "core" / "session" / "extra.h").is_file()
@@ -134,7 +137,7 @@ def test_unreachable_mirrors_are_named(tmp_path, monkeypatch):
     def refuse(url, timeout):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(lib.urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(ort_headers.urllib.request, "urlopen", refuse)
     with pytest.raises(RuntimeError, match="(?s)deb.debian.org.*network is unreachable"):
         lib.fetch_headers(tmp_path / "include")
 
@@ -143,13 +146,13 @@ def test_a_package_without_the_headers_is_refused(tmp_path):
     deb = _fake_deb({"usr/share/doc/readme": b"x"})
     (tmp_path / "include").mkdir()
     with pytest.raises(ValueError, match="holds no onnxruntime_cxx_api.h"):
-        lib._extract_headers(deb, tmp_path / "include")
+        ort_headers._extract_headers(deb, tmp_path / "include")
     with pytest.raises(ValueError, match="not an ar archive"):
-        lib._extract_headers(b"PK\x03\x04", tmp_path / "include")
+        ort_headers._extract_headers(b"PK\x03\x04", tmp_path / "include")
 
 
 def test_command_line_prints_the_library_path(ort_library, capsys):
-    assert lib.main(["path"]) == 0
+    assert cli.main(["onnxruntime", "path"]) == 0
     assert capsys.readouterr().out.strip() == str(ort_library)
     assert lib.status() == f"built: {ort_library}"
 
@@ -157,9 +160,9 @@ def test_command_line_prints_the_library_path(ort_library, capsys):
 def test_no_compiler_is_named_but_a_built_library_needs_none(ort_library, tmp_path, monkeypatch):
     headers = lib.find_headers()
     monkeypatch.setenv("CXX", "no-such-compiler")
-    assert lib._compile(headers, ort_library.parent.name) == ort_library  # cached: nothing to compile
+    assert ort_build._compile(headers, ort_library.parent.name) == ort_library  # cached: nothing to compile
     monkeypatch.setenv("INVOLUTION_CACHE", str(tmp_path))  # an empty build cache (the headers stay where they are)
     monkeypatch.setattr(lib, "find_headers", lambda: headers)
     with pytest.raises(RuntimeError, match=r"no C\+\+ compiler: 'no-such-compiler' is not on PATH"):
-        lib._compile(headers, "fresh")
+        ort_build._compile(headers, "fresh")
     assert lib.status() == "unavailable: no C++ compiler: 'no-such-compiler' is not on PATH (set CXX or install g++)"

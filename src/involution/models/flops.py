@@ -5,18 +5,13 @@ multiply-add is 2 FLOPs, so ``report.flops == 2 * report.macs``. The paper's "2.
 2.71 G multiply-adds.
 
 What is counted: :class:`torch.utils.flop_counter.FlopCounterMode` counts matrix products and convolutions (the
-``aten`` convolution, ``mm``, ``addmm``, ``bmm`` and attention ops), and this module adds formulas for the
-involution ops, so every involution contributes its kernel generator (two 1x1 convolutions, counted as
-convolutions) and its aggregation (``torch.ops.involution.involution2d``)::
-
-    aggregation MACs = N * C * Ho * Wo * Kh * Kw        (each output element sums Kh * Kw products)
-
-and likewise for the two backward ops (each is N * C * Ho * Wo * Kh * Kw multiply-adds too). Taps that fall in the
-zero padding are counted, as for convolutions. Not counted: normalisation, activations, pooling, additions and other
-elementwise work, and convolution biases. The published numbers follow mmcv's ``get_model_complexity_info``
-(through mmcls' ``get_flops``), which does count BN/ReLU/pooling/biases, but not the involution aggregation;
-:func:`mmcv_style_macs` repeats its rules for comparison. ``docs/models.md`` compares all the models with the
-published numbers and reconstructs how those were counted.
+``aten`` convolution, ``mm``, ``addmm``, ``bmm`` and attention ops) and, with the formulas the op registers
+(:mod:`involution.ops.flops`: ``N * C * Ho * Wo * Kh * Kw`` each, backward ops too), the involution aggregation; an
+involution's kernel generator (two 1x1 convolutions) counts as convolutions. Not counted: normalisation,
+activations, pooling, additions and other elementwise work, and convolution biases. The published numbers follow
+mmcv's ``get_model_complexity_info`` (through mmcls' ``get_flops``), which does count BN/ReLU/pooling/biases, but
+not the involution aggregation; :func:`mmcv_style_macs` repeats its rules for comparison. ``docs/models.md``
+compares all the models with the published numbers and reconstructs how those were counted.
 
 The counts run on the ``meta`` device by default: no memory is allocated and nothing is computed, so even
 RedNet-152 at 224x224 takes well under a second.
@@ -42,64 +37,14 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from .. import ops as _ops  # noqa: F401  (defines torch.ops.involution.*)
 from ..layers.pool import CeilAvgPool2d
+from ..ops.flops import FLOP_FORMULAS, register_flop_formulas
+from .registry import create_model
 
-__all__ = [
-    "FLOP_FORMULAS",
-    "FlopReport",
-    "count_flops",
-    "count_params",
-    "mmcv_style_macs",
-    "register_flop_formulas",
-    "summary",
-]
+__all__ = ["FLOP_FORMULAS", "FlopReport", "count_flops", "count_params", "mmcv_style_macs", "register_flop_formulas",
+           "summary"]
 
 InputSize = int | Sequence[int]
-
-
-# --------------------------------------------------------------------------------------------- formulas
-def _aggregation_macs(features_shape: Sequence[int], weight_shape: Sequence[int]) -> int:
-    """``N * C * Ho * Wo * Kh * Kw`` from features ``(N, C, ...)`` and a weight ``(N, G, Kh, Kw, Ho, Wo)``."""
-    n, c = int(features_shape[0]), int(features_shape[1])
-    kh, kw, ho, wo = (int(s) for s in weight_shape[2:6])
-    return n * c * kh * kw * ho * wo
-
-
-def _involution2d_flop(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-    """``involution2d(input (N, C, H, W), weight (N, G, Kh, Kw, Ho, Wo))``: 2 FLOPs per multiply-add."""
-    return 2 * _aggregation_macs(input_shape, weight_shape)
-
-
-def _involution2d_backward_input_flop(grad_output_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-    """``grad_input``: every (output pixel, tap) pair adds one product into the input gradient."""
-    return 2 * _aggregation_macs(grad_output_shape, weight_shape)
-
-
-def _involution2d_backward_weight_flop(
-    grad_output_shape, input_shape, weight_shape, *args, out_shape=None, **kwargs
-) -> int:
-    """``grad_weight (N, G, Kh, Kw, Ho, Wo)``: each entry sums C/G products, again N*C*Kh*Kw*Ho*Wo in all."""
-    return 2 * _aggregation_macs(grad_output_shape, weight_shape)
-
-
-#: The FLOP formulas of the involution ops, as ``FlopCounterMode(custom_mapping=FLOP_FORMULAS)`` takes them
-#: (shape-based, 2 FLOPs per multiply-add like torch's convolution formula).
-FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
-    torch.ops.involution.involution2d: _involution2d_flop,
-    torch.ops.involution.involution2d_backward_input: _involution2d_backward_input_flop,
-    torch.ops.involution.involution2d_backward_weight: _involution2d_backward_weight_flop,
-}
-
-
-def register_flop_formulas() -> None:
-    """Register :data:`FLOP_FORMULAS` in torch's global registry, so that a plain ``FlopCounterMode()`` (without
-    ``custom_mapping``) counts the involution ops too. Idempotent; :func:`count_flops` does not need it."""
-    from torch.utils.flop_counter import flop_registry, register_flop_formula
-
-    for op, formula in FLOP_FORMULAS.items():
-        if op not in flop_registry:
-            register_flop_formula(op)(formula)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -114,8 +59,6 @@ def _build(model: nn.Module | str, model_kwargs: Mapping[str, Any]) -> nn.Module
         if model_kwargs:
             raise TypeError(f"model keyword arguments {sorted(model_kwargs)} only apply to a model name")
         return model
-    from .registry import create_model
-
     with torch.device("meta"):
         return create_model(model, **model_kwargs)
 
@@ -137,20 +80,12 @@ def _input_shape(model: nn.Module, input_size: InputSize | None) -> tuple[int, .
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype:
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.dtype
-    return torch.get_default_dtype()
+    floats = (t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
+    return next(floats, torch.get_default_dtype())
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def _op_name(op: Any) -> str:
-    return str(op)  # e.g. "aten.convolution", "involution.involution2d"
+    return next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
 
 
 def _strip_root(name: str) -> str:
@@ -219,27 +154,19 @@ class FlopReport:
 
 def _split_counts(counts: Mapping[str, Mapping[Any, int]]) -> tuple[dict[str, int], dict[str, int]]:
     """FlopCounterMode FLOP counts -> (MACs per op, MACs per module)."""
-    by_op = {_op_name(op): v // 2 for op, v in counts.get("Global", {}).items()}
+    by_op = {str(op): v // 2 for op, v in counts.get("Global", {}).items()}
     by_module = {_strip_root(name): sum(ops.values()) // 2 for name, ops in counts.items() if name != "Global"}
     return by_op, by_module
 
 
 def _subtract(after: Mapping[str, Mapping[Any, int]], before: Mapping[str, Mapping[Any, int]]) -> dict:
-    out: dict[str, dict[Any, int]] = {}
-    for name, ops in after.items():
-        diff = {op: v - before.get(name, {}).get(op, 0) for op, v in ops.items()}
-        diff = {op: v for op, v in diff.items() if v}
-        if diff:
-            out[name] = diff
-    return out
+    """``after - before`` per module and op, without the zeros."""
+    diffs = {name: {op: v - before.get(name, {}).get(op, 0) for op, v in ops.items()} for name, ops in after.items()}
+    return {name: nonzero for name, d in diffs.items() if (nonzero := {op: v for op, v in d.items() if v})}
 
 
 def _run(
-    model: nn.Module,
-    x: Tensor,
-    backward: bool,
-    meta: bool,
-    hooks: Callable[[], list] | None = None,
+    model: nn.Module, x: Tensor, backward: bool, meta: bool, hooks: Callable[[], list] | None = None
 ) -> tuple[dict, dict]:
     """Run ``model(x)`` (and backward) under FlopCounterMode: (forward counts, backward counts)."""
     handles = hooks() if hooks is not None else []
@@ -251,28 +178,25 @@ def _run(
     for m, flag in recomputing:
         setattr(m, flag, False)
     try:
-        with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
-            grad = torch.enable_grad() if backward else torch.no_grad()
-            with grad:
-                if meta:
-                    params = {
-                        k: torch.empty_like(v, device="meta").requires_grad_(backward and v.requires_grad)
-                        for k, v in model.named_parameters()
-                    }
-                    buffers = {k: torch.empty_like(v, device="meta") for k, v in model.named_buffers()}
-                    out = torch.func.functional_call(model, {**params, **buffers}, (x,))
-                    weights = [p for p in params.values() if p.requires_grad]
-                else:
-                    out = model(x)
-                    weights = [p for p in model.parameters() if p.requires_grad]
-                forward_counts = copy.deepcopy(counter.get_flop_counts())
-                if backward:
-                    outs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor) and t.requires_grad]
-                    if not outs or not weights:
-                        raise ValueError("backward=True, but the model has no output that requires grad")
-                    # autograd.grad, not .backward(): nothing is accumulated into the parameters' .grad
-                    torch.autograd.grad(sum(t.float().sum() for t in outs), weights, allow_unused=True)
-            counts = counter.get_flop_counts()
+        grad = torch.enable_grad() if backward else torch.no_grad()
+        with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter, grad:
+            if meta:
+                params = {k: torch.empty_like(v, device="meta").requires_grad_(backward and v.requires_grad)
+                          for k, v in model.named_parameters()}
+                buffers = {k: torch.empty_like(v, device="meta") for k, v in model.named_buffers()}
+                out = torch.func.functional_call(model, {**params, **buffers}, (x,))
+                weights = [p for p in params.values() if p.requires_grad]
+            else:
+                out = model(x)
+                weights = [p for p in model.parameters() if p.requires_grad]
+            forward_counts = copy.deepcopy(counter.get_flop_counts())
+            if backward:
+                outs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor) and t.requires_grad]
+                if not outs or not weights:
+                    raise ValueError("backward=True, but the model has no output that requires grad")
+                # autograd.grad, not .backward(): nothing is accumulated into the parameters' .grad
+                torch.autograd.grad(sum(t.float().sum() for t in outs), weights, allow_unused=True)
+        counts = counter.get_flop_counts()
     finally:
         for m, flag in recomputing:
             setattr(m, flag, True)
@@ -283,12 +207,8 @@ def _run(
 
 
 def count_flops(
-    model: nn.Module | str,
-    input_size: InputSize | None = (1, 3, 224, 224),
-    *,
-    backward: bool = False,
-    device: str | torch.device | None = "meta",
-    **model_kwargs: Any,
+    model: nn.Module | str, input_size: InputSize | None = (1, 3, 224, 224), *, backward: bool = False,
+    device: str | torch.device | None = "meta", **model_kwargs: Any,
 ) -> FlopReport:
     """Count parameters and multiply-adds of one forward pass (and optionally the backward pass).
 
@@ -323,10 +243,8 @@ def count_flops(
         except (NotImplementedError, RuntimeError, TypeError) as err:
             if model_on_meta:
                 raise
-            warnings.warn(
-                f"counting on the meta device failed ({type(err).__name__}: {err}); counting with a real forward",
-                stacklevel=2,
-            )
+            warnings.warn(f"counting on the meta device failed ({type(err).__name__}: {err}); counting with a real "
+                          "forward", stacklevel=2)
     if forward_counts is None:
         dev = _model_device(model)
         x = torch.zeros(shape, dtype=dtype, device=dev)
@@ -334,16 +252,9 @@ def count_flops(
         run_device = str(dev)
     by_op, by_module = _split_counts(forward_counts)
     bw_by_op, _ = _split_counts(backward_counts) if backward else ({}, {})
-    return FlopReport(
-        input_size=shape,
-        params=count_params(model),
-        macs=sum(by_op.values()),
-        by_op=by_op,
-        by_module=by_module,
-        backward_macs=sum(bw_by_op.values()),
-        backward_by_op=bw_by_op,
-        device=run_device,
-    )
+    return FlopReport(input_size=shape, params=count_params(model), macs=sum(by_op.values()), by_op=by_op,
+                      by_module=by_module, backward_macs=sum(bw_by_op.values()), backward_by_op=bw_by_op,
+                      device=run_device)
 
 
 # --------------------------------------------------------------------------------------------- mmcv rules
@@ -387,33 +298,58 @@ def mmcv_style_macs(
         elif isinstance(mod, pools):
             counts["pool"] += inp.numel()
 
-    def add_hooks() -> list:
-        return [m.register_forward_hook(hook) for m in model.modules()]
-
-    forward_counts, _ = _run(
-        model,
-        torch.empty(shape, dtype=_float_dtype(model), device="meta"),
-        backward=False,
-        meta=_model_device(model).type != "meta",
-        hooks=add_hooks,
-    )
-    by_op, _ = _split_counts(forward_counts)
+    counts_by_op = _meta_forward(model, shape, lambda: [m.register_forward_hook(hook) for m in model.modules()])
+    by_op, _ = _split_counts(counts_by_op)
     counts["total"] = sum(counts.values())
     counts["involution"] = by_op.get("involution.involution2d", 0)
     return counts
 
 
 # --------------------------------------------------------------------------------------------- summary
-def _fmt_count(n: float, unit: float, digits: int) -> str:
-    return f"{n / unit:.{digits}f}"
+def _meta_forward(model: nn.Module, shape: tuple[int, ...], hooks: Callable[[], list]) -> dict:
+    """FlopCounterMode's forward counts of ``model`` on a meta input of ``shape``, with ``hooks()`` installed."""
+    x = torch.empty(shape, dtype=_float_dtype(model), device="meta")
+    return _run(model, x, False, meta=_model_device(model).type != "meta", hooks=hooks)[0]
+
+
+def _mmacs(macs: int, dash_if_zero: bool = False) -> str:
+    return "-" if dash_if_zero and not macs else f"{macs / 1e6:.1f}"
+
+
+def _table(header: Sequence[str], rows: list[Sequence[str]], footer: Sequence[str]) -> list[str]:
+    """Aligned lines: the first two columns to the left, the others to the right, rules around the rows."""
+    widths = [max(len(r[i]) for r in (header, *rows, footer)) for i in range(len(header))]
+    align = ["<", "<", *[">"] * (len(header) - 2)]
+
+    def line(r: Sequence[str]) -> str:
+        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return [line(header), rule, *(line(r) for r in rows), rule, line(footer)]
+
+
+def _notes(model: nn.Module, params: int, macs: int, by_op: Mapping[str, int]) -> list[str]:
+    """The lines under the table: totals, the convention, and the published numbers if ``pretrained_cfg`` has them."""
+    ops = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1]))
+    lines = [
+        (f"{params / 1e6:.2f} M params, {macs / 1e9:.3f} GMACs = {2 * macs / 1e9:.3f} GFLOPs "
+         "(1 multiply-add = 2 FLOPs; the paper's 'FLOPs' are multiply-adds)"),
+        f"MMACs by op: {ops}",
+        "counted: convolutions, linear layers, involution aggregation; not: norm, activations, pooling, adds",
+    ]
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "paper_params_m" in cfg:
+        lines.append(
+            f"published: {cfg['paper_params_m']} M params, {cfg['paper_gflops']} GFLOPs (multiply-adds, counted "
+            "with other rules: see docs/models.md)"
+        )
+    elif "torchvision_gflops" in cfg:
+        lines.append(f"torchvision publishes {cfg['torchvision_gflops']} GFLOPs (multiply-adds)")
+    return lines
 
 
 def summary(
-    model_name_or_model: nn.Module | str,
-    input_size: InputSize | None = None,
-    *,
-    depth: int = 1,
-    **model_kwargs: Any,
+    model_name_or_model: nn.Module | str, input_size: InputSize | None = None, *, depth: int = 1, **model_kwargs: Any
 ) -> str:
     """A readable table of parameters, multiply-adds and output shapes per top-level stage of a model.
 
@@ -431,72 +367,31 @@ def summary(
         raise ValueError(f"depth must be >= 1, got {depth}")
     model = _build(model_name_or_model, model_kwargs)
     shape = _input_shape(model, input_size)
-    report_shapes: dict[str, tuple[int, ...]] = {}
     names = {m: n for n, m in model.named_modules() if n and n.count(".") < depth}
+    out_shapes: dict[str, tuple[int, ...]] = {}
 
-    def add_hooks() -> list:
-        def hook(mod: nn.Module, inputs: tuple, out: Any) -> None:
-            if isinstance(out, Tensor):
-                report_shapes[names[mod]] = tuple(out.shape)
+    def hook(mod: nn.Module, inputs: tuple, out: Any) -> None:
+        if isinstance(out, Tensor):
+            out_shapes[names[mod]] = tuple(out.shape)
 
-        return [m.register_forward_hook(hook) for m in names]
-
-    meta = _model_device(model).type != "meta"
-    forward_counts, _ = _run(
-        model, torch.empty(shape, dtype=_float_dtype(model), device="meta"), False, meta=meta, hooks=add_hooks
-    )
-    by_op, by_module = _split_counts(forward_counts)
-    total_macs = sum(by_op.values())
-    total_params = count_params(model)
+    counts = _meta_forward(model, shape, lambda: [m.register_forward_hook(hook) for m in names])
+    by_op, by_module = _split_counts(counts)
     inv_op = torch.ops.involution.involution2d
-    inv_total = by_op.get("involution.involution2d", 0)
-    inv_by_module = {_strip_root(k): ops.get(inv_op, 0) // 2 for k, ops in forward_counts.items() if k != "Global"}
-
-    rows: list[tuple[str, str, str, str, str, str]] = []
-    for name, mod in model.named_modules():
-        if not name or name.count(".") >= depth:
-            continue
-        params = count_params(mod)
-        macs = by_module.get(name, 0)
-        inv = inv_by_module.get(name, 0)
-        out = report_shapes.get(name)
-        rows.append(
-            (
-                ("  " * name.count(".")) + name,
-                type(mod).__name__,
-                f"{params:,}",
-                _fmt_count(macs, 1e6, 1),
-                _fmt_count(inv, 1e6, 1) if inv else "-",
-                "x".join(str(s) for s in out[1:]) if out else "-",
-            )
+    inv = {_strip_root(k): ops.get(inv_op, 0) // 2 for k, ops in counts.items() if k != "Global"}
+    rows = [
+        (
+            "  " * name.count(".") + name,
+            type(mod).__name__,
+            f"{count_params(mod):,}",
+            _mmacs(by_module.get(name, 0)),
+            _mmacs(inv.get(name, 0), dash_if_zero=True),
+            "x".join(str(s) for s in out_shapes[name][1:]) if name in out_shapes else "-",
         )
+        for mod, name in names.items()
+    ]
+    params, macs = count_params(model), sum(by_op.values())
     header = ("module", "type", "params", "MMACs", "of which inv.", "output (C x H x W)")
-    footer = ("total", "", f"{total_params:,}", _fmt_count(total_macs, 1e6, 1),
-              _fmt_count(inv_total, 1e6, 1) if inv_total else "-", "")
-    table = [header, *rows, footer]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    align = ["<", "<", ">", ">", ">", ">"]
-
-    def line(r: Sequence[str]) -> str:
-        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
+    footer = ("total", "", f"{params:,}", _mmacs(macs), _mmacs(by_op.get("involution.involution2d", 0), True), "")
     title = getattr(model, "model_name", None) or type(model).__name__
-    lines = [f"{title}, input {tuple(shape)}", line(header), rule, *(line(r) for r in rows), rule, line(footer)]
-    ops = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1]))
-    lines.append(
-        f"{total_params / 1e6:.2f} M params, {total_macs / 1e9:.3f} GMACs = {2 * total_macs / 1e9:.3f} GFLOPs "
-        "(1 multiply-add = 2 FLOPs; the paper's 'FLOPs' are multiply-adds)"
-    )
-    lines.append(f"MMACs by op: {ops}")
-    lines.append("counted: convolutions, linear layers, involution aggregation; not: norm, activations, pooling, adds")
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if "paper_params_m" in cfg:
-        lines.append(
-            f"published: {cfg['paper_params_m']} M params, {cfg['paper_gflops']} GFLOPs (multiply-adds, counted "
-            "with other rules: see docs/models.md)"
-        )
-    elif "torchvision_gflops" in cfg:
-        lines.append(f"torchvision publishes {cfg['torchvision_gflops']} GFLOPs (multiply-adds)")
+    lines = [f"{title}, input {tuple(shape)}", *_table(header, rows, footer), *_notes(model, params, macs, by_op)]
     return "\n".join(lines)
-

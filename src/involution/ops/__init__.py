@@ -7,6 +7,7 @@
 torch.Size([2, 32, 16, 16])
 """
 
+from . import flops  # noqa: F401  (registers the ops' FLOP formulas with FlopCounterMode)
 from ._shapes import output_size
 from .backends import available_backends, backend_status, current_backends, list_backends, use_backend
 from .involution2d import involution2d

@@ -35,14 +35,13 @@ def involution2d_op(
     input: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]
 ) -> Tensor:
     out = _forward_fake(input, weight, stride, padding, dilation)
-    select_backend(input.device).forward(input, weight, out, *_pairs(stride, padding, dilation))
+    select_backend(input, weight).forward(input, weight, out, *_pairs(stride, padding, dilation))
     return out
 
 
 @involution2d_op.register_fake
-def _forward_fake(
-    input: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]
-) -> Tensor:
+def _forward_fake(input: Tensor, weight: Tensor, *conv: Sequence[int]) -> Tensor:
+    """The output, uninitialised: (N, C, Ho, Wo) laid out like ``input``. ``conv``: stride, padding, dilation."""
     n, c = input.shape[:2]
     ho, wo = weight.shape[-2:]
     return empty_features(input, (n, c, ho, wo))
@@ -59,7 +58,7 @@ def involution2d_backward_input_op(
     dilation: Sequence[int],
 ) -> Tensor:
     grad_input = _backward_input_fake(grad_output, weight, input_size, stride, padding, dilation)
-    select_backend(grad_output.device).backward_input(
+    select_backend(grad_output, weight).backward_input(
         grad_output, weight, grad_input, *_pairs(stride, padding, dilation)
     )
     return grad_input
@@ -67,12 +66,7 @@ def involution2d_backward_input_op(
 
 @involution2d_backward_input_op.register_fake
 def _backward_input_fake(
-    grad_output: Tensor,
-    weight: Tensor,
-    input_size: Sequence[int],
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
+    grad_output: Tensor, weight: Tensor, input_size: Sequence[int], *conv: Sequence[int]
 ) -> Tensor:
     return empty_features(grad_output, input_size)
 
@@ -89,19 +83,13 @@ def involution2d_backward_weight_op(
 ) -> Tensor:
     """``weight`` only gives the gradient's shape and strides; its values are not read."""
     grad_weight = _backward_weight_fake(grad_output, input, weight, stride, padding, dilation)
-    select_backend(input.device).backward_weight(grad_output, input, grad_weight, *_pairs(stride, padding, dilation))
+    backend = select_backend(input, grad_output)
+    backend.backward_weight(grad_output, input, grad_weight, *_pairs(stride, padding, dilation))
     return grad_weight
 
 
 @involution2d_backward_weight_op.register_fake
-def _backward_weight_fake(
-    grad_output: Tensor,
-    input: Tensor,
-    weight: Tensor,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    dilation: Sequence[int],
-) -> Tensor:
+def _backward_weight_fake(grad_output: Tensor, input: Tensor, weight: Tensor, *conv: Sequence[int]) -> Tensor:
     return empty_weight_grad(weight)
 
 
@@ -111,10 +99,10 @@ _bwd_in = torch.ops.involution.involution2d_backward_input
 _bwd_w = torch.ops.involution.involution2d_backward_weight
 
 
-def _setup_forward(ctx, inputs, output) -> None:
-    input, weight, stride, padding, dilation = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.conv_args = (stride, padding, dilation)
+def _setup(ctx, inputs, output) -> None:
+    """All three ops: save the two tensors their gradients read (the first two inputs) and the conv arguments."""
+    ctx.save_for_backward(*inputs[:2])
+    ctx.conv_args = tuple(inputs[-3:])  # (stride, padding, dilation)
 
 
 def _grad_forward(ctx, grad_out: Tensor):
@@ -123,12 +111,6 @@ def _grad_forward(ctx, grad_out: Tensor):
     grad_input = _bwd_in(grad_out, weight, input.shape, *args) if ctx.needs_input_grad[0] else None
     grad_weight = _bwd_w(grad_out, input, weight, *args) if ctx.needs_input_grad[1] else None
     return grad_input, grad_weight, None, None, None
-
-
-def _setup_backward_input(ctx, inputs, output) -> None:
-    grad_output, weight, input_size, stride, padding, dilation = inputs
-    ctx.save_for_backward(grad_output, weight)
-    ctx.conv_args = (stride, padding, dilation)
 
 
 def _grad_backward_input(ctx, ggx: Tensor):
@@ -140,12 +122,6 @@ def _grad_backward_input(ctx, ggx: Tensor):
     return g_gy, g_w, None, None, None, None
 
 
-def _setup_backward_weight(ctx, inputs, output) -> None:
-    grad_output, input, weight, stride, padding, dilation = inputs
-    ctx.save_for_backward(grad_output, input)
-    ctx.conv_args = (stride, padding, dilation)
-
-
 def _grad_backward_weight(ctx, ggw: Tensor):
     # grad_weight is bilinear in (grad_output, input); `weight` only fixes the layout.
     grad_output, input = ctx.saved_tensors
@@ -155,9 +131,9 @@ def _grad_backward_weight(ctx, ggw: Tensor):
     return g_gy, g_x, None, None, None, None
 
 
-involution2d_op.register_autograd(_grad_forward, setup_context=_setup_forward)
-involution2d_backward_input_op.register_autograd(_grad_backward_input, setup_context=_setup_backward_input)
-involution2d_backward_weight_op.register_autograd(_grad_backward_weight, setup_context=_setup_backward_weight)
+involution2d_op.register_autograd(_grad_forward, setup_context=_setup)
+involution2d_backward_input_op.register_autograd(_grad_backward_input, setup_context=_setup)
+involution2d_backward_weight_op.register_autograd(_grad_backward_weight, setup_context=_setup)
 
 
 # ----------------------------------------------------------------------------------------------- autocast

@@ -14,7 +14,8 @@ from torch import Tensor
 Pair = tuple[int, int]
 IntOrPair = int | Sequence[int]
 
-_FLOATING = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+#: The dtypes the op takes.
+FLOATING_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def pair(value: IntOrPair, name: str) -> Pair:
@@ -76,7 +77,7 @@ def check_involution_args(
     for name, t in (("input", input), ("weight", weight)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOATING:
+        if t.dtype not in FLOATING_DTYPES:
             raise TypeError(
                 f"{name} must be a floating-point tensor (float32, float64, bfloat16 or float16), got {t.dtype}"
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _library
+from ._library import involution2d_op
 from ._shapes import IntOrPair, check_involution_args, pair
 
 
@@ -48,4 +48,4 @@ def involution2d(
         if torch.is_autocast_enabled(input.device.type):
             autocast_dtype = torch.get_autocast_dtype(input.device.type)
     check_involution_args(input, weight, stride_, padding_, dilation_, autocast_dtype)
-    return _library.involution2d_op(input, weight, stride_, padding_, dilation_)
+    return involution2d_op(input, weight, stride_, padding_, dilation_)

@@ -4,8 +4,8 @@ Two forms (``onnx_translation_table(onnx_ops=...)``):
 
 * ``"standard"``: standard ONNX operators only (:func:`involution2d_onnx`, below); runs in any ONNX runtime.
 * ``"custom"``: one ``involution::Involution2d`` node per layer (:func:`involution2d_onnx_custom`), which
-  onnxruntime runs with this package's C++ custom-op library (:mod:`involution.ops.onnxruntime_library`). For
-  RedNet-50 at batch 8 it runs 2.4x faster than the standard form (docs/benchmarks.md); onnxruntime only.
+  onnxruntime runs with this package's C++ custom-op library (:mod:`involution.ops.onnxruntime_library`); faster
+  than the standard form (docs/benchmarks.md), but onnxruntime only.
 
 The CPU/GPU kernels behind the op are not ONNX, so a portable file needs the op rewritten in standard ONNX
 operators. :func:`involution2d_onnx` does it as a sum over the Kh*Kw taps, grouped by kernel column, memory-light
@@ -22,23 +22,7 @@ operators. :func:`involution2d_onnx` does it as a sum over the Kh*Kw taps, group
 At most one column copy (the input's size), one product and the running total (the output's size) are alive at
 once. N, H and W stay symbolic (dynamic batch and image size); C, G, Kh and Kw are read from the traced shapes.
 
-Formulations measured in ONNX Runtime 1.32 (CPU, 2 threads) on the whole RedNet-50 at batch 8, 224x224, as its time
-over ResNet-50's in the same round-robin run (a shared, busy machine: compare within a column only):
-
-=================================================================  =======  =======  =======  =======
-formulation                                                         run A    run B    run C    run D
-=================================================================  =======  =======  =======  =======
-per tap: 2-D Slice, Mul, Add                                        2.65x
-per kernel row: Kw 2-D Slices, Mul, one Sum of the row              2.40x    2.34x    3.49x
-per row: Concat of the Kw windows, one Mul, ReduceSum               3.01x
-per column: one Slice, then per tap Gather rows, Mul, one Sum                2.08x    2.60x    2.45x
-per column: one Slice, then per tap Gather rows, Mul, Add (kept)                      2.33x    2.25x
-=================================================================  =======  =======  =======  =======
-
-Also tried: for stride 1, a "wide" Ho x Wp output grid on which every tap's window is one contiguous run (2.75x
-against 2.73x for the per-row form); one Sum of all Kh*Kw products (not kept: Kh*Kw products alive). In
-onnxruntime's profile the per-tap 2-D Slices were the largest cost (a third of the time; Slice runs on one thread),
-which the column copies + row Gathers (Gather runs on all threads) halve.
+The other formulations tried, and their timings, are in docs/benchmarks.md ("Deployment").
 
 Usage::
 
@@ -169,8 +153,8 @@ def _aggregate(
     """``sum_{u,v} window(u, v) * weight(u, v)`` over the padded input ``x`` (N, G, C/G, Hp, Wp) and the kernels
     ``w`` (N, G, Kh*Kw, Ho, Wo), grouped by kernel column v (see the module docstring): one Slice per column
     (``x[..., v*dw :: sw]``, (N, G, C/G, Hp, Wo)), then per tap a Gather of its rows ``u*dh + i*sh``, a Mul by its
-    weight and an Add to the total. onnxruntime runs Gather on all its threads but Slice on one, and the per-tap
-    copies are the largest cost; pairwise Adds measured faster than one variadic Sum per column.
+    weight and an Add to the total: onnxruntime runs Gather on all its threads but Slice on one, so one Slice per
+    column and a Gather per tap beat a Slice per tap (docs/benchmarks.md).
     """
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dil
     if sh > 1 or sw > 1:

@@ -30,7 +30,6 @@ import hashlib
 import logging
 import os
 import sys
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from torch import Tensor
 
 from .._native import simd_flags
 from .._shapes import Pair, is_channels_last
-from . import register_backend
+from .base import Backend, register_backend
 
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _SOURCE = _CSRC / "involution_cpu.cpp"
@@ -74,13 +73,12 @@ def _is_pixel_major(w: Tensor) -> bool:
     return (kw == 1 or w.stride(3) == 1) and (kh == 1 or w.stride(2) == kw) and (g == 1 or w.stride(1) == kh * kw)
 
 
-class CpuBackend:
+class CpuBackend(Backend):
     name = "cpu"
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        super().__init__()
         self._loaded: bool | None = None
-        self._error = ""
         #: Kernels run, by (pass, family): ("forward" | "backward_input" | "backward_weight", "nchw" | "nhwc").
         self.kernel_calls: Counter[tuple[str, str]] = Counter()
 
@@ -119,9 +117,6 @@ class CpuBackend:
     def is_available(self) -> bool:
         return self._load()
 
-    def unavailable_reason(self) -> str:
-        return self._error or "available"
-
     def supports(self, device: torch.device) -> bool:
         return device.type == "cpu"
 
@@ -146,77 +141,71 @@ class CpuBackend:
         return w.permute(0, 4, 5, 1, 2, 3).contiguous().permute(0, 3, 4, 5, 1, 2)
 
     @staticmethod
-    def _direct(out: Tensor, dtype: torch.dtype, contiguous: bool) -> Tensor:
-        """``out`` itself when a kernel can write it (dtype, and layout: contiguous, or channel stride 1), else an
-        empty tensor of the shape that can be; :meth:`_finish` then copies it into ``out``."""
-        if out.dtype == dtype and (out.is_contiguous() if contiguous else (out.stride(1) == 1 or out.shape[1] == 1)):
-            return out
-        fmt = torch.contiguous_format if contiguous else torch.channels_last
-        return torch.empty(out.shape, dtype=dtype, device=out.device, memory_format=fmt)
+    def _writable(out: Tensor, dtype: torch.dtype, layout: str) -> bool:
+        """Whether a kernel can write ``out`` itself: its dtype is ``dtype`` and its layout fits ``layout`` ("any";
+        "nchw": contiguous; "nhwc": channel stride 1; "pixel_major": see :func:`_is_pixel_major`)."""
+        if out.dtype != dtype:
+            return False
+        if layout == "nchw":
+            return out.is_contiguous()
+        if layout == "nhwc":
+            return out.stride(1) == 1 or out.shape[1] == 1
+        return layout == "any" or _is_pixel_major(out)
 
     @staticmethod
-    def _finish(out: Tensor, target: Tensor) -> None:
-        if target is not out:
-            out.copy_(target)
+    def _scratch(out: Tensor, dtype: torch.dtype, layout: str) -> Tensor:
+        """An empty tensor of ``out``'s shape, in ``dtype``, laid out as ``layout`` asks ("any" gets NHWC)."""
+        if layout == "pixel_major":
+            n, g, kh, kw, ho, wo = out.shape
+            return torch.empty((n, ho, wo, g, kh, kw), dtype=dtype, device=out.device).permute(0, 3, 4, 5, 1, 2)
+        fmt = torch.contiguous_format if layout == "nchw" else torch.channels_last
+        return torch.empty(out.shape, dtype=dtype, device=out.device, memory_format=fmt)
+
+    def _run(self, kernel, a: Tensor, b: Tensor, out: Tensor, layout: str, conv: tuple[Pair, Pair, Pair]) -> None:
+        """``kernel(a, b, target, *conv)``, ``target`` being ``out`` when the kernel can write it (in ``a``'s dtype
+        and ``layout``), else a scratch tensor then copied into ``out``."""
+        if self._writable(out, a.dtype, layout):
+            kernel(a, b, out, *conv)
+            return
+        target = self._scratch(out, a.dtype, layout)
+        kernel(a, b, target, *conv)
+        out.copy_(target)
+
+    def _nhwc(self, kernel_pass: str, features: Tensor) -> bool:
+        """Whether the NHWC kernels run ``kernel_pass`` (they do for channels_last ``features``); counted."""
+        nhwc = is_channels_last(features)
+        self.kernel_calls[kernel_pass, "nhwc" if nhwc else "nchw"] += 1
+        return nhwc
 
     def forward(self, input: Tensor, weight: Tensor, out: Tensor, stride: Pair, padding: Pair, dilation: Pair) -> None:
-        ops = torch.ops.involution_cpu
-        if is_channels_last(input):
-            self.kernel_calls["forward", "nhwc"] += 1
-            x = self._float(input)  # channel stride 1 already
-            w = self._pixel_major(weight, x.dtype)
-            if out.dtype == x.dtype:  # the NHWC kernel writes NCHW or NHWC outputs itself
-                ops.forward(x, w, out, stride, padding, dilation)
-            else:
-                target = self._direct(out, x.dtype, contiguous=False)
-                ops.forward(x, w, target, stride, padding, dilation)
-                self._finish(out, target)
-            return
-        self.kernel_calls["forward", "nchw"] += 1
-        x = self._float(input)  # read through its strides
-        target = self._direct(out, x.dtype, contiguous=True)
-        ops.forward_nchw(x, self._contiguous(weight, x.dtype), target, stride, padding, dilation)
-        self._finish(out, target)
+        ops, conv = torch.ops.involution_cpu, (stride, padding, dilation)
+        x = self._float(input)  # NHWC: channel stride 1 already; NCHW: read through its strides
+        if self._nhwc("forward", input):  # the NHWC kernel writes NCHW or NHWC outputs itself
+            self._run(ops.forward, x, self._pixel_major(weight, x.dtype), out, "any", conv)
+        else:
+            self._run(ops.forward_nchw, x, self._contiguous(weight, x.dtype), out, "nchw", conv)
 
     def backward_input(
         self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
-        ops = torch.ops.involution_cpu
+        ops, conv = torch.ops.involution_cpu, (stride, padding, dilation)
         gy = self._float(grad_output)
-        if is_channels_last(grad_input):
-            self.kernel_calls["backward_input", "nhwc"] += 1
-            target = self._direct(grad_input, gy.dtype, contiguous=False)
-            # the NHWC kernel reads grad_output in any layout
-            ops.backward_input(gy, self._pixel_major(weight, gy.dtype), target, stride, padding, dilation)
+        if self._nhwc("backward_input", grad_input):  # the NHWC kernel reads grad_output in any layout
+            self._run(ops.backward_input, gy, self._pixel_major(weight, gy.dtype), grad_input, "nhwc", conv)
         else:
-            self.kernel_calls["backward_input", "nchw"] += 1
-            target = self._direct(grad_input, gy.dtype, contiguous=True)
-            ops.backward_input_nchw(
-                gy.contiguous(), self._contiguous(weight, gy.dtype), target, stride, padding, dilation
-            )
-        self._finish(grad_input, target)
+            self._run(ops.backward_input_nchw, gy.contiguous(), self._contiguous(weight, gy.dtype), grad_input, "nchw",
+                      conv)
 
     def backward_weight(
         self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
-        ops = torch.ops.involution_cpu
-        gy = self._float(grad_output)
-        if is_channels_last(input):
-            self.kernel_calls["backward_weight", "nhwc"] += 1
-            x = self._float(input)  # channel stride 1 already
-            if grad_weight.dtype == x.dtype and _is_pixel_major(grad_weight):
-                ops.backward_weight(gy, x, grad_weight, stride, padding, dilation)
-            else:  # written pixel by pixel: compute pixel-major, then one copy into the requested layout
-                n, g, kh, kw, ho, wo = grad_weight.shape
-                target = torch.empty((n, ho, wo, g, kh, kw), dtype=x.dtype, device=x.device).permute(0, 3, 4, 5, 1, 2)
-                ops.backward_weight(gy, x, target, stride, padding, dilation)
-                grad_weight.copy_(target)
-            return
-        self.kernel_calls["backward_weight", "nchw"] += 1
-        x = self._float(input)  # read through its strides
-        target = self._direct(grad_weight, x.dtype, contiguous=True)
-        ops.backward_weight_nchw(self._contiguous(gy, x.dtype), x, target, stride, padding, dilation)
-        self._finish(grad_weight, target)
+        ops, conv = torch.ops.involution_cpu, (stride, padding, dilation)
+        x = self._float(input)  # NHWC: channel stride 1 already; NCHW: read through its strides
+        if self._nhwc("backward_weight", input):  # written pixel by pixel: computed pixel-major
+            self._run(ops.backward_weight, self._float(grad_output), x, grad_weight, "pixel_major", conv)
+        else:
+            self._run(ops.backward_weight_nchw, self._contiguous(self._float(grad_output), x.dtype), x, grad_weight,
+                      "nchw", conv)
 
 
 register_backend(CpuBackend())

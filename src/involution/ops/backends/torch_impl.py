@@ -3,9 +3,9 @@
 It loops over the Kh*Kw taps; each tap is one broadcast multiply-add between a strided window of the input and
 that tap's weights, restricted to the output pixels whose input pixel lies inside the image (so no padded copy of
 the input is made either). The forward and grad_input accumulate in the result itself, in its layout (NCHW or
-NHWC: mixing layouts in the multiply-add is what made channels_last slow); the forward a few images at a time, so
-the accumulator stays in cache. Low-precision inputs accumulate in a float32 temporary. It is the fallback when no compiled
-backend is available, and a second, independent implementation for the tests.
+NHWC: the multiply-add then walks both operands with the same strides); the forward a few images at a time, so
+the accumulator stays in cache. Low-precision inputs accumulate in a float32 temporary. It is the fallback when no
+compiled backend is available, and a second, independent implementation for the tests.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._shapes import Pair, is_channels_last
-from . import register_backend
+from .base import Backend, register_backend
 
 
 def tap_range(size_in: int, size_out: int, stride: int, padding: int, offset: int) -> tuple[int, int, int]:
@@ -51,7 +51,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def _accumulator(target: Tensor, dtype: torch.dtype) -> Tensor:
     """Zeros to sum into: ``target`` itself when it has ``dtype``, else a tensor of its shape in its layout (NHWC or
     NCHW; :func:`_write_back` copies it over). Every tap's multiply-add then walks the accumulator and the features
-    with the same strides; mixing layouts there made channels_last 8x slower."""
+    with the same strides, which mixed layouts would not."""
     if target.dtype == dtype:
         return target.zero_()
     fmt = torch.channels_last if is_channels_last(target) else torch.contiguous_format
@@ -61,6 +61,15 @@ def _accumulator(target: Tensor, dtype: torch.dtype) -> Tensor:
 def _write_back(target: Tensor, acc: Tensor) -> None:
     if acc is not target:
         target.copy_(acc)
+
+
+def _operands(features: Tensor, weight: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The forward's and grad_input's operands in the accumulation dtype: ``features`` as (N, G, C/G, H, W),
+    ``weight`` as (N, G, 1, Kh, Kw, Ho, Wo), and the accumulator for ``target`` with its (N, G, C/G, H, W) view."""
+    g = weight.shape[1]
+    acc_t = _acc_dtype(features.dtype)
+    acc = _accumulator(target, acc_t)
+    return features.to(acc_t).unflatten(1, (g, -1)), weight.to(acc_t).unsqueeze(2), acc, acc.unflatten(1, (g, -1))
 
 
 # Images per pass over the taps: every tap reads and writes the whole accumulator, so it should stay in cache.
@@ -75,22 +84,14 @@ def _cache_sized_chunks(features: Tensor) -> list[slice]:
     return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     name = "torch"
-
-    def is_available(self) -> bool:
-        return True
 
     def supports(self, device: torch.device) -> bool:
         return True
 
     def forward(self, input: Tensor, weight: Tensor, out: Tensor, stride: Pair, padding: Pair, dilation: Pair) -> None:
-        g = weight.shape[1]
-        acc_t = _acc_dtype(input.dtype)
-        x = input.to(acc_t).unflatten(1, (g, -1))  # (N, G, C/G, H, W)
-        w = weight.to(acc_t).unsqueeze(2)  # (N, G, 1, Kh, Kw, Ho, Wo)
-        acc = _accumulator(out, acc_t)
-        grouped = acc.unflatten(1, (g, -1))
+        x, w, acc, grouped = _operands(input, weight, out)
         taps = list(_taps(weight, input.shape[2:], stride, padding, dilation))
         for batch in _cache_sized_chunks(out):
             a, xb, wb = grouped[batch], x[batch], w[batch]
@@ -101,12 +102,7 @@ class TorchBackend:
     def backward_input(
         self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
-        g = weight.shape[1]
-        acc_t = _acc_dtype(grad_output.dtype)
-        gy = grad_output.to(acc_t).unflatten(1, (g, -1))
-        w = weight.to(acc_t).unsqueeze(2)
-        acc = _accumulator(grad_input, acc_t)
-        grouped = acc.unflatten(1, (g, -1))
+        gy, w, acc, grouped = _operands(grad_output, weight, grad_input)
         for u, v, (ro, co), (ri, ci) in _taps(weight, grad_input.shape[2:], stride, padding, dilation):
             grouped[..., ri, ci].addcmul_(gy[..., ro, co], w[:, :, :, u, v, ro, co])
         _write_back(grad_input, acc)

@@ -19,15 +19,15 @@ on machines without a GPU. The automatic choice never picks this backend for CPU
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
-import threading
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
 from .._shapes import Pair
-from . import register_backend
+from .base import Backend, register_backend
 
 
 def _interpret_requested() -> bool:
@@ -64,13 +64,12 @@ def shape_class(a: Tensor, w: Tensor, b: Tensor) -> dict[str, int]:
     }
 
 
-class TritonBackend:
+class TritonBackend(Backend):
     name = "triton"
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        super().__init__()
         self._kernels: ModuleType | None = None
-        self._error = ""
 
     # ------------------------------------------------------------------------------------------ loading
     def _load(self) -> ModuleType | None:
@@ -78,7 +77,7 @@ class TritonBackend:
         with self._lock:
             if self._kernels is None and not self._error:
                 try:
-                    from . import triton_kernels
+                    triton_kernels = importlib.import_module(f"{__package__}.triton_kernels")
                 except Exception as exc:  # not installed, or an install that fails on import: fall back, say why
                     self._error = f"could not load the Triton kernels: {type(exc).__name__}: {str(exc).strip()[-500:]}"
                 else:
@@ -168,24 +167,20 @@ class TritonBackend:
             )  # fmt: skip
 
     def forward(self, input: Tensor, weight: Tensor, out: Tensor, stride: Pair, padding: Pair, dilation: Pair) -> None:
-        ptrs = (input, weight, out)
-        self._launch("involution_fwd_kernel", False, input, weight, out, ptrs, stride, padding, dilation)
+        conv = (stride, padding, dilation)
+        self._launch("involution_fwd_kernel", False, input, weight, out, (input, weight, out), *conv)
 
     def backward_input(
         self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
-        ptrs = (grad_output, weight, grad_input)
-        self._launch(
-            "involution_bwd_input_kernel", False, grad_input, weight, grad_output, ptrs, stride, padding, dilation
-        )
+        ptrs, conv = (grad_output, weight, grad_input), (stride, padding, dilation)
+        self._launch("involution_bwd_input_kernel", False, grad_input, weight, grad_output, ptrs, *conv)
 
     def backward_weight(
         self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
-        ptrs = (grad_output, input, grad_weight)
-        self._launch(
-            "involution_bwd_weight_kernel", True, input, grad_weight, grad_output, ptrs, stride, padding, dilation
-        )
+        ptrs, conv = (grad_output, input, grad_weight), (stride, padding, dilation)
+        self._launch("involution_bwd_weight_kernel", True, input, grad_weight, grad_output, ptrs, *conv)
 
 
 register_backend(TritonBackend())

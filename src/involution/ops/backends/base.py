@@ -1,0 +1,78 @@
+"""What a backend of the involution op is, and the registry the backends add themselves to.
+
+Kept apart from the selection logic (``backends/__init__.py``) so that the backend modules, which register
+themselves on import, import this module and not the package that imports them.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import Tensor
+
+from .._shapes import FLOATING_DTYPES, Pair
+
+
+class Backend:
+    """A set of kernels for the op. Tensors are ``(N, C, H, W)`` features and ``(N, G, Kh, Kw, Ho, Wo)`` weights.
+
+    Every kernel writes into a tensor the op allocated, so the op's output layout never depends on the backend.
+    Subclasses set :attr:`name`, implement the three kernels and :meth:`supports`, and, when they load something
+    (a compiled extension, Triton), :meth:`is_available`, keeping the reason it failed in ``self._error``.
+    """
+
+    name: str = ""
+    #: dtypes the kernels accept (a backend may compute the half-precision ones in float32).
+    dtypes: tuple[torch.dtype, ...] = FLOATING_DTYPES
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards the one-time load
+        self._error = ""  # why loading failed; empty while it has not (or has not been tried)
+
+    def is_available(self) -> bool:
+        """Whether it can run on this machine (compiler present, Triton importable, ...)."""
+        return True
+
+    def unavailable_reason(self) -> str:
+        """``"available"``, or why the backend cannot run here (e.g. the compiler's error)."""
+        return "available" if self.is_available() else self._error or "unavailable"
+
+    def supports(self, device: torch.device) -> bool:
+        """Whether it runs tensors on ``device``."""
+        raise NotImplementedError
+
+    def can_run(self, input: Tensor, weight: Tensor) -> str | None:
+        """None when this backend can run the op on ``input`` and ``weight`` here, else why not."""
+        if not self.supports(input.device):
+            return f"{self.name!r} does not run {input.device.type} tensors here"
+        if input.dtype not in self.dtypes or weight.dtype not in self.dtypes:
+            return f"{self.name!r} does not run {input.dtype}/{weight.dtype} tensors"
+        if not self.is_available():
+            return self.unavailable_reason()
+        return None
+
+    def forward(self, input: Tensor, weight: Tensor, out: Tensor, stride: Pair, padding: Pair, dilation: Pair) -> None:
+        """out[n, c, i, j] = sum_{u,v} weight[n, g(c), u, v, i, j] * input[n, c, i*s - p + u*d, j*s - p + v*d]."""
+        raise NotImplementedError
+
+    def backward_input(
+        self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Pair, padding: Pair, dilation: Pair
+    ) -> None:
+        """Write d(loss)/d(input) into ``grad_input``."""
+        raise NotImplementedError
+
+    def backward_weight(
+        self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Pair, padding: Pair, dilation: Pair
+    ) -> None:
+        """Write d(loss)/d(weight) into ``grad_weight``."""
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Make ``backend`` selectable by its name."""
+    REGISTRY[backend.name] = backend
+    return backend
