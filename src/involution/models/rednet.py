@@ -2,7 +2,7 @@
 
 The structure follows the official mmcls backbone (``style='pytorch'``, ``avg_down=False``) module for module, and
 the module names are the official ones, so an official checkpoint maps onto this model by stripping prefixes
-(``backbone.`` and ``head.``, see :mod:`involution.models.checkpoint`):
+(``backbone.`` and ``head.``, see :mod:`involution.models.rednet_convert`):
 
 * ``stem``: ``0`` 3x3 conv (C_in -> 32, stride 2) + BN + ReLU, ``1`` involution (32 channels, K=3, 2 groups),
   ``2`` BN, ``3`` ReLU, ``4`` 3x3 conv (32 -> 64) + BN + ReLU; then ``maxpool`` (3x3, stride 2, padding 1).
@@ -28,6 +28,8 @@ from ..layers import ConvNormAct, Involution2d, spatial_layer
 from ..layers.conv_norm_act import LayerFactory
 from ..layers.recompute import recompute
 from ._base import ResidualNet, check_flags, check_stage_args, scaled_channels, stem_stride_for
+from ._stages import STAGE_DEPTHS
+from .rednet_convert import checkpoint_filter_fn
 from .registry import build_model, default_cfg, register_model, small_cfg
 
 
@@ -143,6 +145,7 @@ class RedNet(ResidualNet):
     """
 
     first_conv = "stem.0.conv"
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)  # official mmcls files
 
     def __init__(
         self,
@@ -248,7 +251,6 @@ class RedNet(ResidualNet):
 
 # --- registered variants --------------------------------------------------------------------------------------
 
-_DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 # Official model zoo (README of d-li14/involution; ImageNet 224x224 single crop): params (M), GFLOPs, top-1, top-5.
 _CARDS = {
     26: (9.23, 1.73, 75.96, 93.19),
@@ -274,7 +276,7 @@ def _rednet_cfg(depth: int, small: bool) -> dict:
 
 def _create(depth: int, small: bool, kwargs: dict) -> RedNet:
     name = f"rednet{depth}" + ("_small" if small else "")
-    args = {"layers": _DEPTHS[depth]}
+    args = {"layers": STAGE_DEPTHS[depth]}
     if small:
         kwargs = {"small_input": True, **kwargs}
     return build_model(RedNet, name, args, kwargs, _rednet_cfg(depth, small))

@@ -15,11 +15,14 @@ import copy
 import difflib
 import fnmatch
 import inspect
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from torch import nn
+
+from .checkpoint import FORMAT, apply_state_dict, load_checkpoint, read_checkpoint
 
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _MODULES: dict[str, str] = {}
@@ -182,7 +185,30 @@ def create_model(
         return entry(**kwargs, checkpoint=checkpoint)
     model = entry(**kwargs)
     if checkpoint is not None:
-        from .checkpoint import load_checkpoint
-
         load_checkpoint(model, checkpoint)
+    return model
+
+
+def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
+    """Rebuild the model recorded in one of this library's checkpoints and load its weights.
+
+    ``overrides`` replace recorded constructor arguments (e.g. ``num_classes=10`` re-initialises the classifier,
+    ``grad_checkpointing=True``).
+    """
+    state_dict, metadata = read_checkpoint(path)
+    name = metadata.get("model") if metadata.get("format") == FORMAT else None
+    if not name:
+        raise ValueError(
+            f"{path}: not one of this library's checkpoints (no model name recorded); "
+            "use create_model(name, checkpoint=path)"
+        )
+    try:
+        kwargs = json.loads(metadata.get("model_kwargs", "{}"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: model_kwargs metadata is not JSON ({err})") from None
+    model = create_model(name, **{**kwargs, **overrides})
+    if callable(getattr(type(model), "apply_state_dict", None)):  # models with several heads check keys themselves
+        model.apply_state_dict(state_dict, source=str(path))
+    else:
+        apply_state_dict(model, state_dict, source=str(path))
     return model

@@ -14,6 +14,8 @@ from torchvision.models.resnet import Bottleneck
 
 from ..layers.conv_norm_act import LayerFactory
 from ._base import ResidualNet, check_flags, check_stage_args, scaled_channels, stem_stride_for
+from ._stages import STAGE_DEPTHS
+from .rednet_convert import checkpoint_filter_fn
 from .registry import build_model, default_cfg, register_model, small_cfg
 
 
@@ -36,6 +38,7 @@ class ResNet(ResidualNet):
     """
 
     first_conv = "conv1"
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)  # mmcls files name the parts as RedNet's do
 
     def __init__(
         self,
@@ -105,7 +108,6 @@ class ResNet(ResidualNet):
 
 # --- registered variants --------------------------------------------------------------------------------------
 
-_DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 # torchvision's published ImageNet numbers (IMAGENET1K_V1 weights): GFLOPs, top-1, top-5.
 _TORCHVISION = {50: (4.09, 76.13, 92.862), 101: (7.8, 77.374, 93.546), 152: (11.51, 78.312, 94.046)}
 
@@ -121,7 +123,7 @@ def _create(depth: int, small: bool, kwargs: dict) -> ResNet:
         cfg = default_cfg(**card, torchvision_gflops=gflops, torchvision_top1=top1, torchvision_top5=top5)
     else:
         cfg = default_cfg(**card)
-    return build_model(ResNet, name, {"layers": _DEPTHS[depth]}, kwargs, cfg)
+    return build_model(ResNet, name, {"layers": STAGE_DEPTHS[depth]}, kwargs, cfg)
 
 
 @register_model
