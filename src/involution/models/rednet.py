@@ -20,6 +20,7 @@ the bottlenecks only.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ from ..layers import ConvNormAct, Involution2d, spatial_layer
 from ..layers.conv_norm_act import LayerFactory
 from ..layers.recompute import recompute
 from ._base import ResidualNet, check_flags, check_stage_args, scaled_channels, stem_stride_for
-from ._stages import STAGE_DEPTHS
+from ._stages import STAGE_DEPTHS, add_stages
 from .rednet_convert import checkpoint_filter_fn
 from .registry import build_model, default_cfg, register_model, small_cfg
 
@@ -201,38 +202,20 @@ class RedNet(ResidualNet):
         )
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
 
-        block_kwargs = {
-            "kernel_size": kernel_size,
-            "group_channels": group_channels,
-            "reduction_ratio": reduction_ratio,
-            "norm_layer": norm_layer,
-            "recompute_kernel": recompute_kernel,
-            "spatial": spatial,
-            "coord_channels": coord_channels,
-        }
-        in_channels = stem_channels
-        channels, reductions = [], []
+        block = partial(
+            RedNetBottleneck,
+            kernel_size=kernel_size,
+            group_channels=group_channels,
+            reduction_ratio=reduction_ratio,
+            norm_layer=norm_layer,
+            recompute_kernel=recompute_kernel,
+            spatial=spatial,
+            coord_channels=coord_channels,
+        )
         reduction = stem_stride * (1 if small_input else 2)
-        for i, depth in enumerate(layers):
-            mid = scaled_channels(64 * 2**i, width)
-            stride = 1 if i == 0 else 2
-            reduction *= stride
-            out = mid * RedNetBottleneck.expansion
-            downsample = None
-            if stride != 1 or in_channels != out:
-                parts: list[nn.Module] = []
-                conv_stride = stride
-                if avg_down and stride != 1:
-                    parts.append(nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False))
-                    conv_stride = 1
-                parts += [nn.Conv2d(in_channels, out, 1, stride=conv_stride, bias=False), norm_layer(out)]
-                downsample = nn.Sequential(*parts)
-            blocks = [RedNetBottleneck(in_channels, mid, stride, downsample, **block_kwargs)]
-            blocks += [RedNetBottleneck(out, mid, 1, None, **block_kwargs) for _ in range(depth - 1)]
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            in_channels = out
-            channels.append(out)
-            reductions.append(reduction)
+        channels, reductions = add_stages(
+            self, block, RedNetBottleneck.expansion, layers, stem_channels, width, reduction, norm_layer, avg_down
+        )
         self._finish(channels, reductions, num_classes, drop_rate, features_only, out_indices, grad_checkpointing)
 
     def _zero_init_residual(self) -> None:

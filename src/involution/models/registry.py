@@ -112,6 +112,11 @@ def model_entrypoint(name: str) -> Callable[..., nn.Module]:
     return _ENTRYPOINTS[name]
 
 
+def channel_stats(rgb: Sequence[float], in_chans: int) -> tuple[float, ...]:
+    """Per-channel normalisation for ``in_chans`` inputs: the RGB values, or their mean for every channel."""
+    return tuple(rgb) if in_chans == 3 else (round(sum(rgb) / 3, 4),) * in_chans
+
+
 def build_model(
     model_cls: type[nn.Module],
     name: str,
@@ -134,10 +139,12 @@ def build_model(
     cfg["first_conv"] = getattr(model, "first_conv", cfg.get("first_conv"))
     in_chans = kwargs.get("in_chans", 3)
     if in_chans != 3:
-        cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
-        cfg["min_input_size"] = (in_chans, *cfg["min_input_size"][1:])
+        for key in ("input_size", "min_input_size"):
+            if key in cfg:
+                cfg[key] = (in_chans, *cfg[key][1:])
         for key in ("mean", "std", "mean_255", "std_255"):
-            cfg[key] = (round(sum(cfg[key]) / 3, 4),) * in_chans
+            if key in cfg:
+                cfg[key] = channel_stats(cfg[key], in_chans)
     model.pretrained_cfg = cfg
     model.default_cfg = cfg  # timm's older name
     model.model_name = name

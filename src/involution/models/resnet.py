@@ -8,13 +8,14 @@ the convolution baselines that the paper compares against.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 from ..layers.conv_norm_act import LayerFactory
 from ._base import ResidualNet, check_flags, check_stage_args, scaled_channels, stem_stride_for
-from ._stages import STAGE_DEPTHS
+from ._stages import STAGE_DEPTHS, add_stages
 from .rednet_convert import checkpoint_filter_fn
 from .registry import build_model, default_cfg, register_model, small_cfg
 
@@ -73,23 +74,11 @@ class ResNet(ResidualNet):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
 
-        in_channels = stem_channels
-        channels, reductions = [], []
         reduction = stem_stride * (1 if small_input else 2)
-        for i, depth in enumerate(layers):
-            planes = scaled_channels(64 * 2**i, width)
-            stride = 1 if i == 0 else 2
-            reduction *= stride
-            out = planes * Bottleneck.expansion
-            downsample = None
-            if stride != 1 or in_channels != out:
-                downsample = nn.Sequential(nn.Conv2d(in_channels, out, 1, stride=stride, bias=False), norm_layer(out))
-            blocks = [Bottleneck(in_channels, planes, stride, downsample, norm_layer=norm_layer)]
-            blocks += [Bottleneck(out, planes, norm_layer=norm_layer) for _ in range(depth - 1)]
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            in_channels = out
-            channels.append(out)
-            reductions.append(reduction)
+        block = partial(Bottleneck, norm_layer=norm_layer)
+        channels, reductions = add_stages(
+            self, block, Bottleneck.expansion, layers, stem_channels, width, reduction, norm_layer
+        )
         self._finish(channels, reductions, num_classes, drop_rate, features_only, out_indices, grad_checkpointing)
 
     def _zero_init_residual(self) -> None:
