@@ -158,6 +158,7 @@ _OPTIONAL = "num_batches_tracked"  # BatchNorm's step counter: frozen BNs have n
 
 
 def fmt_keys(keys: list[str]) -> str:
+    """The first keys, comma-separated, and how many more there are (error and warning messages)."""
     shown = ", ".join(keys[:_LIST_LIMIT])
     return shown + (f", ... ({len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else "")
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..layers import ConvNormAct, Involution2d, spatial_layer
 from ..layers.conv_norm_act import LayerFactory
 from ..layers.recompute import recompute
-from ._base import ResidualNet, check_flags, check_stage_args, scaled_channels, stem_stride_for
+from ._base import ResidualNet
 from ._stages import STAGE_DEPTHS, add_stages
 from .rednet_convert import checkpoint_filter_fn
 from .registry import build_model, default_cfg, register_model, small_cfg
@@ -174,28 +174,19 @@ class RedNet(ResidualNet):
         norm_layer: LayerFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        layers = check_stage_args(layers, width, in_chans)
-        check_flags(small_input=small_input, avg_down=avg_down, recompute_kernel=recompute_kernel,
-                    recompute_stem=recompute_stem, channels_last=channels_last, coord_channels=coord_channels,
-                    zero_init_residual=zero_init_residual)
+        layers, stem_channels, stem_stride = self._configure(
+            layers, width, in_chans, small_input, stem_stride, zero_init_residual, channels_last,
+            avg_down=avg_down, recompute_kernel=recompute_kernel, recompute_stem=recompute_stem,
+            coord_channels=coord_channels,
+        )
         self.recompute_stem = recompute_stem
-        self.channels_last = channels_last
-        self.layers = layers
-        self.zero_init_residual = zero_init_residual
-        self.small_input = small_input
-        stem_channels = scaled_channels(64, width)
         half = max(1, stem_channels // 2)
-        stem_stride = stem_stride_for(stem_stride, small_input)
+        # what the stem's involution and the blocks' share
+        involution_args = {"group_channels": group_channels, "reduction_ratio": reduction_ratio,
+                           "norm_layer": norm_layer, "recompute_kernel": recompute_kernel}
         self.stem = nn.Sequential(
             ConvNormAct(in_chans, half, 3, stride=stem_stride, padding=1, norm_layer=norm_layer),
-            Involution2d(
-                half,
-                kernel_size=stem_kernel_size,
-                group_channels=group_channels,
-                reduction_ratio=reduction_ratio,
-                norm_layer=norm_layer,
-                recompute_kernel=recompute_kernel,
-            ),
+            Involution2d(half, kernel_size=stem_kernel_size, **involution_args),
             norm_layer(half),
             nn.ReLU(inplace=True),
             ConvNormAct(half, stem_channels, 3, padding=1, norm_layer=norm_layer),
@@ -203,14 +194,7 @@ class RedNet(ResidualNet):
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
 
         block = partial(
-            RedNetBottleneck,
-            kernel_size=kernel_size,
-            group_channels=group_channels,
-            reduction_ratio=reduction_ratio,
-            norm_layer=norm_layer,
-            recompute_kernel=recompute_kernel,
-            spatial=spatial,
-            coord_channels=coord_channels,
+            RedNetBottleneck, kernel_size=kernel_size, spatial=spatial, coord_channels=coord_channels, **involution_args
         )
         reduction = stem_stride * (1 if small_input else 2)
         channels, reductions = add_stages(

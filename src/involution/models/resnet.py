@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 from ..layers.conv_norm_act import LayerFactory
-from ._base import ResidualNet, check_flags, check_stage_args, scaled_channels, stem_stride_for
+from ._base import ResidualNet
 from ._stages import STAGE_DEPTHS, add_stages
 from .rednet_convert import checkpoint_filter_fn
 from .registry import build_model, default_cfg, register_model, small_cfg
@@ -58,14 +58,9 @@ class ResNet(ResidualNet):
         norm_layer: LayerFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        layers = check_stage_args(layers, width, in_chans)
-        check_flags(small_input=small_input, zero_init_residual=zero_init_residual, channels_last=channels_last)
-        self.channels_last = channels_last
-        self.layers = layers
-        self.zero_init_residual = zero_init_residual
-        self.small_input = small_input
-        stem_channels = scaled_channels(64, width)
-        stem_stride = stem_stride_for(stem_stride, small_input)
+        layers, stem_channels, stem_stride = self._configure(
+            layers, width, in_chans, small_input, stem_stride, zero_init_residual, channels_last
+        )
         if small_input:
             self.conv1 = nn.Conv2d(in_chans, stem_channels, 3, stride=stem_stride, padding=1, bias=False)
         else:

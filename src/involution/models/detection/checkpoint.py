@@ -78,29 +78,21 @@ def _cls_background_first(src: Tensor, own: Tensor) -> Tensor | None:
     return torch.cat([src[-1:], src[:-1]])
 
 
-def _prepend_rows(rows: int) -> Callable[[Tensor, Tensor], Tensor | None]:
-    """mmdet tensors without background rows -> ours with ``rows`` leading background rows (kept as initialised)."""
+def _add_background(groups: int, width: int) -> Callable[[Tensor, Tensor], Tensor | None]:
+    """mmdet rows of K classes -> ours of K+1 with the background class first, in each of ``groups`` groups of
+    classes (RetinaNet's anchors) and ``width`` rows per class (a box's 4 coordinates); the background rows keep
+    the model's initialisation."""
 
     def convert(src: Tensor, own: Tensor) -> Tensor | None:
-        if src.shape[0] + rows != own.shape[0] or src.shape[1:] != own.shape[1:]:
+        step = groups * width
+        if own.shape[0] % step or src.shape[0] % step or src.shape[1:] != own.shape[1:]:
             return None
-        return torch.cat([own[:rows].to(src.dtype), src])
-
-    return convert
-
-
-def _retina_cls(num_anchors: int) -> Callable[[Tensor, Tensor], Tensor | None]:
-    """``retina_cls`` (A*K channels, anchor-major) -> ours (A*(K+1)): a background channel before each anchor's K."""
-
-    def convert(src: Tensor, own: Tensor) -> Tensor | None:
-        if own.shape[0] % num_anchors or src.shape[0] % num_anchors or src.shape[1:] != own.shape[1:]:
-            return None
-        k_own, k_src = own.shape[0] // num_anchors, src.shape[0] // num_anchors
+        k_own, k_src = own.shape[0] // step, src.shape[0] // step
         if k_own != k_src + 1:
             return None
-        ours = own.detach().clone().to(src.dtype).unflatten(0, (num_anchors, k_own))
-        ours[:, 1:] = src.unflatten(0, (num_anchors, k_src))
-        return ours.flatten(0, 1)
+        ours = own.detach().clone().to(src.dtype).unflatten(0, (groups, k_own, width))
+        ours[:, 1:] = src.unflatten(0, (groups, k_src, width))
+        return ours.flatten(0, 2)
 
     return convert
 
@@ -145,11 +137,11 @@ def _converter(key: str, num_anchors: int) -> Callable[[Tensor, Tensor], Tensor 
     if key.startswith("roi_heads.box_predictor.cls_score."):
         return _cls_background_first
     if key.startswith("roi_heads.box_predictor.bbox_pred."):
-        return _prepend_rows(4)
+        return _add_background(1, 4)
     if key.startswith("roi_heads.mask_predictor.mask_fcn_logits."):
-        return _prepend_rows(1)
+        return _add_background(1, 1)
     if key.startswith("head.classification_head.cls_logits."):
-        return _retina_cls(num_anchors)
+        return _add_background(num_anchors, 1)
     return None
 
 
