@@ -5,10 +5,9 @@
 >>> model = involution.create_model("rednet26", num_classes=10)
 """
 
+from ._version import __version__
 from .layers import Involution2d
 from .models import create_model, list_models
 from .ops import involution2d, use_backend
-
-__version__ = "0.1.0"
 
 __all__ = ["Involution2d", "__version__", "create_model", "involution2d", "list_models", "use_backend"]

@@ -10,20 +10,11 @@
 
 from . import detection, rednet, resnet, segmentation  # noqa: F401  (registers the models)  # noqa: F401  (register the dense models; after rednet, which they build on)
 from ._base import FeatureInfo, ResidualNet
-from .checkpoint import (
-    LoadReport,
-    apply_state_dict,
-    convert_official,
-    load_checkpoint,
-    load_model,
-    official_to_ours,
-    ours_to_official,
-    read_checkpoint,
-    save_checkpoint,
-)
+from .checkpoint import LoadReport, apply_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
 from .flops import FlopReport, count_flops, count_params, mmcv_style_macs, summary
 from .rednet import RedNet, RedNetBottleneck
-from .registry import create_model, is_model, list_models, model_entrypoint, register_model
+from .rednet_convert import convert_official, official_to_ours, ours_to_official
+from .registry import create_model, is_model, list_models, load_model, model_entrypoint, register_model
 from .replace_convs import involutionizable, involutionize
 from .resnet import ResNet
 

@@ -138,6 +138,24 @@ class ResidualNet(nn.Module):
         self.pruned_prefixes: tuple[str, ...] = ()
 
     # -- construction helpers -------------------------------------------------------------------------------
+    def _configure(
+        self,
+        layers: Sequence[int],
+        width: float,
+        in_chans: int,
+        small_input: bool,
+        stem_stride: int | None,
+        zero_init_residual: bool,
+        channels_last: bool,
+        **flags: bool,
+    ) -> tuple[tuple[int, ...], int, int]:
+        """Check and record the arguments every family shares (and check the family's own ``flags``); returns the
+        stage depths, the stem's width and its first stride. Subclasses call it first in their ``__init__``."""
+        self.layers = check_stage_args(layers, width, in_chans)
+        check_flags(small_input=small_input, zero_init_residual=zero_init_residual, channels_last=channels_last, **flags)
+        self.channels_last, self.zero_init_residual, self.small_input = channels_last, zero_init_residual, small_input
+        return self.layers, scaled_channels(64, width), stem_stride_for(stem_stride, small_input)
+
     def _finish(
         self,
         stage_channels: Sequence[int],

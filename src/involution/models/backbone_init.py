@@ -16,31 +16,23 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import FORMAT, LoadReport, apply_state_dict, is_official_layout, official_to_ours, read_checkpoint
+from .checkpoint import LoadReport, apply_state_dict, read_checkpoint, to_model_keys
 
 # Keys whose shape depends on the stem involution's kernel size: they may differ between checkpoint and backbone.
 KERNEL_SIZE_DEPENDENT = ("stem.1.conv2.",)
 DETECTOR_BODY = "backbone.body."  # the RedNet inside this library's torchvision detectors
-
-
-@dataclass
-class BackboneLoadReport(LoadReport):
-    """A :class:`~involution.models.LoadReport` plus ``reinitialised``: the backbone keys whose checkpoint tensors
-    had another shape (the stem kernel generator of a K=3 file in a K=7 backbone) and were left as initialised."""
-
-    reinitialised: list[str] = field(default_factory=list)
+BackboneLoadReport = LoadReport  # ``reinitialised`` lists the keys of another stem kernel size
 
 
 def load_backbone_checkpoint(
     backbone: nn.Module,
     path: str | os.PathLike,
     tolerate: tuple[str, ...] = KERNEL_SIZE_DEPENDENT,
-) -> BackboneLoadReport:
+) -> LoadReport:
     """Load ``path`` into ``backbone`` (in place), tolerating shape mismatches under ``tolerate`` only.
 
     Args:
@@ -52,7 +44,8 @@ def load_backbone_checkpoint(
         tolerate: key prefixes whose shape mismatches are allowed (default: the stem kernel generator's last conv).
 
     Returns:
-        a :class:`BackboneLoadReport` (``loaded``, ``ignored``, ``layout``, ``reinitialised``).
+        a :class:`~involution.models.LoadReport` (``loaded``, ``ignored``, ``layout``, ``reinitialised``: the
+        backbone keys whose checkpoint tensors had another shape and were left as initialised).
 
     Raises:
         FileNotFoundError / ValueError: missing or unreadable file (naming it).
@@ -60,20 +53,14 @@ def load_backbone_checkpoint(
     """
     path = Path(path)
     state_dict, metadata = read_checkpoint(path)
-    layout, ignored = "plain", []
     if any(k.startswith(DETECTOR_BODY) for k in state_dict):  # this library's detectors: backbone.body.*
-        layout = "detector"
-        ignored = [k for k in state_dict if not k.startswith(DETECTOR_BODY)]
+        report = LoadReport(path=str(path), layout="detector")
+        report.ignored = [k for k in state_dict if not k.startswith(DETECTOR_BODY)]
         state_dict = {k[len(DETECTOR_BODY) :]: v for k, v in state_dict.items() if k.startswith(DETECTOR_BODY)}
-    elif metadata.get("format") == FORMAT:
-        layout = FORMAT
-    elif is_official_layout(state_dict):  # mmcls / mmdet / mmseg files, and this library's segmentors
-        layout = "official"
-        state_dict, ignored = official_to_ours(state_dict)
-    if ignored:
-        parts = sorted({k.split(".", 1)[0] for k in ignored})
-        warnings.warn(f"{path}: ignored {len(ignored)} keys of other parts ({', '.join(parts)})", stacklevel=2)
-
+        parts = sorted({k.split(".", 1)[0] for k in report.ignored})
+        warnings.warn(f"{path}: ignored {len(report.ignored)} keys of other parts ({', '.join(parts)})", stacklevel=2)
+    else:  # this library's files, and official mmcls / mmdet / mmseg ones through the backbone's filter
+        state_dict, report = to_model_keys(backbone, state_dict, metadata, str(path), check_name=False)
     own = backbone.state_dict()
     reinit = [
         k
@@ -87,14 +74,9 @@ def load_backbone_checkpoint(
         warnings.warn(
             f"{path}: shapes differ (another stem kernel size); left freshly initialised: {shapes}", stacklevel=2
         )
-        # the backbone's own tensors stand in for them, so the strict check below sees them as present
+        # the backbone's own tensors stand in for them, so the strict check sees them as present
         state_dict = {**state_dict, **{k: own[k] for k in reinit}}
-    base = apply_state_dict(backbone, state_dict, source=str(path))
-    return BackboneLoadReport(
-        path=str(path),
-        loaded=[k for k in base.loaded if k not in reinit],
-        head_reinitialised=base.head_reinitialised,
-        ignored=ignored,
-        layout=layout,
-        reinitialised=reinit,
-    )
+    applied = apply_state_dict(backbone, state_dict, source=str(path))
+    report.loaded = [k for k in applied.loaded if k not in reinit]
+    report.head_reinitialised, report.reinitialised = applied.head_reinitialised, reinit
+    return report

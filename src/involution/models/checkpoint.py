@@ -1,18 +1,17 @@
-"""Checkpoints: this library's safetensors format, official mmcls RedNet files, plain state dicts.
+"""Checkpoint files and how a state dict fits a model.
 
 Own format: a safetensors file whose metadata records ``format`` ("involution"), ``format_version``, the registry
-``model`` name and its constructor ``model_kwargs`` (JSON), so :func:`load_model` rebuilds the model from the file
-alone. Files are written to a temporary name beside the target and renamed into place.
+``model`` name and its constructor ``model_kwargs`` (JSON), so :func:`~involution.models.load_model` rebuilds the
+model from the file alone. Files are written to a temporary name beside the target and renamed into place.
+``.pth`` files are read with ``torch.load(weights_only=True)``: nothing but tensors and plain containers is ever
+unpickled.
 
-Official mmcls checkpoints (``{'meta': ..., 'state_dict': {'backbone.stem.0.conv.weight': ..., 'head.fc.weight':
-...}}``) use the same module names as :class:`~involution.models.rednet.RedNet`, so mapping them is prefix
-stripping: ``backbone.X -> X``, ``head.fc.X -> fc.X``. The other parts of official detection/segmentation
-checkpoints (``neck.``, ``rpn_head.`` ...) are ignored with a warning. ``.pth`` files are read with
-``torch.load(weights_only=True)``: nothing but tensors and plain containers is ever unpickled.
-
-Loading is strict about the body (any missing, unexpected or differently shaped key raises ``RuntimeError``
-listing them) and lenient about the classifier: a checkpoint with another class count, or without a classifier,
-loads the body and leaves the classifier freshly initialised, with a warning.
+Files of other layouts (official mmcls, mmdet, mmseg) are mapped to this library's key names by a filter beside
+each family's model (``checkpoint_filter_fn``, as in timm). :func:`fit_state_dict` is the one comparison of a state
+dict with a model: strict about the body (any missing, unexpected or differently shaped key raises
+``RuntimeError`` listing them) and lenient where the caller says, e.g. about the classifier: a checkpoint with
+another class count, or without a classifier, loads the body and leaves the classifier freshly initialised, with a
+warning (:func:`apply_state_dict`).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,27 +29,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._atomic import atomic_path, refuse_same_file
+from .._atomic import atomic_path
+from .._version import __version__
 from ._safetensors import read_safetensors, write_safetensors
 
 FORMAT = "involution"
 FORMAT_VERSION = "1"
-# Parts of official detection / segmentation checkpoints that a classifier or backbone has no use for.
-_OTHER_PARTS = ("neck.", "rpn_head.", "roi_head.", "bbox_head.", "mask_head.", "decode_head.", "auxiliary_head.")
-_OFFICIAL_RENAMES = (("backbone.", ""), ("head.fc.", "fc."))
 _LIST_LIMIT = 12
-
-
-@dataclass
-class LoadReport:
-    """What :func:`load_checkpoint` did: keys loaded, whether the classifier was left freshly initialised, and
-    the checkpoint keys it ignored (other parts of official detector/segmentor files)."""
-
-    path: str
-    loaded: list[str] = field(default_factory=list)
-    head_reinitialised: bool = False
-    ignored: list[str] = field(default_factory=list)
-    layout: str = "plain"
 
 
 # -- reading ------------------------------------------------------------------------------------------------------
@@ -167,100 +152,161 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     return _extract_state_dict(read_torch_file(path), path), {}
 
 
-# -- key layouts --------------------------------------------------------------------------------------------------
+# -- comparing a state dict with a model --------------------------------------------------------------------------
+
+_OPTIONAL = "num_batches_tracked"  # BatchNorm's step counter: frozen BNs have none, so it may lack on either side
 
 
-def is_official_layout(state_dict: Mapping[str, Tensor]) -> bool:
-    """Whether the keys are those of an mmcls/mmdet/mmseg model (``backbone.`` prefixes)."""
-    return any(k.startswith("backbone.") for k in state_dict)
-
-
-def official_to_ours(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-    """Map official keys to this library's: ``(state_dict, ignored_keys)``.
-
-    ``backbone.X -> X``, ``head.fc.X -> fc.X``; detector/segmentor parts (``neck.`` ...) are returned as ignored;
-    anything else keeps its name (and will show up as unexpected).
-    """
-    out: dict[str, Tensor] = {}
-    ignored: list[str] = []
-    for key, value in state_dict.items():
-        if key.startswith(_OTHER_PARTS):
-            ignored.append(key)
-            continue
-        new = key
-        for old_prefix, new_prefix in _OFFICIAL_RENAMES:
-            if key.startswith(old_prefix):
-                new = new_prefix + key[len(old_prefix) :]
-                break
-        out[new] = value
-    return out, ignored
-
-
-def ours_to_official(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The inverse of :func:`official_to_ours` for a RedNet classifier (``fc.X -> head.fc.X``, else ``backbone.``)."""
-    return {("head." + k if k.startswith("fc.") else "backbone." + k): v for k, v in state_dict.items()}
-
-
-# -- applying -----------------------------------------------------------------------------------------------------
-
-
-def _fmt(keys: list[str]) -> str:
+def fmt_keys(keys: list[str]) -> str:
+    """The first keys, comma-separated, and how many more there are (error and warning messages)."""
     shown = ", ".join(keys[:_LIST_LIMIT])
     return shown + (f", ... ({len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else "")
 
 
-def apply_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "state dict") -> LoadReport:
-    """Load ``state_dict`` (this library's key names) into ``model``: strict body, lenient classifier.
+@dataclass
+class KeyFit:
+    """How a checkpoint fits a model, once the strict keys passed: ``state_dict`` is the checkpoint to load (without
+    the model's pruned parts and step counters it lacks), ``own`` the model's state dict, and ``missing`` /
+    ``unexpected`` / ``mismatched`` the misfits that lie under lenient prefixes."""
 
-    Keys under ``model.pruned_prefixes`` (the stages and classifier a features_only model dropped) are skipped
-    silently; BatchNorm ``num_batches_tracked`` may be absent. Raises ``RuntimeError`` naming ``source`` and listing
-    missing / unexpected / mismatched keys when the body does not fit.
+    state_dict: dict[str, Tensor]
+    own: dict[str, Tensor]
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[str]
+
+    def misfits(self) -> list[str]:
+        return self.missing + self.unexpected + self.mismatched
+
+    def shaped(self, keys: list[str]) -> list[str]:
+        """``key (checkpoint shape, model shape)`` for each key."""
+        return [f"{k} (checkpoint {tuple(self.state_dict[k].shape)}, model {tuple(self.own[k].shape)})" for k in keys]
+
+
+def fit_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    source: str = "state dict",
+    lenient: tuple[str, ...] = (),
+    strict: tuple[str, ...] = (),
+    hint: str = "",
+) -> KeyFit:
+    """Compare ``state_dict`` with ``model``'s keys and shapes; ``RuntimeError`` for every misfit not lenient.
+
+    Keys under ``model.pruned_prefixes`` (what a features_only model dropped) are left out. A missing, unexpected
+    or differently shaped key is lenient when it starts with a ``lenient`` prefix and no ``strict`` one; any other
+    raises one error naming ``source`` and listing them all (``hint`` ends the message).
     """
-    report = LoadReport(path=source)
     own = model.state_dict()
     pruned = tuple(getattr(model, "pruned_prefixes", ()))
-    head_prefix = getattr(model, "classifier_name", "fc") + "."
-    ckpt = {k: v for k, v in state_dict.items() if not (pruned and k.startswith(pruned))}
+    ckpt = {
+        k: v
+        for k, v in state_dict.items()
+        if not (pruned and k.startswith(pruned)) and not (k.endswith(_OPTIONAL) and k not in own)
+    }
+    found = (
+        [k for k in own if k not in ckpt and not k.endswith(_OPTIONAL)],
+        [k for k in ckpt if k not in own],
+        [k for k in own if k in ckpt and tuple(ckpt[k].shape) != tuple(own[k].shape)],  # in model order
+    )
 
-    missing = [k for k in own if k not in ckpt and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in ckpt if k not in own]
-    mismatched = [k for k in own if k in ckpt and tuple(ckpt[k].shape) != tuple(own[k].shape)]  # model order
+    def is_lenient(key: str) -> bool:
+        return key.startswith(lenient) and not key.startswith(strict)
 
-    def body(keys: list[str]) -> list[str]:
-        return [k for k in keys if not k.startswith(head_prefix)]
-
-    if body(missing) or body(unexpected) or body(mismatched):
+    fit = KeyFit(ckpt, own, *([k for k in keys if is_lenient(k)] for keys in found))
+    missing, unexpected, mismatched = ([k for k in keys if not is_lenient(k)] for keys in found)
+    if missing or unexpected or mismatched:
         lines = [f"{source}: the checkpoint does not fit {getattr(model, 'model_name', None) or type(model).__name__}"]
-        if body(missing):
-            lines.append(f"  missing keys ({len(body(missing))}): {_fmt(body(missing))}")
-        if body(unexpected):
-            lines.append(f"  unexpected keys ({len(body(unexpected))}): {_fmt(body(unexpected))}")
-        if body(mismatched):
-            shapes = [f"{k} (checkpoint {tuple(ckpt[k].shape)}, model {tuple(own[k].shape)})" for k in body(mismatched)]
-            lines.append(f"  mismatched shapes ({len(shapes)}): {_fmt(shapes)}")
+        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected)):
+            if keys:
+                lines.append(f"  {label} ({len(keys)}): {fmt_keys(keys)}")
+        if mismatched:
+            lines.append(f"  mismatched shapes ({len(mismatched)}): {fmt_keys(fit.shaped(mismatched))}")
+        if hint:
+            lines.append(f"  ({hint})")
         raise RuntimeError("\n".join(lines))
+    return fit
 
-    head_issues = sorted(set(missing + unexpected + mismatched) - set(body(missing + unexpected + mismatched)))
-    if head_issues:
-        ckpt = {k: v for k, v in ckpt.items() if not k.startswith(head_prefix)}
-        have = {k: tuple(v.shape) for k, v in state_dict.items() if k.startswith(head_prefix)}
-        want = {k: tuple(v.shape) for k, v in own.items() if k.startswith(head_prefix)}
+
+@dataclass
+class LoadReport:
+    """What a checkpoint load did.
+
+    ``layout``: the key layout read (``"involution"``, ``"official"``, ``"mmdet"``, ``"mmseg"``, ``"plain"`` ...);
+    ``loaded``: the model keys loaded; ``ignored``: checkpoint keys of parts this model has not; ``skipped``:
+    checkpoint keys of lenient parts with no counterpart of the same shape; ``not_loaded``: model keys left as
+    initialised; ``reinitialised``: keys whose shape depends on the stem kernel size, kept as initialised;
+    ``head_reinitialised``: the classifier did not match and was re-initialised.
+    """
+
+    path: str
+    layout: str = "plain"
+    loaded: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    not_loaded: list[str] = field(default_factory=list)
+    reinitialised: list[str] = field(default_factory=list)
+    head_reinitialised: bool = False
+
+
+def apply_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    source: str = "state dict",
+    heads: tuple[str, ...] | None = None,
+    reinit: Callable[[list[str]], None] | None = None,
+    hint: str = "",
+) -> LoadReport:
+    """Load ``state_dict`` (this library's key names) into ``model``: strict body, lenient classifiers.
+
+    ``heads``: the classifiers' key prefixes (default ``model.classifier_name``). A classifier that does not fit
+    (another class count, or absent on one side) is left out with a warning and re-initialised by
+    ``reinit(prefixes)`` (default ``model.init_classifier()``). Anything else that does not fit raises
+    ``RuntimeError`` (see :func:`fit_state_dict`).
+    """
+    heads = heads if heads is not None else (getattr(model, "classifier_name", "fc") + ".",)
+    fit = fit_state_dict(model, state_dict, source, lenient=heads, hint=hint)
+    report = LoadReport(path=source)
+    ckpt = fit.state_dict
+    bad = tuple(sorted({p for p in heads for k in fit.misfits() if k.startswith(p)}))
+    if bad:
+        have = {k: tuple(v.shape) for k, v in ckpt.items() if k.startswith(bad)}
+        want = {k: tuple(v.shape) for k, v in fit.own.items() if k.startswith(bad)}
         warnings.warn(
-            f"{source}: the classifier does not match (checkpoint {have or 'none'}, model {want or 'none'}); "
-            "loaded the backbone and re-initialised the classifier",
+            f"{source}: the classifier does not match ({', '.join(p.rstrip('.') for p in bad)} do not match: "
+            f"checkpoint {have or 'none'}, model {want or 'none'}); loaded the rest and re-initialised the classifier",
             stacklevel=3,
         )
-        init = getattr(model, "init_classifier", None)
-        if callable(init):
-            init()
+        ckpt = {k: v for k, v in ckpt.items() if not k.startswith(bad)}
+        if reinit is not None:
+            reinit(list(bad))
+        elif callable(getattr(model, "init_classifier", None)):
+            model.init_classifier()
         report.head_reinitialised = True
-
-    result = model.load_state_dict(ckpt, strict=False)
-    leftover = [k for k in result.missing_keys if not k.endswith("num_batches_tracked") and k not in head_issues]
-    if leftover or result.unexpected_keys:  # pragma: no cover - guarded by the checks above
-        raise RuntimeError(f"{source}: unexpected load result {result}")
+    model.load_state_dict(ckpt, strict=False)
     report.loaded = sorted(ckpt)
     return report
+
+
+def to_model_keys(
+    model: nn.Module, state_dict: dict[str, Tensor], metadata: Mapping[str, str], source: str, check_name: bool = True
+) -> tuple[dict[str, Tensor], LoadReport]:
+    """A checkpoint's state dict in ``model``'s key names, through the model's ``checkpoint_filter_fn(state_dict,
+    source)`` (if it has one) for files of other layouts, and a report with the layout read and the keys ignored.
+
+    ``check_name``: warn when this library's file was written for another model.
+    """
+    report = LoadReport(path=source)
+    if metadata.get("format") == FORMAT:
+        report.layout = FORMAT
+        stored, name = metadata.get("model"), getattr(model, "model_name", None)
+        if check_name and stored and name and stored != name:
+            warnings.warn(f"{source}: written for model {stored!r}, loading into {name!r}", stacklevel=3)
+        return state_dict, report
+    filter_fn = getattr(model, "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state_dict, report.ignored, report.layout = filter_fn(state_dict, source)
+    return state_dict, report
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadReport:
@@ -269,28 +315,13 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     A model with a ``load_checkpoint(path)`` method of its own (the segmentors, whose files have other parts)
     loads itself.
     """
-    own_loader = getattr(type(model), "load_checkpoint", None)
-    if callable(own_loader):
+    if callable(getattr(type(model), "load_checkpoint", None)):
         return model.load_checkpoint(path)
-    path = Path(path)
-    state_dict, metadata = read_checkpoint(path)
-    layout = "plain"
-    ignored: list[str] = []
-    if metadata.get("format") == FORMAT:
-        layout = FORMAT
-        stored = metadata.get("model")
-        name = getattr(model, "model_name", None)
-        if stored and name and stored != name:
-            warnings.warn(f"{path}: written for model {stored!r}, loading into {name!r}", stacklevel=2)
-    elif is_official_layout(state_dict):
-        layout = "official"
-        state_dict, ignored = official_to_ours(state_dict)
-        if ignored:
-            parts = sorted({k.split(".", 1)[0] for k in ignored})
-            warnings.warn(f"{path}: ignored {len(ignored)} keys of other parts ({', '.join(parts)})", stacklevel=2)
-    report = apply_state_dict(model, state_dict, source=str(path))
-    report.ignored, report.layout = ignored, layout
+    state_dict, report = to_model_keys(model, *read_checkpoint(path), str(path))
+    applied = apply_state_dict(model, state_dict, source=str(path))
+    report.loaded, report.head_reinitialised = applied.loaded, applied.head_reinitialised
     return report
+
 
 
 # -- writing ------------------------------------------------------------------------------------------------------
@@ -326,8 +357,6 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: Mapping
     meta: dict[str, str] = {}
     for key, value in (metadata or {}).items():
         meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
-    from .. import __version__
-
     meta.update(
         format=FORMAT,
         format_version=FORMAT_VERSION,
@@ -342,85 +371,3 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: Mapping
     with atomic_path(path) as tmp:
         write_safetensors(tmp, tensors, meta)
     return path
-
-
-def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
-    """Rebuild the model recorded in one of this library's checkpoints and load its weights.
-
-    ``overrides`` replace recorded constructor arguments (e.g. ``num_classes=10`` re-initialises the classifier,
-    ``grad_checkpointing=True``).
-    """
-    from .registry import create_model
-
-    path = Path(path)
-    state_dict, metadata = read_checkpoint(path)
-    name = metadata.get("model") if metadata.get("format") == FORMAT else None
-    if not name:
-        raise ValueError(
-            f"{path}: not one of this library's checkpoints (no model name recorded); "
-            "use create_model(name, checkpoint=path)"
-        )
-    try:
-        kwargs = json.loads(metadata.get("model_kwargs", "{}"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: model_kwargs metadata is not JSON ({err})") from None
-    kwargs.update(overrides)
-    model = create_model(name, **kwargs)
-    if callable(getattr(type(model), "apply_state_dict", None)):  # models with several heads check keys themselves
-        model.apply_state_dict(state_dict, source=str(path))
-    else:
-        apply_state_dict(model, state_dict, source=str(path))
-    return model
-
-
-# -- official files -----------------------------------------------------------------------------------------------
-
-_DEPTH_OF_LAYERS = {(1, 2, 4, 1): 26, (2, 3, 5, 2): 38, (3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
-
-
-def infer_rednet_config(state_dict: Mapping[str, Tensor], source: str = "state dict") -> tuple[str, dict[str, Any]]:
-    """The registry name and constructor kwargs of a RedNet state dict in this library's key names."""
-    blocks = []
-    for i in range(1, 5):
-        idx = {int(k.split(".")[1]) for k in state_dict if k.startswith(f"layer{i}.")}
-        blocks.append(max(idx) + 1 if idx else 0)
-    depth = _DEPTH_OF_LAYERS.get(tuple(blocks))
-    if depth is None or "stem.1.conv2.conv.weight" not in state_dict:
-        raise ValueError(f"{source}: not a RedNet checkpoint (blocks per stage {tuple(blocks)})")
-    kwargs: dict[str, Any] = {}
-    stem_out = state_dict["stem.4.conv.weight"].shape[0]
-    if stem_out != 64:
-        kwargs["width"] = stem_out / 64
-    stem_gen = state_dict["stem.1.conv2.conv.weight"].shape[0]
-    groups = max(1, (stem_out // 2) // 16)
-    k = round((stem_gen / groups) ** 0.5)
-    if k != 3:
-        kwargs["stem_kernel_size"] = k
-    in_chans = state_dict["stem.0.conv.weight"].shape[1]
-    if in_chans != 3:
-        kwargs["in_chans"] = in_chans
-    kwargs["num_classes"] = state_dict["fc.weight"].shape[0] if "fc.weight" in state_dict else 0
-    return f"rednet{depth}", kwargs
-
-
-def convert_official(src: str | os.PathLike, dst: str | os.PathLike, name: str | None = None, **kwargs: Any) -> Path:
-    """Convert an official mmcls RedNet checkpoint (``.pth``) to this library's safetensors format.
-
-    The architecture (depth, stem kernel size, class count; 0 classes for a backbone-only file) is read from the
-    keys unless ``name`` / ``kwargs`` are given. Returns the written path.
-    """
-    from .registry import create_model
-
-    src = Path(src)
-    refuse_same_file(src, dst)
-    state_dict, _ = read_checkpoint(src)
-    if not is_official_layout(state_dict):
-        raise ValueError(f"{src}: not an official mmcls checkpoint (no 'backbone.' keys)")
-    state_dict, ignored = official_to_ours(state_dict)
-    if ignored:
-        parts = sorted({k.split(".", 1)[0] for k in ignored})
-        warnings.warn(f"{src}: ignored {len(ignored)} keys of other parts ({', '.join(parts)})", stacklevel=2)
-    inferred_name, inferred = infer_rednet_config(state_dict, str(src))
-    model = create_model(name or inferred_name, **{**inferred, **kwargs})
-    apply_state_dict(model, state_dict, source=str(src))
-    return save_checkpoint(model, dst, metadata={"converted_from": src.name})

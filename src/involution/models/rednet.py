@@ -2,7 +2,7 @@
 
 The structure follows the official mmcls backbone (``style='pytorch'``, ``avg_down=False``) module for module, and
 the module names are the official ones, so an official checkpoint maps onto this model by stripping prefixes
-(``backbone.`` and ``head.``, see :mod:`involution.models.checkpoint`):
+(``backbone.`` and ``head.``, see :mod:`involution.models.rednet_convert`):
 
 * ``stem``: ``0`` 3x3 conv (C_in -> 32, stride 2) + BN + ReLU, ``1`` involution (32 channels, K=3, 2 groups),
   ``2`` BN, ``3`` ReLU, ``4`` 3x3 conv (32 -> 64) + BN + ReLU; then ``maxpool`` (3x3, stride 2, padding 1).
@@ -20,6 +20,7 @@ the bottlenecks only.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +28,9 @@ from torch import Tensor, nn
 from ..layers import ConvNormAct, Involution2d, spatial_layer
 from ..layers.conv_norm_act import LayerFactory
 from ..layers.recompute import recompute
-from ._base import ResidualNet, check_flags, check_stage_args, scaled_channels, stem_stride_for
+from ._base import ResidualNet
+from ._stages import STAGE_DEPTHS, add_stages
+from .rednet_convert import checkpoint_filter_fn
 from .registry import build_model, default_cfg, register_model, small_cfg
 
 
@@ -143,6 +146,7 @@ class RedNet(ResidualNet):
     """
 
     first_conv = "stem.0.conv"
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)  # official mmcls files
 
     def __init__(
         self,
@@ -170,66 +174,32 @@ class RedNet(ResidualNet):
         norm_layer: LayerFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        layers = check_stage_args(layers, width, in_chans)
-        check_flags(small_input=small_input, avg_down=avg_down, recompute_kernel=recompute_kernel,
-                    recompute_stem=recompute_stem, channels_last=channels_last, coord_channels=coord_channels,
-                    zero_init_residual=zero_init_residual)
+        layers, stem_channels, stem_stride = self._configure(
+            layers, width, in_chans, small_input, stem_stride, zero_init_residual, channels_last,
+            avg_down=avg_down, recompute_kernel=recompute_kernel, recompute_stem=recompute_stem,
+            coord_channels=coord_channels,
+        )
         self.recompute_stem = recompute_stem
-        self.channels_last = channels_last
-        self.layers = layers
-        self.zero_init_residual = zero_init_residual
-        self.small_input = small_input
-        stem_channels = scaled_channels(64, width)
         half = max(1, stem_channels // 2)
-        stem_stride = stem_stride_for(stem_stride, small_input)
+        # what the stem's involution and the blocks' share
+        involution_args = {"group_channels": group_channels, "reduction_ratio": reduction_ratio,
+                           "norm_layer": norm_layer, "recompute_kernel": recompute_kernel}
         self.stem = nn.Sequential(
             ConvNormAct(in_chans, half, 3, stride=stem_stride, padding=1, norm_layer=norm_layer),
-            Involution2d(
-                half,
-                kernel_size=stem_kernel_size,
-                group_channels=group_channels,
-                reduction_ratio=reduction_ratio,
-                norm_layer=norm_layer,
-                recompute_kernel=recompute_kernel,
-            ),
+            Involution2d(half, kernel_size=stem_kernel_size, **involution_args),
             norm_layer(half),
             nn.ReLU(inplace=True),
             ConvNormAct(half, stem_channels, 3, padding=1, norm_layer=norm_layer),
         )
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
 
-        block_kwargs = {
-            "kernel_size": kernel_size,
-            "group_channels": group_channels,
-            "reduction_ratio": reduction_ratio,
-            "norm_layer": norm_layer,
-            "recompute_kernel": recompute_kernel,
-            "spatial": spatial,
-            "coord_channels": coord_channels,
-        }
-        in_channels = stem_channels
-        channels, reductions = [], []
+        block = partial(
+            RedNetBottleneck, kernel_size=kernel_size, spatial=spatial, coord_channels=coord_channels, **involution_args
+        )
         reduction = stem_stride * (1 if small_input else 2)
-        for i, depth in enumerate(layers):
-            mid = scaled_channels(64 * 2**i, width)
-            stride = 1 if i == 0 else 2
-            reduction *= stride
-            out = mid * RedNetBottleneck.expansion
-            downsample = None
-            if stride != 1 or in_channels != out:
-                parts: list[nn.Module] = []
-                conv_stride = stride
-                if avg_down and stride != 1:
-                    parts.append(nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False))
-                    conv_stride = 1
-                parts += [nn.Conv2d(in_channels, out, 1, stride=conv_stride, bias=False), norm_layer(out)]
-                downsample = nn.Sequential(*parts)
-            blocks = [RedNetBottleneck(in_channels, mid, stride, downsample, **block_kwargs)]
-            blocks += [RedNetBottleneck(out, mid, 1, None, **block_kwargs) for _ in range(depth - 1)]
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            in_channels = out
-            channels.append(out)
-            reductions.append(reduction)
+        channels, reductions = add_stages(
+            self, block, RedNetBottleneck.expansion, layers, stem_channels, width, reduction, norm_layer, avg_down
+        )
         self._finish(channels, reductions, num_classes, drop_rate, features_only, out_indices, grad_checkpointing)
 
     def _zero_init_residual(self) -> None:
@@ -248,7 +218,6 @@ class RedNet(ResidualNet):
 
 # --- registered variants --------------------------------------------------------------------------------------
 
-_DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 # Official model zoo (README of d-li14/involution; ImageNet 224x224 single crop): params (M), GFLOPs, top-1, top-5.
 _CARDS = {
     26: (9.23, 1.73, 75.96, 93.19),
@@ -274,7 +243,7 @@ def _rednet_cfg(depth: int, small: bool) -> dict:
 
 def _create(depth: int, small: bool, kwargs: dict) -> RedNet:
     name = f"rednet{depth}" + ("_small" if small else "")
-    args = {"layers": _DEPTHS[depth]}
+    args = {"layers": STAGE_DEPTHS[depth]}
     if small:
         kwargs = {"small_input": True, **kwargs}
     return build_model(RedNet, name, args, kwargs, _rednet_cfg(depth, small))

@@ -15,11 +15,14 @@ import copy
 import difflib
 import fnmatch
 import inspect
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from torch import nn
+
+from .checkpoint import FORMAT, apply_state_dict, load_checkpoint, read_checkpoint
 
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _MODULES: dict[str, str] = {}
@@ -109,6 +112,11 @@ def model_entrypoint(name: str) -> Callable[..., nn.Module]:
     return _ENTRYPOINTS[name]
 
 
+def channel_stats(rgb: Sequence[float], in_chans: int) -> tuple[float, ...]:
+    """Per-channel normalisation for ``in_chans`` inputs: the RGB values, or their mean for every channel."""
+    return tuple(rgb) if in_chans == 3 else (round(sum(rgb) / 3, 4),) * in_chans
+
+
 def build_model(
     model_cls: type[nn.Module],
     name: str,
@@ -131,10 +139,12 @@ def build_model(
     cfg["first_conv"] = getattr(model, "first_conv", cfg.get("first_conv"))
     in_chans = kwargs.get("in_chans", 3)
     if in_chans != 3:
-        cfg["input_size"] = (in_chans, *cfg["input_size"][1:])
-        cfg["min_input_size"] = (in_chans, *cfg["min_input_size"][1:])
+        for key in ("input_size", "min_input_size"):
+            if key in cfg:
+                cfg[key] = (in_chans, *cfg[key][1:])
         for key in ("mean", "std", "mean_255", "std_255"):
-            cfg[key] = (round(sum(cfg[key]) / 3, 4),) * in_chans
+            if key in cfg:
+                cfg[key] = channel_stats(cfg[key], in_chans)
     model.pretrained_cfg = cfg
     model.default_cfg = cfg  # timm's older name
     model.model_name = name
@@ -182,7 +192,30 @@ def create_model(
         return entry(**kwargs, checkpoint=checkpoint)
     model = entry(**kwargs)
     if checkpoint is not None:
-        from .checkpoint import load_checkpoint
-
         load_checkpoint(model, checkpoint)
+    return model
+
+
+def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
+    """Rebuild the model recorded in one of this library's checkpoints and load its weights.
+
+    ``overrides`` replace recorded constructor arguments (e.g. ``num_classes=10`` re-initialises the classifier,
+    ``grad_checkpointing=True``).
+    """
+    state_dict, metadata = read_checkpoint(path)
+    name = metadata.get("model") if metadata.get("format") == FORMAT else None
+    if not name:
+        raise ValueError(
+            f"{path}: not one of this library's checkpoints (no model name recorded); "
+            "use create_model(name, checkpoint=path)"
+        )
+    try:
+        kwargs = json.loads(metadata.get("model_kwargs", "{}"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: model_kwargs metadata is not JSON ({err})") from None
+    model = create_model(name, **{**kwargs, **overrides})
+    if callable(getattr(type(model), "apply_state_dict", None)):  # models with several heads check keys themselves
+        model.apply_state_dict(state_dict, source=str(path))
+    else:
+        apply_state_dict(model, state_dict, source=str(path))
     return model

@@ -18,14 +18,14 @@ from __future__ import annotations
 import copy
 import fnmatch
 from collections.abc import Callable, Iterable
-from typing import Literal, overload
+from typing import Any
 
 from torch import nn
 
 from ..layers.conv_norm_act import LayerFactory
 from ..layers.involution import Involution2d
 
-__all__ = ["involutionize", "involutionizable"]
+__all__ = ["involutionizable", "involutionize"]
 
 IncludeFilter = Callable[[str, nn.Conv2d], bool] | str | Iterable[str] | None
 
@@ -87,40 +87,32 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-@overload
-def involutionize(
-    model: nn.Module,
-    *,
-    kernel_size: int | None = ...,
-    group_channels: int = ...,
-    reduction_ratio: int = ...,
-    include: IncludeFilter = ...,
-    min_channels: int = ...,
-    skip_stem: bool = ...,
-    allow_projection: bool = ...,
-    norm_layer: LayerFactory | None = ...,
-    act_layer: LayerFactory | None = ...,
-    inplace: bool = ...,
-    return_names: Literal[False] = ...,
-) -> nn.Module: ...
+def _named_modules(model: nn.Module) -> list[tuple[nn.Module, list[str]]]:
+    """Every submodule with all its names (a shared module has several), in module order."""
+    names_of: dict[int, tuple[nn.Module, list[str]]] = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        if name:
+            names_of.setdefault(id(mod), (mod, []))[1].append(name)
+    return list(names_of.values())
 
 
-@overload
-def involutionize(
-    model: nn.Module,
-    *,
-    kernel_size: int | None = ...,
-    group_channels: int = ...,
-    reduction_ratio: int = ...,
-    include: IncludeFilter = ...,
-    min_channels: int = ...,
-    skip_stem: bool = ...,
-    allow_projection: bool = ...,
-    norm_layer: LayerFactory | None = ...,
-    act_layer: LayerFactory | None = ...,
-    inplace: bool = ...,
-    return_names: Literal[True],
-) -> tuple[nn.Module, list[str]]: ...
+def _involution_like(conv: nn.Conv2d, kernel_size: int | None, **layer_kwargs: Any) -> Involution2d:
+    """An involution with ``conv``'s channels, stride, dilation (and kernel size, if ``kernel_size`` is None), on
+    its device, in its dtype and train/eval mode."""
+    layer = Involution2d(
+        conv.in_channels,
+        kernel_size=kernel_size if kernel_size is not None else _pair(conv.kernel_size),
+        stride=_pair(conv.stride),
+        dilation=_pair(conv.dilation),
+        out_channels=conv.out_channels,
+        **layer_kwargs,
+    )
+    weight = conv.weight
+    if weight.is_floating_point():
+        layer = layer.to(device=weight.device, dtype=weight.dtype)
+    else:  # pragma: no cover - quantised or otherwise exotic weights
+        layer = layer.to(device=weight.device)
+    return layer.train(conv.training)
 
 
 def involutionize(
@@ -177,45 +169,22 @@ def involutionize(
     stem: nn.Module | None = None
     if skip_stem:
         stem = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-
-    # every name of every module (shared modules have several), in module order
-    names_of: dict[int, list[str]] = {}
-    order: list[nn.Module] = []
-    for name, mod in model.named_modules(remove_duplicate=False):
-        if not name:
-            continue
-        if id(mod) not in names_of:
-            names_of[id(mod)] = []
-            order.append(mod)
-        names_of[id(mod)].append(name)
-
     replaced: list[str] = []
-    for conv in order:
+    for conv, names in _named_modules(model):
         if conv is stem or not isinstance(conv, nn.Conv2d):
             continue
-        names = names_of[id(conv)]
         if not any(_matches(include, n, conv) for n in names):
             continue
         if involutionizable(conv, kernel_size, allow_projection, min_channels) is not None:
             continue
-        k = kernel_size if kernel_size is not None else _pair(conv.kernel_size)
-        layer = Involution2d(
-            conv.in_channels,
-            kernel_size=k,
-            stride=_pair(conv.stride),
-            dilation=_pair(conv.dilation),
+        layer = _involution_like(
+            conv,
+            kernel_size,
             group_channels=group_channels,
             reduction_ratio=reduction_ratio,
-            out_channels=conv.out_channels,
             norm_layer=norm_layer,
             act_layer=act_layer,
         )
-        weight = conv.weight
-        if weight.is_floating_point():
-            layer = layer.to(device=weight.device, dtype=weight.dtype)
-        else:  # pragma: no cover - quantised or otherwise exotic weights
-            layer = layer.to(device=weight.device)
-        layer.train(conv.training)
         for n in names:
             _set_submodule(model, n, layer)
         replaced.extend(names)

@@ -8,12 +8,15 @@ the convolution baselines that the paper compares against.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 from ..layers.conv_norm_act import LayerFactory
-from ._base import ResidualNet, check_flags, check_stage_args, scaled_channels, stem_stride_for
+from ._base import ResidualNet
+from ._stages import STAGE_DEPTHS, add_stages
+from .rednet_convert import checkpoint_filter_fn
 from .registry import build_model, default_cfg, register_model, small_cfg
 
 
@@ -36,6 +39,7 @@ class ResNet(ResidualNet):
     """
 
     first_conv = "conv1"
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)  # mmcls files name the parts as RedNet's do
 
     def __init__(
         self,
@@ -54,14 +58,9 @@ class ResNet(ResidualNet):
         norm_layer: LayerFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        layers = check_stage_args(layers, width, in_chans)
-        check_flags(small_input=small_input, zero_init_residual=zero_init_residual, channels_last=channels_last)
-        self.channels_last = channels_last
-        self.layers = layers
-        self.zero_init_residual = zero_init_residual
-        self.small_input = small_input
-        stem_channels = scaled_channels(64, width)
-        stem_stride = stem_stride_for(stem_stride, small_input)
+        layers, stem_channels, stem_stride = self._configure(
+            layers, width, in_chans, small_input, stem_stride, zero_init_residual, channels_last
+        )
         if small_input:
             self.conv1 = nn.Conv2d(in_chans, stem_channels, 3, stride=stem_stride, padding=1, bias=False)
         else:
@@ -70,23 +69,11 @@ class ResNet(ResidualNet):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
 
-        in_channels = stem_channels
-        channels, reductions = [], []
         reduction = stem_stride * (1 if small_input else 2)
-        for i, depth in enumerate(layers):
-            planes = scaled_channels(64 * 2**i, width)
-            stride = 1 if i == 0 else 2
-            reduction *= stride
-            out = planes * Bottleneck.expansion
-            downsample = None
-            if stride != 1 or in_channels != out:
-                downsample = nn.Sequential(nn.Conv2d(in_channels, out, 1, stride=stride, bias=False), norm_layer(out))
-            blocks = [Bottleneck(in_channels, planes, stride, downsample, norm_layer=norm_layer)]
-            blocks += [Bottleneck(out, planes, norm_layer=norm_layer) for _ in range(depth - 1)]
-            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-            in_channels = out
-            channels.append(out)
-            reductions.append(reduction)
+        block = partial(Bottleneck, norm_layer=norm_layer)
+        channels, reductions = add_stages(
+            self, block, Bottleneck.expansion, layers, stem_channels, width, reduction, norm_layer
+        )
         self._finish(channels, reductions, num_classes, drop_rate, features_only, out_indices, grad_checkpointing)
 
     def _zero_init_residual(self) -> None:
@@ -105,7 +92,6 @@ class ResNet(ResidualNet):
 
 # --- registered variants --------------------------------------------------------------------------------------
 
-_DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 # torchvision's published ImageNet numbers (IMAGENET1K_V1 weights): GFLOPs, top-1, top-5.
 _TORCHVISION = {50: (4.09, 76.13, 92.862), 101: (7.8, 77.374, 93.546), 152: (11.51, 78.312, 94.046)}
 
@@ -121,7 +107,7 @@ def _create(depth: int, small: bool, kwargs: dict) -> ResNet:
         cfg = default_cfg(**card, torchvision_gflops=gflops, torchvision_top1=top1, torchvision_top5=top5)
     else:
         cfg = default_cfg(**card)
-    return build_model(ResNet, name, {"layers": _DEPTHS[depth]}, kwargs, cfg)
+    return build_model(ResNet, name, {"layers": STAGE_DEPTHS[depth]}, kwargs, cfg)
 
 
 @register_model

@@ -28,7 +28,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNetHead
 
 from ..backbone_init import load_backbone_checkpoint
-from ..registry import IMAGENET_MEAN, IMAGENET_STD, register_model
+from ..registry import IMAGENET_MEAN, IMAGENET_STD, build_model, channel_stats, register_model
 from .backbone import (
     NECKS,
     RedNetFPN,
@@ -65,21 +65,31 @@ def retina_anchor_generator() -> AnchorGenerator:
     return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(FPN_SIZES))
 
 
-def _check_common(
-    name: str, num_classes: int, in_chans: int, features_only: bool, frozen_stages: int, fpn_channels: int
-) -> None:
-    if features_only:
-        raise ValueError(
-            f"{name} is a detector and has no features_only form; for the backbone alone use "
-            "create_model('rednet50', stem_kernel_size=7, features_only=True)"
-        )
+# The arguments every detector entry point takes besides the checkpoints, with their defaults; the rest go to the
+# torchvision detector class.
+_ARGS: dict[str, Any] = {
+    "num_classes": 80,
+    "neck": "convolution",
+    "head": "convolution",
+    "frozen_stages": 1,
+    "norm_eval": True,
+    "backbone_kwargs": None,
+    "fpn_channels": 256,
+    "min_size": 800,
+    "max_size": 1333,
+    "in_chans": 3,
+}
+
+
+def _check_args(kind: str, args: dict[str, Any]) -> None:
+    num_classes, frozen_stages, fpn_channels = args["num_classes"], args["frozen_stages"], args["fpn_channels"]
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(
             f"num_classes must be an int >= 1 counting object classes only (COCO: 80; the background class is added "
             f"internally), got {num_classes!r}"
         )
-    if in_chans < 1:
-        raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+    if args["in_chans"] < 1:
+        raise ValueError(f"in_chans must be >= 1, got {args['in_chans']}")
     if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
         raise ValueError(
             f"frozen_stages must be an int in -1..4 (-1: none, 0: stem, k: stem + layer1..k), got {frozen_stages!r}"
@@ -88,82 +98,25 @@ def _check_common(
         raise ValueError(
             f"fpn_channels must be an int >= 16 (one involution group has 16 channels), got {fpn_channels!r}"
         )
-
-
-def _normalisation(in_chans: int) -> tuple[list[float], list[float]]:
-    if in_chans == 3:
-        return list(IMAGENET_MEAN), list(IMAGENET_STD)
-    return [round(sum(IMAGENET_MEAN) / 3, 4)] * in_chans, [round(sum(IMAGENET_STD) / 3, 4)] * in_chans
-
-
-def _build(kind: str, name: str, args: dict[str, Any]) -> nn.Module:
-    """Shared builder; ``args`` are the entry point's arguments (see the entries' docstrings)."""
-    detector_kwargs = dict(args.pop("detector_kwargs"))
-    checkpoint, backbone_checkpoint = args.pop("checkpoint"), args.pop("backbone_checkpoint")
-    features_only, args_out_indices = args.pop("features_only"), args.pop("out_indices")
-    del args_out_indices  # only meaningful with features_only, which is refused
-    num_classes, in_chans = args["num_classes"], args["in_chans"]
-    neck, head = args["neck"], args["head"]
-    frozen_stages, norm_eval, fpn_channels = args["frozen_stages"], args["norm_eval"], args["fpn_channels"]
-    _check_common(name, num_classes, in_chans, features_only, frozen_stages, fpn_channels)
-    check_choice("neck", neck, NECKS)
+    check_choice("neck", args["neck"], NECKS)
     if kind == "retinanet":
-        check_choice("head", head, ("convolution",), "RetinaNet has no official involution head")
+        check_choice("head", args["head"], ("convolution",), "RetinaNet has no official involution head")
     else:
-        check_choice("head", head, HEADS)
+        check_choice("head", args["head"], HEADS)
     backbone_kwargs = args["backbone_kwargs"]
     if backbone_kwargs is not None and not isinstance(backbone_kwargs, dict):
         raise TypeError(f"backbone_kwargs must be a dict or None, got {type(backbone_kwargs).__name__}")
 
-    out_indices = (1, 2, 3) if kind == "retinanet" else (0, 1, 2, 3)
-    body = build_rednet_body(out_indices, in_chans, backbone_kwargs)
-    if backbone_checkpoint is not None:
-        load_backbone_checkpoint(body, backbone_checkpoint)
-    if norm_eval:
-        freeze_batchnorm(body)
-    backbone = RedNetFPN(
-        body, fpn_channels, extra="p6p7" if kind == "retinanet" else "pool", neck=neck, frozen_stages=frozen_stages
-    )
 
-    mean, std = _normalisation(in_chans)
-    common = {"min_size": args["min_size"], "max_size": args["max_size"], "image_mean": mean, "image_std": std}
-    if kind == "retinanet":
-        anchors = detector_kwargs.pop("anchor_generator", None) or retina_anchor_generator()
-        detector_kwargs.setdefault("detections_per_img", 100)  # official max_per_img
-        retina_head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes + 1)
-        model: nn.Module = RedNetRetinaNet(
-            backbone, num_classes + 1, anchor_generator=anchors, head=retina_head, **common, **detector_kwargs
-        )
-    else:
-        anchors = detector_kwargs.pop("rpn_anchor_generator", None) or rcnn_anchor_generator()
-        detector_kwargs.setdefault("rpn_post_nms_top_n_train", 1000)  # official rpn_proposal max_num
-        rpn = rpn_head(fpn_channels, anchors.num_anchors_per_location()[0], head)
-        rcnn_args = {"rpn_anchor_generator": anchors, "rpn_head": rpn, **common}
-        if kind == "maskrcnn":
-            model = MaskRCNN(
-                backbone,
-                None,  # torchvision wants the class count through the predictors when one is given
-                box_predictor=FastRCNNPredictor(1024, num_classes + 1),
-                mask_head=mask_head(fpn_channels, head),
-                mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1),
-                **rcnn_args,
-                **detector_kwargs,
-            )
-        else:
-            model = FasterRCNN(backbone, num_classes + 1, **rcnn_args, **detector_kwargs)
-
-    model.num_classes = num_classes
-    model.model_name = name
-    recorded = {**args, "backbone_kwargs": dict(backbone_kwargs or {})}
-    model.model_kwargs = {**recorded, **args_detector(detector_kwargs)}
+def _detector_cfg(kind: str, neck: str, head: str, min_size: int, max_size: int) -> dict[str, Any]:
+    """pretrained_cfg of a COCO detector: ImageNet mean/std, the transform's resize, the official model card."""
     params, gflops, box_ap, mask_ap = CARDS[(kind, neck, head)]
-    model.pretrained_cfg = {
-        "architecture": name,
-        "num_classes": num_classes,
-        "mean": tuple(mean),
-        "std": tuple(std),
-        "min_size": args["min_size"],
-        "max_size": args["max_size"],
+    return {
+        "num_classes": 80,
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "min_size": min_size,
+        "max_size": max_size,
         "paper": "https://arxiv.org/abs/2103.06255",
         "origin": f"official mmdet {kind} RedNet-50-FPN (d-li14/involution det/), neck={neck}, head={head}",
         "paper_params_m": params,
@@ -171,38 +124,89 @@ def _build(kind: str, name: str, args: dict[str, Any]) -> nn.Module:
         "paper_box_ap": box_ap,
         **({"paper_mask_ap": mask_ap} if mask_ap is not None else {}),
     }
+
+
+def _assemble(
+    kind: str,
+    backbone_checkpoint: str | None,
+    num_classes: int,
+    neck: str,
+    head: str,
+    frozen_stages: int,
+    norm_eval: bool,
+    backbone_kwargs: dict[str, Any],
+    fpn_channels: int,
+    min_size: int,
+    max_size: int,
+    in_chans: int,
+    **detector_kwargs: Any,
+) -> nn.Module:
+    """The torchvision detector of ``kind`` on a RedNet-50 FPN (arguments as for the entry points)."""
+    out_indices = (1, 2, 3) if kind == "retinanet" else (0, 1, 2, 3)
+    body = build_rednet_body(out_indices, in_chans, backbone_kwargs)
+    if backbone_checkpoint is not None:
+        load_backbone_checkpoint(body, backbone_checkpoint)
+    if norm_eval:
+        freeze_batchnorm(body)
+    extra = "p6p7" if kind == "retinanet" else "pool"
+    backbone = RedNetFPN(body, fpn_channels, extra=extra, neck=neck, frozen_stages=frozen_stages)
+    mean, std = (list(channel_stats(v, in_chans)) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    common = {"min_size": min_size, "max_size": max_size, "image_mean": mean, "image_std": std}
+    if kind == "retinanet":
+        anchors = detector_kwargs.pop("anchor_generator", None) or retina_anchor_generator()
+        retina_head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes + 1)
+        model: nn.Module = RedNetRetinaNet(
+            backbone, num_classes + 1, anchor_generator=anchors, head=retina_head, **common, **detector_kwargs
+        )
+    else:
+        anchors = detector_kwargs.pop("rpn_anchor_generator", None) or rcnn_anchor_generator()
+        rpn = rpn_head(fpn_channels, anchors.num_anchors_per_location()[0], head)
+        common.update(rpn_anchor_generator=anchors, rpn_head=rpn)
+        if kind == "maskrcnn":
+            model = MaskRCNN(
+                backbone,
+                None,  # torchvision wants the class count through the predictors when one is given
+                box_predictor=FastRCNNPredictor(1024, num_classes + 1),
+                mask_head=mask_head(fpn_channels, head),
+                mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes + 1),
+                **common,
+                **detector_kwargs,
+            )
+        else:
+            model = FasterRCNN(backbone, num_classes + 1, **common, **detector_kwargs)
+    model.num_classes = num_classes
+    return model
+
+
+def _build(kind: str, name: str, checkpoint: str | None, backbone_checkpoint: str | None, kwargs: dict) -> nn.Module:
+    """Shared builder of the entry points: checks the arguments, builds through the registry, loads ``checkpoint``."""
+    if kwargs.pop("features_only", False):
+        raise ValueError(
+            f"{name} is a detector and has no features_only form; for the backbone alone use "
+            "create_model('rednet50', stem_kernel_size=7, features_only=True)"
+        )
+    kwargs.pop("out_indices", None)  # only meaningful with features_only, which is refused
+    args = {key: kwargs.pop(key, default) for key, default in _ARGS.items()}
+    _check_args(kind, args)
+    args["backbone_kwargs"] = dict(args["backbone_kwargs"] or {})
+    if kind == "retinanet":
+        kwargs.setdefault("detections_per_img", 100)  # official max_per_img
+    else:
+        kwargs.setdefault("rpn_post_nms_top_n_train", 1000)  # official rpn_proposal max_num
+    # modules (anchor generators ...) go to the detector but are not recorded: model_kwargs stay JSON-able
+    modules = {k: v for k, v in kwargs.items() if isinstance(v, nn.Module)}
+    recorded = {**args, **{k: v for k, v in kwargs.items() if k not in modules}}
+    fixed = {"kind": kind, "backbone_checkpoint": backbone_checkpoint, **modules}
+    cfg = _detector_cfg(kind, args["neck"], args["head"], args["min_size"], args["max_size"])
+    model = build_model(_assemble, name, fixed, recorded, cfg)
     if checkpoint is not None:
         load_detector_checkpoint(model, checkpoint)
     return model
 
 
-def args_detector(detector_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The detector keyword arguments worth recording for a rebuild (modules such as anchor generators are not)."""
-    return {k: v for k, v in detector_kwargs.items() if not isinstance(v, nn.Module)}
-
-
-def _entry_args(local: dict[str, Any]) -> dict[str, Any]:
-    """A copy of an entry point's ``locals()`` (its arguments), safe to pop from."""
-    return dict(local)
-
-
 @register_model
 def fasterrcnn_rednet50_fpn(
-    num_classes: int = 80,
-    neck: str = "convolution",
-    head: str = "convolution",
-    backbone_checkpoint: str | None = None,
-    checkpoint: str | None = None,
-    frozen_stages: int = 1,
-    norm_eval: bool = True,
-    backbone_kwargs: dict[str, Any] | None = None,
-    fpn_channels: int = 256,
-    min_size: int = 800,
-    max_size: int = 1333,
-    in_chans: int = 3,
-    features_only: bool = False,
-    out_indices: Any = None,
-    **detector_kwargs: Any,
+    checkpoint: str | None = None, backbone_checkpoint: str | None = None, **kwargs: Any
 ) -> FasterRCNN:
     """Faster R-CNN, RedNet-50-FPN (official ``faster_rcnn_red50{,_neck}_fpn{,_head}_1x_coco``).
 
@@ -232,26 +236,12 @@ def fasterrcnn_rednet50_fpn(
         in_chans: image channels (the backbone's input).
         **detector_kwargs: passed to torchvision's ``FasterRCNN`` (``box_detections_per_img`` ...).
     """
-    return _build("fasterrcnn", "fasterrcnn_rednet50_fpn", _entry_args(locals()))
+    return _build("fasterrcnn", "fasterrcnn_rednet50_fpn", checkpoint, backbone_checkpoint, kwargs)
 
 
 @register_model
 def maskrcnn_rednet50_fpn(
-    num_classes: int = 80,
-    neck: str = "convolution",
-    head: str = "convolution",
-    backbone_checkpoint: str | None = None,
-    checkpoint: str | None = None,
-    frozen_stages: int = 1,
-    norm_eval: bool = True,
-    backbone_kwargs: dict[str, Any] | None = None,
-    fpn_channels: int = 256,
-    min_size: int = 800,
-    max_size: int = 1333,
-    in_chans: int = 3,
-    features_only: bool = False,
-    out_indices: Any = None,
-    **detector_kwargs: Any,
+    checkpoint: str | None = None, backbone_checkpoint: str | None = None, **kwargs: Any
 ) -> MaskRCNN:
     """Mask R-CNN, RedNet-50-FPN (official ``mask_rcnn_red50{,_neck}_fpn{,_head}_1x_coco``).
 
@@ -264,26 +254,12 @@ def maskrcnn_rednet50_fpn(
 
     Arguments as for :func:`fasterrcnn_rednet50_fpn`; ``detector_kwargs`` go to torchvision's ``MaskRCNN``.
     """
-    return _build("maskrcnn", "maskrcnn_rednet50_fpn", _entry_args(locals()))
+    return _build("maskrcnn", "maskrcnn_rednet50_fpn", checkpoint, backbone_checkpoint, kwargs)
 
 
 @register_model
 def retinanet_rednet50_fpn(
-    num_classes: int = 80,
-    neck: str = "convolution",
-    head: str = "convolution",
-    backbone_checkpoint: str | None = None,
-    checkpoint: str | None = None,
-    frozen_stages: int = 1,
-    norm_eval: bool = True,
-    backbone_kwargs: dict[str, Any] | None = None,
-    fpn_channels: int = 256,
-    min_size: int = 800,
-    max_size: int = 1333,
-    in_chans: int = 3,
-    features_only: bool = False,
-    out_indices: Any = None,
-    **detector_kwargs: Any,
+    checkpoint: str | None = None, backbone_checkpoint: str | None = None, **kwargs: Any
 ) -> RedNetRetinaNet:
     """RetinaNet, RedNet-50-FPN (official ``retinanet_red50{,_neck}_fpn_1x_coco``).
 
@@ -300,7 +276,7 @@ def retinanet_rednet50_fpn(
     Arguments as for :func:`fasterrcnn_rednet50_fpn`; ``detector_kwargs`` go to torchvision's ``RetinaNet``
     (``detections_per_img`` defaults to the official 100).
     """
-    return _build("retinanet", "retinanet_rednet50_fpn", _entry_args(locals()))
+    return _build("retinanet", "retinanet_rednet50_fpn", checkpoint, backbone_checkpoint, kwargs)
 
 
 __all__ = [

@@ -40,15 +40,13 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import read_checkpoint
+from ..checkpoint import FORMAT, LoadReport, fit_state_dict, fmt_keys, read_checkpoint
 
-_LIST_LIMIT = 12
 MMDET_PARTS = ("backbone.", "neck.", "rpn_head.", "roi_head.", "bbox_head.")
 # Our keys whose shapes depend on the class count: a different count is skipped with a warning, not an error.
 CLASS_DEPENDENT = (
@@ -58,21 +56,9 @@ CLASS_DEPENDENT = (
 )
 
 
-@dataclass
-class DetectorLoadReport:
-    """What :func:`load_detector_checkpoint` did: the layout read (``"mmdet"``, ``"plain"`` or ``"involution"``),
-    our keys loaded, checkpoint keys skipped and model keys left freshly initialised."""
-
-    path: str
-    layout: str = "plain"
-    loaded: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    not_loaded: list[str] = field(default_factory=list)
-
-
-def _fmt(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_LIST_LIMIT])
-    return shown + (f", ... ({len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else "")
+# What load_detector_checkpoint did: the layout read ("mmdet", "plain" or "involution"), our keys loaded,
+# checkpoint keys skipped and model keys left freshly initialised.
+DetectorLoadReport = LoadReport
 
 
 def is_mmdet_layout(state_dict: Mapping[str, Tensor]) -> bool:
@@ -92,29 +78,21 @@ def _cls_background_first(src: Tensor, own: Tensor) -> Tensor | None:
     return torch.cat([src[-1:], src[:-1]])
 
 
-def _prepend_rows(rows: int) -> Callable[[Tensor, Tensor], Tensor | None]:
-    """mmdet tensors without background rows -> ours with ``rows`` leading background rows (kept as initialised)."""
+def _add_background(groups: int, width: int) -> Callable[[Tensor, Tensor], Tensor | None]:
+    """mmdet rows of K classes -> ours of K+1 with the background class first, in each of ``groups`` groups of
+    classes (RetinaNet's anchors) and ``width`` rows per class (a box's 4 coordinates); the background rows keep
+    the model's initialisation."""
 
     def convert(src: Tensor, own: Tensor) -> Tensor | None:
-        if src.shape[0] + rows != own.shape[0] or src.shape[1:] != own.shape[1:]:
+        step = groups * width
+        if own.shape[0] % step or src.shape[0] % step or src.shape[1:] != own.shape[1:]:
             return None
-        return torch.cat([own[:rows].to(src.dtype), src])
-
-    return convert
-
-
-def _retina_cls(num_anchors: int) -> Callable[[Tensor, Tensor], Tensor | None]:
-    """``retina_cls`` (A*K channels, anchor-major) -> ours (A*(K+1)): a background channel before each anchor's K."""
-
-    def convert(src: Tensor, own: Tensor) -> Tensor | None:
-        if own.shape[0] % num_anchors or src.shape[0] % num_anchors or src.shape[1:] != own.shape[1:]:
-            return None
-        k_own, k_src = own.shape[0] // num_anchors, src.shape[0] // num_anchors
+        k_own, k_src = own.shape[0] // step, src.shape[0] // step
         if k_own != k_src + 1:
             return None
-        ours = own.detach().clone().to(src.dtype).unflatten(0, (num_anchors, k_own))
-        ours[:, 1:] = src.unflatten(0, (num_anchors, k_src))
-        return ours.flatten(0, 1)
+        ours = own.detach().clone().to(src.dtype).unflatten(0, (groups, k_own, width))
+        ours[:, 1:] = src.unflatten(0, (groups, k_src, width))
+        return ours.flatten(0, 2)
 
     return convert
 
@@ -159,11 +137,11 @@ def _converter(key: str, num_anchors: int) -> Callable[[Tensor, Tensor], Tensor 
     if key.startswith("roi_heads.box_predictor.cls_score."):
         return _cls_background_first
     if key.startswith("roi_heads.box_predictor.bbox_pred."):
-        return _prepend_rows(4)
+        return _add_background(1, 4)
     if key.startswith("roi_heads.mask_predictor.mask_fcn_logits."):
-        return _prepend_rows(1)
+        return _add_background(1, 1)
     if key.startswith("head.classification_head.cls_logits."):
-        return _retina_cls(num_anchors)
+        return _add_background(num_anchors, 1)
     return None
 
 
@@ -231,49 +209,23 @@ def load_detector_checkpoint(model: nn.Module, path: str | os.PathLike) -> Detec
     """
     path = Path(path)
     state_dict, metadata = read_checkpoint(path)
-    report = DetectorLoadReport(path=str(path))
+    report = LoadReport(path=str(path), layout="involution" if metadata.get("format") == FORMAT else "plain")
     skipped: list[str] = []
+    lenient = CLASS_DEPENDENT
     if is_mmdet_layout(state_dict):
         report.layout = "mmdet"
         state_dict, skipped = mmdet_to_ours(state_dict, model)
         lenient = ("",)  # everything outside the backbone
-    else:
-        report.layout = "involution" if metadata.get("format") == "involution" else "plain"
-        lenient = CLASS_DEPENDENT
-
-    own = model.state_dict()
-    ckpt = {k: v for k, v in state_dict.items() if not (k.endswith("num_batches_tracked") and k not in own)}
-    missing = [k for k in own if k not in ckpt and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in ckpt if k not in own]
-    mismatched = [k for k in own if k in ckpt and tuple(ckpt[k].shape) != tuple(own[k].shape)]
-
-    def strict(keys: list[str]) -> list[str]:
-        return [k for k in keys if k.startswith("backbone.body.") or not k.startswith(lenient)]
-
-    bad_missing, bad_unexpected, bad_mismatched = strict(missing), strict(unexpected), strict(mismatched)
-    if bad_missing or bad_unexpected or bad_mismatched:
-        lines = [f"{path}: the checkpoint does not fit {getattr(model, 'model_name', None) or type(model).__name__}"]
-        if bad_missing:
-            lines.append(f"  missing keys ({len(bad_missing)}): {_fmt(bad_missing)}")
-        if bad_unexpected:
-            lines.append(f"  unexpected keys ({len(bad_unexpected)}): {_fmt(bad_unexpected)}")
-        if bad_mismatched:
-            shapes = [f"{k} (checkpoint {tuple(ckpt[k].shape)}, model {tuple(own[k].shape)})" for k in bad_mismatched]
-            lines.append(f"  mismatched shapes ({len(shapes)}): {_fmt(shapes)}")
-        raise RuntimeError("\n".join(lines))
-
-    skipped += unexpected + [f"{k} {tuple(ckpt[k].shape)}" for k in mismatched]
-    for k in unexpected + mismatched:
-        ckpt.pop(k)
-    result = model.load_state_dict(ckpt, strict=False)
-    not_loaded = sorted(k for k in result.missing_keys if not k.endswith("num_batches_tracked"))
-    if result.unexpected_keys:  # pragma: no cover - guarded by the checks above
-        raise RuntimeError(f"{path}: unexpected load result {result}")
+    fit = fit_state_dict(model, state_dict, str(path), lenient=lenient, strict=("backbone.body.",))
+    skipped += fit.unexpected + [f"{k} {tuple(fit.state_dict[k].shape)}" for k in fit.mismatched]
+    ckpt = {k: v for k, v in fit.state_dict.items() if k not in fit.unexpected and k not in fit.mismatched}
+    model.load_state_dict(ckpt, strict=False)
+    not_loaded = sorted(fit.missing + fit.mismatched)
     if skipped or not_loaded:
         warnings.warn(
             f"{path}: skipped {len(skipped)} checkpoint keys with no counterpart of the same shape "
-            f"({_fmt(skipped) or 'none'}); left {len(not_loaded)} model keys freshly initialised "
-            f"({_fmt(not_loaded) or 'none'})",
+            f"({fmt_keys(skipped) or 'none'}); left {len(not_loaded)} model keys freshly initialised "
+            f"({fmt_keys(not_loaded) or 'none'})",
             stacklevel=3,
         )
     report.loaded, report.skipped, report.not_loaded = sorted(ckpt), skipped, not_loaded

@@ -69,6 +69,13 @@ def build_backbone(
     return create_model(BACKBONE, in_chans=in_chans, features_only=True, norm_layer=norm_layer, **kwargs)
 
 
+def _head_args(num_classes: int, dropout_ratio: float, align_corners: bool, norm: LayerFactory) -> dict[str, Any]:
+    """The arguments every decode head takes."""
+    return {
+        "num_classes": num_classes, "dropout_ratio": dropout_ratio, "align_corners": align_corners, "norm_layer": norm
+    }
+
+
 def _build_semantic_fpn(
     num_classes: int = 19,
     in_chans: int = 3,
@@ -87,10 +94,7 @@ def _build_semantic_fpn(
         [neck_channels] * len(fpn.in_channels),
         backbone.feature_info.reduction(),
         channels=head_channels,
-        num_classes=num_classes,
-        dropout_ratio=dropout_ratio,
-        align_corners=align_corners,
-        norm_layer=norm,
+        **_head_args(num_classes, dropout_ratio, align_corners, norm),
     )
     return Segmentor(backbone, head, neck=fpn, align_corners=align_corners)
 
@@ -112,27 +116,9 @@ def _build_upernet(
     norm = resolve_norm(norm_layer)
     backbone = build_backbone(in_chans, norm, backbone_kwargs)
     channels = backbone.feature_info.channels()
-    head = UPerHead(
-        channels,
-        channels=head_channels,
-        pool_scales=pool_scales,
-        num_classes=num_classes,
-        dropout_ratio=dropout_ratio,
-        align_corners=align_corners,
-        norm_layer=norm,
-        fpn_layer=neck,
-    )
-    aux = None
-    if aux_head:
-        aux = FCNHead(
-            channels[2],
-            channels=aux_channels,
-            num_convs=1,
-            num_classes=num_classes,
-            dropout_ratio=dropout_ratio,
-            align_corners=align_corners,
-            norm_layer=norm,
-        )
+    head_args = _head_args(num_classes, dropout_ratio, align_corners, norm)
+    head = UPerHead(channels, channels=head_channels, pool_scales=pool_scales, fpn_layer=neck, **head_args)
+    aux = FCNHead(channels[2], channels=aux_channels, num_convs=1, **head_args) if aux_head else None
     return Segmentor(
         backbone, head, auxiliary_head=aux, aux_in_index=2, aux_loss_weight=aux_loss_weight, align_corners=align_corners
     )

@@ -14,16 +14,10 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from ..checkpoint import LoadReport, read_checkpoint
+from ..checkpoint import LoadReport, apply_state_dict, read_checkpoint
 from ._common import resize
 
-_LIST_LIMIT = 12
 MMSEG_PARTS = ("backbone.", "neck.", "decode_head.", "auxiliary_head.")
-
-
-def _fmt(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_LIST_LIMIT])
-    return shown + (f", ... ({len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else "")
 
 
 class Segmentor(nn.Module):
@@ -118,61 +112,23 @@ class Segmentor(nn.Module):
 
     def apply_state_dict(self, state_dict: Mapping[str, Tensor], source: str = "state dict") -> LoadReport:
         """:meth:`load_checkpoint` on a state dict in memory (mmseg's key names, which are also ours)."""
-        report = LoadReport(path=source)
-        own = self.state_dict()
         ckpt = dict(state_dict)
-        if not self.has_aux:
-            dropped = [k for k in ckpt if k.startswith("auxiliary_head.")]
-            if dropped:
-                warnings.warn(
-                    f"{source}: this model has no auxiliary head; ignored {len(dropped)} auxiliary_head keys",
-                    stacklevel=3,
-                )
-                report.ignored = dropped
-                ckpt = {k: v for k, v in ckpt.items() if k not in dropped}
-
-        classifiers = tuple(
-            p for p in ("decode_head.conv_seg.", "auxiliary_head.conv_seg.") if any(k.startswith(p) for k in own)
-        )
-        missing = [k for k in own if k not in ckpt and not k.endswith("num_batches_tracked")]
-        unexpected = [k for k in ckpt if k not in own]
-        mismatched = [k for k in own if k in ckpt and tuple(ckpt[k].shape) != tuple(own[k].shape)]
-
-        def body(keys: list[str]) -> list[str]:
-            return [k for k in keys if not k.startswith(classifiers)] if classifiers else keys
-
-        if body(missing) or body(unexpected) or body(mismatched):
-            lines = [f"{source}: the checkpoint does not fit {self.model_name or type(self).__name__}"]
-            if body(missing):
-                lines.append(f"  missing keys ({len(body(missing))}): {_fmt(body(missing))}")
-            if body(unexpected):
-                lines.append(f"  unexpected keys ({len(body(unexpected))}): {_fmt(body(unexpected))}")
-            if body(mismatched):
-                shapes = [
-                    f"{k} (checkpoint {tuple(ckpt[k].shape)}, model {tuple(own[k].shape)})" for k in body(mismatched)
-                ]
-                lines.append(f"  mismatched shapes ({len(shapes)}): {_fmt(shapes)}")
-            if not any(k.startswith(MMSEG_PARTS[1:]) for k in ckpt):
-                lines.append("  (no neck/head keys: for a classification checkpoint use backbone_checkpoint=)")
-            raise RuntimeError("\n".join(lines))
-
-        issues = missing + unexpected + mismatched
-        bad = sorted({p for p in classifiers for k in issues if k.startswith(p)})
-        if bad:
-            have = {k: tuple(v.shape) for k, v in ckpt.items() if k.startswith(tuple(bad))}
+        dropped = [] if self.has_aux else [k for k in ckpt if k.startswith("auxiliary_head.")]
+        if dropped:
             warnings.warn(
-                f"{source}: {', '.join(p.rstrip('.') for p in bad)} do not match (checkpoint "
-                f"{have or 'none'}, {self.num_classes} classes here); loaded the rest and re-initialised "
-                "them",
-                stacklevel=3,
+                f"{source}: this model has no auxiliary head; ignored {len(dropped)} auxiliary_head keys", stacklevel=3
             )
-            ckpt = {k: v for k, v in ckpt.items() if not k.startswith(tuple(bad))}
-            for prefix in bad:
-                self.get_submodule(prefix.split(".")[0]).init_classifier()
-            report.head_reinitialised = True
-        self.load_state_dict(ckpt, strict=False)
-        report.loaded = sorted(ckpt)
+            ckpt = {k: v for k, v in ckpt.items() if k not in dropped}
+        heads = ("decode_head.conv_seg.", "auxiliary_head.conv_seg.") if self.has_aux else ("decode_head.conv_seg.",)
+        no_parts = not any(k.startswith(MMSEG_PARTS[1:]) for k in ckpt)
+        hint = "no neck/head keys: for a classification checkpoint use backbone_checkpoint=" if no_parts else ""
+        report = apply_state_dict(self, ckpt, source, heads=heads, reinit=self._reinit_heads, hint=hint)
+        report.ignored = dropped
         return report
+
+    def _reinit_heads(self, prefixes: list[str]) -> None:
+        for prefix in prefixes:
+            self.get_submodule(prefix.split(".")[0]).init_classifier()
 
 
 def _looks_mmseg(state_dict: Mapping[str, Tensor]) -> bool:
