@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import argparse
 
-from .options import (OwnOption, add_train_parser, fraction_above_0, fraction_below_1, int_option, non_negative_int,
-                      positive_int, train_options)
+from .options import (
+    OwnOption,
+    add_train_parser,
+    fraction_above_0,
+    fraction_below_1,
+    int_option,
+    non_negative_int,
+    positive_int,
+    train_options,
+)
 
 _CHECKPOINT_HELP = "run directory, best.safetensors, last.pt or another checkpoint"
 _MODEL_HELP = "architecture, for checkpoints that do not record it (official files)"

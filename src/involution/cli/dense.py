@@ -6,8 +6,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .options import (OwnOption, add_train_parser, fraction_in_0_1, non_negative_float, non_negative_int, positive_int,
-                      train_options)
+from .options import (
+    OwnOption,
+    add_train_parser,
+    fraction_in_0_1,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    train_options,
+)
 
 _TASK_HELP = {
     "detect": ("object detection / instance segmentation (Faster R-CNN, Mask R-CNN, RetinaNet on RedNet-50)",
