@@ -12,31 +12,29 @@ from typing import Any
 from .._checks import accepted_int, accepted_number, check_int, check_number
 
 
-def int_option(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
-    """An argparse ``type``: an integer in ``[low, high]``."""
+def _option(check: Callable[[str], Any], accepted: str) -> Callable[[str], Any]:
+    """An argparse ``type`` running ``check`` on the text; its error says what is ``accepted`` and what was given."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> Any:
         try:
-            return check_int("value", int(text), low, high)
+            return check(text)
         except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"must be {accepted_int(low, high)}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}") from None
 
     return parse
+
+
+def int_option(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]``."""
+    return _option(lambda text: check_int("value", int(text), low, high), accepted_int(low, high))
 
 
 def float_option(
     low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False
 ) -> Callable[[str], float]:
     """An argparse ``type``: a finite number within the bounds (``*_open``: the bound itself excluded)."""
-
-    def parse(text: str) -> float:
-        try:
-            return check_number("value", float(text), low, high, low_open, high_open)
-        except (TypeError, ValueError):
-            accepted = accepted_number(low, high, low_open, high_open)
-            raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}") from None
-
-    return parse
+    return _option(lambda text: check_number("value", float(text), low, high, low_open, high_open),
+                   accepted_number(low, high, low_open, high_open))
 
 
 positive_int = int_option(low=1)
