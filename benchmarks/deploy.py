@@ -16,7 +16,7 @@ runtime and batch. Setup:
   optimisations, ``intra_op_num_threads`` = ``--threads``, NCHW float32 input;
 * onnxruntime-custom: the same with ``onnx_ops="custom"``: one ``involution::Involution2d`` node per involution,
   run by the custom-op library of ``involution.ops.onnxruntime_library`` (built on first use; needs its headers:
-  ``python -m involution.ops.onnxruntime_library fetch-headers``).
+  ``involution onnxruntime fetch-headers``).
 
 Usage::
 

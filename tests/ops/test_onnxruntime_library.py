@@ -19,7 +19,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 
 import involution.ops.onnx  # noqa: E402, F401  (registers the custom op's schema with onnx)
-from involution import cli  # noqa: E402
+from involution.cli import main  # noqa: E402
 from involution.ops import onnxruntime_library as lib  # noqa: E402
 from involution.ops.onnxruntime_library import build as ort_build  # noqa: E402
 from involution.ops.onnxruntime_library import headers as ort_headers  # noqa: E402
@@ -152,7 +152,7 @@ def test_a_package_without_the_headers_is_refused(tmp_path):
 
 
 def test_command_line_prints_the_library_path(ort_library, capsys):
-    assert cli.main(["onnxruntime", "path"]) == 0
+    assert main(["onnxruntime", "path"]) == 0
     assert capsys.readouterr().out.strip() == str(ort_library)
     assert lib.status() == f"built: {ort_library}"
 

@@ -1,0 +1,53 @@
+"""``involution models|summary|convert``: argument parsing over :mod:`involution.models`."""
+
+from __future__ import annotations
+
+import argparse
+
+from .options import positive_int
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from ..models import list_models
+
+    for name in list_models(args.filter or ""):
+        print(name)
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    """Parameters and multiply-adds (the involution op included) per stage."""
+    from ..models import summary
+
+    size = None if args.input_size is None else tuple(args.input_size)
+    print(summary(args.model, input_size=size, depth=args.depth))
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    """Official mmcls checkpoint (.pth) -> this package's safetensors format."""
+    from ..models import convert_official
+
+    out = convert_official(args.src, args.dst, name=args.model)
+    print(f"wrote {out}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """``models``, ``summary`` and ``convert``."""
+    models = sub.add_parser("models", help="list the registered model names")
+    models.add_argument("filter", nargs="?", help="a glob such as 'rednet*'")
+    models.set_defaults(func=_cmd_models)
+
+    summ = sub.add_parser("summary", help="parameters and multiply-adds of a model, per stage")
+    summ.add_argument("model", help="registry name, e.g. rednet50")
+    summ.add_argument("--input-size", type=positive_int, nargs="+", metavar="N",
+                      help="C H W or H W (default: the model's)")
+    summ.add_argument("--depth", type=positive_int, default=1, help="1: stages, 2: blocks too")
+    summ.set_defaults(func=_cmd_summary)
+
+    convert = sub.add_parser("convert", help="convert an official mmcls RedNet checkpoint to safetensors")
+    convert.add_argument("src", help="official checkpoint, e.g. rednet50-1c7a7d5d.pth")
+    convert.add_argument("dst", help="output .safetensors path")
+    convert.add_argument("--model", help="registry name; inferred from the checkpoint's keys when omitted")
+    convert.set_defaults(func=_cmd_convert)
