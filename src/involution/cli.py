@@ -318,7 +318,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     """A model (optionally with a checkpoint) -> ONNX or a torch.export program, checked against eager PyTorch."""
-    from .tasks.export import export_model
+    from .tasks.deploy import export_model
 
     try:
         out = export_model(

@@ -275,7 +275,7 @@ def test_export_to_a_directory_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.parametrize("fmt", ["exported-program", "onnx"])
 def test_a_failed_export_leaves_nothing_at_out(fmt, tmp_path, monkeypatch):
     from involution.layers import Involution2d
-    from involution.tasks import export
+    from involution.tasks.deploy import export
 
     if fmt == "onnx":
         pytest.importorskip("onnxscript")
