@@ -207,7 +207,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
     """Per-group heat maps of the kernels an involution layer generates for an image, as in the paper's figure."""
-    from .tasks.visualize import describe_layers, visualize
+    from .tasks.classification.visualize import describe_layers, visualize
 
     if args.layer == "list":
         for info in describe_layers(args.checkpoint, model=args.model):

@@ -1,6 +1,6 @@
 """COCO-format detection / instance-segmentation data for torchvision's detection models.
 
-Layout expected (COCO's own, and what :func:`involution.tasks.scenes.make_scenes` writes)::
+Layout expected (COCO's own, and what :func:`involution.tasks.dense.scenes.make_scenes` writes)::
 
     IMAGE_DIR/<file_name of each image entry>
     ANNOTATION_JSON   {"images": [{id, file_name, width, height}], "annotations": [{id, image_id, category_id,
@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .._images import open_image
-from .._paired import PairedTransform, apply_paired, set_epoch
+from ..dense._paired import PairedTransform, apply_paired, set_epoch
 
 __all__ = [
     "CocoDetectionDataset",
@@ -67,7 +67,7 @@ class CocoDetectionDataset(Dataset):
     fit for training; evaluation reads the full ground truth from :attr:`coco`. Images without objects are kept
     (``n = 0``).
 
-    ``transforms(image, target) -> (image, target)`` runs last; a :class:`~involution.tasks._paired.PairedTransform`
+    ``transforms(image, target) -> (image, target)`` runs last; a :class:`~involution.tasks.dense._paired.PairedTransform`
     (e.g. :class:`RandomHorizontalFlip`) also gets the sample index, for per-sample seeding.
     """
 
@@ -165,7 +165,7 @@ def flip_target(target: Target, width: int) -> Target:
 class RandomHorizontalFlip(PairedTransform):
     """Mirror ``(image (C, H, W), target)`` left-right with probability ``p``; boxes and masks follow.
 
-    Seeded: a sample's draw comes from ``(seed, epoch, index)`` (see :mod:`involution.tasks._paired`).
+    Seeded: a sample's draw comes from ``(seed, epoch, index)`` (see :mod:`involution.tasks.dense._paired`).
     """
 
     def __init__(self, p: float = 0.5, seed: int | None = 0) -> None:
@@ -188,13 +188,13 @@ def coco_scene_dataset(
     transforms: Callable[..., tuple[Tensor, Target]] | None = None,
 ) -> CocoDetectionDataset:
     """The detection data set of a scene set's (or any COCO-style root's) ``split``: ``root/images/<split>`` and
-    ``root/annotations/instances_<split>.json`` (see :func:`involution.tasks.scenes.make_scenes`)."""
+    ``root/annotations/instances_<split>.json`` (see :func:`involution.tasks.dense.scenes.make_scenes`)."""
     root = Path(root)
     image_dir, ann_file = root / "images" / split, root / "annotations" / f"instances_{split}.json"
     for path in (image_dir, ann_file):
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} not found: a scene set's {split!r} split lies in ROOT/images/{split}/ and "
-                f"ROOT/annotations/instances_{split}.json (make one with involution.tasks.scenes.make_scenes)"
+                f"ROOT/annotations/instances_{split}.json (make one with involution.tasks.dense.scenes.make_scenes)"
             )
     return CocoDetectionDataset(image_dir, ann_file, masks=masks, transforms=transforms)

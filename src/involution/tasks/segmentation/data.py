@@ -1,6 +1,6 @@
 """Semantic-segmentation data: the library's generic folder layout and Cityscapes, detected from the files.
 
-Generic layout (what :func:`involution.tasks.scenes.make_scenes` writes; bring your own the same way)::
+Generic layout (what :func:`involution.tasks.dense.scenes.make_scenes` writes; bring your own the same way)::
 
     ROOT/images/<split>/NAME.png|jpg     RGB images
     ROOT/labels/<split>/NAME.png         uint8 (L or P mode) class indices 0..K-1, 255 = ignore
@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .._images import open_image
-from .._paired import PairedTransform, apply_paired, set_epoch
+from ..dense._paired import PairedTransform, apply_paired, set_epoch
 
 __all__ = [
     "CITYSCAPES_CLASSES",
@@ -157,7 +157,7 @@ class SegmentationAugment(PairedTransform):
     ``scale``: (min, max) factor drawn uniformly, image resized bilinearly and label by nearest neighbour (None:
     no scaling). ``crop_size``: (h, w) or an int: a random crop, padding first where the image is smaller (image
     with 0, label with ``ignore_index``). ``flip``: probability of a left-right flip. Seeded per sample from
-    ``(seed, epoch, index)`` (see :mod:`involution.tasks._paired`).
+    ``(seed, epoch, index)`` (see :mod:`involution.tasks.dense._paired`).
     """
 
     def __init__(

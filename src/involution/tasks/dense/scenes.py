@@ -21,26 +21,30 @@ visible mask), so the label image is exactly the union of the instance masks pai
 
 Generation is a pure function of the arguments: the same arguments give byte-identical files. Every file is written
 atomically; a set without ``done`` (interrupted) is generated again, a finished one is reused, and asking for other
-arguments in the same root is an error.
+arguments in the same root is an error. A training run finds (or makes) its set with :func:`scenes_root`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_path, write_text_atomic
+from ..._atomic import atomic_path, write_text_atomic
+from ..distributed import DistInfo, all_gather_objects
+from .config import DenseConfig
 
-__all__ = ["SceneConfig", "make_scenes", "scene_paths"]
+__all__ = ["SceneConfig", "make_scenes", "scene_paths", "scenes_root"]
 
 FORMAT_VERSION = 1
 SOURCES = ("fashion-mnist", "digits")
 SPLITS = ("train", "val")
+SCENES_ROOT = Path("runs") / "scenes"
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,28 @@ def make_scenes(
     return root
 
 
+def default_scenes_dir(config: DenseConfig) -> Path:
+    """``runs/scenes/<source>-<size>px-<train>-<val>``: runs with the same scene settings share one set."""
+    return SCENES_ROOT / f"{config.scene_source}-{config.image_size}px-{config.num_train}-{config.num_val}"
+
+
+def scenes_root(config: DenseConfig, log: Callable[[str], None] = print) -> Path:
+    """The scene set of ``config``, generated if needed (by rank 0 under torchrun; the others wait for it)."""
+    import torch.distributed as dist
+
+    root = Path(config.scenes_dir) if config.scenes_dir else default_scenes_dir(config)
+    initialized = dist.is_available() and dist.is_initialized()
+    info = DistInfo(dist.get_rank(), dist.get_world_size()) if initialized else DistInfo()
+    if info.is_main:
+        if not (root / "done").is_file():
+            log(f"generating {config.num_train} + {config.num_val} {config.scene_source} scenes "
+                f"({config.image_size}x{config.image_size}) in {root}")
+        make_scenes(root, source=config.scene_source or "digits", data_dir=config.data_dir,
+                    num_train=config.num_train, num_val=config.num_val, image_size=config.image_size)
+    all_gather_objects(None, info)  # a barrier: every process reads the finished set
+    return root
+
+
 def _check_root(root: Path, config: SceneConfig) -> None:
     meta = root / "scenes.json"
     if meta.is_file():
@@ -153,7 +179,7 @@ def _check_root(root: Path, config: SceneConfig) -> None:
 
 def _load_source(source: str, data_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """uint8 images (N, h, w) and int labels (N,) of the source's train and test splits, and its class names."""
-    from .classification.data import _digits, _fashion_mnist, _need_dir
+    from ..classification.data import _digits, _fashion_mnist, _need_dir
 
     if source == "digits":
         train, test, classes = _digits()

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import Involution2d
-from .classification.inference import load_classifier_and_spec, read_image, run_dir_of
-from .plots import pyplot, save_figure
+from ...layers import Involution2d
+from ..plots import pyplot, save_figure
+from .inference import load_classifier_and_spec, read_image, run_dir_of
 
 REDUCTIONS = ("sum", "norm")
 
@@ -243,14 +243,9 @@ class KernelFigure:
     grid_pixel: tuple[int, int]
 
 
-def load_model_and_spec(checkpoint: str | os.PathLike, model: str | None = None) -> tuple[nn.Module, Any]:
-    """A trained classifier (eval mode) and its :class:`DataSpec` (official files: the model card's)."""
-    return load_classifier_and_spec(checkpoint, model)
-
-
 def describe_layers(checkpoint: str | os.PathLike, model: str | None = None) -> list[InvolutionLayerInfo]:
     """The involution layers of a checkpoint's model, with their output sizes at the model's input size."""
-    net, spec = load_model_and_spec(checkpoint, model)
+    net, spec = load_classifier_and_spec(checkpoint, model)
     example = torch.zeros(spec.in_chans, spec.image_size, spec.image_size)
     return list_involution_layers(net, example)
 
@@ -277,7 +272,7 @@ def visualize(
     """
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
-    net, spec = load_model_and_spec(checkpoint, model)
+    net, spec = load_classifier_and_spec(checkpoint, model)
     infos = {info.name: info for info in list_involution_layers(net)}
     is_default = layer is None
     name = default_layer(net) if layer is None else layer
