@@ -44,7 +44,6 @@ __all__ = ["SceneConfig", "make_scenes", "scene_paths", "scenes_root"]
 FORMAT_VERSION = 1
 SOURCES = ("fashion-mnist", "digits")
 SPLITS = ("train", "val")
-SCENES_ROOT = Path("runs") / "scenes"
 
 
 @dataclass(frozen=True)
@@ -84,22 +83,10 @@ def scene_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path, Path]:
 
 
 def make_scenes(
-    root: str | os.PathLike,
-    source: str = "digits",
-    data_dir: str | os.PathLike | None = None,
-    num_train: int = 512,
-    num_val: int = 128,
-    image_size: int = 128,
-    objects: tuple[int, int] = (1, 4),
-    scale: tuple[float, float] = (0.2, 0.5),
-    seed: int = 0,
-    progress: bool = False,
-    *,
-    tint: bool = True,
-    threshold: int = 40,
-    min_area: int = 16,
-    min_visible: float = 0.25,
-    noise: float = 1.0,
+    root: str | os.PathLike, source: str = "digits", data_dir: str | os.PathLike | None = None, num_train: int = 512,
+    num_val: int = 128, image_size: int = 128, objects: tuple[int, int] = (1, 4),
+    scale: tuple[float, float] = (0.2, 0.5), seed: int = 0, progress: bool = False, *, tint: bool = True,
+    threshold: int = 40, min_area: int = 16, min_visible: float = 0.25, noise: float = 1.0,
 ) -> Path:
     """Generate (or reuse) the scene set under ``root`` and return ``root``; see the module docstring for the layout.
 
@@ -140,16 +127,13 @@ def make_scenes(
     return root
 
 
-def default_scenes_dir(config: DenseConfig) -> Path:
-    """``runs/scenes/<source>-<size>px-<train>-<val>``: runs with the same scene settings share one set."""
-    return SCENES_ROOT / f"{config.scene_source}-{config.image_size}px-{config.num_train}-{config.num_val}"
-
-
 def scenes_root(config: DenseConfig, log: Callable[[str], None] = print) -> Path:
-    """The scene set of ``config``, generated if needed (by rank 0 under torchrun; the others wait for it)."""
+    """The scene set of ``config``, generated if needed (by rank 0 under torchrun; the others wait for it); by
+    default ``runs/scenes/<source>-<size>px-<train>-<val>``, shared by runs with the same scene settings."""
     import torch.distributed as dist
 
-    root = Path(config.scenes_dir) if config.scenes_dir else default_scenes_dir(config)
+    settings = f"{config.scene_source}-{config.image_size}px-{config.num_train}-{config.num_val}"
+    root = Path(config.scenes_dir) if config.scenes_dir else Path("runs") / "scenes" / settings
     initialized = dist.is_available() and dist.is_initialized()
     info = DistInfo(dist.get_rank(), dist.get_world_size()) if initialized else DistInfo()
     if info.is_main:
@@ -273,15 +257,10 @@ def make_scene(rng: np.random.Generator, pool: tuple[np.ndarray, np.ndarray], co
 
 
 def _write_split(
-    root: Path,
-    split: str,
-    split_id: int,
-    count: int,
-    pool: tuple[np.ndarray, np.ndarray],
-    classes: list[str],
-    config: SceneConfig,
-    progress: bool,
+    root: Path, split: str, split_id: int, count: int, pool: tuple[np.ndarray, np.ndarray], classes: list[str],
+    config: SceneConfig, progress: bool,
 ) -> None:
+    """Write ``count`` scenes of ``split`` (images, labels, COCO annotations) drawn from ``pool``."""
     from PIL import Image
     from pycocotools import mask as mask_utils
 

@@ -18,10 +18,6 @@
 Models are exported in eval mode and traced under ``torch.no_grad()`` (batch norm uses its running statistics;
 ``recompute_kernel`` only matters for gradients, so it plays no part), with every BatchNorm that follows a
 convolution folded into it (:func:`involution.layers.fuse.fuse_conv_bn_`; ``fuse=False`` keeps them).
-
-Modules: :mod:`.export` (``export_model``), :mod:`.loading` (the model and the destination), :mod:`.shapes` (the
-example input, dynamic dimensions), :mod:`.onnx_file` (ONNX conversion), :mod:`.verify` (``check_onnx``,
-``check_exported_program``, ``onnx_session``).
 """
 
 from .export import FORMATS, export_model

@@ -23,20 +23,10 @@ FORMATS = ("onnx", "exported-program")
 
 
 def export_model(
-    model_or_name: nn.Module | str,
-    out: str | os.PathLike,
-    format: str = "onnx",
-    checkpoint: str | os.PathLike | None = None,
-    input_size: Sequence[int] | None = None,
-    batch_size: int = 2,
-    dynamic: bool = True,
-    num_classes: int | None = None,
-    verify: bool = True,
-    rtol: float = 1e-4,
-    opset: int | None = None,
-    onnx_ops: str = "standard",
-    fuse: bool = True,
-    log: Callable[[str], None] | None = None,
+    model_or_name: nn.Module | str, out: str | os.PathLike, format: str = "onnx",
+    checkpoint: str | os.PathLike | None = None, input_size: Sequence[int] | None = None, batch_size: int = 2,
+    dynamic: bool = True, num_classes: int | None = None, verify: bool = True, rtol: float = 1e-4,
+    opset: int | None = None, onnx_ops: str = "standard", fuse: bool = True, log: Callable[[str], None] | None = None,
     **model_kwargs: Any,
 ) -> Path:
     """Export a model for deployment and check the result; returns the path written.

@@ -12,9 +12,7 @@ from ..._atomic import refuse_same_file
 
 
 def load_export_model(
-    model_or_name: nn.Module | str,
-    checkpoint: str | os.PathLike | None = None,
-    num_classes: int | None = None,
+    model_or_name: nn.Module | str, checkpoint: str | os.PathLike | None = None, num_classes: int | None = None,
     **model_kwargs: Any,
 ) -> nn.Module:
     """The model to export, in eval mode: a registry name (built, optionally from ``checkpoint``) or a module.
@@ -29,7 +27,18 @@ def load_export_model(
             ".pth or of a safetensors checkpoint written by this library"
         )
     if isinstance(model_or_name, str):
-        return _build_named(model_or_name, checkpoint, num_classes, **model_kwargs).eval()
+        from ...models import create_model, load_model
+        from ...models.checkpoint import FORMAT, read_checkpoint
+
+        kwargs = dict(model_kwargs)
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        recorded = read_checkpoint(checkpoint)[1] if checkpoint is not None else {}
+        if recorded.get("format") == FORMAT and recorded.get("model") == model_or_name:
+            # This library's checkpoint records the constructor arguments (class count, width ...): rebuild from
+            # them, so a fine-tuned 10-class model is not exported with a re-initialised 1000-class head.
+            return load_model(checkpoint, **kwargs).eval()
+        return create_model(model_or_name, checkpoint=checkpoint, **kwargs).eval()
     if not isinstance(model_or_name, nn.Module):
         raise TypeError(f"model_or_name must be a registry name or an nn.Module, got {type(model_or_name).__name__}")
     if num_classes is not None or model_kwargs:
@@ -39,23 +48,6 @@ def load_export_model(
 
         load_checkpoint(model_or_name, checkpoint)
     return model_or_name.eval()
-
-
-def _build_named(
-    name: str, checkpoint: str | os.PathLike | None, num_classes: int | None, **model_kwargs: Any
-) -> nn.Module:
-    from ...models import create_model, load_model
-    from ...models.checkpoint import FORMAT, read_checkpoint
-
-    kwargs = dict(model_kwargs)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    recorded = read_checkpoint(checkpoint)[1] if checkpoint is not None else {}
-    if recorded.get("format") == FORMAT and recorded.get("model") == name:
-        # This library's checkpoint records the constructor arguments (class count, width ...): rebuild from
-        # them, so a fine-tuned 10-class model is not exported with a re-initialised 1000-class head.
-        return load_model(checkpoint, **kwargs)
-    return create_model(name, checkpoint=checkpoint, **kwargs)
 
 
 def check_destination(out: Path, checkpoint: str | os.PathLike | None) -> None:

@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from .._images import open_image
-from ..dense._paired import PairedTransform, apply_paired, set_epoch
+from .._images import read_image
+from ..dense._paired import PairedDataset, PairedTransform
 
 __all__ = [
     "CocoDetectionDataset",
@@ -57,7 +56,7 @@ def load_coco(annotation_json: str | os.PathLike) -> Any:
         return COCO(str(path))
 
 
-class CocoDetectionDataset(Dataset):
+class CocoDetectionDataset(PairedDataset):
     """Images and targets of a COCO instances file, in the form torchvision's detection models take.
 
     Item ``(image, target)``: ``image`` float32 ``(3, H, W)`` in [0, 1]; ``target`` a dict with ``boxes`` float32
@@ -72,10 +71,7 @@ class CocoDetectionDataset(Dataset):
     """
 
     def __init__(
-        self,
-        image_dir: str | os.PathLike,
-        annotation_json: str | os.PathLike,
-        masks: bool = True,
+        self, image_dir: str | os.PathLike, annotation_json: str | os.PathLike, masks: bool = True,
         transforms: Callable[..., tuple[Tensor, Target]] | None = None,
     ) -> None:
         self.image_dir = Path(image_dir)
@@ -98,10 +94,6 @@ class CocoDetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Forward the epoch to seeded transforms (call before each epoch)."""
-        set_epoch(self.transforms, epoch)
-
     def image_info(self, index: int) -> dict[str, Any]:
         """The file's image entry (id, file_name, width, height) of sample ``index``."""
         return self.coco.imgs[self.ids[index]]
@@ -111,10 +103,9 @@ class CocoDetectionDataset(Dataset):
         path = self.image_dir / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"image {info['file_name']!r} of image id {info['id']} not found in {self.image_dir}")
-        array = np.asarray(open_image(path, "RGB"))
-        image = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-        target = self.target(index, height=array.shape[0], width=array.shape[1])
-        return apply_paired(self.transforms, image, target, index)
+        image = read_image(path)
+        target = self.target(index, height=image.shape[1], width=image.shape[2])
+        return self.apply_transforms(image, target, index)
 
     def target(self, index: int, height: int | None = None, width: int | None = None) -> Target:
         """The training target of sample ``index`` (see the class docstring), without transforms."""
@@ -182,9 +173,7 @@ class RandomHorizontalFlip(PairedTransform):
 
 
 def coco_scene_dataset(
-    root: str | os.PathLike,
-    split: str,
-    masks: bool = True,
+    root: str | os.PathLike, split: str, masks: bool = True,
     transforms: Callable[..., tuple[Tensor, Target]] | None = None,
 ) -> CocoDetectionDataset:
     """The detection data set of a scene set's (or any COCO-style root's) ``split``: ``root/images/<split>`` and

@@ -24,10 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from .._images import open_image
-from ..dense._paired import PairedTransform, apply_paired, set_epoch
+from .._images import open_image, read_image
+from ..dense._paired import PairedDataset, PairedTransform
 
 __all__ = [
     "CITYSCAPES_CLASSES",
@@ -50,7 +49,7 @@ LAYOUTS = (
 )
 
 
-class SegmentationFolderDataset(Dataset):
+class SegmentationFolderDataset(PairedDataset):
     """Images and per-pixel labels of ``root``'s ``split``, generic or Cityscapes layout (detected).
 
     Item ``(image, label)``: ``image`` float32 ``(3, H, W)`` in [0, 1], ``label`` int64 ``(H, W)`` with class
@@ -63,10 +62,7 @@ class SegmentationFolderDataset(Dataset):
     ignore_index = IGNORE_INDEX
 
     def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        transforms: Callable[..., tuple[Tensor, Tensor]] | None = None,
+        self, root: str | os.PathLike, split: str, transforms: Callable[..., tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         self.root = Path(root).expanduser()
         self.split = split
@@ -94,22 +90,18 @@ class SegmentationFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Forward the epoch to seeded transforms (call before each epoch)."""
-        set_epoch(self.transforms, epoch)
-
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image_path, label_path = self.samples[index]
-        image = np.asarray(open_image(image_path, "RGB"))
+        image = read_image(image_path)
         im = open_image(label_path)
         if im.mode not in ("L", "P", "I", "I;16"):
             raise ValueError(
                 f"{label_path}: labels must be single-channel class indices (L or P mode), got mode {im.mode}")
         label = np.asarray(im).astype(np.int64)
-        if label.shape != image.shape[:2]:
-            raise ValueError(f"{label_path}: label is {label.shape} (H, W), its image {image_path} is {image.shape[:2]}")
-        image_t = torch.from_numpy(image.copy()).permute(2, 0, 1).float().div_(255.0)
-        return apply_paired(self.transforms, image_t, torch.from_numpy(label), index)
+        size = tuple(image.shape[1:])
+        if label.shape != size:
+            raise ValueError(f"{label_path}: label is {label.shape} (H, W), its image {image_path} is {size}")
+        return self.apply_transforms(image, torch.from_numpy(label), index)
 
 
 def _read_classes(path: Path) -> list[str]:
@@ -161,12 +153,8 @@ class SegmentationAugment(PairedTransform):
     """
 
     def __init__(
-        self,
-        flip: float = 0.5,
-        scale: tuple[float, float] | None = None,
-        crop_size: int | tuple[int, int] | None = None,
-        seed: int | None = 0,
-        ignore_index: int = IGNORE_INDEX,
+        self, flip: float = 0.5, scale: tuple[float, float] | None = None,
+        crop_size: int | tuple[int, int] | None = None, seed: int | None = 0, ignore_index: int = IGNORE_INDEX,
     ) -> None:
         super().__init__(seed)
         if not 0.0 <= flip <= 1.0:
