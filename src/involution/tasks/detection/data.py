@@ -26,15 +26,10 @@ from torch import Tensor
 
 from .._images import read_image
 from ..dense._paired import PairedDataset, PairedTransform
+from ..dense.scenes import scene_paths
 
-__all__ = [
-    "CocoDetectionDataset",
-    "RandomHorizontalFlip",
-    "coco_scene_dataset",
-    "detection_collate",
-    "flip_target",
-    "load_coco",
-]
+__all__ = ["CocoDetectionDataset", "RandomHorizontalFlip", "coco_scene_dataset", "detection_collate", "flip_target",
+           "load_coco"]
 
 COCO_LAYOUT = (
     "IMAGE_DIR/*.png|jpg named by the images' file_name, and a COCO instances JSON (images, annotations with "
@@ -178,8 +173,7 @@ def coco_scene_dataset(
 ) -> CocoDetectionDataset:
     """The detection data set of a scene set's (or any COCO-style root's) ``split``: ``root/images/<split>`` and
     ``root/annotations/instances_<split>.json`` (see :func:`involution.tasks.dense.scenes.make_scenes`)."""
-    root = Path(root)
-    image_dir, ann_file = root / "images" / split, root / "annotations" / f"instances_{split}.json"
+    image_dir, _, ann_file = scene_paths(root, split)
     for path in (image_dir, ann_file):
         if not path.exists():
             raise FileNotFoundError(

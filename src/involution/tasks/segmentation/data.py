@@ -28,13 +28,8 @@ from torch import Tensor
 from .._images import open_image, read_image
 from ..dense._paired import PairedDataset, PairedTransform
 
-__all__ = [
-    "CITYSCAPES_CLASSES",
-    "IGNORE_INDEX",
-    "SegmentationAugment",
-    "SegmentationFolderDataset",
-    "segmentation_collate",
-]
+__all__ = ["CITYSCAPES_CLASSES", "IGNORE_INDEX", "SegmentationAugment", "SegmentationFolderDataset",
+           "segmentation_collate"]
 
 IGNORE_INDEX = 255
 CITYSCAPES_CLASSES = (
