@@ -11,7 +11,7 @@ runtime and batch. Setup:
 * eager and torch.compile: ``model.eval()``, channels_last model and input (the library's fast CPU path),
   forward under ``torch.inference_mode()``; compile is ``torch.compile(model, dynamic=False)`` with inductor's
   ``freezing`` on (its CPU inference setting), the compilation absorbed by the warm-up;
-* onnxruntime: the file written by ``involution.tasks.export.export_model`` (dynamic batch/height/width, the
+* onnxruntime: the file written by ``involution.tasks.deploy.export_model`` (dynamic batch/height/width, the
   involution op lowered to standard ONNX by ``involution.ops.onnx``), CPUExecutionProvider, default graph
   optimisations, ``intra_op_num_threads`` = ``--threads``, NCHW float32 input;
 * onnxruntime-custom: the same with ``onnx_ops="custom"``: one ``involution::Involution2d`` node per involution,
@@ -42,7 +42,7 @@ ROOT = _util.ROOT
 import torch  # noqa: E402
 
 import involution  # noqa: E402
-from involution.tasks.export import export_model, onnx_session  # noqa: E402
+from involution.tasks.deploy import export_model, onnx_session  # noqa: E402
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "onnxruntime-custom")
 DEFAULT_MODELS = "rednet26,rednet50,resnet50"

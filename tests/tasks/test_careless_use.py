@@ -275,7 +275,7 @@ def test_export_to_a_directory_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.parametrize("fmt", ["exported-program", "onnx"])
 def test_a_failed_export_leaves_nothing_at_out(fmt, tmp_path, monkeypatch):
     from involution.layers import Involution2d
-    from involution.tasks import export
+    from involution.tasks.deploy import export
 
     if fmt == "onnx":
         pytest.importorskip("onnxscript")
@@ -354,13 +354,12 @@ def _detection_item(path: Path) -> object:
 ], ids=["truncated", "bomb", "text"])
 @pytest.mark.parametrize("reader", ["predict", "dense-predict", "segmentation-data", "detection-data"])
 def test_unreadable_images_are_named_by_every_reader(make, words, reader, tmp_path):
-    from involution.tasks.classification.data import DataSpec
-    from involution.tasks.classification.inference import read_image
-    from involution.tasks.dense.inference import read_rgb
+    from involution.tasks._images import read_image
+    from involution.tasks.classification.data import DataSpec, build_image_transform
 
     path = make(tmp_path / "bad.png")
     spec = DataSpec("digits", [str(i) for i in range(10)], 1, 8, [0.5], [0.5])
-    read = {"predict": lambda p: read_image(p, spec), "dense-predict": read_rgb,
+    read = {"predict": lambda p: read_image(p, build_image_transform(spec)), "dense-predict": read_image,
             "segmentation-data": _segmentation_item, "detection-data": _detection_item}[reader]
     with pytest.raises(ValueError) as err:
         read(path)

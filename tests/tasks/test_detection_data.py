@@ -18,7 +18,7 @@ from involution.tasks.detection import (
     detection_collate,
     load_coco,
 )
-from involution.tasks.scenes import make_scenes
+from involution.tasks.dense.scenes import make_scenes
 
 
 @pytest.fixture(scope="module")

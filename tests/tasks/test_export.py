@@ -19,8 +19,8 @@ from involution.cli import main  # noqa: E402
 from involution.layers import Involution2d  # noqa: E402
 from involution.models import create_model, save_checkpoint  # noqa: E402
 from involution.ops import onnxruntime_library  # noqa: E402
-from involution.tasks import export as export_task  # noqa: E402
-from involution.tasks.export import check_exported_program, check_onnx, export_model  # noqa: E402
+from involution.tasks.deploy import export as export_task  # noqa: E402
+from involution.tasks.deploy import check_exported_program, check_onnx, export_model  # noqa: E402
 from model_weights import weights_matter  # noqa: E402
 
 

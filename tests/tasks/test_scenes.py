@@ -10,7 +10,7 @@ import pytest
 from conftest import FASHION_MNIST
 from PIL import Image
 
-from involution.tasks.scenes import make_scenes, scene_paths
+from involution.tasks.dense.scenes import make_scenes, scene_paths
 
 SMALL = {"num_train": 6, "num_val": 3, "image_size": 64, "objects": (1, 4), "scale": (0.25, 0.6), "seed": 3}
 
@@ -97,7 +97,7 @@ def test_coco_masks_boxes_and_labels_agree(digits_scenes):
 
 def test_objects_come_from_the_right_split():
     """Val scenes draw from the source's test split: check the pool sizes the generator reads."""
-    from involution.tasks.scenes import _load_source
+    from involution.tasks.dense.scenes import _load_source
 
     train_images, _, test_images, test_labels, classes = _load_source("digits", None)
     assert train_images.dtype == np.uint8 and train_images.shape[1:] == (8, 8)

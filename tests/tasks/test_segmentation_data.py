@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from involution.tasks.scenes import make_scenes
+from involution.tasks.dense.scenes import make_scenes
 from involution.tasks.segmentation import (
     CITYSCAPES_CLASSES,
     ConfusionMatrix,

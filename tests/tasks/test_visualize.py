@@ -5,7 +5,7 @@ from torch import nn
 
 from involution.cli import main
 from involution.layers import Involution2d
-from involution.tasks.visualize import (
+from involution.tasks.classification.visualize import (
     default_layer,
     involution_kernels,
     list_involution_layers,

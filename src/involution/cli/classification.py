@@ -1,5 +1,5 @@
 """``involution train|eval|predict|visualize``: argument parsing over :mod:`involution.tasks.classification` and
-:mod:`involution.tasks.visualize`."""
+:mod:`involution.tasks.classification.visualize`."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
     """Per-group heat maps of the kernels an involution layer generates for an image, as in the paper's figure."""
-    from ..tasks.visualize import describe_layers, visualize
+    from ..tasks.classification.visualize import describe_layers, visualize
 
     if args.layer == "list":
         for info in describe_layers(args.checkpoint, model=args.model):

@@ -1,4 +1,4 @@
-"""``involution export``: argument parsing over :func:`involution.tasks.export.export_model`."""
+"""``involution export``: argument parsing over :func:`involution.tasks.deploy.export_model`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .options import int_option, non_negative_int, positive_int
 
 def _cmd_export(args: argparse.Namespace) -> int:
     """A model (optionally with a checkpoint) -> ONNX or a torch.export program, checked against eager PyTorch."""
-    from ..tasks.export import export_model
+    from ..tasks.deploy import export_model
 
     try:
         out = export_model(

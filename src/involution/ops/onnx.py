@@ -29,7 +29,7 @@ Usage::
     from involution.ops.onnx import onnx_translation_table
     torch.onnx.export(model, (x,), dynamo=True, custom_translation_table=onnx_translation_table())
 
-:func:`involution.tasks.export.export_model` does this (and the checks) for a whole model.
+:func:`involution.tasks.deploy.export_model` does this (and the checks) for a whole model.
 """
 
 from __future__ import annotations

@@ -7,8 +7,13 @@ cut header) say what went wrong but not where; in a folder of thousands of image
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
 
 
 def open_image(path: str | os.PathLike, mode: str | None = None) -> Any:
@@ -38,3 +43,13 @@ def open_image(path: str | os.PathLike, mode: str | None = None) -> Any:
     except Exception as err:  # noqa: BLE001 - whatever a decoder raises on a damaged file (OSError, struct.error ...)
         what = "truncated" if "truncated" in str(err) else "damaged"
         raise ValueError(f"{path}: the image file is {what} ({type(err).__name__}: {err})") from None
+
+
+def read_image(path: str | os.PathLike, transform: Callable[[Any], Tensor] | None = None) -> Tensor:
+    """The image at ``path`` as a tensor: ``transform`` applied to the decoded PIL image (a classifier's
+    preprocessing, which sets the mode itself), or without one the RGB image as float ``(3, H, W)`` in [0, 1].
+    Errors as :func:`open_image`'s."""
+    if transform is not None:
+        return transform(open_image(path))
+    array = np.asarray(open_image(path, "RGB")).copy()
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from .._metrics import confusion_matrix
 from ..distributed import DistInfo, all_reduce_sum
 from ..runtime import AMP_DTYPES, autocast, lr_factor, make_scaler, select_device
 from .config import TrainConfig
@@ -96,8 +97,7 @@ def evaluate(
         correct5 += (top == labels[:, None]).any(dim=1).sum().item()
         count += labels.numel()
         if confusion:
-            pairs = labels.cpu() * num_classes + top[:, 0].cpu()
-            matrix += torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes)
+            matrix += confusion_matrix(labels.cpu(), top[:, 0].cpu(), num_classes)
         if progress is not None:
             progress.update(1)  # type: ignore[attr-defined]
     loss_sum, correct, correct5, count = all_reduce_sum([loss_sum, correct, correct5, count], info, device)

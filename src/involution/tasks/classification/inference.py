@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 
 from ...models import create_model, load_model, read_checkpoint
 from ...models.checkpoint import FORMAT as WEIGHTS_FORMAT
-from .._images import open_image
+from .._images import read_image
 from ..distributed import DistInfo
 from ..plots import plot_confusion_matrix
 from ..run_dir import write_json
@@ -173,11 +173,6 @@ def load_classifier_and_spec(
     return net, spec
 
 
-def read_image(path: str | os.PathLike, spec: DataSpec) -> Tensor:
-    """An image file preprocessed for a model trained on ``spec``: ``(C, H, W)``; errors name the file."""
-    return build_image_transform(spec)(open_image(path))
-
-
 @torch.no_grad()
 def predict(
     checkpoint: str | os.PathLike,
@@ -190,7 +185,7 @@ def predict(
     net, spec = load_classifier_and_spec(checkpoint, model, classes)
     results = []
     for item in images:
-        probs = net(read_image(item, spec).unsqueeze(0)).float().softmax(dim=1)[0]
+        probs = net(read_image(item, build_image_transform(spec)).unsqueeze(0)).float().softmax(dim=1)[0]
         k = min(topk, probs.numel())
         values, indices = probs.topk(k)
         results.append((str(item), [(spec.classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]))

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ...models import load_model
 from ...models.checkpoint import read_checkpoint
+from .._images import read_image
 from ..distributed import DistInfo
 from ..run_dir import write_json
 from ..runtime import select_device
@@ -123,21 +123,11 @@ def predict_files(
     out = Path(out_dir) if out_dir else run_dir_of(ckpt.path) / "predictions"
     results = []
     for item in images:
-        image = read_rgb(item)
+        image = read_image(item)
         output = task.predict(model, image)
         picture = task.draw(image, output, ckpt.classes, threshold)
         results.append((save_picture(picture, out / f"{Path(item).stem}.png"), output))
     return results
-
-
-def read_rgb(path: str | os.PathLike) -> Tensor:
-    """An image file as float ``(3, H, W)`` in [0, 1]; errors name missing or unreadable files."""
-    import numpy as np
-
-    from .._images import open_image
-
-    array = np.asarray(open_image(path, "RGB")).copy()
-    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 
 def save_picture(picture: Tensor, path: Path) -> Path:

@@ -1,6 +1,6 @@
 """Object detection and instance segmentation on torchvision's detection models: COCO data, COCO metrics.
 
->>> from involution.tasks.scenes import make_scenes
+>>> from involution.tasks.dense.scenes import make_scenes
 >>> from involution.tasks.detection import RandomHorizontalFlip, coco_evaluate, coco_scene_dataset
 >>> root = make_scenes("data/scenes", source="digits")
 >>> train = coco_scene_dataset(root, "train", transforms=RandomHorizontalFlip(0.5, seed=0))

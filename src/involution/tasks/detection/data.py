@@ -1,6 +1,6 @@
 """COCO-format detection / instance-segmentation data for torchvision's detection models.
 
-Layout expected (COCO's own, and what :func:`involution.tasks.scenes.make_scenes` writes)::
+Layout expected (COCO's own, and what :func:`involution.tasks.dense.scenes.make_scenes` writes)::
 
     IMAGE_DIR/<file_name of each image entry>
     ANNOTATION_JSON   {"images": [{id, file_name, width, height}], "annotations": [{id, image_id, category_id,
@@ -23,19 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from .._images import open_image
-from .._paired import PairedTransform, apply_paired, set_epoch
+from .._images import read_image
+from ..dense._paired import PairedDataset, PairedTransform
+from ..dense.scenes import scene_paths
 
-__all__ = [
-    "CocoDetectionDataset",
-    "RandomHorizontalFlip",
-    "coco_scene_dataset",
-    "detection_collate",
-    "flip_target",
-    "load_coco",
-]
+__all__ = ["CocoDetectionDataset", "RandomHorizontalFlip", "coco_scene_dataset", "detection_collate", "flip_target",
+           "load_coco"]
 
 COCO_LAYOUT = (
     "IMAGE_DIR/*.png|jpg named by the images' file_name, and a COCO instances JSON (images, annotations with "
@@ -57,7 +51,7 @@ def load_coco(annotation_json: str | os.PathLike) -> Any:
         return COCO(str(path))
 
 
-class CocoDetectionDataset(Dataset):
+class CocoDetectionDataset(PairedDataset):
     """Images and targets of a COCO instances file, in the form torchvision's detection models take.
 
     Item ``(image, target)``: ``image`` float32 ``(3, H, W)`` in [0, 1]; ``target`` a dict with ``boxes`` float32
@@ -67,15 +61,12 @@ class CocoDetectionDataset(Dataset):
     fit for training; evaluation reads the full ground truth from :attr:`coco`. Images without objects are kept
     (``n = 0``).
 
-    ``transforms(image, target) -> (image, target)`` runs last; a :class:`~involution.tasks._paired.PairedTransform`
+    ``transforms(image, target) -> (image, target)`` runs last; a :class:`~involution.tasks.dense._paired.PairedTransform`
     (e.g. :class:`RandomHorizontalFlip`) also gets the sample index, for per-sample seeding.
     """
 
     def __init__(
-        self,
-        image_dir: str | os.PathLike,
-        annotation_json: str | os.PathLike,
-        masks: bool = True,
+        self, image_dir: str | os.PathLike, annotation_json: str | os.PathLike, masks: bool = True,
         transforms: Callable[..., tuple[Tensor, Target]] | None = None,
     ) -> None:
         self.image_dir = Path(image_dir)
@@ -98,10 +89,6 @@ class CocoDetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Forward the epoch to seeded transforms (call before each epoch)."""
-        set_epoch(self.transforms, epoch)
-
     def image_info(self, index: int) -> dict[str, Any]:
         """The file's image entry (id, file_name, width, height) of sample ``index``."""
         return self.coco.imgs[self.ids[index]]
@@ -111,10 +98,9 @@ class CocoDetectionDataset(Dataset):
         path = self.image_dir / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"image {info['file_name']!r} of image id {info['id']} not found in {self.image_dir}")
-        array = np.asarray(open_image(path, "RGB"))
-        image = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-        target = self.target(index, height=array.shape[0], width=array.shape[1])
-        return apply_paired(self.transforms, image, target, index)
+        image = read_image(path)
+        target = self.target(index, height=image.shape[1], width=image.shape[2])
+        return self.apply_transforms(image, target, index)
 
     def target(self, index: int, height: int | None = None, width: int | None = None) -> Target:
         """The training target of sample ``index`` (see the class docstring), without transforms."""
@@ -165,7 +151,7 @@ def flip_target(target: Target, width: int) -> Target:
 class RandomHorizontalFlip(PairedTransform):
     """Mirror ``(image (C, H, W), target)`` left-right with probability ``p``; boxes and masks follow.
 
-    Seeded: a sample's draw comes from ``(seed, epoch, index)`` (see :mod:`involution.tasks._paired`).
+    Seeded: a sample's draw comes from ``(seed, epoch, index)`` (see :mod:`involution.tasks.dense._paired`).
     """
 
     def __init__(self, p: float = 0.5, seed: int | None = 0) -> None:
@@ -182,19 +168,16 @@ class RandomHorizontalFlip(PairedTransform):
 
 
 def coco_scene_dataset(
-    root: str | os.PathLike,
-    split: str,
-    masks: bool = True,
+    root: str | os.PathLike, split: str, masks: bool = True,
     transforms: Callable[..., tuple[Tensor, Target]] | None = None,
 ) -> CocoDetectionDataset:
     """The detection data set of a scene set's (or any COCO-style root's) ``split``: ``root/images/<split>`` and
-    ``root/annotations/instances_<split>.json`` (see :func:`involution.tasks.scenes.make_scenes`)."""
-    root = Path(root)
-    image_dir, ann_file = root / "images" / split, root / "annotations" / f"instances_{split}.json"
+    ``root/annotations/instances_<split>.json`` (see :func:`involution.tasks.dense.scenes.make_scenes`)."""
+    image_dir, _, ann_file = scene_paths(root, split)
     for path in (image_dir, ann_file):
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} not found: a scene set's {split!r} split lies in ROOT/images/{split}/ and "
-                f"ROOT/annotations/instances_{split}.json (make one with involution.tasks.scenes.make_scenes)"
+                f"ROOT/annotations/instances_{split}.json (make one with involution.tasks.dense.scenes.make_scenes)"
             )
     return CocoDetectionDataset(image_dir, ann_file, masks=masks, transforms=transforms)

@@ -37,9 +37,7 @@ def _numpy(value: Any) -> np.ndarray:
 
 
 def to_coco_results(
-    predictions: Sequence[Mapping[str, Any]],
-    label_to_category: Mapping[int, int],
-    iou_type: str,
+    predictions: Sequence[Mapping[str, Any]], label_to_category: Mapping[int, int], iou_type: str,
     image_sizes: Mapping[int, tuple[int, int]] | None = None,
 ) -> list[dict[str, Any]]:
     """COCO result entries of one IoU type from per-image predictions (see :func:`coco_evaluate`).
@@ -92,11 +90,8 @@ def to_coco_results(
 
 
 def coco_evaluate(
-    coco_gt: Any,
-    predictions: Sequence[Mapping[str, Any]],
-    label_to_category: Mapping[int, int],
-    iou_types: Sequence[str] = IOU_TYPES,
-    image_ids: Sequence[int] | None = None,
+    coco_gt: Any, predictions: Sequence[Mapping[str, Any]], label_to_category: Mapping[int, int],
+    iou_types: Sequence[str] = IOU_TYPES, image_ids: Sequence[int] | None = None,
 ) -> CocoMetrics:
     """COCO box / mask AP of ``predictions`` against ``coco_gt`` (a ``pycocotools.coco.COCO``).
 
@@ -115,10 +110,7 @@ def coco_evaluate(
     for iou_type in iou_types:
         if iou_type not in IOU_TYPES:
             raise ValueError(f"iou_types must be drawn from {IOU_TYPES}, got {iou_type!r}")
-    if image_ids is None:
-        image_ids = sorted({int(p["image_id"]) for p in predictions})
-    else:
-        image_ids = sorted({int(i) for i in image_ids})
+    image_ids = sorted({int(i) for i in (image_ids if image_ids is not None else (p["image_id"] for p in predictions))})
     unknown = set(image_ids) - set(coco_gt.getImgIds())
     if unknown:
         raise ValueError(f"image ids not in the ground truth: {sorted(unknown)[:10]}")

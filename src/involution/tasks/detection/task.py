@@ -1,6 +1,6 @@
 """Detection as a :class:`~involution.tasks.dense.DenseTask`: COCO-format data, torchvision detectors, COCO AP.
 
-Data: ``scenes`` (generated on first use from Fashion-MNIST or digits, see :mod:`involution.tasks.scenes`) or
+Data: ``scenes`` (generated on first use from Fashion-MNIST or digits, see :mod:`involution.tasks.dense.scenes`) or
 ``coco`` (``--data-dir ROOT`` holding ``train2017/``, ``val2017/`` and ``annotations/instances_{train,val}2017.json``,
 or the scene layout ``images/<split>/`` + ``annotations/instances_<split>.json``). Validation reports pycocotools'
 box AP (and mask AP for Mask R-CNN) as fractions; ``bbox_AP`` (IoU 0.50:0.95) picks the best checkpoint.
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..dense.config import DenseConfig
-from ..dense.scenes_data import scenes_root
+from ..dense.scenes import scenes_root
 from ..dense.task import DenseData, DenseTask, build_dense_model
 from ..distributed import DistInfo, all_gather_objects
 from ..plots import PALETTE

@@ -1,6 +1,6 @@
 """Semantic-segmentation data: the library's generic folder layout and Cityscapes, detected from the files.
 
-Generic layout (what :func:`involution.tasks.scenes.make_scenes` writes; bring your own the same way)::
+Generic layout (what :func:`involution.tasks.dense.scenes.make_scenes` writes; bring your own the same way)::
 
     ROOT/images/<split>/NAME.png|jpg     RGB images
     ROOT/labels/<split>/NAME.png         uint8 (L or P mode) class indices 0..K-1, 255 = ignore
@@ -24,18 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from .._images import open_image
-from .._paired import PairedTransform, apply_paired, set_epoch
+from .._images import open_image, read_image
+from ..dense._paired import PairedDataset, PairedTransform
 
-__all__ = [
-    "CITYSCAPES_CLASSES",
-    "IGNORE_INDEX",
-    "SegmentationAugment",
-    "SegmentationFolderDataset",
-    "segmentation_collate",
-]
+__all__ = ["CITYSCAPES_CLASSES", "IGNORE_INDEX", "SegmentationAugment", "SegmentationFolderDataset",
+           "segmentation_collate"]
 
 IGNORE_INDEX = 255
 CITYSCAPES_CLASSES = (
@@ -50,7 +44,7 @@ LAYOUTS = (
 )
 
 
-class SegmentationFolderDataset(Dataset):
+class SegmentationFolderDataset(PairedDataset):
     """Images and per-pixel labels of ``root``'s ``split``, generic or Cityscapes layout (detected).
 
     Item ``(image, label)``: ``image`` float32 ``(3, H, W)`` in [0, 1], ``label`` int64 ``(H, W)`` with class
@@ -63,10 +57,7 @@ class SegmentationFolderDataset(Dataset):
     ignore_index = IGNORE_INDEX
 
     def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        transforms: Callable[..., tuple[Tensor, Tensor]] | None = None,
+        self, root: str | os.PathLike, split: str, transforms: Callable[..., tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         self.root = Path(root).expanduser()
         self.split = split
@@ -94,22 +85,18 @@ class SegmentationFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Forward the epoch to seeded transforms (call before each epoch)."""
-        set_epoch(self.transforms, epoch)
-
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image_path, label_path = self.samples[index]
-        image = np.asarray(open_image(image_path, "RGB"))
+        image = read_image(image_path)
         im = open_image(label_path)
         if im.mode not in ("L", "P", "I", "I;16"):
             raise ValueError(
                 f"{label_path}: labels must be single-channel class indices (L or P mode), got mode {im.mode}")
         label = np.asarray(im).astype(np.int64)
-        if label.shape != image.shape[:2]:
-            raise ValueError(f"{label_path}: label is {label.shape} (H, W), its image {image_path} is {image.shape[:2]}")
-        image_t = torch.from_numpy(image.copy()).permute(2, 0, 1).float().div_(255.0)
-        return apply_paired(self.transforms, image_t, torch.from_numpy(label), index)
+        size = tuple(image.shape[1:])
+        if label.shape != size:
+            raise ValueError(f"{label_path}: label is {label.shape} (H, W), its image {image_path} is {size}")
+        return self.apply_transforms(image, torch.from_numpy(label), index)
 
 
 def _read_classes(path: Path) -> list[str]:
@@ -157,16 +144,12 @@ class SegmentationAugment(PairedTransform):
     ``scale``: (min, max) factor drawn uniformly, image resized bilinearly and label by nearest neighbour (None:
     no scaling). ``crop_size``: (h, w) or an int: a random crop, padding first where the image is smaller (image
     with 0, label with ``ignore_index``). ``flip``: probability of a left-right flip. Seeded per sample from
-    ``(seed, epoch, index)`` (see :mod:`involution.tasks._paired`).
+    ``(seed, epoch, index)`` (see :mod:`involution.tasks.dense._paired`).
     """
 
     def __init__(
-        self,
-        flip: float = 0.5,
-        scale: tuple[float, float] | None = None,
-        crop_size: int | tuple[int, int] | None = None,
-        seed: int | None = 0,
-        ignore_index: int = IGNORE_INDEX,
+        self, flip: float = 0.5, scale: tuple[float, float] | None = None,
+        crop_size: int | tuple[int, int] | None = None, seed: int | None = 0, ignore_index: int = IGNORE_INDEX,
     ) -> None:
         super().__init__(seed)
         if not 0.0 <= flip <= 1.0:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._metrics import confusion_matrix
+
 __all__ = ["ConfusionMatrix", "SegmentationMetric"]
 
 
@@ -49,20 +51,8 @@ class ConfusionMatrix:
             raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
         if pred.is_floating_point() or target.is_floating_point():
             raise TypeError("pred and target must be integer class indices (take logits.argmax(1) first)")
-        k = self.num_classes
-        pred = pred.reshape(-1).to(self.matrix.device, torch.int64)
-        target = target.reshape(-1).to(self.matrix.device, torch.int64)
-        if self.ignore_index is not None:
-            keep = target != self.ignore_index
-            pred, target = pred[keep], target[keep]
-        if target.numel() == 0:
-            return
-        for name, values in (("target", target), ("pred", pred)):
-            low, high = int(values.min()), int(values.max())
-            if low < 0 or high >= k:
-                extra = f" or ignore_index={self.ignore_index}" if name == "target" else ""
-                raise ValueError(f"{name} values must be in 0..{k - 1}{extra}, found {low}..{high}")
-        self.matrix += torch.bincount(target * k + pred, minlength=k * k).reshape(k, k)
+        device = self.matrix.device
+        self.matrix += confusion_matrix(target.to(device), pred.to(device), self.num_classes, self.ignore_index)
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add ``other``'s counts to this one (same classes); returns self."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..dense.config import DenseConfig
-from ..dense.scenes_data import scenes_root
+from ..dense.scenes import scenes_root
 from ..dense.task import DenseData, DenseTask, build_dense_model
 from ..distributed import DistInfo
 from ..plots import PALETTE

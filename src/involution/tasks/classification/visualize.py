@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import Involution2d
-from .classification.inference import load_classifier_and_spec, read_image, run_dir_of
-from .plots import pyplot, save_figure
+from ...layers import Involution2d
+from .._images import read_image
+from ..plots import pyplot, save_figure
+from .data import build_image_transform
+from .inference import load_classifier_and_spec, run_dir_of
 
 REDUCTIONS = ("sum", "norm")
 
@@ -72,12 +74,7 @@ def list_involution_layers(model: nn.Module, example: Tensor | None = None) -> l
     def record(module: nn.Module, _inputs: Any, output: Tensor) -> None:
         by_module[id(module)].output_size = (int(output.shape[-2]), int(output.shape[-1]))
 
-    handles = [info.module.register_forward_hook(record) for info in infos]
-    try:
-        _forward(model, _as_batch(example))
-    finally:
-        for handle in handles:
-            handle.remove()
+    _forward(model, example, [info.module.register_forward_hook(record) for info in infos])
     return infos
 
 
@@ -122,12 +119,7 @@ def involution_kernels(
 
         return capture
 
-    handles = [m.register_forward_pre_hook(make_hook(name)) for name, m in modules.items()]
-    try:
-        _forward(model, _as_batch(image))
-    finally:
-        for handle in handles:
-            handle.remove()
+    _forward(model, image, [m.register_forward_pre_hook(make_hook(name)) for name, m in modules.items()])
     return {name: captured[name] for name in modules if name in captured}
 
 
@@ -163,14 +155,8 @@ def pixel_to_grid(pixel: tuple[int, int], image_size: tuple[int, int], grid_size
 
 
 def plot_kernels(
-    image: np.ndarray | Tensor,
-    kernels: Tensor,
-    path: str | os.PathLike,
-    pixel: Sequence[int] | None = None,
-    reduce: str = "sum",
-    title: str = "",
-    columns: int = 8,
-    alpha: float = 0.6,
+    image: np.ndarray | Tensor, kernels: Tensor, path: str | os.PathLike, pixel: Sequence[int] | None = None,
+    reduce: str = "sum", title: str = "", columns: int = 8, alpha: float = 0.6,
 ) -> Path:
     """Write the figure: the input with a cross at ``pixel``; per group the kernel reduced over K x K at every pixel,
     upsampled to the image and laid over it; and per group the K x K kernel at ``pixel``.
@@ -243,25 +229,16 @@ class KernelFigure:
     grid_pixel: tuple[int, int]
 
 
-def load_model_and_spec(checkpoint: str | os.PathLike, model: str | None = None) -> tuple[nn.Module, Any]:
-    """A trained classifier (eval mode) and its :class:`DataSpec` (official files: the model card's)."""
-    return load_classifier_and_spec(checkpoint, model)
-
-
 def describe_layers(checkpoint: str | os.PathLike, model: str | None = None) -> list[InvolutionLayerInfo]:
     """The involution layers of a checkpoint's model, with their output sizes at the model's input size."""
-    net, spec = load_model_and_spec(checkpoint, model)
+    net, spec = load_classifier_and_spec(checkpoint, model)
     example = torch.zeros(spec.in_chans, spec.image_size, spec.image_size)
     return list_involution_layers(net, example)
 
 
 def visualize(
-    checkpoint: str | os.PathLike,
-    image: str | os.PathLike,
-    layer: str | None = None,
-    pixel: Sequence[int] | None = None,
-    reduce: str = "sum",
-    out: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike, image: str | os.PathLike, layer: str | None = None,
+    pixel: Sequence[int] | None = None, reduce: str = "sum", out: str | os.PathLike | None = None,
     model: str | None = None,
 ) -> KernelFigure:
     """Draw the kernels one involution layer of a trained classifier generates for an image file.
@@ -277,13 +254,13 @@ def visualize(
     """
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
-    net, spec = load_model_and_spec(checkpoint, model)
+    net, spec = load_classifier_and_spec(checkpoint, model)
     infos = {info.name: info for info in list_involution_layers(net)}
     is_default = layer is None
     name = default_layer(net) if layer is None else layer
     if name not in infos:
         raise ValueError(_unknown_layer_message(name, list(infos), net))
-    x = read_image(image, spec)
+    x = read_image(image, build_image_transform(spec))
     height, width = x.shape[-2:]
     y_x = check_pixel(pixel, height, width)
     kernels = involution_kernels(net, x, name)[name]
@@ -307,23 +284,22 @@ def visualize(
 # -- helpers ------------------------------------------------------------------------------------------------------
 
 
-def _as_batch(image: Tensor) -> Tensor:
-    if image.dim() == 3:
-        return image.unsqueeze(0)
-    if image.dim() == 4 and image.shape[0] == 1:
-        return image
-    raise ValueError(f"image must be one image (C, H, W) or (1, C, H, W), got {tuple(image.shape)}")
-
-
 @torch.no_grad()
-def _forward(model: nn.Module, batch: Tensor) -> None:
+def _forward(model: nn.Module, image: Tensor, hooks: list[Any]) -> None:
+    """Run ``model`` in eval mode (its mode restored) on one image ``(C, H, W)`` or ``(1, C, H, W)``; then remove
+    the ``hooks`` (handles), whatever happened."""
     was_training = model.training
-    model.eval()
     try:
+        if not (image.dim() == 3 or (image.dim() == 4 and image.shape[0] == 1)):
+            raise ValueError(f"image must be one image (C, H, W) or (1, C, H, W), got {tuple(image.shape)}")
+        model.eval()
         param = next(model.parameters(), None)
+        batch = image.reshape(1, *image.shape[-3:])
         model(batch.to(param.device) if param is not None else batch)
     finally:
         model.train(was_training)
+        for hook in hooks:
+            hook.remove()
 
 
 def _unknown_layer_message(name: str, valid: Sequence[str], model: nn.Module) -> str:

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
-from .runtime import sample_seed
+from ..runtime import sample_seed
 
 
 class PairedTransform:
@@ -47,16 +48,21 @@ class PairedTransform:
         raise NotImplementedError
 
 
-def apply_paired(transforms: Callable[..., tuple[Any, Any]] | None, image: Any, target: Any, key: int) -> tuple[Any, Any]:
-    """``transforms(image, target)``, passing ``key=`` to transforms that take it (``keyed = True``)."""
-    if transforms is None:
-        return image, target
-    if getattr(transforms, "keyed", False):
-        return transforms(image, target, key=key)
-    return transforms(image, target)
+class PairedDataset(Dataset):
+    """Base of the dense data sets: items ``(image, target)`` pass last through ``transforms``, which also gets the
+    sample's index when it is keyed (``keyed = True``: a :class:`PairedTransform`)."""
 
+    transforms: Callable[..., tuple[Any, Any]] | None = None
 
-def set_epoch(transforms: Any, epoch: int) -> None:
-    """Forward ``epoch`` to ``transforms`` if it has ``set_epoch``."""
-    if hasattr(transforms, "set_epoch"):
-        transforms.set_epoch(epoch)
+    def set_epoch(self, epoch: int) -> None:
+        """Forward the epoch to seeded transforms (call before each epoch)."""
+        if hasattr(self.transforms, "set_epoch"):
+            self.transforms.set_epoch(epoch)
+
+    def apply_transforms(self, image: Any, target: Any, index: int) -> tuple[Any, Any]:
+        """``transforms(image, target)``, passing ``key=index`` to keyed transforms."""
+        if self.transforms is None:
+            return image, target
+        if getattr(self.transforms, "keyed", False):
+            return self.transforms(image, target, key=index)
+        return self.transforms(image, target)

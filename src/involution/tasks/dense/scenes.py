@@ -21,22 +21,25 @@ visible mask), so the label image is exactly the union of the instance masks pai
 
 Generation is a pure function of the arguments: the same arguments give byte-identical files. Every file is written
 atomically; a set without ``done`` (interrupted) is generated again, a finished one is reused, and asking for other
-arguments in the same root is an error.
+arguments in the same root is an error. A training run finds (or makes) its set with :func:`scenes_root`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_path, write_text_atomic
+from ..._atomic import atomic_path, write_text_atomic
+from ..distributed import DistInfo, all_gather_objects
+from .config import DenseConfig
 
-__all__ = ["SceneConfig", "make_scenes", "scene_paths"]
+__all__ = ["SceneConfig", "make_scenes", "scene_paths", "scenes_root"]
 
 FORMAT_VERSION = 1
 SOURCES = ("fashion-mnist", "digits")
@@ -80,22 +83,10 @@ def scene_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path, Path]:
 
 
 def make_scenes(
-    root: str | os.PathLike,
-    source: str = "digits",
-    data_dir: str | os.PathLike | None = None,
-    num_train: int = 512,
-    num_val: int = 128,
-    image_size: int = 128,
-    objects: tuple[int, int] = (1, 4),
-    scale: tuple[float, float] = (0.2, 0.5),
-    seed: int = 0,
-    progress: bool = False,
-    *,
-    tint: bool = True,
-    threshold: int = 40,
-    min_area: int = 16,
-    min_visible: float = 0.25,
-    noise: float = 1.0,
+    root: str | os.PathLike, source: str = "digits", data_dir: str | os.PathLike | None = None, num_train: int = 512,
+    num_val: int = 128, image_size: int = 128, objects: tuple[int, int] = (1, 4),
+    scale: tuple[float, float] = (0.2, 0.5), seed: int = 0, progress: bool = False, *, tint: bool = True,
+    threshold: int = 40, min_area: int = 16, min_visible: float = 0.25, noise: float = 1.0,
 ) -> Path:
     """Generate (or reuse) the scene set under ``root`` and return ``root``; see the module docstring for the layout.
 
@@ -136,6 +127,25 @@ def make_scenes(
     return root
 
 
+def scenes_root(config: DenseConfig, log: Callable[[str], None] = print) -> Path:
+    """The scene set of ``config``, generated if needed (by rank 0 under torchrun; the others wait for it); by
+    default ``runs/scenes/<source>-<size>px-<train>-<val>``, shared by runs with the same scene settings."""
+    import torch.distributed as dist
+
+    settings = f"{config.scene_source}-{config.image_size}px-{config.num_train}-{config.num_val}"
+    root = Path(config.scenes_dir) if config.scenes_dir else Path("runs") / "scenes" / settings
+    initialized = dist.is_available() and dist.is_initialized()
+    info = DistInfo(dist.get_rank(), dist.get_world_size()) if initialized else DistInfo()
+    if info.is_main:
+        if not (root / "done").is_file():
+            log(f"generating {config.num_train} + {config.num_val} {config.scene_source} scenes "
+                f"({config.image_size}x{config.image_size}) in {root}")
+        make_scenes(root, source=config.scene_source or "digits", data_dir=config.data_dir,
+                    num_train=config.num_train, num_val=config.num_val, image_size=config.image_size)
+    all_gather_objects(None, info)  # a barrier: every process reads the finished set
+    return root
+
+
 def _check_root(root: Path, config: SceneConfig) -> None:
     meta = root / "scenes.json"
     if meta.is_file():
@@ -153,7 +163,7 @@ def _check_root(root: Path, config: SceneConfig) -> None:
 
 def _load_source(source: str, data_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """uint8 images (N, h, w) and int labels (N,) of the source's train and test splits, and its class names."""
-    from .classification.data import _digits, _fashion_mnist, _need_dir
+    from ..classification.data import _digits, _fashion_mnist, _need_dir
 
     if source == "digits":
         train, test, classes = _digits()
@@ -247,15 +257,10 @@ def make_scene(rng: np.random.Generator, pool: tuple[np.ndarray, np.ndarray], co
 
 
 def _write_split(
-    root: Path,
-    split: str,
-    split_id: int,
-    count: int,
-    pool: tuple[np.ndarray, np.ndarray],
-    classes: list[str],
-    config: SceneConfig,
-    progress: bool,
+    root: Path, split: str, split_id: int, count: int, pool: tuple[np.ndarray, np.ndarray], classes: list[str],
+    config: SceneConfig, progress: bool,
 ) -> None:
+    """Write ``count`` scenes of ``split`` (images, labels, COCO annotations) drawn from ``pool``."""
     from PIL import Image
     from pycocotools import mask as mask_utils
 

@@ -1,0 +1,138 @@
+"""``export_model``: trace a model with ``torch.export``, write it as ONNX or a ``.pt2`` program, check it against
+eager PyTorch, and only then put it at the destination."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ...layers.fuse import fuse_conv_bn_
+from .loading import check_destination, load_export_model
+from .onnx_file import INSTALL_HINT, require, write_onnx
+from .shapes import DIM_NAMES, check_shape, dynamic_dims, dynamic_shapes, example_shape, random_input
+from .verify import assert_close, check_exported_program, check_onnx
+
+FORMATS = ("onnx", "exported-program")
+
+
+def export_model(
+    model_or_name: nn.Module | str, out: str | os.PathLike, format: str = "onnx",
+    checkpoint: str | os.PathLike | None = None, input_size: Sequence[int] | None = None, batch_size: int = 2,
+    dynamic: bool = True, num_classes: int | None = None, verify: bool = True, rtol: float = 1e-4,
+    opset: int | None = None, onnx_ops: str = "standard", fuse: bool = True, log: Callable[[str], None] | None = None,
+    **model_kwargs: Any,
+) -> Path:
+    """Export a model for deployment and check the result; returns the path written.
+
+    Args:
+        model_or_name: a registry name (``"rednet50"``) or a module.
+        out: the file to write (``.onnx`` or ``.pt2`` by convention); its folder is created. It is written under a
+            temporary name beside it, checked (``verify``), then renamed: a failed export leaves ``out`` as it was.
+        format: ``"onnx"`` or ``"exported-program"``.
+        checkpoint: weights to load first (official mmcls ``.pth`` or this library's safetensors).
+        input_size: the example input's ``(C, H, W)`` or ``(H, W)``; default ``model.pretrained_cfg["input_size"]``.
+        batch_size: the example's batch (default 2: torch.export specialises a batch of 1 to a constant).
+        dynamic: batch, height and width dynamic (default); else fixed to the example's shape. Height and width
+            are fixed anyway when the example makes a feature map 1 pixel wide, and the batch when it is 1
+            (torch.export would specialise the program to those sizes); the log says so.
+        num_classes: classifier outputs (a name only; default the model's 1000, 0: pooled features).
+        verify: run the exported model (onnxruntime for ONNX, if installed; the loaded program otherwise) on a
+            random input of another batch and size (if dynamic) and compare with eager PyTorch.
+        rtol: the largest accepted max abs error, relative to the largest output (at least 1).
+        opset: ONNX opset, at least 18 (default: the exporter's).
+        onnx_ops: how involution is written in ONNX: ``"standard"`` operators (runs in any ONNX runtime) or one
+            ``"custom"`` ``involution::Involution2d`` node per layer (onnxruntime with the library of
+            :mod:`involution.ops.onnxruntime_library`, which ``check_onnx``/``onnx_session`` load).
+        fuse: fold every BatchNorm that follows a convolution into it before exporting (default; a copy is
+            folded, the check compares with the unfolded model).
+        log: called with one line per step (e.g. ``print``); silent by default.
+        **model_kwargs: passed to ``create_model`` with a name (``features_only=True``, ``width=0.5`` ...).
+
+    Raises:
+        ValueError: unknown format or model name, bad ``input_size``; ``out`` is the ``checkpoint`` file itself.
+        IsADirectoryError: ``out`` is a directory.
+        FileNotFoundError: missing checkpoint.
+        ImportError: onnx / onnxscript missing for ONNX export (naming the pip install).
+        RuntimeError: the exported model disagrees with eager PyTorch.
+    """
+    _check_request(format, opset, onnx_ops, verify)
+    say = log or (lambda _msg: None)
+    out = Path(out)
+    check_destination(out, checkpoint)
+    model = load_export_model(model_or_name, checkpoint, num_classes, **model_kwargs)
+    example = random_input(example_shape(model, input_size, batch_size))
+    dims = dynamic_dims(model, example, dynamic, say)
+    program = _trace(model, example, dims, fuse, say)
+    return _write_checked(program, model, example, dims, out, format, verify, rtol, opset, onnx_ops, say)
+
+
+def _check_request(format: str, opset: int | None, onnx_ops: str, verify: bool) -> None:
+    """Refuse a bad format, opset or ``onnx_ops``, or missing packages, before the (slow) tracing."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if opset is not None and opset < 18:
+        raise ValueError(f"opset {opset} is too old: the involution lowering uses opset 18 operators; use >= 18")
+    if format != "onnx":
+        return
+    require("onnx", "ONNX export")
+    require("onnxscript", "ONNX export")
+    from ...ops.onnx import check_onnx_ops
+
+    check_onnx_ops(onnx_ops)
+    if onnx_ops == "custom" and verify and importlib.util.find_spec("onnxruntime") is not None:
+        from ...ops.onnxruntime_library import library_path
+
+        library_path()  # the check needs the custom-op library: build it (or say why not) before tracing
+
+
+def _trace(
+    model: nn.Module, example: Tensor, dims: tuple[int, ...], fuse: bool, say: Callable[[str], None]
+) -> torch.export.ExportedProgram:
+    """``model`` (a BatchNorm-folded copy if ``fuse``) traced by ``torch.export`` with ``dims`` dynamic."""
+    traced = model
+    if fuse:
+        traced = copy.deepcopy(model)
+        say(f"folded {fuse_conv_bn_(traced)} BatchNorms into the convolutions before them")
+    shape = tuple(example.shape)
+    say(f"tracing {getattr(model, 'model_name', type(model).__name__)} with torch.export on input {shape}"
+        + (f" (dynamic {', '.join(DIM_NAMES[d] for d in dims)})" if dims else " (static shape)"))
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.export.export(traced, (example,), dynamic_shapes=dynamic_shapes(dims))
+
+
+def _write_checked(
+    program: torch.export.ExportedProgram, model: nn.Module, example: Tensor, dims: tuple[int, ...], out: Path,
+    format: str, verify: bool, rtol: float, opset: int | None, onnx_ops: str, say: Callable[[str], None],
+) -> Path:
+    """Write ``program`` beside ``out`` under a temporary name, check it there against ``model``, and only then
+    rename it to ``out``: a failed export (or a crash) leaves ``out`` as it was and no temporary file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")  # torch.export.save wants .pt2 kept
+    try:
+        if format == "onnx":
+            write_onnx(program, example, tmp, opset, onnx_ops)
+            what = "onnx.checker passed"
+        else:
+            torch.export.save(program, str(tmp))
+            what = "load it with torch.export.load after `import involution`"
+        size = f"{tmp.stat().st_size / 2**20:.1f} MiB"
+        checked = verify and (format != "onnx" or importlib.util.find_spec("onnxruntime") is not None)
+        if verify and not checked:
+            say(f"onnxruntime not installed, run check skipped ({INSTALL_HINT})")
+        if checked:
+            say(f"exported ({size}), {what}; comparing with eager PyTorch before writing {out}")
+            check = check_onnx if format == "onnx" else check_exported_program
+            say(str(assert_close(check(tmp, model, check_shape(tuple(example.shape), dims)), rtol)))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if not checked:
+        say(f"wrote {out} ({size}), {what}")
+    return out
