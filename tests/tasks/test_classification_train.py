@@ -7,7 +7,7 @@ from conftest import StopAfter, tiny
 
 from involution.models import load_model
 from involution.tasks.classification import NonFiniteLossError, resume_config, train
-from involution.tasks.state import load_training_state
+from involution.tasks.engine.state import load_training_state
 
 
 def test_run_directory_holds_everything(tmp_path):

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .runtime import sample_seed
+from .engine.runtime import sample_seed
 
 
 class PairedTransform:

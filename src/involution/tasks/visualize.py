@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..layers import Involution2d
 from .classification.inference import load_classifier_and_spec, read_image, run_dir_of
-from .plots import pyplot, save_figure
+from .engine.plots import pyplot, save_figure
 
 REDUCTIONS = ("sum", "norm")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..._checks import check_int, check_number
-from ..run_config import RunConfig, check_run_options
+from ..engine.run_config import RunConfig, check_run_options
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "imagefolder")
 

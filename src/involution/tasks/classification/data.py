@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from ...models.registry import IMAGENET_MEAN, IMAGENET_STD
 from .._images import open_image
-from ..runtime import sample_seed
+from ..engine.runtime import sample_seed
 
 Transform = Callable[[Any], Tensor]
 

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..distributed import DistInfo, all_reduce_sum
-from ..runtime import AMP_DTYPES, autocast, lr_factor, make_scaler, select_device
+from ..engine.distributed import DistInfo, all_reduce_sum
+from ..engine.runtime import AMP_DTYPES, autocast, lr_factor, make_scaler, select_device
 from .config import TrainConfig
 
 __all__ = ["AMP_DTYPES", "EvalResult", "autocast", "evaluate", "lr_factor", "make_optimizer", "make_scaler",

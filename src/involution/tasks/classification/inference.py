@@ -15,12 +15,12 @@ from torch.utils.data import DataLoader
 from ...models import create_model, load_model, read_checkpoint
 from ...models.checkpoint import FORMAT as WEIGHTS_FORMAT
 from .._images import open_image
-from ..distributed import DistInfo
-from ..plots import plot_confusion_matrix
-from ..run_dir import write_json
-from ..runtime import select_device
-from ..state import FORMAT as TRAIN_FORMAT
-from ..state import load_training_state
+from ..engine.distributed import DistInfo
+from ..engine.plots import plot_confusion_matrix
+from ..engine.run_dir import write_json
+from ..engine.runtime import select_device
+from ..engine.state import FORMAT as TRAIN_FORMAT
+from ..engine.state import load_training_state
 from .data import AugmentedDataset, DataSpec, build_image_transform, build_transforms, load_splits
 from .engine import EvalResult, evaluate
 

@@ -1,7 +1,7 @@
 """``train``: one function from a :class:`TrainConfig` to a finished (or cleanly stopped) run directory.
 
 The loop itself (checkpoints, exact resume, Ctrl-C, non-finite losses, torchrun agreement) is the shared
-:class:`~involution.tasks.loop.TrainingLoop`; this module supplies the classification data, model, step and
+:class:`~involution.tasks.engine.loop.TrainingLoop`; this module supplies the classification data, model, step and
 evaluation, and the test split scored once at the end.
 """
 
@@ -16,10 +16,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...models import count_flops, count_params, create_model
-from ..distributed import DistInfo, ResumableSampler, ShardSampler, init_distributed, shutdown_distributed
-from ..loop import RESUME_MUTABLE, TrainingLoop, TrainResult, resume_values, saved_config
-from ..plots import plot_curves
-from ..runtime import NonFiniteLossError, StopFlag, convert_sync_bn, make_scaler, seed_everything, select_device
+from ..engine.distributed import DistInfo, ResumableSampler, ShardSampler, init_distributed, shutdown_distributed
+from ..engine.loop import RESUME_MUTABLE, TrainingLoop, TrainResult, resume_values, saved_config
+from ..engine.plots import plot_curves
+from ..engine.runtime import NonFiniteLossError, StopFlag, convert_sync_bn, make_scaler, seed_everything, select_device
 from .config import TrainConfig, resolve
 from .data import AugmentedDataset, DataSpec, build_transforms, load_splits, subsample_train
 from .engine import evaluate, make_optimizer, make_scheduler, to_device

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..._checks import check_int, check_number
-from ..run_config import RunConfig, check_run_options
+from ..engine.run_config import RunConfig, check_run_options
 
 TASKS = ("detect", "segment")
 DATASETS = {"detect": ("scenes", "coco"), "segment": ("scenes", "folder")}

@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader
 
 from ...models import load_model
 from ...models.checkpoint import read_checkpoint
-from ..distributed import DistInfo
-from ..run_dir import write_json
-from ..runtime import select_device
+from ..engine.distributed import DistInfo
+from ..engine.run_dir import write_json
+from ..engine.runtime import select_device
 from .config import DenseConfig, resolve
 from .task import DenseTask
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..distributed import DistInfo, all_gather_objects
+from ..engine.distributed import DistInfo, all_gather_objects
 from ..scenes import make_scenes
 from .config import DenseConfig
 

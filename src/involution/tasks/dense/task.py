@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ...models import create_model
-from ..distributed import DistInfo
-from ..runtime import sample_seed
+from ..engine.distributed import DistInfo
+from ..engine.runtime import sample_seed
 from .config import DenseConfig
 
 # augment(image (3, H, W) float in [0, 1], target, generator=g) -> (image, target): a training augmentation
@@ -75,7 +75,7 @@ class DenseTask(ABC):
 
 
 class KeyedDataset(Dataset):
-    """A data set indexed by ``(epoch, index)`` keys (:class:`~involution.tasks.distributed.ResumableSampler`)
+    """A data set indexed by ``(epoch, index)`` keys (:class:`~involution.tasks.engine.distributed.ResumableSampler`)
     whose augmentation is seeded by ``(seed, epoch, index)``: the same sample gets the same augmentation whatever
     the worker count, and a resumed run continues exactly. Plain integer indices give un-augmented samples."""
 

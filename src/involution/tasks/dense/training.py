@@ -1,7 +1,7 @@
 """``train_dense``: the training loop of detection and segmentation, from a config to a run directory.
 
 The loop (run directory, atomic checkpoints, exact resume, Ctrl-C, non-finite losses, torchrun) is the shared
-:class:`~involution.tasks.loop.TrainingLoop`, as for classification; a :class:`~.task.DenseTask` supplies the
+:class:`~involution.tasks.engine.loop.TrainingLoop`, as for classification; a :class:`~.task.DenseTask` supplies the
 data, model, loss and validation metric. ``metrics.json`` holds per epoch ``train_loss`` and each named loss term,
 and the task's ``val_*`` metrics; ``best.safetensors`` is the epoch with the best ``val_<task.metric>``. Under
 ``torchrun`` validation shards the set without padding and combines the metric over processes.
@@ -18,10 +18,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...models import count_params
-from ..distributed import DistInfo, ResumableSampler, ShardSampler, init_distributed, shutdown_distributed
-from ..loop import TrainingLoop, TrainResult, resume_values, saved_config
-from ..plots import plot_curves
-from ..runtime import StopFlag, lr_factor, make_scaler, seed_everything, select_device
+from ..engine.distributed import DistInfo, ResumableSampler, ShardSampler, init_distributed, shutdown_distributed
+from ..engine.loop import TrainingLoop, TrainResult, resume_values, saved_config
+from ..engine.plots import plot_curves
+from ..engine.runtime import StopFlag, lr_factor, make_scaler, seed_everything, select_device
 from .config import DenseConfig, resolve
 from .task import DenseData, DenseTask, KeyedDataset
 

@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from ..dense.config import DenseConfig
 from ..dense.scenes_data import scenes_root
 from ..dense.task import DenseData, DenseTask, build_dense_model
-from ..distributed import DistInfo, all_gather_objects
-from ..plots import PALETTE
-from ..runtime import autocast
-from ..state import unwrap_model
+from ..engine.distributed import DistInfo, all_gather_objects
+from ..engine.plots import PALETTE
+from ..engine.runtime import autocast
+from ..engine.state import unwrap_model
 from .data import CocoDetectionDataset, RandomHorizontalFlip, detection_collate
 from .metrics import coco_evaluate
 

@@ -20,10 +20,10 @@ from torch import Tensor, nn
 from ..dense.config import DenseConfig
 from ..dense.scenes_data import scenes_root
 from ..dense.task import DenseData, DenseTask, build_dense_model
-from ..distributed import DistInfo
-from ..plots import PALETTE
-from ..runtime import autocast
-from ..state import unwrap_model
+from ..engine.distributed import DistInfo
+from ..engine.plots import PALETTE
+from ..engine.runtime import autocast
+from ..engine.state import unwrap_model
 from .data import IGNORE_INDEX, SegmentationAugment, SegmentationFolderDataset, segmentation_collate
 from .metrics import ConfusionMatrix
 

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from typing import Any, TypeVar
 
-from .._checks import check_int, check_number
+from ..._checks import check_int, check_number
 
 C = TypeVar("C", bound="RunConfig")
 

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import count_params, save_checkpoint
-from ..models._safetensors import read_safetensors
+from ...models import count_params, save_checkpoint
+from ...models._safetensors import read_safetensors
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum
 from .run_dir import (
     RunDirBusy,
@@ -88,7 +88,7 @@ class TrainingLoop(ABC):
 
     After :meth:`setup` the loop expects ``model`` (the plain module), ``net`` (what is called: the model, or its
     DDP / compiled wrapper), ``optimizer``, ``scheduler`` (stepped once per step), ``scaler``, ``sampler`` (a
-    :class:`~involution.tasks.distributed.ResumableSampler`), ``train_loader``, ``steps_per_epoch`` and
+    :class:`~involution.tasks.engine.distributed.ResumableSampler`), ``train_loader``, ``steps_per_epoch`` and
     ``local_batch``.
     """
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from .._atomic import write_text_atomic
+from ..._atomic import write_text_atomic
 
 try:
     import fcntl
@@ -75,7 +75,7 @@ def git_commit(path: str | os.PathLike) -> str | None:
 
 def provenance(seed: int, world_size: int = 1, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Where and how a run was made: enough to reproduce or explain its numbers."""
-    from .. import __version__
+    from ... import __version__
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "involution": __version__}
     for name in ("torchvision", "numpy", "sklearn", "triton"):

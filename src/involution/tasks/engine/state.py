@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._atomic import atomic_path, io_failure
-from ..models.checkpoint import read_torch_file
+from ..._atomic import atomic_path, io_failure
+from ...models.checkpoint import read_torch_file
 
 FORMAT = "involution-train"
 FORMAT_VERSION = 1
