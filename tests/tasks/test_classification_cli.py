@@ -64,7 +64,7 @@ def test_predict_prints_top_k_classes_per_image(trained_run, tmp_path, capsys):
     from sklearn.datasets import load_digits
 
     from involution.tasks.classification import load_classifier
-    from involution.tasks.classification.data import build_image_transform
+    from involution.tasks.classification.transforms import build_image_transform
 
     digits = load_digits()
     paths = []

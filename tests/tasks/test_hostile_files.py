@@ -261,7 +261,7 @@ def test_resume_without_the_recorded_best_says_so(tmp_path, capsys):
 
 
 def test_non_finite_loss_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, monkeypatch):
-    import involution.tasks.classification.training as train_module
+    import involution.tasks.classification.task as train_module
 
     class NaNLoss(torch.nn.CrossEntropyLoss):
         def forward(self, logits, target):

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .engine.runtime import sample_seed
+from .engine.seeding import sample_seed
 
 
 class PairedTransform:

@@ -1,51 +1,55 @@
 """The resumable training loop every task shares: run directory, checkpoints, resume, Ctrl-C, torchrun agreement,
-per-epoch history, best weights. A task subclasses :class:`TrainingLoop` and supplies its data, model, step and
-validation (classification: :mod:`.classification.training`; detection and segmentation: :mod:`.dense.training`).
+per-epoch history, best weights. One :class:`TrainingLoop` runs any :class:`~.task.Task` (classification,
+detection, segmentation), which supplies its data, model, loss and evaluation; :func:`train` is the entry point.
 
 Reliability: ``last.pt`` is written atomically at the end of every epoch (after ``best.safetensors``, so it never
 records a best that is not on disk) and on a stop; resuming restores model, optimizer, schedule, loss scaler, every
 RNG state, the position inside the epoch and the epoch's running sums, so an interrupted-and-resumed run equals an
 uninterrupted one exactly on the CPU, and makes the best weights agree with last.pt's record after a crash between
-the two writes. The first Ctrl-C stops after the current step and saves; a non-finite loss stops the run with
-advice, keeping the last good checkpoint; resuming with another model, or from a damaged file, is refused with a
-message. One process owns a run directory: a second run on it (fresh or ``--resume``) is refused while
-the first lives (:func:`~.run_dir.lock_run_dir`).
+the two writes (:mod:`.checkpoints`). The first Ctrl-C stops after the current step and saves; a non-finite loss
+stops the run with advice, keeping the last good checkpoint; resuming with another model, or from a damaged file,
+is refused with a message. One process owns a run directory: a second run on it (fresh or ``--resume``) is refused
+while the first lives (:func:`~.run_dir.lock_run_dir`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-import warnings
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from ...models import count_params, save_checkpoint
-from ...models._safetensors import read_safetensors
-from .distributed import DistInfo, all_gather_objects, all_reduce_sum
-from .run_dir import (
-    RunDirBusy,
-    RunDirLock,
-    TensorBoard,
-    lock_run_dir,
-    new_run_dir,
-    provenance,
-    remove_stale_temp_files,
-    write_csv,
-    write_json,
+from ...models import count_params
+from .checkpoints import RunCheckpoints
+from .distributed import (
+    DistInfo,
+    ResumableSampler,
+    ShardSampler,
+    all_gather_objects,
+    all_reduce_sum,
+    init_distributed,
+    shutdown_distributed,
 )
-from .runtime import NonFiniteLossError, StopFlag, autocast, select_device
-from .state import capture_rng, clean_state_dict, load_training_state, restore_rng, save_training_state, unwrap_model
-
-# Options a resumed run may change; anything else must match the checkpoint (exactness, and no silent mix-ups).
-RESUME_MUTABLE = ("workers", "threads", "log_every", "eval_every", "device")
+from .plots import plot_curves
+from .run_dir import TensorBoard, new_run_dir, own_run_dir, provenance, remove_stale_temp_files, write_csv, write_json
+from .runtime import (
+    NonFiniteLossError,
+    StopFlag,
+    autocast,
+    make_optimizer,
+    make_scaler,
+    make_scheduler,
+    seed_everything,
+    select_device,
+)
+from .state import unwrap_model
+from .task import Task, TaskData
 
 
 @dataclass
@@ -55,56 +59,51 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def resume_values(run_dir: str | os.PathLike, saved: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """The saved config values of ``run_dir`` with ``overrides`` applied; refuses changes that break resumption
-    (``epochs`` may grow or shrink: the schedule is re-planned from there on)."""
-    values = dict(saved)
-    changed = {k: v for k, v in (overrides or {}).items() if values.get(k) != v}
-    if "epochs" in changed:
-        values["epochs"] = changed.pop("epochs")
-    refused = {k: (values.get(k), v) for k, v in changed.items() if k not in RESUME_MUTABLE}
-    if refused:
-        what = "; ".join(f"{k}: run has {old!r}, asked {new!r}" for k, (old, new) in refused.items())
-        raise ValueError(f"cannot resume {run_dir} with different settings ({what}); start a new run with --out")
-    values.update(changed)
-    return values
+def train(
+    task: Task,
+    config: Any,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_flag: StopFlag | None = None,
+    quiet: bool = False,
+) -> TrainResult:
+    """Train ``task``'s model as ``config`` says; returns the run directory, its status and final metrics.
 
-
-def saved_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: {path} not found (is {run_dir} a run directory?)")
+    Args:
+        task: what to train (a :class:`~.task.Task`).
+        config: its configuration (``task.config_class``); ``None`` fields come from the task's recipe.
+        out: the run directory (default a new ``runs/<task.run_prefix>-<time>``); with ``resume``, the one to
+            continue.
+        resume: continue the run in ``out`` from ``checkpoints/last.pt``.
+        progress: tqdm progress bars (rank 0 only). quiet: print nothing.
+    """
+    info = init_distributed("cuda" if select_device(config.device, DistInfo()).type == "cuda" else "cpu")
     try:
-        values = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot resume: {path} is not a JSON file ({err})") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"cannot resume: {path} does not hold a run's configuration (a JSON object)")  # noqa: TRY004
-    return values
+        return TrainingLoop(task, config, out, resume, progress, info, stop_flag, quiet).run()
+    finally:
+        shutdown_distributed()
 
 
-class TrainingLoop(ABC):
-    """One training run. Subclasses build everything in :meth:`setup` and implement the abstract hooks.
-
-    After :meth:`setup` the loop expects ``model`` (the plain module), ``net`` (what is called: the model, or its
-    DDP / compiled wrapper), ``optimizer``, ``scheduler`` (stepped once per step), ``scaler``, ``sampler`` (a
-    :class:`~involution.tasks.engine.distributed.ResumableSampler`), ``train_loader``, ``steps_per_epoch`` and
-    ``local_batch``.
+class TrainingLoop(RunCheckpoints):
+    """One training run of ``task``. After :meth:`setup` it holds ``data``, ``model`` (the plain module), ``net``
+    (what is called: the model, or its DDP / compiled wrapper), ``optimizer``, ``scheduler`` (stepped once per
+    step), ``scaler``, ``sampler`` (a :class:`~.distributed.ResumableSampler`), the loaders, ``steps_per_epoch``
+    and ``local_batch``.
     """
 
-    command = "train"  # what resumes a run: ``involution {command} --resume --out RUN``
-    run_prefix = "train"
-    score_key = "val_acc"  # the history entry (higher is better) that picks best.safetensors
     last_loss = float("nan")  # the latest step's loss (train_step sets it), for TensorBoard
 
-    def __init__(self, config: Any, out: str | os.PathLike | None, resume: bool, progress: bool, info: DistInfo,
-                 stop_flag: StopFlag | None, quiet: bool) -> None:
-        self.config, self.info, self.quiet, self.resume = config, info, quiet, resume
+    def __init__(self, task: Task, config: Any, out: str | os.PathLike | None, resume: bool, progress: bool,
+                 info: DistInfo, stop_flag: StopFlag | None, quiet: bool) -> None:
+        config = task.resolve(config)
+        self.task, self.config, self.info, self.quiet, self.resume = task, config, info, quiet, resume
+        self.score_key = f"val_{task.metric}"  # the history entry (higher is better) that picks best.safetensors
         self.progress = progress and info.is_main and not quiet
         if resume and out is None:
             raise ValueError("--resume needs --out RUN_DIR: the run directory to continue")
         if out is None:
-            out = all_gather_objects(str(new_run_dir(prefix=self.run_prefix)), info)[0]  # every rank agrees on it
+            out = all_gather_objects(str(new_run_dir(prefix=task.run_prefix)), info)[0]  # every rank agrees on it
         self.run_dir = Path(out)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.stop = stop_flag or StopFlag(announce=info.is_main and not quiet)
@@ -115,59 +114,98 @@ class TrainingLoop(ABC):
         self.best, self.best_epoch = -math.inf, -1
         self.elapsed = 0.0
 
-    # -- hooks --------------------------------------------------------------------------------------------------
+    # -- the task's pieces --------------------------------------------------------------------------------------
 
-    @abstractmethod
     def setup(self) -> None:
-        """Seed, load the data, build model / optimizer / schedule / scaler / sampler / loaders."""
+        """Seed, load the data, build the sampler and loaders, then the model (:meth:`build_model`)."""
+        cfg, info, task = self.config, self.info, self.task
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        elif info.enabled and self.device.type == "cpu" and os.environ.get("OMP_NUM_THREADS") == "1":
+            self.log("note: torchrun sets OMP_NUM_THREADS=1 (1 thread per process); pass --threads N to change it")
+        seed_everything(cfg.seed + info.rank)
+        if cfg.batch_size % info.world_size:
+            raise ValueError(f"--batch-size {cfg.batch_size} (global) must divide by the {info.world_size} processes")
+        self.local_batch = cfg.batch_size // info.world_size
+        self.data: TaskData = task.load_data(cfg, self.log)
+        train_set = task.train_set(cfg, self.data)
+        size = len(train_set)  # type: ignore[arg-type]
+        if size // info.world_size < self.local_batch:
+            raise ValueError(f"--batch-size {cfg.batch_size} is larger than the training set ({size} images)")
+        self.sampler = ResumableSampler(train_set, info, seed=cfg.seed)
+        loader_kw: dict[str, Any] = dict(num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+                                         collate_fn=task.collate)
+        if cfg.workers > 0:
+            loader_kw["persistent_workers"] = True
+        # a private generator: DataLoader draws a base seed per iterator, which must not consume the global RNG
+        self.train_loader = DataLoader(train_set, batch_size=self.local_batch, sampler=self.sampler, drop_last=True,
+                                       generator=torch.Generator().manual_seed(cfg.seed), **loader_kw)
+        self.steps_per_epoch = len(self.sampler) // self.local_batch
 
-    @abstractmethod
-    def train_step(self, batch: Any) -> dict[str, float]:
-        """Forward, loss and :meth:`optimise` for one batch; returns the amounts to add to the epoch's sums."""
+        def eval_loader(split: Dataset) -> DataLoader:
+            data = task.eval_set(cfg, self.data, split)
+            sampler = ShardSampler(len(data), info)  # type: ignore[arg-type]
+            return DataLoader(data, batch_size=self.local_batch, sampler=sampler, **loader_kw)
 
-    @abstractmethod
-    def epoch_row(self, totals: dict[str, float]) -> dict[str, Any]:
-        """The epoch's ``train_*`` history entries from its sums (reduced over processes)."""
+        self.val_loader = eval_loader(self.data.val)
+        test = self.data.test
+        self.test_loader = self.val_loader if test is None or test is self.data.val else eval_loader(test)
+        self.build_model()
 
-    @abstractmethod
-    def validate(self) -> dict[str, float]:
-        """The ``val_*`` history entries (every process takes part; the result is the same on all)."""
+    def build_model(self) -> None:
+        """The model on the device, its optimizer, schedule and loss scaler, and its DDP / compiled wrapper."""
+        cfg, info = self.config, self.info
+        model = self.task.build_model(cfg, self.data).to(self.device)
+        self.model = self.task.prepare_model(model, cfg, self.device, info)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.scheduler = make_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.scaler = make_scaler(self.device, cfg.amp)
+        self.net: nn.Module = self.model
+        if info.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.net = self.task.wrap(self.net, cfg)
 
-    @abstractmethod
-    def finish(self) -> dict[str, Any]:
-        """After the last epoch: final metrics (e.g. the test split), last weights written; logs its summary."""
-
-    @abstractmethod
     def describe(self) -> str:
         """The line printed when training starts."""
+        cfg = self.config
+        return (f"training {cfg.model} ({count_params(self.model) / 1e6:.2f} M params) "
+                f"{self.task.describe_data(self)}, {cfg.epochs} epochs x {self.steps_per_epoch} steps, "
+                f"batch {cfg.batch_size}, lr {cfg.lr:g}, {self.info.world_size} process(es) on {self.device}, "
+                f"{torch.get_num_threads()} threads -> {self.run_dir}")
 
-    def running_loss(self) -> float:
-        return self.sums.get("loss", 0.0) / max(self.sums.get("count", 0.0), 1.0)
+    def train_step(self, batch: Any) -> dict[str, float]:
+        """Forward, loss and :meth:`optimise` for one batch; returns the amounts to add to the epoch's sums."""
+        with self.autocast():
+            loss, sums, weight = self.task.loss(self.net, batch, self.device, self.config)
+        self.last_loss = self.optimise(loss)
+        return {"loss": self.last_loss * weight, **sums, "count": weight}
 
-    def no_validation(self) -> dict[str, float]:
-        """The ``val_*`` entries of an epoch that is not validated (``--eval-every``)."""
-        return {}
+    def validate(self) -> dict[str, float]:
+        """The ``val_*`` history entries (every process takes part; the result is the same on all)."""
+        metrics = self.task.evaluate(self.net, self.val_loader, self.device, self.info, self.data, self.config.amp,
+                                     progress=self.progress)
+        return {f"val_{k}": v for k, v in metrics.items()}
 
     def epoch_message(self, row: dict[str, Any]) -> str:
-        return f"epoch {row['epoch']:3d}/{self.config.epochs}  train loss {row['train_loss']:.4f}"
+        return (f"epoch {row['epoch']:3d}/{self.config.epochs}  train loss {row['train_loss']:.4f}"
+                f"{self.task.epoch_scores(row)}  lr {row['lr']:.3g}  {row['time']:.1f}s")
 
-    def extra_state(self) -> dict[str, Any]:
-        """More entries for ``last.pt``."""
-        return {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
-
-    def weights_metadata(self) -> dict[str, Any]:
-        """Metadata stored beside the weights in best/last.safetensors."""
-        return {}
-
-    def metrics_fields(self) -> dict[str, Any]:
-        """Task fields of metrics.json (before the common ones)."""
-        return {}
+    def finish(self) -> dict[str, Any]:
+        """After the last epoch: the final metrics, the last weights written, the summary logged."""
+        final = self.task.final_metrics(self)
+        self.save_weights("last.safetensors", {"epoch": self.epoch, **final})
+        self.log(self.task.final_message(self, final))
+        return final
 
     def plot(self) -> None:
         """Pictures of the history (curves.png)."""
+        task = self.task
+        plot_curves(self.history, self.run_dir / "curves.png", title=f"{self.config.model} on {self.config.data}",
+                    metric=self.score_key, metric_label=task.metric_label, scale=task.metric_scale)
+
+    def running_loss(self) -> float:
+        return self.sums.get("loss", 0.0) / max(self.sums.get("count", 0.0), 1.0)
 
     def log(self, message: str) -> None:
         if self.info.is_main and not self.quiet:
@@ -207,112 +245,12 @@ class TrainingLoop(ABC):
         self.scheduler.step()
         return value
 
-    # -- checkpoints ----------------------------------------------------------------------------------------------
-
-    def identity(self) -> dict[str, Any]:
-        m = unwrap_model(self.model)
-        return {"model_name": m.model_name, "model_kwargs": json.loads(json.dumps(m.model_kwargs, default=list))}
-
-    def save_state(self) -> None:
-        """Write ``last.pt`` (all ranks take part in gathering RNG states; rank 0 writes)."""
-        rngs = all_gather_objects(capture_rng(), self.info)
-        if not self.info.is_main:
-            return
-        state = {
-            **self.identity(),
-            "model": clean_state_dict(unwrap_model(self.model).state_dict()),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rngs,
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "sums": dict(self.sums),
-            "history": self.history,
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "elapsed": self.elapsed,
-            "config": self.config.to_json(),
-            "world_size": self.info.world_size,
-            **self.extra_state(),
-        }
-        save_training_state(self.ckpt_dir / "last.pt", state)
-
-    def save_weights(self, name: str, extra: dict[str, Any]) -> None:
-        if self.info.is_main:
-            save_checkpoint(unwrap_model(self.model), self.ckpt_dir / name, metadata={**self.weights_metadata(), **extra})
-
-    def load_state(self) -> None:
-        path = self.ckpt_dir / "last.pt"
-        state = load_training_state(path)
-        mine = self.identity()
-        if (state["model_name"], state["model_kwargs"]) != (mine["model_name"], mine["model_kwargs"]):
-            raise ValueError(
-                f"{path} holds {state['model_name']} {state['model_kwargs']}, but this run builds "
-                f"{mine['model_name']} {mine['model_kwargs']}; resume with the run's own settings or start a new "
-                "run with --out"
-            )
-        try:
-            unwrap_model(self.model).load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise ValueError(f"{path}: the saved state does not fit this model/optimizer: {err}") from None
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        rngs = state["rng"]
-        if len(rngs) == self.info.world_size:
-            restore_rng(rngs[self.info.rank])
-        else:
-            warnings.warn(f"{path} was written by {len(rngs)} processes, this run has {self.info.world_size}: "
-                          "RNG streams are re-seeded, so the continuation is not bit-exact", stacklevel=2)
-        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        same_world = self.info.world_size == state.get("world_size", 1)
-        self.sums = dict(state["sums"]) if same_world else {}  # another world size: this epoch's sums restart
-        self.history = list(state["history"])
-        self.best, self.best_epoch, self.elapsed = state["best"], state["best_epoch"], state["elapsed"]
-        self.load_extra_state(state)
-        self.reconcile_best(path)
-        self.log(f"resumed {self.run_dir} at epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch}")
-
-    def reconcile_best(self, last: Path) -> None:
-        """Make the resumed record of the best agree with ``best.safetensors`` after a crash between their writes.
-
-        The file written by the crashed attempt at an epoch this run repeats is adopted with its score; a missing
-        or older file (a version that wrote last.pt first, or a deleted file) is rewritten when last.pt's weights
-        are those of the best epoch, and otherwise reported and the best chosen again from the epochs to come.
-        """
-        if self.best_epoch < 1:
-            return
-        best = self.ckpt_dir / "best.safetensors"
-        try:
-            meta = read_safetensors(best, metadata_only=True)[1] if best.is_file() else {}
-            epoch, score = json.loads(meta.get("epoch", "null")), json.loads(meta.get(self.score_key, "null"))
-        except ValueError:  # damaged (JSONDecodeError is a ValueError): as if missing
-            epoch, score = None, None
-        if epoch == self.best_epoch:
-            return
-        if isinstance(epoch, int) and epoch > self.epoch and isinstance(score, (int, float)):
-            self.best, self.best_epoch = float(score), epoch
-            self.log(f"note: {best} holds epoch {epoch} of the interrupted attempt, which this run repeats")
-            return
-        found = "missing" if epoch is None else f"holds epoch {epoch}"
-        if (self.epoch, self.step_in_epoch) == (self.best_epoch, 0):  # last.pt holds the best epoch's weights
-            self.save_weights("best.safetensors", {"epoch": self.best_epoch, self.score_key: self.best})
-            self.log(f"note: {best} was {found}; rewrote it with epoch {self.best_epoch}'s weights from {last}")
-            return
-        warnings.warn(
-            f"{best} is {found}, but {last} records the best {self.score_key} {self.best:.4g} at epoch "
-            f"{self.best_epoch}, whose weights are no longer on disk (a crash between the two writes, or a removed "
-            "file); the best weights are chosen again from the epochs still to come", stacklevel=2)
-        self.best, self.best_epoch = -math.inf, -1
-
     # -- outputs --------------------------------------------------------------------------------------------------
 
     def write_metrics(self, status: str, final: dict[str, Any] | None = None) -> dict[str, Any]:
         metrics = {
             "status": status,
-            **self.metrics_fields(),
+            **self.task.metrics_fields(self),
             "params": count_params(unwrap_model(self.model)),
             "steps": self.global_step,
             "best_epoch": self.best_epoch,
@@ -331,7 +269,7 @@ class TrainingLoop(ABC):
 
     def run(self) -> TrainResult:
         """Own the run directory (one process trains in it at a time), then train (:meth:`run_owned`)."""
-        lock = self.own_run_dir()
+        lock = own_run_dir(self.run_dir, self.info)
         try:
             if not self.resume and (self.ckpt_dir / "last.pt").exists():
                 raise FileExistsError(
@@ -344,20 +282,6 @@ class TrainingLoop(ABC):
         finally:
             if lock is not None:
                 lock.release()
-
-    def own_run_dir(self) -> RunDirLock | None:
-        """Rank 0 (the only writer) takes the run directory's lock, before anything is written to it; every
-        process raises the same error if that fails (e.g. another run holds it, naming its PID)."""
-        lock, error = None, None
-        if self.info.is_main:
-            try:
-                lock = lock_run_dir(self.run_dir)
-            except (RunDirBusy, OSError) as err:
-                error = err
-        error = all_gather_objects(error, self.info)[0]
-        if error is not None:
-            raise error
-        return lock
 
     def run_owned(self) -> TrainResult:
         """Set up, resume if asked, run the epochs, and finish (the run directory is this process's)."""
@@ -389,7 +313,7 @@ class TrainingLoop(ABC):
             self.save_state()
             metrics = self.write_metrics(status)
             self.log(f"stopped at epoch {self.epoch + 1}, step {self.step_in_epoch}; saved {self.ckpt_dir / 'last.pt'}")
-            self.log(f"continue with: involution {self.command} --resume --out {self.run_dir}")
+            self.log(f"continue with: involution {self.task.command} --resume --out {self.run_dir}")
             return TrainResult(self.run_dir, status, metrics)
         final = self.finish()
         return TrainResult(self.run_dir, status, self.write_metrics(status, final))
@@ -435,10 +359,10 @@ class TrainingLoop(ABC):
         cfg, info = self.config, self.info
         keys = sorted(self.sums)
         totals = dict(zip(keys, all_reduce_sum([self.sums[k] for k in keys], info, self.device)))
-        row: dict[str, Any] = {"epoch": self.epoch + 1, **self.epoch_row(totals)}
+        row: dict[str, Any] = {"epoch": self.epoch + 1, **self.task.epoch_row(totals)}
         row.update(lr=self.scheduler.get_last_lr()[0], time=round(seconds, 3))
         due = (self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == cfg.epochs
-        row.update(self.validate() if due else self.no_validation())
+        row.update(self.validate() if due else self.task.no_validation())
         self.history.append(row)
         self.epoch += 1
         self.step_in_epoch = 0
