@@ -1,9 +1,11 @@
-"""What every run configuration dataclass can do: become a dict / JSON (``config.json``) and come back from one."""
+"""The options every training run has (:class:`RunConfig`, the base of each task's config dataclass), their
+checks, and the config's round trip through a dict / JSON (``config.json``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..._checks import check_int, check_number
@@ -11,9 +13,33 @@ from ..._checks import check_int, check_number
 C = TypeVar("C", bound="RunConfig")
 
 
+@dataclass
 class RunConfig:
-    """Mixin for the ``@dataclass`` configs of training runs (:class:`~involution.tasks.classification.TrainConfig`,
-    :class:`~involution.tasks.dense.DenseConfig`)."""
+    """The fields every training run has; subclassed by each task's config
+    (:class:`~involution.tasks.classification.TrainConfig`, :class:`~involution.tasks.dense.DenseConfig`), which
+    sets its own defaults (``None``: the task's recipe decides)."""
+
+    data: str = ""  # the data set (each task's config names its default)
+    data_dir: str | None = None
+    model: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None  # initial weights (fine-tuning), any format create_model(checkpoint=) reads
+    epochs: int | None = None
+    batch_size: int | None = None  # global: split across processes under torchrun
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    schedule: str | None = None  # cosine | constant
+    clip_grad: float | None = None  # max gradient norm; None: no clipping
+    image_size: int | None = None
+    seed: int = 0
+    workers: int = 0
+    amp: str = "none"  # none | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None
+    eval_every: int = 1
+    log_every: int = 10
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
