@@ -21,9 +21,6 @@ class EvalResult:
     count: int
     confusion: np.ndarray | None = None
 
-    def as_dict(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_loss": self.loss, f"{prefix}_acc": self.acc, f"{prefix}_top5": self.top5}
-
 
 @torch.no_grad()
 def evaluate(

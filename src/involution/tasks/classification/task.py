@@ -1,10 +1,6 @@
-"""Classification as a :class:`~involution.tasks.engine.task.Task`, and ``train``: one function from a
-:class:`TrainConfig` to a finished (or cleanly stopped) run directory.
-
-The loop itself (checkpoints, exact resume, Ctrl-C, non-finite losses, torchrun agreement) is the shared engine
-(:mod:`involution.tasks.engine.loop`); this task supplies the data (digits / Fashion-MNIST / CIFAR-10 / image
-folders), the model, cross-entropy, top-1/top-5 evaluation, and the test split scored once at the end.
-"""
+"""Classification as a :class:`~involution.tasks.engine.task.Task` (digits / Fashion-MNIST / CIFAR-10 / image
+folders, cross-entropy, top-1/top-5, a test split scored once at the end), and ``train``: from a
+:class:`TrainConfig` to a finished (or cleanly stopped) run directory, through the shared engine."""
 
 from __future__ import annotations
 
@@ -21,12 +17,12 @@ from ...models import count_flops, create_model
 from ..engine.distributed import DistInfo
 from ..engine.loop import TrainingLoop, TrainResult
 from ..engine.loop import train as train_task
-from ..engine.resume import resume_config as resume_task_config
+from ..engine.run_config import resume_config as resume_task_config
 from ..engine.runtime import StopFlag, convert_sync_bn, to_device
 from ..engine.task import Task, TaskData
 from .config import TrainConfig, resolve
 from .data import DataSpec, load_splits, subsample_train
-from .engine import EvalResult, evaluate
+from .engine import evaluate
 from .transforms import AugmentedDataset, build_transforms
 
 
@@ -115,9 +111,6 @@ class ClassificationTask(Task):
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         return model
 
-    def wrap(self, net: nn.Module, config: TrainConfig) -> nn.Module:
-        return torch.compile(net, backend=config.compile_backend) if config.compile else net  # type: ignore[return-value]
-
     def loss(self, model: nn.Module, batch: Any, device: torch.device,
              config: TrainConfig) -> tuple[Tensor, dict[str, float], float]:
         images, labels = to_device(batch, device, self.channels_last)
@@ -130,23 +123,13 @@ class ClassificationTask(Task):
         count = max(totals.get("count", 0.0), 1.0)
         return {"train_loss": totals.get("loss", 0.0) / count, "train_acc": totals.get("correct", 0.0) / count}
 
-    def _evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: TaskData,
-                  amp: str) -> EvalResult:
-        return evaluate(model, loader, device, info, _spec(data).num_classes, amp, self.channels_last)
-
     def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: TaskData,
                  amp: str = "none", progress: bool = False) -> dict[str, float]:
-        result = self._evaluate(model, loader, device, info, data, amp)
+        result = evaluate(model, loader, device, info, _spec(data).num_classes, amp, self.channels_last)
         return {"loss": result.loss, "acc": result.acc, "top5": result.top5}
 
     def no_validation(self) -> dict[str, float]:
-        return {"val_loss": float("nan"), "val_acc": float("nan"), "val_top5": float("nan")}
-
-    def predict(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:
-        """Class probabilities ``(K,)`` for one preprocessed image ``(C, H, W)``."""
-        with torch.no_grad():
-            logits = model(image.unsqueeze(0).to(next(model.parameters()).device))
-        return {"probs": logits.float().softmax(dim=1)[0].cpu()}
+        return dict.fromkeys(("val_loss", "val_acc", "val_top5"), float("nan"))
 
     def describe_data(self, run: TrainingLoop) -> str:
         return f"on {run.config.data}: {len(run.sampler.dataset)} train images"
@@ -155,7 +138,8 @@ class ClassificationTask(Task):
         return f"  train acc {100 * row['train_acc']:.2f}%  val acc {100 * row['val_acc']:.2f}%"
 
     def final_metrics(self, run: TrainingLoop) -> dict[str, Any]:
-        test = self._evaluate(run.net, run.test_loader, run.device, run.info, run.data, run.config.amp)
+        test = evaluate(run.net, run.test_loader, run.device, run.info, _spec(run.data).num_classes, run.config.amp,
+                        self.channels_last)
         return {"test_acc": test.acc, "test_top5": test.top5, "test_loss": test.loss, "test_count": test.count}
 
     def final_message(self, run: TrainingLoop, final: dict[str, Any]) -> str:

@@ -1,11 +1,7 @@
-"""Transforms of the classification task: training augmentation seeded per sample, evaluation preprocessing.
-
-Training augmentation is seeded per sample from ``(seed, epoch, index)`` (:class:`AugmentedDataset`, with the
-engine's :mod:`~involution.tasks.engine.seeding`), so a sample's crop and flip do not depend on which worker process
-draws it or on whether the run was interrupted and resumed. In-memory data sets at their native size are augmented
-a whole batch at a time (:class:`ShiftFlip`), which costs next to nothing; image folders go through torchvision's
-transforms one image at a time.
-"""
+"""Transforms of the classification task: training augmentation seeded per sample from ``(seed, epoch, index)``
+(:class:`AugmentedDataset`, :mod:`~involution.tasks.engine.seeding`), and evaluation preprocessing. In-memory data
+sets at their native size are augmented a whole batch at a time (:class:`ShiftFlip`), which costs next to nothing;
+image folders go through torchvision's transforms one image at a time."""
 
 from __future__ import annotations
 

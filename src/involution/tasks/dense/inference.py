@@ -25,8 +25,6 @@ from ..engine.runtime import select_device
 from .config import DenseConfig, resolve
 from .task import DenseTask
 
-WEIGHTS_FILES = ("best.safetensors", "last.safetensors")  # a run's last.pt does not record its task
-
 
 @dataclass
 class DenseCheckpoint:
@@ -39,7 +37,7 @@ class DenseCheckpoint:
 
 def load_dense_checkpoint(path: str | os.PathLike, task: DenseTask | None = None) -> DenseCheckpoint:
     """Rebuild the model of a dense checkpoint; refuses a file of another task (e.g. a classifier)."""
-    file = resolve_checkpoint(path, WEIGHTS_FILES)
+    file = resolve_checkpoint(path, ("best.safetensors", "last.safetensors"))  # last.pt records no task
     _, meta = read_checkpoint(file)
     kind = meta.get("task")
     if kind is None:

@@ -1,12 +1,6 @@
-"""The dense tasks (detection, segmentation) as a :class:`~involution.tasks.engine.task.Task`, and
-``train_dense``: from a :class:`DenseConfig` to a run directory.
-
-The shared engine (:mod:`involution.tasks.engine.loop`) owns the run directory, atomic checkpoints, exact resume,
-Ctrl-C, non-finite losses and torchrun; a :class:`DenseTask` supplies the data, model, loss and validation metric.
-``metrics.json`` holds per epoch ``train_loss`` and each named loss term, and the task's ``val_*`` metrics;
-``best.safetensors`` is the epoch with the best ``val_<task.metric>``. Under ``torchrun`` validation shards the set
-without padding and combines the metric over processes.
-"""
+"""The dense tasks (detection, segmentation) as a :class:`~involution.tasks.engine.task.Task`, trained by the
+shared engine (``train_dense``). ``metrics.json`` holds per epoch ``train_loss`` and each named loss term, and the
+task's ``val_*`` metrics; ``best.safetensors`` is the epoch with the best ``val_<task.metric>``."""
 
 from __future__ import annotations
 
@@ -24,7 +18,7 @@ from torch.utils.data import Dataset
 from ...models import create_model
 from ..engine.loop import TrainingLoop, TrainResult
 from ..engine.loop import train as train_task
-from ..engine.resume import resume_config
+from ..engine.run_config import resume_config
 from ..engine.seeding import sample_seed
 from ..engine.task import Task, TaskData
 from .config import DenseConfig, resolve
@@ -74,15 +68,13 @@ class DenseTask(Task):
     def collate(self, items: Sequence[tuple[Tensor, Any]]) -> Any: ...
 
     def build_model(self, config: DenseConfig, data: TaskData) -> nn.Module:
-        return build_dense_model(config, len(data.classes))
-
-    @abstractmethod
-    def predict(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:
-        """The model's output for one ``(3, H, W)`` image in [0, 1] (on the model's device), on the CPU."""
-
-    @abstractmethod
-    def draw(self, image: Tensor, output: dict[str, Tensor], classes: Sequence[str], threshold: float = 0.5) -> Tensor:
-        """A picture of ``output`` over ``image``: uint8 ``(3, H', W')``."""
+        """The registry model of ``config`` for the data's classes, with the run's initial weights loaded. The
+        backbone's weight file is an argument of its own, left out of ``model_kwargs``: a saved checkpoint already
+        holds the weights, and rebuilding it must not need the original files."""
+        kwargs = dict(config.model_kwargs)
+        if config.backbone_checkpoint:
+            kwargs["backbone_checkpoint"] = config.backbone_checkpoint
+        return create_model(config.model or "", num_classes=len(data.classes), checkpoint=config.checkpoint, **kwargs)
 
     def describe_data(self, run: TrainingLoop) -> str:
         return f"for {self.name} on {run.data.source}: {len(run.data.train)} train / {len(run.data.val)} val images"  # type: ignore[arg-type]
@@ -117,15 +109,3 @@ class KeyedDataset(Dataset):
                 image, target = self.augment(image, target, generator=generator)
             return image, target
         return self.base[key]
-
-
-def build_dense_model(config: DenseConfig, num_classes: int) -> nn.Module:
-    """The registry model of ``config`` for ``num_classes`` classes, with the run's initial weights loaded.
-
-    The dense builders take the weight files as arguments of their own and leave them out of ``model_kwargs``: a
-    saved checkpoint already holds the weights, and rebuilding it must not need the original files.
-    """
-    kwargs = dict(config.model_kwargs)
-    if config.backbone_checkpoint:
-        kwargs["backbone_checkpoint"] = config.backbone_checkpoint
-    return create_model(config.model or "", num_classes=num_classes, checkpoint=config.checkpoint, **kwargs)

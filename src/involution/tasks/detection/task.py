@@ -81,8 +81,11 @@ class DetectionTask(DenseTask):
             metrics = {f"{t}_{n}": float(result[f"{t}_{n}"]) for t in iou_types for n in REPORTED}
         return all_gather_objects(metrics, info)[0]  # type: ignore[return-value]
 
+    @torch.no_grad()
     def predict(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:
-        return _predict(model, image)
+        net = unwrap_model(model).eval()
+        out = net([image.to(next(net.parameters()).device)])[0]
+        return {k: v.cpu() for k, v in out.items()}
 
     def draw(self, image: Tensor, output: dict[str, Tensor], classes: Sequence[str], threshold: float = 0.5) -> Tensor:
         return draw_detections(image, output, classes, threshold)
@@ -116,15 +119,6 @@ def predict_batches(model: nn.Module, loader: Any, device: torch.device, amp: st
         bar.close()
     model.train(was_training)
     return out
-
-
-def _predict(model: nn.Module, image: Tensor) -> dict[str, Tensor]:
-    net = unwrap_model(model)
-    device = next(net.parameters()).device
-    net.eval()
-    with torch.no_grad():
-        out = net([image.to(device)])[0]
-    return {k: v.cpu() for k, v in out.items()}
 
 
 def draw_detections(image: Tensor, output: dict[str, Tensor], classes: Sequence[str], threshold: float = 0.5) -> Tensor:

@@ -1,3 +1,2 @@
-"""The training engine every task shares: the run (:mod:`.loop`), its checkpoints (:mod:`.state`), run directories
-(:mod:`.run_dir`), configs (:mod:`.run_config`), devices and schedules (:mod:`.runtime`), torchrun
-(:mod:`.distributed`) and pictures (:mod:`.plots`). Import from the modules: this package imports nothing."""
+"""The training engine every task shares (run, checkpoints, run directories, configs, devices, torchrun, seeding,
+pictures, the Task protocol). Import from its modules: this package imports nothing."""

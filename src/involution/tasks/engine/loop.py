@@ -68,16 +68,10 @@ def train(
     stop_flag: StopFlag | None = None,
     quiet: bool = False,
 ) -> TrainResult:
-    """Train ``task``'s model as ``config`` says; returns the run directory, its status and final metrics.
-
-    Args:
-        task: what to train (a :class:`~.task.Task`).
-        config: its configuration (``task.config_class``); ``None`` fields come from the task's recipe.
-        out: the run directory (default a new ``runs/<task.run_prefix>-<time>``); with ``resume``, the one to
-            continue.
-        resume: continue the run in ``out`` from ``checkpoints/last.pt``.
-        progress: tqdm progress bars (rank 0 only). quiet: print nothing.
-    """
+    """Train ``task``'s model as ``config`` (a ``task.config_class``; ``None`` fields: the task's recipe) says, in
+    ``out`` (default a new ``runs/<task.run_prefix>-<time>``; with ``resume``, the run to continue from its
+    ``checkpoints/last.pt``); returns the run directory, its status and final metrics. ``progress``: tqdm bars
+    (rank 0 only); ``quiet``: print nothing."""
     info = init_distributed("cuda" if select_device(config.device, DistInfo()).type == "cuda" else "cpu")
     try:
         return TrainingLoop(task, config, out, resume, progress, info, stop_flag, quiet).run()
@@ -164,7 +158,8 @@ class TrainingLoop(RunCheckpoints):
         if info.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.net = self.task.wrap(self.net, cfg)
+        if getattr(cfg, "compile", False):  # TrainConfig's --compile
+            self.net = torch.compile(self.net, backend=cfg.compile_backend)  # type: ignore[assignment]
 
     def describe(self) -> str:
         """The line printed when training starts."""
@@ -200,12 +195,8 @@ class TrainingLoop(RunCheckpoints):
 
     def plot(self) -> None:
         """Pictures of the history (curves.png)."""
-        task = self.task
         plot_curves(self.history, self.run_dir / "curves.png", title=f"{self.config.model} on {self.config.data}",
-                    metric=self.score_key, metric_label=task.metric_label, scale=task.metric_scale)
-
-    def running_loss(self) -> float:
-        return self.sums.get("loss", 0.0) / max(self.sums.get("count", 0.0), 1.0)
+                    metric=self.score_key, metric_label=self.task.metric_label, scale=self.task.metric_scale)
 
     def log(self, message: str) -> None:
         if self.info.is_main and not self.quiet:
@@ -341,7 +332,7 @@ class TrainingLoop(RunCheckpoints):
             lr = self.scheduler.get_last_lr()[0]
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{self.running_loss():.4f}", lr=f"{lr:.3g}")
+                bar.set_postfix(loss=f"{self.sums['loss'] / max(self.sums['count'], 1.0):.4f}", lr=f"{lr:.3g}")
             if self.global_step % cfg.log_every == 0:
                 self.tb.scalars({"train/loss_step": self.last_loss, "train/lr": lr}, self.global_step)
             if self.agree(self.stop.requested):

@@ -8,6 +8,7 @@ import math
 import random
 import signal
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -107,19 +108,13 @@ class StopFlag:
             print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
 
     def __enter__(self) -> StopFlag:
-        if hasattr(signal, "SIGINT") and _in_main_thread():
+        if hasattr(signal, "SIGINT") and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def convert_sync_bn(model: nn.Module) -> nn.Module:

@@ -1,11 +1,7 @@
-"""Per-sample seeding of training augmentation: one scheme for every task.
-
-A sample's random draws in an epoch come from a 64-bit hash of ``(seed, epoch, index)`` (splitmix64, chained), so
-its augmentation does not depend on which worker process loads it or on whether the run was interrupted and
-resumed. :func:`sample_hashes` computes it for a whole batch at once (classification's in-memory augmentation
-draws its shifts and flips straight from the bits); :func:`sample_seed` is the same hash for one sample, used to
-seed a generator (torchvision transforms, the dense tasks' paired transforms).
-"""
+"""Per-sample seeding of training augmentation, one scheme for every task: a sample's draws in an epoch come from
+a 64-bit hash of ``(seed, epoch, index)`` (splitmix64, chained), whatever worker loads it and whether the run was
+resumed. :func:`sample_hashes` hashes a batch (classification's in-memory shifts and flips use the bits directly);
+:func:`sample_seed` seeds a generator for one sample (torchvision transforms, the dense tasks' paired transforms)."""
 
 from __future__ import annotations
 

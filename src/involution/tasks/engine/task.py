@@ -1,10 +1,7 @@
-"""The Task protocol: what one kind of training tells the engine (:mod:`.loop`), which owns everything else (run
-directory, resume, torchrun, schedule, checkpoints, progress).
-
-A task supplies its data, model, loss, evaluation, prediction and pictures, and the few words and numbers its run
-reports. Implementations: :class:`~involution.tasks.classification.task.ClassificationTask`, and the dense tasks
-(:class:`~involution.tasks.dense.task.DenseTask`: detection, segmentation).
-"""
+"""The Task protocol: what one kind of training (its data, model, loss, evaluation, prediction, pictures, and what
+its run reports) tells the engine (:mod:`.loop`), which owns everything else: run directory, resume, torchrun,
+schedule, checkpoints, progress. Implementations: :class:`~involution.tasks.classification.task.ClassificationTask`
+and :class:`~involution.tasks.dense.task.DenseTask` (detection, segmentation)."""
 
 from __future__ import annotations
 
@@ -21,9 +18,7 @@ from torch.utils.data import Dataset, default_collate
 from .distributed import DistInfo
 from .run_config import RunConfig
 
-# The reporting hooks get the run itself (a :class:`~.loop.TrainingLoop`, which imports this module): its config,
-# data, history, best score and run directory.
-TrainingLoop = Any
+TrainingLoop = Any  # the reporting hooks get the run itself (engine.loop.TrainingLoop, which imports this module)
 
 
 @dataclass
@@ -49,16 +44,12 @@ class Task(ABC):
     config_class: type[RunConfig]
 
     @property
-    def command(self) -> str:
-        """What resumes a run: ``involution {command} --resume --out RUN``."""
+    def command(self) -> str:  # what resumes a run: ``involution {command} --resume --out RUN``
         return f"{self.name} train"
 
     @property
-    def run_prefix(self) -> str:
-        """Name prefix of a new run directory (``runs/<prefix>-<time>``)."""
+    def run_prefix(self) -> str:  # a new run directory is ``runs/<run_prefix>-<time>``
         return self.name
-
-    # -- data, model, step, evaluation --------------------------------------------------------------------------
 
     @abstractmethod
     def resolve(self, config: Any) -> Any:
@@ -87,10 +78,6 @@ class Task(ABC):
         """The model on ``device`` made ready to train (memory format, synchronised BatchNorm...)."""
         return model
 
-    def wrap(self, net: nn.Module, config: Any) -> nn.Module:
-        """What is called in training steps (e.g. compiled), given the model or its DDP wrapper."""
-        return net
-
     @abstractmethod
     def loss(self, model: nn.Module, batch: Any, device: torch.device,
              config: Any) -> tuple[Tensor, dict[str, float], float]:
@@ -112,14 +99,12 @@ class Task(ABC):
         return {}
 
     def predict(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:
-        """The model's output for one ``(C, H, W)`` image (on the model's device), on the CPU."""
+        """The model's output for one ``(3, H, W)`` image in [0, 1] (on the model's device), on the CPU."""
         raise NotImplementedError(f"the {self.name} task predicts through its own functions")
 
     def draw(self, image: Tensor, output: dict[str, Tensor], classes: Sequence[str], threshold: float = 0.5) -> Tensor:
         """A picture of ``output`` over ``image``: uint8 ``(3, H', W')``."""
         raise NotImplementedError(f"the {self.name} task draws no predictions")
-
-    # -- what the run reports -----------------------------------------------------------------------------------
 
     @abstractmethod
     def describe_data(self, run: TrainingLoop) -> str:
@@ -136,6 +121,7 @@ class Task(ABC):
         return {k: v for k, v in last.items() if k.startswith("val_")}
 
     def final_message(self, run: TrainingLoop, final: dict[str, Any]) -> str:
+        """The run's last line."""
         value = final.get(run.score_key, float("nan"))
         return (f"final val {self.metric} {value:.4f}; best {run.best:.4f} at epoch {run.best_epoch}; "
                 f"run written to {run.run_dir}")
