@@ -16,7 +16,7 @@ from pathlib import Path
 
 import _util  # noqa: F401  (puts src/ on sys.path)
 
-from involution.tasks.plots import pyplot, save_figure
+from involution.tasks.engine.plots import pyplot, save_figure
 
 SHOWN = {"detect": ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50"), "segment": ("mIoU", "pixel_acc", "mean_acc")}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from involution.tasks.classification import TrainConfig, train
-from involution.tasks.runtime import StopFlag
+from involution.tasks.engine.runtime import StopFlag
 
 FASHION_MNIST = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

@@ -192,11 +192,11 @@ def test_a_second_run_on_the_same_out_is_refused_and_a_killed_run_frees_it(tmp_p
 
 
 def test_the_lock_is_exclusive_between_processes_and_released(tmp_path, capsys):
-    from involution.tasks.run_dir import RunDirBusy, lock_run_dir
+    from involution.tasks.engine.run_dir import RunDirBusy, lock_run_dir
 
     run = tmp_path / "run"
     script = (f"import sys, time; sys.path[:0] = {sys.path!r}\n"
-              "from involution.tasks.run_dir import lock_run_dir\n"
+              "from involution.tasks.engine.run_dir import lock_run_dir\n"
               f"lock = lock_run_dir({str(run)!r}); print('locked', flush=True); time.sleep(600)\n")
     holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=_env())
     try:
@@ -222,7 +222,7 @@ def test_the_lock_is_exclusive_between_processes_and_released(tmp_path, capsys):
 
 
 def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path):
-    from involution.tasks.run_dir import remove_stale_temp_files
+    from involution.tasks.engine.run_dir import remove_stale_temp_files
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

@@ -64,7 +64,7 @@ def test_predict_prints_top_k_classes_per_image(trained_run, tmp_path, capsys):
     from sklearn.datasets import load_digits
 
     from involution.tasks.classification import load_classifier
-    from involution.tasks.classification.data import build_image_transform
+    from involution.tasks.classification.transforms import build_image_transform
 
     digits = load_digits()
     paths = []
@@ -129,7 +129,7 @@ def test_torchrun_two_processes_on_gloo(tmp_path):
 
 
 def test_sync_batchnorm_conversion():
-    from involution.tasks.runtime import convert_sync_bn
+    from involution.tasks.engine.runtime import convert_sync_bn
 
     model = convert_sync_bn(create_model("rednet26_small", num_classes=10, width=0.125))
     kinds = {type(m).__name__ for m in model.modules()}

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from conftest import FASHION_MNIST
-from involution.tasks.classification.data import AugmentedDataset, build_image_transform, build_transforms, load_splits
+from involution.tasks.classification.data import load_splits
+from involution.tasks.classification.transforms import AugmentedDataset, build_image_transform, build_transforms
 
 
 def test_digits_split_is_fixed_and_stratified():

@@ -7,7 +7,7 @@ from conftest import StopAfter, tiny
 
 from involution.models import load_model
 from involution.tasks.classification import NonFiniteLossError, resume_config, train
-from involution.tasks.state import load_training_state
+from involution.tasks.engine.state import load_training_state
 
 
 def test_run_directory_holds_everything(tmp_path):
@@ -86,7 +86,7 @@ def test_resume_refuses_other_settings_and_bad_checkpoints(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import involution.tasks.classification.training as train_module
+    import involution.tasks.classification.task as train_module
 
     class PoisonedLoss(torch.nn.CrossEntropyLoss):
         calls = 0

@@ -18,7 +18,7 @@ from involution.tasks.dense import DenseConfig, resume_dense_config, train_dense
 from involution.tasks.dense.inference import evaluate_checkpoint, load_dense_checkpoint, predict_files
 from involution.tasks.detection import DetectionTask
 from involution.tasks.segmentation import SegmentationTask
-from involution.tasks.state import load_training_state
+from involution.tasks.engine.state import load_training_state
 
 TINY_DET = {"backbone_kwargs": {"width": 0.125}, "fpn_channels": 16}
 TINY_SEG = {"backbone_kwargs": {"width": 0.125}, "neck_channels": 16, "head_channels": 8}

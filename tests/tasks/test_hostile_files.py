@@ -18,7 +18,7 @@ from involution.cli import main
 from involution.models import create_model, ours_to_official, save_checkpoint
 from involution.models._safetensors import read_safetensors
 from involution.tasks.classification import NonFiniteLossError, resume_config, train
-from involution.tasks.state import load_training_state, save_training_state
+from involution.tasks.engine.state import load_training_state, save_training_state
 
 SMALL = {"num_classes": 10, "width": 0.125}
 
@@ -214,7 +214,7 @@ def quick(**overrides):
 
 def test_best_weights_are_on_disk_before_last_pt_records_them(tmp_path, monkeypatch):
     """A crash while writing best.safetensors must not leave a last.pt that records the new best."""
-    import involution.tasks.loop as loop
+    import involution.tasks.engine.loop as loop
 
     def crash(self, name, extra):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -261,7 +261,7 @@ def test_resume_without_the_recorded_best_says_so(tmp_path, capsys):
 
 
 def test_non_finite_loss_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, monkeypatch):
-    import involution.tasks.classification.training as train_module
+    import involution.tasks.classification.task as train_module
 
     class NaNLoss(torch.nn.CrossEntropyLoss):
         def forward(self, logits, target):

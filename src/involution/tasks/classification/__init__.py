@@ -5,14 +5,17 @@
 >>> result.metrics["test_acc"]
 """
 
+from ..engine.loop import TrainResult
+from ..engine.runtime import NonFiniteLossError
 from .config import DATASETS, RECIPES, TrainConfig, resolve
 from .data import DataSpec, load_splits
 from .inference import EvalReport, load_classifier, predict, run_eval
-from .training import NonFiniteLossError, TrainResult, resume_config, train
+from .task import ClassificationTask, resume_config, train
 
 __all__ = [
     "DATASETS",
     "RECIPES",
+    "ClassificationTask",
     "DataSpec",
     "EvalReport",
     "NonFiniteLossError",

@@ -7,53 +7,34 @@ is the paper's ImageNet recipe and applies to ``--data imagefolder``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..._checks import check_int, check_number
-from ..run_config import RunConfig, check_run_options
+from ..engine.run_config import RunConfig, check_run_options
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "imagefolder")
 
 
 @dataclass
 class TrainConfig(RunConfig):
-    """Everything a training run depends on; written to ``config.json`` in the run directory."""
+    """Everything a training run depends on; written to ``config.json`` in the run directory. ``lr`` None:
+    ``base_lr * batch_size / base_batch``."""
 
     data: str = "digits"
-    data_dir: str | None = None
     recipe: str | None = None  # None: the data set's recipe
-    model: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    checkpoint: str | None = None  # initial weights (fine-tuning), any format create_model(checkpoint=) reads
-    epochs: int | None = None
-    batch_size: int | None = None  # global: split across processes under torchrun
-    lr: float | None = None  # None: base_lr * batch_size / base_batch
     base_lr: float | None = None
     base_batch: int | None = None
     optimizer: str | None = None  # sgd | adamw
-    momentum: float | None = None
     nesterov: bool | None = None
-    weight_decay: float | None = None
-    warmup_epochs: float | None = None
-    schedule: str | None = None  # cosine | constant
     label_smoothing: float | None = None
-    clip_grad: float | None = None  # max gradient norm; None: no clipping
-    image_size: int | None = None
     val_fraction: float | None = None  # held out of the training split when the data set has no validation split
     train_fraction: float = 1.0  # of the (remaining) training split, stratified, fixed per seed: data-regime studies
     augment: bool = True
-    seed: int = 0
-    workers: int = 0
-    amp: str = "none"  # none | bf16 | fp16
     channels_last: bool | None = None
     compile: bool = False
     compile_backend: str = "inductor"
     sync_bn: bool = False
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int | None = None
-    eval_every: int = 1
-    log_every: int = 10
 
 
 # Shared by every recipe: SGD with Nesterov momentum, cosine schedule, label smoothing (as the paper's).

@@ -1,5 +1,4 @@
-"""The classification step's pieces: optimizer, per-step learning-rate schedule, batches to the device, and
-top-1/top-5 evaluation reduced over processes (device, precision and the schedule's shape: ``..runtime``)."""
+"""Top-1/top-5 evaluation of a classifier, reduced over processes."""
 
 from __future__ import annotations
 
@@ -7,40 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 
 from .._metrics import confusion_matrix
-from ..distributed import DistInfo, all_reduce_sum
-from ..runtime import AMP_DTYPES, autocast, lr_factor, make_scaler, select_device
-from .config import TrainConfig
-
-__all__ = ["AMP_DTYPES", "EvalResult", "autocast", "evaluate", "lr_factor", "make_optimizer", "make_scaler",
-           "make_scheduler", "select_device", "to_device"]
-
-
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, nesterov=bool(config.nesterov) and config.momentum > 0,
-            weight_decay=config.weight_decay,
-        )
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step schedule; its state is the step count, so it resumes exactly."""
-    total = config.epochs * steps_per_epoch
-    warmup = round(config.warmup_epochs * steps_per_epoch)
-    schedule = config.schedule
-
-    def factor(step: int) -> float:
-        return lr_factor(step, total, warmup, schedule)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+from ..engine.distributed import DistInfo, all_reduce_sum
+from ..engine.runtime import autocast, to_device
 
 
 @dataclass
@@ -50,18 +21,6 @@ class EvalResult:
     top5: float
     count: int
     confusion: np.ndarray | None = None
-
-    def as_dict(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_loss": self.loss, f"{prefix}_acc": self.acc, f"{prefix}_top5": self.top5}
-
-
-def to_device(batch: tuple[Tensor, Tensor], device: torch.device, channels_last: bool) -> tuple[Tensor, Tensor]:
-    """Move an ``(images (N, C, H, W), labels (N,))`` batch to ``device`` (images channels_last if asked)."""
-    images, labels = batch
-    images = images.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, labels.to(device, non_blocking=True)
 
 
 @torch.no_grad()

@@ -15,28 +15,15 @@ from torch.utils.data import DataLoader
 from ...models import create_model, load_model, read_checkpoint
 from ...models.checkpoint import FORMAT as WEIGHTS_FORMAT
 from .._images import read_image
-from ..distributed import DistInfo
-from ..plots import plot_confusion_matrix
-from ..run_dir import write_json
-from ..runtime import select_device
-from ..state import FORMAT as TRAIN_FORMAT
-from ..state import load_training_state
-from .data import AugmentedDataset, DataSpec, build_image_transform, build_transforms, load_splits
+from ..engine.distributed import DistInfo
+from ..engine.plots import plot_confusion_matrix
+from ..engine.run_dir import resolve_checkpoint, run_dir_of, write_json
+from ..engine.runtime import select_device
+from ..engine.state import FORMAT as TRAIN_FORMAT
+from ..engine.state import load_training_state
+from .data import DataSpec, load_splits
 from .engine import EvalResult, evaluate
-
-_RUN_DIR_FILES = ("best.safetensors", "last.safetensors", "last.pt")
-
-
-def _resolve_path(path: Path) -> Path:
-    if path.is_dir():
-        for name in _RUN_DIR_FILES:
-            for candidate in (path / "checkpoints" / name, path / name):
-                if candidate.is_file():
-                    return candidate
-        raise FileNotFoundError(f"{path}: a folder without a checkpoint (looked for checkpoints/{'|'.join(_RUN_DIR_FILES)})")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return path
+from .transforms import AugmentedDataset, build_image_transform, build_transforms
 
 
 def load_classifier(
@@ -47,7 +34,7 @@ def load_classifier(
     ``checkpoint``: a run directory, its ``best.safetensors`` / ``last.pt``, or any file ``create_model(model,
     checkpoint=...)`` reads (official mmcls files, plain state dicts), for which ``model`` names the architecture.
     """
-    path = _resolve_path(Path(checkpoint))
+    path = resolve_checkpoint(checkpoint)
     if path.suffix == ".pt":
         state = _maybe_training_state(path)
         if state is not None:
@@ -149,13 +136,6 @@ def run_eval(
         title=f"{getattr(net, 'model_name', '')} on {data}: top-1 {100 * result.acc:.2f}%",
     )
     return EvalReport(result, spec, json_path, picture)
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run directory a checkpoint belongs to (where eval/predict/visualize write by default)."""
-    if checkpoint.is_dir():
-        return checkpoint
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
 def load_classifier_and_spec(

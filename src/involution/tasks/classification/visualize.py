@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from ...layers import Involution2d
 from .._images import read_image
-from ..plots import pyplot, save_figure
-from .data import build_image_transform
+from ..engine.plots import pyplot, save_figure
+from .transforms import build_image_transform
 from .inference import load_classifier_and_spec, run_dir_of
 
 REDUCTIONS = ("sum", "norm")

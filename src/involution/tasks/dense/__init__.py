@@ -1,8 +1,7 @@
 """What detection and segmentation share: the run configuration, the task interface and the training loop."""
 
 from .config import DATASETS, RECIPES, TASKS, DenseConfig, resolve
-from .task import DenseData, DenseTask, KeyedDataset
-from .training import DenseResult, resume_dense_config, train_dense
+from .task import DenseData, DenseResult, DenseTask, KeyedDataset, resume_dense_config, train_dense
 
 __all__ = [
     "DATASETS",

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..runtime import sample_seed
+from ..engine.seeding import sample_seed
 
 
 class PairedTransform:

@@ -9,11 +9,11 @@ for detection, an ImageNet checkpoint expected through ``--backbone-checkpoint``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..._checks import check_int, check_number
-from ..run_config import RunConfig, check_run_options
+from ..engine.run_config import RunConfig, check_run_options
 
 TASKS = ("detect", "segment")
 DATASETS = {"detect": ("scenes", "coco"), "segment": ("scenes", "folder")}
@@ -21,37 +21,21 @@ DATASETS = {"detect": ("scenes", "coco"), "segment": ("scenes", "folder")}
 
 @dataclass
 class DenseConfig(RunConfig):
-    """Everything a dense training run depends on; written to ``config.json`` in the run directory."""
+    """Everything a dense training run depends on; written to ``config.json`` in the run directory. ``checkpoint``:
+    whole-model weights to start from (ours, or an official mmdet/mmseg file)."""
 
-    task: str = "detect"  # detect | segment
     data: str = "scenes"  # scenes | coco (detect) | folder (segment: images/+labels/ or the Cityscapes layout)
-    data_dir: str | None = None  # coco/folder: the data set root; scenes: the folder holding FashionMNIST/raw
+    momentum: float = 0.9
+    schedule: str = "cosine"  # cosine | constant
+    image_size: int = 128  # scenes' canvas; detection also resizes to it (min_size = max_size)
+    task: str = "detect"  # detect | segment
     scenes_dir: str | None = None  # where generated scenes are written (default runs/scenes/<settings>)
     scene_source: str | None = None  # fashion-mnist | digits (None: fashion-mnist when data_dir is given)
     num_train: int = 400  # generated scenes
     num_val: int = 100
-    image_size: int = 128  # scenes' canvas; detection also resizes to it (min_size = max_size)
-    model: str | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    checkpoint: str | None = None  # whole-model weights to start from (ours, or an official mmdet/mmseg file)
     backbone_checkpoint: str | None = None  # ImageNet RedNet-50 weights for the backbone (official or ours)
-    epochs: int | None = None
-    batch_size: int | None = None  # global: split across processes under torchrun
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    warmup_epochs: float | None = None
-    schedule: str = "cosine"  # cosine | constant
-    clip_grad: float | None = None
     aux_weight: float = 0.4  # segmentation: weight of the auxiliary head's loss (official 0.4)
     crop_size: int | None = None  # segmentation: random square training crop (None: whole images)
-    seed: int = 0
-    workers: int = 0
-    amp: str = "none"  # none | bf16 | fp16
-    device: str = "auto"
-    threads: int | None = None
-    eval_every: int = 1
-    log_every: int = 10
 
 
 def _scene_detector(model: str, image_size: int) -> dict[str, Any]:

@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader
 from ...models import load_model
 from ...models.checkpoint import read_checkpoint
 from .._images import read_image
-from ..distributed import DistInfo
-from ..run_dir import write_json
-from ..runtime import select_device
+from ..engine.distributed import DistInfo
+from ..engine.run_dir import resolve_checkpoint, run_dir_of, write_json
+from ..engine.runtime import select_device
 from .config import DenseConfig, resolve
 from .task import DenseTask
 
@@ -35,23 +35,9 @@ class DenseCheckpoint:
     path: Path
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A weights file: ``path`` itself, or a run directory's best (else last) safetensors."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.safetensors", "last.safetensors"):
-            if (path / "checkpoints" / name).is_file():
-                return path / "checkpoints" / name
-        raise FileNotFoundError(f"{path} is a folder without checkpoints/best.safetensors or last.safetensors "
-                                "(is it a detect/segment run directory that finished an epoch?)")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return path
-
-
 def load_dense_checkpoint(path: str | os.PathLike, task: DenseTask | None = None) -> DenseCheckpoint:
     """Rebuild the model of a dense checkpoint; refuses a file of another task (e.g. a classifier)."""
-    file = resolve_checkpoint(path)
+    file = resolve_checkpoint(path, ("best.safetensors", "last.safetensors"))  # last.pt records no task
     _, meta = read_checkpoint(file)
     kind = meta.get("task")
     if kind is None:
@@ -63,10 +49,6 @@ def load_dense_checkpoint(path: str | os.PathLike, task: DenseTask | None = None
     config = DenseConfig.from_dict(json.loads(meta["train_config"])) if "train_config" in meta else None
     model = load_model(file)
     return DenseCheckpoint(model, classes, kind, config, file)
-
-
-def run_dir_of(file: Path) -> Path:
-    return file.parent.parent if file.parent.name == "checkpoints" else file.parent
 
 
 def evaluate_checkpoint(

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..._atomic import atomic_path, write_text_atomic
-from ..distributed import DistInfo, all_gather_objects
+from ..engine.distributed import DistInfo, all_gather_objects
 from .config import DenseConfig
 
 __all__ = ["SceneConfig", "make_scenes", "scene_paths", "scenes_root"]

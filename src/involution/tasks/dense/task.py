@@ -1,14 +1,14 @@
-"""What a dense task (detection, segmentation) tells the shared training loop: its data, model, loss and metric.
-
-The loop in :mod:`.training` owns everything else (run directory, resume, torchrun, schedule, checkpoints,
-progress); a task is a small object implementing :class:`DenseTask`.
-"""
+"""The dense tasks (detection, segmentation) as a :class:`~involution.tasks.engine.task.Task`, trained by the
+shared engine (``train_dense``). ``metrics.json`` holds per epoch ``train_loss`` and each named loss term, and the
+task's ``val_*`` metrics; ``best.safetensors`` is the epoch with the best ``val_<task.metric>``."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+import math
+import os
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,66 +16,81 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ...models import create_model
-from ..distributed import DistInfo
-from ..runtime import sample_seed
-from .config import DenseConfig
+from ..engine.loop import TrainingLoop, TrainResult
+from ..engine.loop import train as train_task
+from ..engine.run_config import resume_config
+from ..engine.seeding import sample_seed
+from ..engine.task import Task, TaskData
+from .config import DenseConfig, resolve
+from .scenes import scenes_root
 
 # augment(image (3, H, W) float in [0, 1], target, generator=g) -> (image, target): a training augmentation
 # drawing its random numbers from g (a PairedTransform of ..detection / ..segmentation)
 Augment = Callable[..., tuple[Tensor, Any]]
 
-
-@dataclass
-class DenseData:
-    """The training and validation sets of a run and what the model needs to know about them."""
-
-    train: Dataset
-    val: Dataset
-    classes: list[str]  # names of the model's classes (detection: objects only; segmentation: every label)
-    source: str  # where the data came from (a folder), for the logs and metrics
-    info: dict[str, Any] = field(default_factory=dict)
+DenseData = TaskData  # train, val, classes, source (a folder), info (recorded with the weights)
+DenseResult = TrainResult  # run_dir, status (finished | interrupted), metrics
 
 
-class DenseTask(ABC):
-    """One dense task. ``metric`` names the validation number (higher is better) that picks ``best.safetensors``."""
+def resume_dense_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> DenseConfig:
+    """The config of the run in ``run_dir`` with ``overrides`` applied; refuses changes that break resumption."""
+    return resume_config(DenseConfig, run_dir, overrides)
 
-    name: str
-    metric: str
-    metric_label: str  # axis label of the curves' right panel, e.g. "box AP (%)"
-    metric_scale: float = 100.0  # the metric times this is what the label says
 
-    @abstractmethod
-    def load_data(self, config: DenseConfig, log: Callable[[str], None]) -> DenseData: ...
+# train_dense(task, config, out=None, resume=False, progress=True, stop_flag=None, quiet=False): the engine's train
+# with a DenseTask (``DetectionTask()``, ``SegmentationTask()``); ``out`` defaults to a new ``runs/<task>-<time>``
+train_dense = train_task
 
-    @abstractmethod
-    def build_model(self, config: DenseConfig, data: DenseData) -> nn.Module: ...
+
+class DenseTask(Task):
+    """One dense task: images with per-object or per-pixel targets, a loss made of named terms (per-step means),
+    and a validation metric computed by the task over the whole set."""
+
+    config_class = DenseConfig
+
+    def resolve(self, config: DenseConfig) -> DenseConfig:
+        config = resolve(config)
+        if config.task != self.name:
+            raise ValueError(f"config.task is {config.task!r} but the task given is {self.name!r}")
+        return config
+
+    def data_root(self, config: DenseConfig, log: Callable[[str], None]) -> Path:
+        """The data set's folder: ``--data-dir``, or the generated scenes (made on first use)."""
+        return scenes_root(config, log) if config.data == "scenes" else Path(config.data_dir or "")
 
     @abstractmethod
     def augment(self, config: DenseConfig) -> Augment | None: ...
 
+    def train_set(self, config: DenseConfig, data: TaskData) -> Dataset:
+        return KeyedDataset(data.train, self.augment(config), seed=config.seed)
+
     @abstractmethod
     def collate(self, items: Sequence[tuple[Tensor, Any]]) -> Any: ...
 
-    @abstractmethod
-    def loss(self, model: nn.Module, batch: Any, device: torch.device, config: DenseConfig) -> tuple[Tensor, dict[str, float]]:
-        """The training loss of one batch (a scalar) and its named parts as floats (for the logs)."""
+    def build_model(self, config: DenseConfig, data: TaskData) -> nn.Module:
+        """The registry model of ``config`` for the data's classes, with the run's initial weights loaded. The
+        backbone's weight file is an argument of its own, left out of ``model_kwargs``: a saved checkpoint already
+        holds the weights, and rebuilding it must not need the original files."""
+        kwargs = dict(config.model_kwargs)
+        if config.backbone_checkpoint:
+            kwargs["backbone_checkpoint"] = config.backbone_checkpoint
+        return create_model(config.model or "", num_classes=len(data.classes), checkpoint=config.checkpoint, **kwargs)
 
-    @abstractmethod
-    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: DenseData,
-                 amp: str = "none", progress: bool = False) -> dict[str, float]:
-        """Validation metrics over ``loader`` (this process's shard), combined over all processes."""
+    def describe_data(self, run: TrainingLoop) -> str:
+        return f"for {self.name} on {run.data.source}: {len(run.data.train)} train / {len(run.data.val)} val images"  # type: ignore[arg-type]
 
-    @abstractmethod
-    def predict(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:
-        """The model's output for one ``(3, H, W)`` image in [0, 1] (on the model's device), on the CPU."""
+    def weights_metadata(self, config: DenseConfig, data: TaskData) -> dict[str, Any]:
+        return {"task": self.name, "classes": data.classes, "train_config": config.to_dict(), **data.info}
 
-    @abstractmethod
-    def draw(self, image: Tensor, output: dict[str, Tensor], classes: Sequence[str], threshold: float = 0.5) -> Tensor:
-        """A picture of ``output`` over ``image``: uint8 ``(3, H', W')``."""
+    def metrics_fields(self, run: TrainingLoop) -> dict[str, Any]:
+        cfg = run.config
+        return {"task": self.name, "model": cfg.model, "data": cfg.data, "data_source": run.data.source,
+                "classes": run.data.classes, "metric": self.metric,
+                "best_val": run.best if run.best > -math.inf else None}
 
 
 class KeyedDataset(Dataset):
-    """A data set indexed by ``(epoch, index)`` keys (:class:`~involution.tasks.distributed.ResumableSampler`)
+    """A data set indexed by ``(epoch, index)`` keys (:class:`~involution.tasks.engine.distributed.ResumableSampler`)
     whose augmentation is seeded by ``(seed, epoch, index)``: the same sample gets the same augmentation whatever
     the worker count, and a resumed run continues exactly. Plain integer indices give un-augmented samples."""
 
@@ -90,19 +105,7 @@ class KeyedDataset(Dataset):
             epoch, index = key
             image, target = self.base[index]
             if self.augment is not None:
-                generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index) % 2**63)
+                generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
                 image, target = self.augment(image, target, generator=generator)
             return image, target
         return self.base[key]
-
-
-def build_dense_model(config: DenseConfig, num_classes: int) -> nn.Module:
-    """The registry model of ``config`` for ``num_classes`` classes, with the run's initial weights loaded.
-
-    The dense builders take the weight files as arguments of their own and leave them out of ``model_kwargs``: a
-    saved checkpoint already holds the weights, and rebuilding it must not need the original files.
-    """
-    kwargs = dict(config.model_kwargs)
-    if config.backbone_checkpoint:
-        kwargs["backbone_checkpoint"] = config.backbone_checkpoint
-    return create_model(config.model or "", num_classes=num_classes, checkpoint=config.checkpoint, **kwargs)

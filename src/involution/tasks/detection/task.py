@@ -1,4 +1,4 @@
-"""Detection as a :class:`~involution.tasks.dense.DenseTask`: COCO-format data, torchvision detectors, COCO AP.
+"""Detection as a :class:`~involution.tasks.dense.task.DenseTask`: COCO-format data, torchvision detectors, COCO AP.
 
 Data: ``scenes`` (generated on first use from Fashion-MNIST or digits, see :mod:`involution.tasks.dense.scenes`) or
 ``coco`` (``--data-dir ROOT`` holding ``train2017/``, ``val2017/`` and ``annotations/instances_{train,val}2017.json``,
@@ -16,12 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from ..dense.config import DenseConfig
-from ..dense.scenes import scenes_root
-from ..dense.task import DenseData, DenseTask, build_dense_model
-from ..distributed import DistInfo, all_gather_objects
-from ..plots import PALETTE
-from ..runtime import autocast
-from ..state import unwrap_model
+from ..dense.task import DenseData, DenseTask
+from ..engine.distributed import DistInfo, all_gather_objects
+from ..engine.plots import PALETTE
+from ..engine.runtime import autocast, to_device
+from ..engine.state import unwrap_model
 from .data import CocoDetectionDataset, RandomHorizontalFlip, detection_collate
 from .metrics import coco_evaluate
 
@@ -46,7 +45,7 @@ class DetectionTask(DenseTask):
     metric_label = "box AP (%)"
 
     def load_data(self, config: DenseConfig, log: Callable[[str], None]) -> DenseData:
-        root = scenes_root(config, log) if config.data == "scenes" else Path(config.data_dir or "")
+        root = self.data_root(config, log)
         masks = has_masks(config.model or "")
         sets = [CocoDetectionDataset(*coco_split(root, split), masks=masks) for split in ("train", "val")]
         classes = sets[0].category_names
@@ -54,20 +53,18 @@ class DetectionTask(DenseTask):
             raise ValueError(f"{root}: the train and val annotation files list different categories")
         return DenseData(sets[0], sets[1], classes, str(root), info={"masks": masks})
 
-    def build_model(self, config: DenseConfig, data: DenseData) -> nn.Module:
-        return build_dense_model(config, len(data.classes))
-
     def augment(self, config: DenseConfig) -> Callable[..., Any]:
         return RandomHorizontalFlip(0.5)
 
     def collate(self, items: Sequence[tuple[Tensor, Any]]) -> Any:
         return detection_collate(items)
 
-    def loss(self, model: nn.Module, batch: Any, device: torch.device, config: DenseConfig) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Any, device: torch.device,
+             config: DenseConfig) -> tuple[Tensor, dict[str, float], float]:
         images, targets = to_device(batch, device)
         losses = model(images, targets)
         total = sum(losses.values())
-        return total, {k: float(v.detach()) for k, v in losses.items()}
+        return total, {k: float(v.detach()) for k, v in losses.items()}, 1.0  # type: ignore[return-value]
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: DenseData,
@@ -84,19 +81,14 @@ class DetectionTask(DenseTask):
             metrics = {f"{t}_{n}": float(result[f"{t}_{n}"]) for t in iou_types for n in REPORTED}
         return all_gather_objects(metrics, info)[0]  # type: ignore[return-value]
 
+    @torch.no_grad()
     def predict(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:
-        return _predict(model, image)
+        net = unwrap_model(model).eval()
+        out = net([image.to(next(net.parameters()).device)])[0]
+        return {k: v.cpu() for k, v in out.items()}
 
     def draw(self, image: Tensor, output: dict[str, Tensor], classes: Sequence[str], threshold: float = 0.5) -> Tensor:
         return draw_detections(image, output, classes, threshold)
-
-
-def to_device(batch: Any, device: torch.device) -> tuple[list[Tensor], list[dict[str, Any]]]:
-    images, targets = batch
-    images = [image.to(device, non_blocking=True) for image in images]
-    targets = [{k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in t.items()}
-               for t in targets]
-    return images, targets
 
 
 def predict_batches(model: nn.Module, loader: Any, device: torch.device, amp: str = "none",
@@ -127,15 +119,6 @@ def predict_batches(model: nn.Module, loader: Any, device: torch.device, amp: st
         bar.close()
     model.train(was_training)
     return out
-
-
-def _predict(model: nn.Module, image: Tensor) -> dict[str, Tensor]:
-    net = unwrap_model(model)
-    device = next(net.parameters()).device
-    net.eval()
-    with torch.no_grad():
-        out = net([image.to(device)])[0]
-    return {k: v.cpu() for k, v in out.items()}
 
 
 def draw_detections(image: Tensor, output: dict[str, Tensor], classes: Sequence[str], threshold: float = 0.5) -> Tensor:

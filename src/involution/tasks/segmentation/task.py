@@ -1,4 +1,4 @@
-"""Semantic segmentation as a :class:`~involution.tasks.dense.DenseTask`: label-map folders, Semantic FPN /
+"""Semantic segmentation as a :class:`~involution.tasks.dense.task.DenseTask`: label-map folders, Semantic FPN /
 UPerNet, mean IoU.
 
 Data: ``scenes`` (generated on first use; class 0 is the background) or ``folder`` (``--data-dir ROOT`` in the
@@ -10,7 +10,6 @@ Validation: mIoU, pixel accuracy and mean class accuracy from one confusion matr
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,12 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..dense.config import DenseConfig
-from ..dense.scenes import scenes_root
-from ..dense.task import DenseData, DenseTask, build_dense_model
-from ..distributed import DistInfo
-from ..plots import PALETTE
-from ..runtime import autocast
-from ..state import unwrap_model
+from ..dense.task import DenseData, DenseTask
+from ..engine.distributed import DistInfo
+from ..engine.plots import PALETTE
+from ..engine.runtime import autocast, to_device
+from ..engine.state import unwrap_model
 from .data import IGNORE_INDEX, SegmentationAugment, SegmentationFolderDataset, segmentation_collate
 from .metrics import ConfusionMatrix
 
@@ -42,14 +40,11 @@ class SegmentationTask(DenseTask):
     metric_label = "mIoU (%)"
 
     def load_data(self, config: DenseConfig, log: Callable[[str], None]) -> DenseData:
-        root = scenes_root(config, log) if config.data == "scenes" else Path(config.data_dir or "")
+        root = self.data_root(config, log)
         train, val = (SegmentationFolderDataset(root, split) for split in ("train", "val"))
         if train.classes != val.classes:
             raise ValueError(f"{root}: the train and val splits list different classes")
         return DenseData(train, val, list(train.classes), str(root), info={"layout": train.layout})
-
-    def build_model(self, config: DenseConfig, data: DenseData) -> nn.Module:
-        return build_dense_model(config, len(data.classes))
 
     def augment(self, config: DenseConfig) -> Callable[..., Any]:
         scale = (0.5, 2.0) if config.data == "folder" else None  # mmseg's ratio range for real scenes
@@ -58,8 +53,9 @@ class SegmentationTask(DenseTask):
     def collate(self, items: Sequence[tuple[Tensor, Any]]) -> Any:
         return segmentation_collate(items)
 
-    def loss(self, model: nn.Module, batch: Any, device: torch.device, config: DenseConfig) -> tuple[Tensor, dict[str, float]]:
-        images, labels = (t.to(device, non_blocking=True) for t in batch)
+    def loss(self, model: nn.Module, batch: Any, device: torch.device,
+             config: DenseConfig) -> tuple[Tensor, dict[str, float], float]:
+        images, labels = to_device(batch, device)
         outputs = model(normalize(images, model))
         main = F.cross_entropy(outputs["out"].float(), labels, ignore_index=IGNORE_INDEX)
         parts = {"loss_seg": float(main.detach())}
@@ -68,7 +64,7 @@ class SegmentationTask(DenseTask):
             aux = F.cross_entropy(outputs["aux"].float(), labels, ignore_index=IGNORE_INDEX)
             parts["loss_aux"] = float(aux.detach())
             total = main + config.aux_weight * aux
-        return total, parts
+        return total, parts, 1.0
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: DenseData,
@@ -83,7 +79,7 @@ class SegmentationTask(DenseTask):
 
             bar = tqdm(total=len(loader), desc="evaluating", leave=False, dynamic_ncols=True)
         for images, labels in loader:
-            images, labels = images.to(device), labels.to(device)
+            images, labels = to_device((images, labels), device)
             with autocast(device, amp):
                 logits = net(normalize(images, net))["out"]
             matrix.update(logits.argmax(dim=1), labels)

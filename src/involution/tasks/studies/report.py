@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..._atomic import write_text_atomic
-from ..plots import pyplot, save_figure
-from ..run_dir import write_csv, write_json
+from ..engine.plots import pyplot, save_figure
+from ..engine.run_dir import write_csv, write_json
 
 ReferenceOf = Callable[[str, Any], "tuple[str, Any] | None"]
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._atomic import atomic_path, io_failure
-from ..models.checkpoint import read_torch_file
+from ..._atomic import atomic_path, io_failure
+from ...models.checkpoint import read_torch_file
 
 FORMAT = "involution-train"
 FORMAT_VERSION = 1
@@ -42,12 +42,8 @@ def clean_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """Strip the ``_orig_mod.`` / ``module.`` prefixes that wrappers add to every key."""
     out = {}
     for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix) :], True
+        while key.startswith(_WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
         out[key] = value
     return out
 

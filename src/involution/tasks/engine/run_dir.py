@@ -36,7 +36,8 @@ from typing import Any
 
 import torch
 
-from .._atomic import write_text_atomic
+from ..._atomic import write_text_atomic
+from .distributed import DistInfo, all_gather_objects
 
 try:
     import fcntl
@@ -75,7 +76,7 @@ def git_commit(path: str | os.PathLike) -> str | None:
 
 def provenance(seed: int, world_size: int = 1, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Where and how a run was made: enough to reproduce or explain its numbers."""
-    from .. import __version__
+    from ... import __version__
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "involution": __version__}
     for name in ("torchvision", "numpy", "sklearn", "triton"):
@@ -113,6 +114,31 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Pat
     writer.writeheader()
     writer.writerows(rows)
     return write_text_atomic(path, buf.getvalue())
+
+
+CHECKPOINT_FILES = ("best.safetensors", "last.safetensors", "last.pt")  # in the order a run directory is read
+
+
+def resolve_checkpoint(path: str | os.PathLike, names: Sequence[str] = CHECKPOINT_FILES) -> Path:
+    """A checkpoint file: ``path`` itself, or in a run directory the first of ``names`` found in its
+    ``checkpoints/`` (or in the folder itself)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in names:
+            for candidate in (path / "checkpoints" / name, path / name):
+                if candidate.is_file():
+                    return candidate
+        raise FileNotFoundError(f"{path}: a folder without a checkpoint (looked for checkpoints/{'|'.join(names)})")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run directory a checkpoint belongs to (where eval/predict/visualize write by default)."""
+    if checkpoint.is_dir():
+        return checkpoint
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
 class TensorBoard:
@@ -189,6 +215,21 @@ def lock_run_dir(run_dir: str | os.PathLike) -> RunDirLock:
             raise
         return RunDirLock(run_dir, fd, created)
     raise RunDirBusy(f"{run_dir} keeps being created and removed by other runs; choose another --out")
+
+
+def own_run_dir(run_dir: Path, info: DistInfo) -> RunDirLock | None:
+    """Rank 0 (the only writer) takes the lock of ``run_dir`` (:func:`lock_run_dir`) before anything is written
+    to it; every process raises the same error if that fails (e.g. another run holds it, naming its PID)."""
+    lock, error = None, None
+    if info.is_main:
+        try:
+            lock = lock_run_dir(run_dir)
+        except (RunDirBusy, OSError) as err:
+            error = err
+    error = all_gather_objects(error, info)[0]
+    if error is not None:
+        raise error  # type: ignore[misc]
+    return lock
 
 
 def _flock_or_refuse(fd: int, run_dir: Path) -> None:

@@ -8,6 +8,7 @@ import math
 import random
 import signal
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,43 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def make_optimizer(model: nn.Module, config: Any) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum where the config asks for it) or AdamW (``config.optimizer``; SGD without one)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if getattr(config, "optimizer", "sgd") == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    nesterov = bool(getattr(config, "nesterov", False)) and config.momentum > 0
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=nesterov,
+                           weight_decay=config.weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: Any, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step schedule (:func:`lr_factor`); its state is the step count, so it resumes exactly."""
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    schedule = config.schedule
+
+    def factor(step: int) -> float:
+        return lr_factor(step, total, warmup, schedule)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """``batch`` (a tensor, or lists / tuples / dicts of them and other values) with every tensor moved to
+    ``device``; 4-D tensors (image batches ``(N, C, H, W)``) made channels_last if asked."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        return batch.contiguous(memory_format=torch.channels_last) if channels_last and batch.dim() == 4 else batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(item, device, channels_last) for item in batch)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device, channels_last) for key, value in batch.items()}
+    return batch
+
+
 class StopFlag:
     """SIGINT handler: the first Ctrl-C asks the loop to stop after the current step; a second one aborts."""
 
@@ -70,24 +108,13 @@ class StopFlag:
             print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
 
     def __enter__(self) -> StopFlag:
-        if hasattr(signal, "SIGINT") and _in_main_thread():
+        if hasattr(signal, "SIGINT") and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A well-mixed 64-bit seed for one sample's augmentation in one epoch."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0])
 
 
 def convert_sync_bn(model: nn.Module) -> nn.Module:
@@ -99,7 +126,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
 
 
 class NonFiniteLossError(RuntimeError):

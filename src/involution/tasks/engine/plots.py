@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_path
+from ..._atomic import atomic_path
 
 # distinct colours for classes in drawn predictions (boxes, masks, label maps)
 PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",

@@ -1,0 +1,159 @@
+"""Classification as a :class:`~involution.tasks.engine.task.Task` (digits / Fashion-MNIST / CIFAR-10 / image
+folders, cross-entropy, top-1/top-5, a test split scored once at the end), and ``train``: from a
+:class:`TrainConfig` to a finished (or cleanly stopped) run directory, through the shared engine."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ...models import count_flops, create_model
+from ..engine.distributed import DistInfo
+from ..engine.loop import TrainingLoop, TrainResult
+from ..engine.loop import train as train_task
+from ..engine.run_config import resume_config as resume_task_config
+from ..engine.runtime import StopFlag, convert_sync_bn, to_device
+from ..engine.task import Task, TaskData
+from .config import TrainConfig, resolve
+from .data import DataSpec, load_splits, subsample_train
+from .engine import evaluate
+from .transforms import AugmentedDataset, build_transforms
+
+
+def resume_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The config of the run in ``run_dir`` with ``overrides`` applied; refuses changes that break resumption."""
+    return resume_task_config(TrainConfig, run_dir, overrides)
+
+
+def train(
+    config: TrainConfig | None = None,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_flag: StopFlag | None = None,
+    quiet: bool = False,
+) -> TrainResult:
+    """Train a classifier; returns where the run was written and its final metrics.
+
+    Args:
+        config: what to train (None: the default, RedNet on digits). Fields left ``None`` come from the recipe.
+        out: the run directory (default: a new ``runs/train-<time>``); with ``resume`` the one to continue.
+        resume: continue the run in ``out`` from ``checkpoints/last.pt``.
+        progress: show tqdm progress bars (rank 0 only).
+        quiet: print nothing (studies run many short runs under their own progress bar).
+    """
+    return train_task(ClassificationTask(), config or TrainConfig(), out, resume, progress, stop_flag, quiet)
+
+
+def _macs_per_image(cfg: TrainConfig, spec: DataSpec) -> int | None:
+    """Forward multiply-adds per image, counted on a meta-device copy (the trained model is never run for it)."""
+    try:
+        return count_flops(cfg.model, (1, spec.in_chans, cfg.image_size, cfg.image_size),
+                           num_classes=spec.num_classes, in_chans=spec.in_chans, **cfg.model_kwargs).macs
+    except (NotImplementedError, RuntimeError, TypeError, ValueError):
+        return None
+
+
+def _spec(data: TaskData) -> DataSpec:
+    return data.info["spec"]
+
+
+class ClassificationTask(Task):
+    """Image classification: cross-entropy (label smoothing), top-1 / top-5 accuracy, a test split at the end."""
+
+    name = "classify"
+    metric = "acc"
+    metric_label = "top-1 accuracy (%)"
+    config_class = TrainConfig
+    command = "train"  # type: ignore[assignment]
+    run_prefix = "train"  # type: ignore[assignment]
+    channels_last = False  # the memory format prepare_model gave the model; its batches follow
+    macs: int | None = None
+
+    def resolve(self, config: TrainConfig) -> TrainConfig:
+        return resolve(config)
+
+    def load_data(self, config: TrainConfig, log: Callable[[str], None]) -> TaskData:
+        splits = subsample_train(load_splits(config.data, config.data_dir, config.image_size, config.val_fraction),
+                                 config.train_fraction, config.seed)
+        test = None if splits.test is splits.val else splits.test
+        return TaskData(splits.train, splits.val, splits.spec.classes, config.data, {"spec": splits.spec}, test)
+
+    def train_set(self, config: TrainConfig, data: TaskData) -> Dataset:
+        train_tf, _ = build_transforms(_spec(data), config.augment)
+        return AugmentedDataset(data.train, train_tf, seed=config.seed)
+
+    def eval_set(self, config: TrainConfig, data: TaskData, split: Dataset) -> Dataset:
+        _, eval_tf = build_transforms(_spec(data), config.augment)
+        return AugmentedDataset(split, eval_tf)
+
+    def build_model(self, config: TrainConfig, data: TaskData) -> nn.Module:
+        spec = _spec(data)
+        model = create_model(config.model, num_classes=spec.num_classes, in_chans=spec.in_chans,
+                             checkpoint=config.checkpoint, **config.model_kwargs)
+        self.macs = _macs_per_image(config, spec)
+        return model
+
+    def prepare_model(self, model: nn.Module, config: TrainConfig, device: torch.device, info: DistInfo) -> nn.Module:
+        self.channels_last = bool(config.channels_last)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if config.sync_bn and info.enabled:
+            if device.type != "cuda":
+                raise ValueError("--sync-bn needs GPUs: SyncBatchNorm does not run on CPU tensors (drop --sync-bn)")
+            model = convert_sync_bn(model)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        return model
+
+    def loss(self, model: nn.Module, batch: Any, device: torch.device,
+             config: TrainConfig) -> tuple[Tensor, dict[str, float], float]:
+        images, labels = to_device(batch, device, self.channels_last)
+        logits = model(images)
+        loss = self.criterion(logits.float(), labels)
+        correct = (logits.detach().argmax(dim=1) == labels).sum().item()
+        return loss, {"correct": float(correct)}, float(labels.numel())
+
+    def epoch_row(self, totals: dict[str, float]) -> dict[str, Any]:
+        count = max(totals.get("count", 0.0), 1.0)
+        return {"train_loss": totals.get("loss", 0.0) / count, "train_acc": totals.get("correct", 0.0) / count}
+
+    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: TaskData,
+                 amp: str = "none", progress: bool = False) -> dict[str, float]:
+        result = evaluate(model, loader, device, info, _spec(data).num_classes, amp, self.channels_last)
+        return {"loss": result.loss, "acc": result.acc, "top5": result.top5}
+
+    def no_validation(self) -> dict[str, float]:
+        return dict.fromkeys(("val_loss", "val_acc", "val_top5"), float("nan"))
+
+    def describe_data(self, run: TrainingLoop) -> str:
+        return f"on {run.config.data}: {len(run.sampler.dataset)} train images"
+
+    def epoch_scores(self, row: dict[str, Any]) -> str:
+        return f"  train acc {100 * row['train_acc']:.2f}%  val acc {100 * row['val_acc']:.2f}%"
+
+    def final_metrics(self, run: TrainingLoop) -> dict[str, Any]:
+        test = evaluate(run.net, run.test_loader, run.device, run.info, _spec(run.data).num_classes, run.config.amp,
+                        self.channels_last)
+        return {"test_acc": test.acc, "test_top5": test.top5, "test_loss": test.loss, "test_count": test.count}
+
+    def final_message(self, run: TrainingLoop, final: dict[str, Any]) -> str:
+        return (f"test accuracy {100 * final['test_acc']:.2f}% (top-5 {100 * final['test_top5']:.2f}%, "
+                f"{final['test_count']} images); best val {100 * run.best:.2f}% at epoch {run.best_epoch}; "
+                f"run written to {run.run_dir}")
+
+    def weights_metadata(self, config: TrainConfig, data: TaskData) -> dict[str, Any]:
+        return {"data_spec": _spec(data).to_dict(), "train_config": config.to_dict()}
+
+    def metrics_fields(self, run: TrainingLoop) -> dict[str, Any]:
+        return {"model": run.config.model, "data": run.config.data,
+                "macs": self.macs,  # forward multiply-adds per image
+                "best_val_acc": run.best if run.best > -1.0 else -1.0}
+
+    def extra_state(self, data: TaskData) -> dict[str, Any]:
+        return {"data_spec": json.dumps(_spec(data).to_dict())}

@@ -1,0 +1,371 @@
+"""The resumable training loop every task shares: run directory, checkpoints, resume, Ctrl-C, torchrun agreement,
+per-epoch history, best weights. One :class:`TrainingLoop` runs any :class:`~.task.Task` (classification,
+detection, segmentation), which supplies its data, model, loss and evaluation; :func:`train` is the entry point.
+
+Reliability: ``last.pt`` is written atomically at the end of every epoch (after ``best.safetensors``, so it never
+records a best that is not on disk) and on a stop; resuming restores model, optimizer, schedule, loss scaler, every
+RNG state, the position inside the epoch and the epoch's running sums, so an interrupted-and-resumed run equals an
+uninterrupted one exactly on the CPU, and makes the best weights agree with last.pt's record after a crash between
+the two writes (:mod:`.checkpoints`). The first Ctrl-C stops after the current step and saves; a non-finite loss
+stops the run with advice, keeping the last good checkpoint; resuming with another model, or from a damaged file,
+is refused with a message. One process owns a run directory: a second run on it (fresh or ``--resume``) is refused
+while the first lives (:func:`~.run_dir.lock_run_dir`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ...models import count_params
+from .checkpoints import RunCheckpoints
+from .distributed import (
+    DistInfo,
+    ResumableSampler,
+    ShardSampler,
+    all_gather_objects,
+    all_reduce_sum,
+    init_distributed,
+    shutdown_distributed,
+)
+from .plots import plot_curves
+from .run_dir import TensorBoard, new_run_dir, own_run_dir, provenance, remove_stale_temp_files, write_csv, write_json
+from .runtime import (
+    NonFiniteLossError,
+    StopFlag,
+    autocast,
+    make_optimizer,
+    make_scaler,
+    make_scheduler,
+    seed_everything,
+    select_device,
+)
+from .state import unwrap_model
+from .task import Task, TaskData
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # finished | interrupted
+    metrics: dict[str, Any]
+
+
+def train(
+    task: Task,
+    config: Any,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_flag: StopFlag | None = None,
+    quiet: bool = False,
+) -> TrainResult:
+    """Train ``task``'s model as ``config`` (a ``task.config_class``; ``None`` fields: the task's recipe) says, in
+    ``out`` (default a new ``runs/<task.run_prefix>-<time>``; with ``resume``, the run to continue from its
+    ``checkpoints/last.pt``); returns the run directory, its status and final metrics. ``progress``: tqdm bars
+    (rank 0 only); ``quiet``: print nothing."""
+    info = init_distributed("cuda" if select_device(config.device, DistInfo()).type == "cuda" else "cpu")
+    try:
+        return TrainingLoop(task, config, out, resume, progress, info, stop_flag, quiet).run()
+    finally:
+        shutdown_distributed()
+
+
+class TrainingLoop(RunCheckpoints):
+    """One training run of ``task``. After :meth:`setup` it holds ``data``, ``model`` (the plain module), ``net``
+    (what is called: the model, or its DDP / compiled wrapper), ``optimizer``, ``scheduler`` (stepped once per
+    step), ``scaler``, ``sampler`` (a :class:`~.distributed.ResumableSampler`), the loaders, ``steps_per_epoch``
+    and ``local_batch``.
+    """
+
+    last_loss = float("nan")  # the latest step's loss (train_step sets it), for TensorBoard
+
+    def __init__(self, task: Task, config: Any, out: str | os.PathLike | None, resume: bool, progress: bool,
+                 info: DistInfo, stop_flag: StopFlag | None, quiet: bool) -> None:
+        config = task.resolve(config)
+        self.task, self.config, self.info, self.quiet, self.resume = task, config, info, quiet, resume
+        self.score_key = f"val_{task.metric}"  # the history entry (higher is better) that picks best.safetensors
+        self.progress = progress and info.is_main and not quiet
+        if resume and out is None:
+            raise ValueError("--resume needs --out RUN_DIR: the run directory to continue")
+        if out is None:
+            out = all_gather_objects(str(new_run_dir(prefix=task.run_prefix)), info)[0]  # every rank agrees on it
+        self.run_dir = Path(out)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.stop = stop_flag or StopFlag(announce=info.is_main and not quiet)
+        self.device = select_device(config.device, info)
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.sums: dict[str, float] = {}  # this epoch's running sums on this process (what train_step returns)
+        self.history: list[dict[str, Any]] = []
+        self.best, self.best_epoch = -math.inf, -1
+        self.elapsed = 0.0
+
+    # -- the task's pieces --------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Seed, load the data, build the sampler and loaders, then the model (:meth:`build_model`)."""
+        cfg, info, task = self.config, self.info, self.task
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        elif info.enabled and self.device.type == "cpu" and os.environ.get("OMP_NUM_THREADS") == "1":
+            self.log("note: torchrun sets OMP_NUM_THREADS=1 (1 thread per process); pass --threads N to change it")
+        seed_everything(cfg.seed + info.rank)
+        if cfg.batch_size % info.world_size:
+            raise ValueError(f"--batch-size {cfg.batch_size} (global) must divide by the {info.world_size} processes")
+        self.local_batch = cfg.batch_size // info.world_size
+        self.data: TaskData = task.load_data(cfg, self.log)
+        train_set = task.train_set(cfg, self.data)
+        size = len(train_set)  # type: ignore[arg-type]
+        if size // info.world_size < self.local_batch:
+            raise ValueError(f"--batch-size {cfg.batch_size} is larger than the training set ({size} images)")
+        self.sampler = ResumableSampler(train_set, info, seed=cfg.seed)
+        loader_kw: dict[str, Any] = dict(num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+                                         collate_fn=task.collate)
+        if cfg.workers > 0:
+            loader_kw["persistent_workers"] = True
+        # a private generator: DataLoader draws a base seed per iterator, which must not consume the global RNG
+        self.train_loader = DataLoader(train_set, batch_size=self.local_batch, sampler=self.sampler, drop_last=True,
+                                       generator=torch.Generator().manual_seed(cfg.seed), **loader_kw)
+        self.steps_per_epoch = len(self.sampler) // self.local_batch
+
+        def eval_loader(split: Dataset) -> DataLoader:
+            data = task.eval_set(cfg, self.data, split)
+            sampler = ShardSampler(len(data), info)  # type: ignore[arg-type]
+            return DataLoader(data, batch_size=self.local_batch, sampler=sampler, **loader_kw)
+
+        self.val_loader = eval_loader(self.data.val)
+        test = self.data.test
+        self.test_loader = self.val_loader if test is None or test is self.data.val else eval_loader(test)
+        self.build_model()
+
+    def build_model(self) -> None:
+        """The model on the device, its optimizer, schedule and loss scaler, and its DDP / compiled wrapper."""
+        cfg, info = self.config, self.info
+        model = self.task.build_model(cfg, self.data).to(self.device)
+        self.model = self.task.prepare_model(model, cfg, self.device, info)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.scheduler = make_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.scaler = make_scaler(self.device, cfg.amp)
+        self.net: nn.Module = self.model
+        if info.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if getattr(cfg, "compile", False):  # TrainConfig's --compile
+            self.net = torch.compile(self.net, backend=cfg.compile_backend)  # type: ignore[assignment]
+
+    def describe(self) -> str:
+        """The line printed when training starts."""
+        cfg = self.config
+        return (f"training {cfg.model} ({count_params(self.model) / 1e6:.2f} M params) "
+                f"{self.task.describe_data(self)}, {cfg.epochs} epochs x {self.steps_per_epoch} steps, "
+                f"batch {cfg.batch_size}, lr {cfg.lr:g}, {self.info.world_size} process(es) on {self.device}, "
+                f"{torch.get_num_threads()} threads -> {self.run_dir}")
+
+    def train_step(self, batch: Any) -> dict[str, float]:
+        """Forward, loss and :meth:`optimise` for one batch; returns the amounts to add to the epoch's sums."""
+        with self.autocast():
+            loss, sums, weight = self.task.loss(self.net, batch, self.device, self.config)
+        self.last_loss = self.optimise(loss)
+        return {"loss": self.last_loss * weight, **sums, "count": weight}
+
+    def validate(self) -> dict[str, float]:
+        """The ``val_*`` history entries (every process takes part; the result is the same on all)."""
+        metrics = self.task.evaluate(self.net, self.val_loader, self.device, self.info, self.data, self.config.amp,
+                                     progress=self.progress)
+        return {f"val_{k}": v for k, v in metrics.items()}
+
+    def epoch_message(self, row: dict[str, Any]) -> str:
+        return (f"epoch {row['epoch']:3d}/{self.config.epochs}  train loss {row['train_loss']:.4f}"
+                f"{self.task.epoch_scores(row)}  lr {row['lr']:.3g}  {row['time']:.1f}s")
+
+    def finish(self) -> dict[str, Any]:
+        """After the last epoch: the final metrics, the last weights written, the summary logged."""
+        final = self.task.final_metrics(self)
+        self.save_weights("last.safetensors", {"epoch": self.epoch, **final})
+        self.log(self.task.final_message(self, final))
+        return final
+
+    def plot(self) -> None:
+        """Pictures of the history (curves.png)."""
+        plot_curves(self.history, self.run_dir / "curves.png", title=f"{self.config.model} on {self.config.data}",
+                    metric=self.score_key, metric_label=self.task.metric_label, scale=self.task.metric_scale)
+
+    def log(self, message: str) -> None:
+        if self.info.is_main and not self.quiet:
+            print(message, flush=True)
+
+    # -- the step -----------------------------------------------------------------------------------------------
+
+    def agree(self, flag: bool) -> bool:
+        """Whether any process raised ``flag`` (every process must leave the loop at the same step)."""
+        if not self.info.enabled:
+            return flag
+        return all_reduce_sum([float(flag)], self.info, self.device)[0] > 0
+
+    def autocast(self) -> Any:
+        return autocast(self.device, self.config.amp)
+
+    def optimise(self, loss: torch.Tensor) -> float:
+        """Check ``loss`` is finite on every process, then backward (scaled), clip, step, schedule; returns it."""
+        value = float(loss.item())
+        bad = not math.isfinite(value)
+        if self.agree(bad):
+            last = self.ckpt_dir / "last.pt"
+            kept = (f"the last good checkpoint is {last}" if last.is_file()
+                    else "no checkpoint was written yet, so there is nothing to resume")
+            raise NonFiniteLossError(
+                f"the training loss is non-finite ({value if bad else 'on another process'}) at epoch "
+                f"{self.epoch + 1}, step {self.step_in_epoch + 1}; stopped without saving this state ({kept}). "
+                "Try a lower --lr, --clip-grad, longer --warmup-epochs, or --amp bf16 instead of fp16"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return value
+
+    # -- outputs --------------------------------------------------------------------------------------------------
+
+    def write_metrics(self, status: str, final: dict[str, Any] | None = None) -> dict[str, Any]:
+        metrics = {
+            "status": status,
+            **self.task.metrics_fields(self),
+            "params": count_params(unwrap_model(self.model)),
+            "steps": self.global_step,
+            "best_epoch": self.best_epoch,
+            "train_time_s": round(self.elapsed, 2),
+            "history": self.history,
+            **(final or {}),
+        }
+        if self.info.is_main:
+            write_json(self.run_dir / "metrics.json", metrics)
+            if self.history:
+                write_csv(self.run_dir / "metrics.csv", self.history)
+                self.plot()
+        return metrics
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        """Own the run directory (one process trains in it at a time), then train (:meth:`run_owned`)."""
+        lock = own_run_dir(self.run_dir, self.info)
+        try:
+            if not self.resume and (self.ckpt_dir / "last.pt").exists():
+                raise FileExistsError(
+                    f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
+            if self.info.is_main:
+                stale = remove_stale_temp_files(self.run_dir)
+                if stale:
+                    self.log(f"removed {len(stale)} temporary file(s) that killed writers left in {self.run_dir}")
+            return self.run_owned()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def run_owned(self) -> TrainResult:
+        """Set up, resume if asked, run the epochs, and finish (the run directory is this process's)."""
+        self.setup()
+        if self.resume:
+            self.load_state()
+        cfg, info = self.config, self.info
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.run_dir / "config.json", cfg.to_dict())
+            extra = {"device": str(self.device), "resumed_at_step": self.global_step if self.resume else None}
+            name = "provenance.json" if not self.resume else f"provenance-resume-{self.global_step}.json"
+            write_json(self.run_dir / name, provenance(cfg.seed, info.world_size, extra))
+        self.tb = TensorBoard(self.run_dir / "tb" if info.is_main else None, purge_step=self.global_step or None)
+        self.log(self.describe())
+        status = "finished"
+        try:
+            with self.stop:
+                while self.epoch < cfg.epochs:
+                    if not self._train_epoch():
+                        status = "interrupted"
+                        break
+        except NonFiniteLossError:
+            self.write_metrics("stopped: non-finite loss")
+            raise
+        finally:
+            self.tb.close()
+        if status == "interrupted":
+            self.save_state()
+            metrics = self.write_metrics(status)
+            self.log(f"stopped at epoch {self.epoch + 1}, step {self.step_in_epoch}; saved {self.ckpt_dir / 'last.pt'}")
+            self.log(f"continue with: involution {self.task.command} --resume --out {self.run_dir}")
+            return TrainResult(self.run_dir, status, metrics)
+        final = self.finish()
+        return TrainResult(self.run_dir, status, self.write_metrics(status, final))
+
+    def _train_epoch(self) -> bool:
+        """One epoch (or its remainder after a resume); False when a stop was requested."""
+        cfg = self.config
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_start(self.step_in_epoch * self.local_batch)
+        self.net.train()
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                       leave=False, dynamic_ncols=True)
+        start = time.perf_counter()
+        stopped = False
+        for batch in self.train_loader:
+            amounts = self.train_step(batch)
+            for key, value in amounts.items():
+                self.sums[key] = self.sums.get(key, 0.0) + value
+            self.step_in_epoch += 1
+            self.global_step += 1
+            lr = self.scheduler.get_last_lr()[0]
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{self.sums['loss'] / max(self.sums['count'], 1.0):.4f}", lr=f"{lr:.3g}")
+            if self.global_step % cfg.log_every == 0:
+                self.tb.scalars({"train/loss_step": self.last_loss, "train/lr": lr}, self.global_step)
+            if self.agree(self.stop.requested):
+                stopped = True
+                break
+        if bar is not None:
+            bar.close()
+        self.elapsed += time.perf_counter() - start
+        if stopped and self.step_in_epoch < self.steps_per_epoch:
+            return False
+        self._end_epoch(time.perf_counter() - start)
+        return not stopped
+
+    def _end_epoch(self, seconds: float) -> None:
+        cfg, info = self.config, self.info
+        keys = sorted(self.sums)
+        totals = dict(zip(keys, all_reduce_sum([self.sums[k] for k in keys], info, self.device)))
+        row: dict[str, Any] = {"epoch": self.epoch + 1, **self.task.epoch_row(totals)}
+        row.update(lr=self.scheduler.get_last_lr()[0], time=round(seconds, 3))
+        due = (self.epoch + 1) % cfg.eval_every == 0 or self.epoch + 1 == cfg.epochs
+        row.update(self.validate() if due else self.task.no_validation())
+        self.history.append(row)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.sums = {}
+        score = row.get(self.score_key, float("nan"))
+        improved = score > self.best  # NaN compares False
+        if improved:
+            self.best, self.best_epoch = score, row["epoch"]
+        self.tb.scalars({f"epoch/{k}": v for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))},
+                        row["epoch"])
+        if improved:  # the weights first: last.pt never records a best that is not on disk
+            self.save_weights("best.safetensors", {"epoch": row["epoch"], self.score_key: score})
+        self.save_state()
+        self.write_metrics("running")
+        self.log(self.epoch_message(row))
