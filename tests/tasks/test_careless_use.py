@@ -355,7 +355,8 @@ def _detection_item(path: Path) -> object:
 @pytest.mark.parametrize("reader", ["predict", "dense-predict", "segmentation-data", "detection-data"])
 def test_unreadable_images_are_named_by_every_reader(make, words, reader, tmp_path):
     from involution.tasks._images import read_image
-    from involution.tasks.classification.data import DataSpec, build_image_transform
+    from involution.tasks.classification.data import DataSpec
+    from involution.tasks.classification.transforms import build_image_transform
 
     path = make(tmp_path / "bad.png")
     spec = DataSpec("digits", [str(i) for i in range(10)], 1, 8, [0.5], [0.5])
