@@ -22,7 +22,7 @@ from ..engine.runtime import select_device
 from ..engine.state import FORMAT as TRAIN_FORMAT
 from ..engine.state import load_training_state
 from .data import DataSpec, load_splits
-from .engine import EvalResult, evaluate
+from .task import EvalResult, evaluate
 from .transforms import AugmentedDataset, build_image_transform, build_transforms
 
 

@@ -1,5 +1,5 @@
 """Classification as a :class:`~involution.tasks.engine.task.Task` (digits / Fashion-MNIST / CIFAR-10 / image
-folders, cross-entropy, top-1/top-5, a test split scored once at the end), and ``train``: from a
+folders, cross-entropy, top-1/top-5, a test split scored once at the end), its evaluation, and ``train``: from a
 :class:`TrainConfig` to a finished (or cleanly stopped) run directory, through the shared engine."""
 
 from __future__ import annotations
@@ -7,22 +7,24 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from ...models import count_flops, create_model
-from ..engine.distributed import DistInfo
+from .._metrics import confusion_matrix
+from ..engine.distributed import DistInfo, all_reduce_sum
 from ..engine.loop import TrainingLoop, TrainResult
 from ..engine.loop import train as train_task
 from ..engine.run_config import resume_config as resume_task_config
-from ..engine.runtime import StopFlag, convert_sync_bn, to_device
+from ..engine.runtime import StopFlag, autocast, convert_sync_bn, to_device
 from ..engine.task import Task, TaskData
 from .config import TrainConfig, resolve
 from .data import DataSpec, load_splits, subsample_train
-from .engine import evaluate
 from .transforms import AugmentedDataset, build_transforms
 
 
@@ -49,6 +51,65 @@ def train(
         quiet: print nothing (studies run many short runs under their own progress bar).
     """
     return train_task(ClassificationTask(), config or TrainConfig(), out, resume, progress, stop_flag, quiet)
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    acc: float
+    top5: float
+    count: int
+    confusion: np.ndarray | None = None
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    info: DistInfo,
+    num_classes: int,
+    amp: str = "none",
+    channels_last: bool = False,
+    confusion: bool = False,
+    progress: object | None = None,
+) -> EvalResult:
+    """Loss, top-1 and top-5 accuracy of ``model`` over ``loader``, summed over all processes (each sample once).
+
+    ``confusion``: also count the ``(num_classes, num_classes)`` matrix (rows: true class, columns: predicted).
+    """
+    was_training = model.training
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    loss_sum = correct = correct5 = count = 0.0
+    matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    k = min(5, num_classes)
+    for batch in loader:
+        images, labels = to_device(batch, device, channels_last)
+        with autocast(device, amp):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += criterion(logits, labels).item()
+        top = logits.topk(k, dim=1).indices
+        correct += (top[:, 0] == labels).sum().item()
+        correct5 += (top == labels[:, None]).any(dim=1).sum().item()
+        count += labels.numel()
+        if confusion:
+            matrix += confusion_matrix(labels.cpu(), top[:, 0].cpu(), num_classes)
+        if progress is not None:
+            progress.update(1)  # type: ignore[attr-defined]
+    loss_sum, correct, correct5, count = all_reduce_sum([loss_sum, correct, correct5, count], info, device)
+    result_matrix = None
+    if confusion:
+        if info.enabled:
+            import torch.distributed as dist
+
+            matrix = matrix.to(device)
+            dist.all_reduce(matrix)
+        result_matrix = matrix.cpu().numpy()
+    model.train(was_training)
+    n = max(count, 1)
+    return EvalResult(loss_sum / n, correct / n, correct5 / n, int(count), result_matrix)
 
 
 def _macs_per_image(cfg: TrainConfig, spec: DataSpec) -> int | None:

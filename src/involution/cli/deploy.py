@@ -1,4 +1,5 @@
-"""``involution export``: argument parsing over :func:`involution.tasks.deploy.export_model`."""
+"""``involution export`` (argument parsing over :func:`involution.tasks.deploy.export_model`) and ``involution
+onnxruntime fetch-headers|build|path`` (the custom-op library of :mod:`involution.ops.onnxruntime_library`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_onnxruntime(args: argparse.Namespace) -> int:
+    from ..ops.onnxruntime_library import fetch_headers, library_path
+
+    try:
+        if args.action == "fetch-headers":
+            print(f"onnxruntime headers in {fetch_headers(args.dest)}")
+        else:
+            path = library_path()
+            print(path if args.action == "path" else f"built {path}")
+    except RuntimeError as exc:  # no headers, no compiler, a failed build or download: exit 1, as scripts expect
+        print(f"involution onnxruntime: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="export a model to ONNX or a torch.export program (.pt2), checked")
     export.add_argument("--model", required=True, help="registry name, e.g. rednet50")
@@ -45,3 +61,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         help="keep the BatchNorms (default: fold each one that follows a convolution into it)")
     export.add_argument("--no-verify", action="store_true", help="skip the comparison with eager PyTorch")
     export.set_defaults(func=_cmd_export)
+
+    what = "onnxruntime's involution custom-op library: fetch the headers, build, or say where it is"
+    ort = sub.add_parser("onnxruntime", help=what, description=what)
+    ort.add_argument("action", choices=("fetch-headers", "build", "path"))
+    ort.add_argument("--dest", help="fetch-headers: the include folder to fill (default: the cache)")
+    ort.set_defaults(func=_cmd_onnxruntime)
