@@ -64,14 +64,20 @@ def _maybe_training_state(path: Path) -> dict[str, Any] | None:
         raise
 
 
-def _spec_from_model(net: nn.Module, data_spec: DataSpec) -> DataSpec:
-    """For checkpoints without a recorded spec: the model card's preprocessing with the data's classes."""
+def _model_card_spec(net: nn.Module, classes: list[str], fallback: DataSpec | None = None,
+                     source: str | os.PathLike = "") -> DataSpec:
+    """For checkpoints without a recorded spec: the model card's preprocessing (``pretrained_cfg``) with
+    ``classes``; where the card is silent, ``fallback``'s values (without a fallback the card must give them)."""
     cfg = getattr(net, "pretrained_cfg", {}) or {}
-    size = cfg.get("input_size", (3, data_spec.image_size, data_spec.image_size))
-    return DataSpec(
-        data_spec.dataset, data_spec.classes, int(size[0]), int(size[-1]), list(cfg.get("mean", data_spec.mean)),
-        list(cfg.get("std", data_spec.std)), cfg.get("resize") if cfg.get("crop_pct", 1.0) < 1.0 else None,
-    )
+    if fallback is None:
+        if "input_size" not in cfg:
+            raise ValueError(f"{source} records no preprocessing and its model has no input_size in pretrained_cfg")
+        size, mean, std, dataset = cfg["input_size"], cfg["mean"], cfg["std"], ""
+    else:
+        size = cfg.get("input_size", (3, fallback.image_size, fallback.image_size))
+        mean, std, dataset = cfg.get("mean", fallback.mean), cfg.get("std", fallback.std), fallback.dataset
+    resize = cfg.get("resize") if cfg.get("crop_pct", 1.0) < 1.0 else None
+    return DataSpec(dataset, classes, int(size[0]), int(size[-1]), list(mean), list(std), resize)
 
 
 @dataclass
@@ -103,7 +109,7 @@ def run_eval(
     # the data's own split; image_size from the checkpoint so resizing matches training
     splits = load_splits(data, data_dir, spec.image_size if spec else 224, val_fraction=0.0)
     if spec is None:
-        spec = _spec_from_model(net, splits.spec)
+        spec = _model_card_spec(net, splits.spec.classes, splits.spec)
     classes = splits.spec.classes
     num_outputs = getattr(net, "num_classes", len(classes))
     if num_outputs != len(classes):
@@ -144,12 +150,8 @@ def load_classifier_and_spec(
     """:func:`load_classifier`, with official checkpoints (no stored DataSpec) given their model card's."""
     net, spec = load_classifier(checkpoint, model)
     if spec is None:
-        cfg = getattr(net, "pretrained_cfg", {}) or {}
-        if "input_size" not in cfg:
-            raise ValueError(f"{checkpoint} records no preprocessing and its model has no input_size in pretrained_cfg")
-        names = classes or [str(i) for i in range(getattr(net, "num_classes", 1000))]
-        resize = cfg.get("resize") if cfg.get("crop_pct", 1.0) < 1.0 else None
-        spec = DataSpec("", names, cfg["input_size"][0], cfg["input_size"][-1], list(cfg["mean"]), list(cfg["std"]), resize)
+        spec = _model_card_spec(net, classes or [str(i) for i in range(getattr(net, "num_classes", 1000))],
+                                source=checkpoint)
     return net, spec
 
 
