@@ -9,7 +9,7 @@ import torch
 from _rednet_parity import load_reference, parity_input, seeded_state_dict  # the official parity's own weights
 
 from involution.models import (
-    convert_official,
+    convert_checkpoint,
     create_model,
     load_checkpoint,
     load_model,
@@ -168,7 +168,7 @@ def test_files_that_are_no_checkpoint_give_one_error_naming_them(tmp_path):
                 read(path)
             message = str(info.value)
             assert str(path) in message, message
-            assert "not a PyTorch or safetensors checkpoint" in message or "truncated or corrupt" in message, message
+            assert "not a PyTorch, safetensors or PaddlePaddle checkpoint" in message or "truncated or corrupt" in message, message
             assert "weights_only" not in message, message
 
 
@@ -297,9 +297,9 @@ def test_parity_with_the_official_implementation(tmp_path, variant):
     )
 
 
-def test_convert_official(tmp_path):
+def test_convert_checkpoint(tmp_path):
     src = official_file(tmp_path, "rednet26_stem7")
-    dst = convert_official(src, tmp_path / "converted.safetensors")
+    dst = convert_checkpoint(src, tmp_path / "converted.safetensors")
     model = load_model(dst)
     assert model.model_name == "rednet26" and model.stem[1].kernel_size == (7, 7) and model.num_classes == 1000
     official = torch.load(src, weights_only=True)["state_dict"]
@@ -307,8 +307,8 @@ def test_convert_official(tmp_path):
     assert converted.keys() == official.keys()
     for k, v in official.items():
         torch.testing.assert_close(converted[k], v, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="not an official mmcls checkpoint"):
-        convert_official(dst, tmp_path / "again.safetensors")
+    with pytest.raises(ValueError, match="not an official mmcls or PaddleClas RedNet checkpoint"):
+        convert_checkpoint(dst, tmp_path / "again.safetensors")
 
 
 def test_features_only_backbone_loads_an_official_classifier_checkpoint(tmp_path):

@@ -58,7 +58,7 @@ def one_line_error(capsys, argv, path) -> str:
 def test_convert_refuses_a_file_that_is_no_checkpoint(tmp_path, capsys, kind):
     src = not_a_checkpoint(tmp_path / "note.pth", kind)
     err = one_line_error(capsys, ["convert", src, tmp_path / "o.safetensors"], src)
-    assert "not a PyTorch or safetensors checkpoint" in err or "truncated or corrupt" in err
+    assert "not a PyTorch, safetensors or PaddlePaddle checkpoint" in err or "truncated or corrupt" in err
     assert not (tmp_path / "o.safetensors").exists()
 
 

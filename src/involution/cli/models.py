@@ -25,10 +25,10 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    """Official mmcls checkpoint (.pth) -> this package's safetensors format."""
-    from ..models import convert_official
+    """Official mmcls (.pth) or PaddleClas (.pdparams) RedNet checkpoint -> this package's safetensors format."""
+    from ..models import convert_checkpoint
 
-    out = convert_official(args.src, args.dst, name=args.model)
+    out = convert_checkpoint(args.src, args.dst, name=args.model)
     print(f"wrote {out}")
     return 0
 
@@ -46,8 +46,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     summ.add_argument("--depth", type=positive_int, default=1, help="1: stages, 2: blocks too")
     summ.set_defaults(func=_cmd_summary)
 
-    convert = sub.add_parser("convert", help="convert an official mmcls RedNet checkpoint to safetensors")
-    convert.add_argument("src", help="official checkpoint, e.g. rednet50-1c7a7d5d.pth")
+    convert = sub.add_parser(
+        "convert", help="convert an official mmcls or PaddleClas RedNet checkpoint to safetensors"
+    )
+    convert.add_argument(
+        "src", help="e.g. rednet50-1c7a7d5d.pth (official) or RedNet50_pretrained.pdparams (PaddleClas)"
+    )
     convert.add_argument("dst", help="output .safetensors path")
     convert.add_argument("--model", help="registry name; inferred from the checkpoint's keys when omitted")
     convert.set_defaults(func=_cmd_convert)

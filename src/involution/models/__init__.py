@@ -13,7 +13,14 @@ from ._base import FeatureInfo, ResidualNet
 from .checkpoint import LoadReport, apply_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
 from .flops import FlopReport, count_flops, count_params, mmcv_style_macs, summary
 from .rednet import RedNet, RedNetBottleneck
-from .rednet_convert import convert_official, official_to_ours, ours_to_official
+from .pdparams import read_pdparams
+from .rednet_convert import (
+    convert_checkpoint,
+    official_to_ours,
+    ours_to_official,
+    ours_to_paddleclas,
+    paddleclas_to_ours,
+)
 from .registry import create_model, is_model, list_models, load_model, model_entrypoint, register_model
 from .replace_convs import involutionizable, involutionize
 from .resnet import ResNet
@@ -26,7 +33,7 @@ __all__ = [
     "ResNet",
     "ResidualNet",
     "apply_state_dict",
-    "convert_official",
+    "convert_checkpoint",
     "create_model",
     "is_model",
     "list_models",
@@ -35,6 +42,9 @@ __all__ = [
     "model_entrypoint",
     "official_to_ours",
     "ours_to_official",
+    "ours_to_paddleclas",
+    "paddleclas_to_ours",
+    "read_pdparams",
     "read_checkpoint",
     "register_model",
     "save_checkpoint",

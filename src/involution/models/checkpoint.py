@@ -4,14 +4,15 @@ Own format: a safetensors file whose metadata records ``format`` ("involution"),
 ``model`` name and its constructor ``model_kwargs`` (JSON), so :func:`~involution.models.load_model` rebuilds the
 model from the file alone. Files are written to a temporary name beside the target and renamed into place.
 ``.pth`` files are read with ``torch.load(weights_only=True)``: nothing but tensors and plain containers is ever
-unpickled.
+unpickled; PaddlePaddle ``.pdparams`` files with an unpickler that builds numpy arrays and nothing else
+(:mod:`involution.models.pdparams`).
 
-Files of other layouts (official mmcls, mmdet, mmseg) are mapped to this library's key names by a filter beside
+Files of other layouts (official mmcls, mmdet, mmseg, PaddleClas) are mapped to our key names by a filter beside
 each family's model (``checkpoint_filter_fn``, as in timm). :func:`fit_state_dict` is the one comparison of a state
-dict with a model: strict about the body (any missing, unexpected or differently shaped key raises
-``RuntimeError`` listing them) and lenient where the caller says, e.g. about the classifier: a checkpoint with
-another class count, or without a classifier, loads the body and leaves the classifier freshly initialised, with a
-warning (:func:`apply_state_dict`).
+dict with a model: strict about the body (any missing, unexpected or differently shaped key raises ``RuntimeError``
+listing them) and lenient where the caller says, e.g. about the classifier: a checkpoint with another class count,
+or without a classifier, loads the body and leaves the classifier freshly initialised, with a warning
+(:func:`apply_state_dict`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 from .._atomic import atomic_path
 from .._version import __version__
 from ._safetensors import read_safetensors, write_safetensors
+from .pdparams import read_pdparams
 
 FORMAT = "involution"
 FORMAT_VERSION = "1"
@@ -73,7 +75,12 @@ def _is_torch_file(head: bytes) -> bool:
 def _not_a_checkpoint(path: Path, head: bytes) -> ValueError:
     """The error for a file that is neither kind of checkpoint: what it begins with, so it can be recognised."""
     what = "it is empty" if not head else f"it begins with {head[:16]!r}"
-    return ValueError(f"{path}: not a PyTorch or safetensors checkpoint ({what})")
+    return ValueError(f"{path}: not a PyTorch, safetensors or PaddlePaddle checkpoint ({what})")
+
+
+def _is_pickle(head: bytes) -> bool:
+    """A bare pickle of protocol 2 to 5 (what ``paddle.save`` writes); torch files were recognised before."""
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def read_torch_file(path: Path) -> Any:
@@ -137,7 +144,8 @@ def _extract_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Read any supported file: ``(state_dict, metadata)`` with keys as stored (metadata empty for ``.pth``).
+    """Read any supported file: ``(state_dict, metadata)`` with keys as stored (metadata empty for ``.pth``
+    and ``.pdparams``).
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the path for anything unreadable.
     """
@@ -149,6 +157,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
         if not tensors:
             raise ValueError(f"{path}: the checkpoint holds no tensors")
         return tensors, metadata
+    head = _head(path)
+    if not _is_torch_file(head) and (path.suffix == ".pdparams" or _is_pickle(head)):
+        return read_pdparams(path), {}
     return _extract_state_dict(read_torch_file(path), path), {}
 
 

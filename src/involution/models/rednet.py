@@ -219,6 +219,7 @@ class RedNet(ResidualNet):
 # --- registered variants --------------------------------------------------------------------------------------
 
 # Official model zoo (README of d-li14/involution; ImageNet 224x224 single crop): params (M), GFLOPs, top-1, top-5.
+# Its checkpoints were on a OneDrive that no longer serves them (the repository's issues #54, #62).
 _CARDS = {
     26: (9.23, 1.73, 75.96, 93.19),
     38: (12.39, 2.22, 77.48, 93.57),
@@ -226,6 +227,10 @@ _CARDS = {
     101: (25.65, 4.74, 78.92, 94.35),
     152: (33.99, 6.79, 79.12, 94.38),
 }
+# PaddleClas's converted ImageNet weights, the copies still online, and their top-1 / top-5 (PaddleClas's model
+# zoo docs). Nothing here downloads them; create_model(name, checkpoint=PATH) loads the file.
+_PADDLECLAS = {26: (75.95, 93.19), 38: (77.47, 93.56), 50: (78.33, 94.17), 101: (78.94, 94.36), 152: (79.17, 94.40)}
+PADDLECLAS_URL = "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/RedNet{depth}_pretrained.pdparams"
 
 
 def _rednet_cfg(depth: int, small: bool) -> dict:
@@ -238,7 +243,11 @@ def _rednet_cfg(depth: int, small: bool) -> dict:
     }
     if small:
         return small_cfg(**card)
-    return default_cfg(**card, paper_params_m=params, paper_gflops=gflops, paper_top1=top1, paper_top5=top5)
+    paddle_top1, paddle_top5 = _PADDLECLAS[depth]
+    return default_cfg(
+        **card, paper_params_m=params, paper_gflops=gflops, paper_top1=top1, paper_top5=top5,
+        weights_url=PADDLECLAS_URL.format(depth=depth), paddleclas_top1=paddle_top1, paddleclas_top5=paddle_top5,
+    )
 
 
 def _create(depth: int, small: bool, kwargs: dict) -> RedNet:
@@ -254,6 +263,8 @@ def rednet26(**kwargs) -> RedNet:
     """RedNet-26: stages (1, 2, 4, 1). 9,233,166 parameters (9.23 M) with the 1000-class head, 1.73 GFLOPs at 224.
 
     Official ImageNet results: top-1 75.96 %, top-5 93.19 % (vs ResNet-26: 32.8 % fewer parameters).
+    ImageNet weights: PaddleClas's ``RedNet26_pretrained.pdparams`` (top-1 75.95 %, top-5 93.19 %; URL in
+    ``pretrained_cfg['weights_url']``), loaded by ``create_model("rednet26", checkpoint=PATH)``.
     """
     return _create(26, False, kwargs)
 
@@ -263,6 +274,8 @@ def rednet38(**kwargs) -> RedNet:
     """RedNet-38: stages (2, 3, 5, 2). 12,386,986 parameters (12.39 M), 2.22 GFLOPs at 224.
 
     Official ImageNet results: top-1 77.48 % (77.47 in the paper), top-5 93.57 %.
+    ImageNet weights: PaddleClas's ``RedNet38_pretrained.pdparams`` (top-1 77.47 %, top-5 93.56 %; URL in
+    ``pretrained_cfg['weights_url']``), loaded by ``create_model("rednet38", checkpoint=PATH)``.
     """
     return _create(38, False, kwargs)
 
@@ -273,6 +286,8 @@ def rednet50(**kwargs) -> RedNet:
 
     Official ImageNet results: top-1 78.35 %, top-5 94.13 %. The official detection/segmentation backbone is this
     model with ``stem_kernel_size=7``.
+    ImageNet weights: PaddleClas's ``RedNet50_pretrained.pdparams`` (top-1 78.33 %, top-5 94.17 %; URL in
+    ``pretrained_cfg['weights_url']``), loaded by ``create_model("rednet50", checkpoint=PATH)``.
     """
     return _create(50, False, kwargs)
 
@@ -282,6 +297,8 @@ def rednet101(**kwargs) -> RedNet:
     """RedNet-101: stages (3, 4, 23, 3). 25,652,950 parameters (25.65 M), 4.74 GFLOPs at 224.
 
     Official ImageNet results: top-1 78.92 %, top-5 94.35 %.
+    ImageNet weights: PaddleClas's ``RedNet101_pretrained.pdparams`` (top-1 78.94 %, top-5 94.36 %; URL in
+    ``pretrained_cfg['weights_url']``), loaded by ``create_model("rednet101", checkpoint=PATH)``.
     """
     return _create(101, False, kwargs)
 
@@ -291,6 +308,8 @@ def rednet152(**kwargs) -> RedNet:
     """RedNet-152: stages (3, 8, 36, 3). 33,984,582 parameters (the README rounds to 33.99 M), 6.79 GFLOPs at 224.
 
     Official ImageNet results: top-1 79.12 %, top-5 94.38 %.
+    ImageNet weights: PaddleClas's ``RedNet152_pretrained.pdparams`` (top-1 79.17 %, top-5 94.40 %; URL in
+    ``pretrained_cfg['weights_url']``), loaded by ``create_model("rednet152", checkpoint=PATH)``.
     """
     return _create(152, False, kwargs)
 

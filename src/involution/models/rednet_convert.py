@@ -1,9 +1,13 @@
-"""Official mmcls RedNet checkpoints: their key layout, the filter that maps it to ours, and file conversion.
+"""RedNet checkpoints of other libraries: their key layouts, the filter that maps them to ours, file conversion.
 
-Official checkpoints (``{'meta': ..., 'state_dict': {'backbone.stem.0.conv.weight': ..., 'head.fc.weight': ...}}``)
-use the module names of :class:`~involution.models.rednet.RedNet`, so mapping them is prefix stripping:
-``backbone.X -> X``, ``head.fc.X -> fc.X``. The other parts of official detection/segmentation checkpoints
-(``neck.``, ``rpn_head.`` ...) are ignored with a warning.
+* Official mmcls checkpoints (``{'meta': ..., 'state_dict': {'backbone.stem.0.conv.weight': ...,
+  'head.fc.weight': ...}}``) use the module names of :class:`~involution.models.rednet.RedNet`, so mapping them is
+  prefix stripping: ``backbone.X -> X``, ``head.fc.X -> fc.X``. The other parts of official detection/segmentation
+  checkpoints (``neck.``, ``rpn_head.`` ...) are ignored with a warning.
+* PaddleClas's ImageNet weights (``RedNet50_pretrained.pdparams`` ...) hold the official backbone keys without
+  ``backbone.``, BatchNorm statistics as ``._mean`` / ``._variance`` (no step counter) and the classifier as
+  ``fc.weight`` of shape (in, out), Paddle's ``Linear`` layout, and ``fc.bias``. Key order differs (the stem comes
+  last) and is never relied on.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .registry import create_model
 # Parts of official detection / segmentation checkpoints that a classifier or backbone has no use for.
 _OTHER_PARTS = ("neck.", "rpn_head.", "roi_head.", "bbox_head.", "mask_head.", "decode_head.", "auxiliary_head.")
 _OFFICIAL_RENAMES = (("backbone.", ""), ("head.fc.", "fc."))
+_PADDLE_STATS = (("._mean", ".running_mean"), ("._variance", ".running_var"))  # Paddle's BatchNorm buffers
 
 
 def is_official_layout(state_dict: Mapping[str, Tensor]) -> bool:
@@ -57,11 +62,45 @@ def ours_to_official(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {("head." + k if k.startswith("fc.") else "backbone." + k): v for k, v in state_dict.items()}
 
 
+def is_paddleclas_layout(state_dict: Mapping[str, Tensor]) -> bool:
+    """Whether the keys are PaddleClas's (BatchNorm statistics named ``._mean`` / ``._variance``)."""
+    return any(k.endswith(tuple(old for old, _ in _PADDLE_STATS)) for k in state_dict)
+
+
+def _renamed(key: str, renames: tuple[tuple[str, str], ...]) -> str:
+    for old, new in renames:
+        if key.endswith(old):
+            return key[: -len(old)] + new
+    return key
+
+
+def paddleclas_to_ours(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map PaddleClas RedNet keys to this library's: BN statistics renamed, ``fc.weight`` transposed to (out, in)."""
+    out = {}
+    for key, value in state_dict.items():
+        new = _renamed(key, _PADDLE_STATS)
+        out[new] = value.t().contiguous() if new == "fc.weight" and value.dim() == 2 else value
+    return out
+
+
+def ours_to_paddleclas(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of :func:`paddleclas_to_ours` (step counters dropped, as Paddle's BatchNorm has none)."""
+    back = tuple((new, old) for old, new in _PADDLE_STATS)
+    return {
+        _renamed(k, back): (v.t().contiguous() if k == "fc.weight" else v)
+        for k, v in state_dict.items()
+        if not k.endswith("num_batches_tracked")
+    }
+
+
 def checkpoint_filter_fn(
     state_dict: Mapping[str, Tensor], source: str = "state dict"
 ) -> tuple[dict[str, Tensor], list[str], str]:
     """``(state_dict, ignored_keys, layout)`` in this library's key names: official files are mapped (with a
-    warning naming the parts ignored, layout ``"official"``), others pass as they are (layout ``"plain"``)."""
+    warning naming the parts ignored, layout ``"official"``), PaddleClas files too (layout ``"paddleclas"``),
+    others pass as they are (layout ``"plain"``)."""
+    if is_paddleclas_layout(state_dict):
+        return paddleclas_to_ours(state_dict), [], "paddleclas"
     if not is_official_layout(state_dict):
         return dict(state_dict), [], "plain"
     ours, ignored = official_to_ours(state_dict)
@@ -96,8 +135,11 @@ def infer_rednet_config(state_dict: Mapping[str, Tensor], source: str = "state d
     return f"rednet{depth}", kwargs
 
 
-def convert_official(src: str | os.PathLike, dst: str | os.PathLike, name: str | None = None, **kwargs: Any) -> Path:
-    """Convert an official mmcls RedNet checkpoint (``.pth``) to this library's safetensors format.
+def convert_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, name: str | None = None, **kwargs: Any
+) -> Path:
+    """Convert an official mmcls (``.pth``) or PaddleClas (``.pdparams``) RedNet checkpoint to this library's
+    safetensors format.
 
     The architecture (depth, stem kernel size, class count; 0 classes for a backbone-only file) is read from the
     keys unless ``name`` / ``kwargs`` are given. Returns the written path.
@@ -105,8 +147,10 @@ def convert_official(src: str | os.PathLike, dst: str | os.PathLike, name: str |
     src = Path(src)
     refuse_same_file(src, dst)
     state_dict, _ = read_checkpoint(src)
-    if not is_official_layout(state_dict):
-        raise ValueError(f"{src}: not an official mmcls checkpoint (no 'backbone.' keys)")
+    if not (is_official_layout(state_dict) or is_paddleclas_layout(state_dict)):
+        raise ValueError(
+            f"{src}: not an official mmcls or PaddleClas RedNet checkpoint (no 'backbone.' keys, no '._mean' keys)"
+        )
     state_dict, _, _ = checkpoint_filter_fn(state_dict, str(src))
     inferred_name, inferred = infer_rednet_config(state_dict, str(src))
     model = create_model(name or inferred_name, **{**inferred, **kwargs})
