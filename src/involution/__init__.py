@@ -6,8 +6,19 @@
 """
 
 from ._version import __version__
-from .layers import Involution2d
+from .layers import Involution1d, Involution2d, Involution3d
 from .models import create_model, list_models
-from .ops import involution2d, use_backend
+from .ops import involution1d, involution2d, involution3d, use_backend
 
-__all__ = ["Involution2d", "__version__", "create_model", "involution2d", "list_models", "use_backend"]
+__all__ = [
+    "Involution1d",
+    "Involution2d",
+    "Involution3d",
+    "__version__",
+    "create_model",
+    "involution1d",
+    "involution2d",
+    "involution3d",
+    "list_models",
+    "use_backend",
+]

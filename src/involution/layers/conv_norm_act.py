@@ -10,6 +10,8 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 LayerFactory = Callable[..., nn.Module]
+CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+BATCH_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 
 
 class ConvNormAct(nn.Module):
@@ -17,6 +19,7 @@ class ConvNormAct(nn.Module):
 
     Args:
         in_channels, out_channels, kernel_size, stride, padding, groups: as for ``nn.Conv2d``.
+        dims: spatial dimensions, 1, 2 (default) or 3: ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d``.
         bias: defaults to True only when there is no normalisation.
         norm_layer: called as ``norm_layer(out_channels)``; default ``nn.BatchNorm2d``.
         act_layer: called as ``act_layer()``; default ``nn.ReLU`` (in place).
@@ -34,13 +37,15 @@ class ConvNormAct(nn.Module):
         bias: bool | None = None,
         norm_layer: LayerFactory | None = nn.BatchNorm2d,
         act_layer: LayerFactory | None = nn.ReLU,
+        dims: int = 2,
     ) -> None:
         super().__init__()
         if padding is None:
             padding = kernel_size // 2
         if bias is None:
             bias = norm_layer is None
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
+        conv = CONVS[dims]
+        self.conv = conv(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
         self.bn = norm_layer(out_channels) if norm_layer is not None else nn.Identity()
         if act_layer is None:
             self.act = nn.Identity()

@@ -1,19 +1,145 @@
-"""The involution layer of Li et al. (CVPR 2021): a kernel generator followed by the involution op."""
+"""The involution layer of Li et al. (CVPR 2021): a kernel generator followed by the involution op, in 1, 2 and 3
+spatial dimensions (:class:`Involution1d` for sequences, :class:`Involution2d`, :class:`Involution3d` for volumes
+and clips), one implementation for all three."""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .._checks import check_flag, check_int
-from ..ops import involution2d
-from ..ops._shapes import IntOrPair, pair
-from .conv_norm_act import ConvNormAct, LayerFactory
-from .pool import CeilAvgPool2d
+from ..ops import involution1d, involution2d, involution3d
+from ..ops._shapes import IntOrPair, SPATIAL_NAMES, ntuple
+from .conv_norm_act import BATCH_NORMS, CONVS, ConvNormAct, LayerFactory
+from .pool import CeilAvgPool, CeilAvgPool2d
+
+_OPS = {1: involution1d, 2: involution2d, 3: involution3d}
+BATCH_NORM = "batch_norm"  # norm_layer's default: the BatchNorm of the layer's dimension
 
 
-class Involution2d(nn.Module):
+class _InvolutionNd(nn.Module):
+    """The layer for ``dims`` spatial dimensions; :class:`Involution2d` documents it."""
+
+    dims = 2
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: IntOrPair = 7,
+        stride: IntOrPair = 1,
+        dilation: IntOrPair = 1,
+        group_channels: int = 16,
+        groups: int | None = None,
+        reduction_ratio: int = 4,
+        out_channels: int | None = None,
+        norm_layer: LayerFactory | str | None = BATCH_NORM,
+        act_layer: LayerFactory | None = nn.ReLU,
+        recompute_kernel: bool = True,
+        coord_channels: bool = False,
+    ) -> None:
+        super().__init__()
+        self.recompute_kernel = check_flag("recompute_kernel", recompute_kernel)
+        self.coord_channels = check_flag("coord_channels", coord_channels)
+        if coord_channels and self.dims != 2:
+            raise ValueError(f"coord_channels is offered by Involution2d only, not {type(self).__name__}")
+        for name, value in (("channels", channels), ("reduction_ratio", reduction_ratio),
+                            ("group_channels", group_channels), ("groups", groups), ("out_channels", out_channels)):
+            if value is not None:
+                check_int(name, value)  # the type; the ranges are checked below
+        dims = self.dims
+        self.kernel_size = ntuple(kernel_size, dims, "kernel_size")
+        self.stride = ntuple(stride, dims, "stride")
+        self.dilation = ntuple(dilation, dims, "dilation")
+        self.groups = _check_sizes(channels, self.kernel_size, self.stride, self.dilation, reduction_ratio,
+                                   group_channels, groups)
+        self.channels = channels
+        self.padding = tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
+        hidden = max(1, channels // reduction_ratio)
+        norm_layer = BATCH_NORMS[dims] if norm_layer == BATCH_NORM else norm_layer
+
+        self.avgpool = _pool(self.stride) if max(self.stride) > 1 else nn.Identity()
+        # The hidden width stays C // r with coordinates too, so coord_channels only adds 2 * hidden weights.
+        gen_in = channels + 2 if coord_channels else channels
+        self.conv1 = ConvNormAct(gen_in, hidden, 1, norm_layer=norm_layer, act_layer=act_layer, dims=dims)
+        self.conv2 = ConvNormAct(
+            hidden, self.groups * math.prod(self.kernel_size), 1, bias=True, norm_layer=None, act_layer=None, dims=dims
+        )
+        self.out_channels = out_channels or channels
+        self.proj = (
+            CONVS[dims](channels, self.out_channels, 1, bias=False) if self.out_channels != channels else nn.Identity()
+        )
+
+    def generate_kernel(self, x: Tensor) -> Tensor:
+        """The kernels this layer applies to ``x``: ``(N, C, *size) -> (N, G, *kernel_size, *out_size)``.
+
+        Useful for visualisation; no copy is made (a channels_last generator output is viewed in place).
+        """
+        return self._kernel_from_hidden(self.conv1(self._generator_input(x)))
+
+    def _generator_input(self, x: Tensor) -> Tensor:
+        """What ``conv1`` sees: the input pooled by the stride, plus the coordinate channels if asked for."""
+        pooled = self.avgpool(x)
+        if not self.coord_channels:
+            return pooled
+        return torch.cat([pooled, coordinate_channels(pooled)], dim=1)
+
+    def _kernel_from_hidden(self, hidden: Tensor) -> Tensor:
+        return self.conv2(hidden).unflatten(1, (self.groups, *self.kernel_size))
+
+    def _aggregate(self, x: Tensor, hidden: Tensor) -> Tensor:
+        return _OPS[self.dims](x, self._kernel_from_hidden(hidden), self.stride, self.padding, self.dilation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 2 + self.dims or x.shape[1] != self.channels:
+            layout = ", ".join(SPATIAL_NAMES[self.dims])
+            raise ValueError(
+                f"{type(self).__name__} expects input (N, {self.channels}, {layout}), got {tuple(x.shape)}"
+            )
+        hidden = self.conv1(self._generator_input(x))
+        if self.recompute_kernel and torch.is_grad_enabled() and (x.requires_grad or hidden.requires_grad):
+            out = checkpoint(self._aggregate, x, hidden, use_reentrant=False)
+        else:
+            out = self._aggregate(x, hidden)
+        return self.proj(out)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, dilation={self.dilation}, "
+            f"groups={self.groups}" + (", coord_channels=True" if self.coord_channels else "")
+        )
+
+
+def _check_sizes(
+    channels: int, kernel_size: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...],
+    reduction_ratio: int, group_channels: int, groups: int | None,
+) -> int:
+    """Validate the layer's sizes; return the group count."""
+    if channels < 1:
+        raise ValueError(f"channels must be >= 1, got {channels}")
+    if any(k < 1 or k % 2 == 0 for k in kernel_size):
+        raise ValueError(f"kernel_size must be odd and >= 1 so the output keeps its size, got {kernel_size}")
+    if min(stride) < 1 or min(dilation) < 1:
+        raise ValueError(f"stride and dilation must be >= 1, got stride {stride}, dilation {dilation}")
+    if reduction_ratio < 1:
+        raise ValueError(f"reduction_ratio must be >= 1, got {reduction_ratio}")
+    if groups is None:
+        if group_channels < 1:
+            raise ValueError(f"group_channels must be >= 1, got {group_channels}")
+        groups = max(1, channels // group_channels)
+    if groups < 1 or channels % groups != 0:
+        raise ValueError(f"groups={groups} must be >= 1 and divide channels={channels}")
+    return groups
+
+
+def _pool(stride: tuple[int, ...]) -> nn.Module:
+    return CeilAvgPool2d(stride) if len(stride) == 2 else CeilAvgPool(stride)
+
+
+class Involution2d(_InvolutionNd):
     """Involution: every output pixel aggregates its K x K neighbourhood with a kernel generated from that pixel.
 
     The kernel generator is ``conv1`` (1x1, C -> C/r, no bias) + norm + activation, then ``conv2`` (1x1,
@@ -31,7 +157,8 @@ class Involution2d(nn.Module):
         groups: the group count G instead (must divide C); overrides ``group_channels``.
         reduction_ratio: r, the generator's channel reduction (hidden width ``max(1, C // r)``). Default 4.
         out_channels: if given and different from C, a 1x1 projection follows the aggregation.
-        norm_layer, act_layer: the generator's normalisation and activation factories.
+        norm_layer, act_layer: the generator's normalisation and activation factories (default: the BatchNorm of
+            the layer's dimension, ``nn.BatchNorm2d`` here, and ReLU).
         recompute_kernel: when taking gradients, keep only the generator's hidden features and regenerate the
             kernels (``conv2`` + aggregation) in the backward pass instead of storing them. The kernels hold G*Kh*Kw
             values per pixel (about 3x the layer's channels at the paper's defaults), so this is what makes a RedNet
@@ -53,96 +180,49 @@ class Involution2d(nn.Module):
         torch.Size([2, 4, 7, 7, 8, 8])
     """
 
-    def __init__(
-        self,
-        channels: int,
-        kernel_size: IntOrPair = 7,
-        stride: IntOrPair = 1,
-        dilation: IntOrPair = 1,
-        group_channels: int = 16,
-        groups: int | None = None,
-        reduction_ratio: int = 4,
-        out_channels: int | None = None,
-        norm_layer: LayerFactory | None = nn.BatchNorm2d,
-        act_layer: LayerFactory | None = nn.ReLU,
-        recompute_kernel: bool = True,
-        coord_channels: bool = False,
-    ) -> None:
-        super().__init__()
-        self.recompute_kernel = check_flag("recompute_kernel", recompute_kernel)
-        self.coord_channels = check_flag("coord_channels", coord_channels)
-        for name, value in (("channels", channels), ("reduction_ratio", reduction_ratio),
-                            ("group_channels", group_channels), ("groups", groups), ("out_channels", out_channels)):
-            if value is not None:
-                check_int(name, value)  # the type; the ranges are checked below
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = pair(stride, "stride")
-        self.dilation = pair(dilation, "dilation")
-        if channels < 1:
-            raise ValueError(f"channels must be >= 1, got {channels}")
-        if any(k < 1 or k % 2 == 0 for k in self.kernel_size):
-            raise ValueError(f"kernel_size must be odd and >= 1 so the output keeps its size, got {self.kernel_size}")
-        if min(self.stride) < 1 or min(self.dilation) < 1:
-            raise ValueError(f"stride and dilation must be >= 1, got stride {self.stride}, dilation {self.dilation}")
-        if reduction_ratio < 1:
-            raise ValueError(f"reduction_ratio must be >= 1, got {reduction_ratio}")
-        if groups is None:
-            if group_channels < 1:
-                raise ValueError(f"group_channels must be >= 1, got {group_channels}")
-            groups = max(1, channels // group_channels)
-        if groups < 1 or channels % groups != 0:
-            raise ValueError(f"groups={groups} must be >= 1 and divide channels={channels}")
-        self.channels = channels
-        self.groups = groups
-        self.padding = tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
-        kh, kw = self.kernel_size
-        hidden = max(1, channels // reduction_ratio)
+    dims = 2
 
-        self.avgpool = CeilAvgPool2d(self.stride) if max(self.stride) > 1 else nn.Identity()
-        # The hidden width stays C // r with coordinates too, so coord_channels only adds 2 * hidden weights.
-        gen_in = channels + 2 if coord_channels else channels
-        self.conv1 = ConvNormAct(gen_in, hidden, 1, norm_layer=norm_layer, act_layer=act_layer)
-        self.conv2 = ConvNormAct(hidden, groups * kh * kw, 1, bias=True, norm_layer=None, act_layer=None)
-        self.out_channels = out_channels or channels
-        self.proj = (
-            nn.Conv2d(channels, self.out_channels, 1, bias=False) if self.out_channels != channels else nn.Identity()
-        )
 
-    def generate_kernel(self, x: Tensor) -> Tensor:
-        """The kernels this layer applies to ``x``: ``(N, C, H, W) -> (N, G, Kh, Kw, Ho, Wo)``.
+class Involution1d(_InvolutionNd):
+    """Involution along sequences: each position aggregates its K-tap window with a kernel generated from it.
 
-        Useful for visualisation; no copy is made (a channels_last generator output is viewed in place).
-        """
-        return self._kernel_from_hidden(self.conv1(self._generator_input(x)))
+    :class:`Involution2d`'s layer with one spatial dimension: the same options (``kernel_size`` default 7,
+    ``stride`` by ceil-mode average pooling in the generator, ``dilation``, ``groups`` / ``group_channels``,
+    ``reduction_ratio``, ``out_channels``, ``norm_layer`` (default ``nn.BatchNorm1d``), ``act_layer``,
+    ``recompute_kernel``, :meth:`generate_kernel`), no ``coord_channels``.
 
-    def _generator_input(self, x: Tensor) -> Tensor:
-        """What ``conv1`` sees: the input pooled by the stride, plus the coordinate channels if asked for."""
-        pooled = self.avgpool(x)
-        if not self.coord_channels:
-            return pooled
-        return torch.cat([pooled, coordinate_channels(pooled)], dim=1)
+    Shapes: ``(N, C, L) -> (N, out_channels or C, ceil(L / s))``; kernels ``(N, G, K, Lo)``.
 
-    def _kernel_from_hidden(self, hidden: Tensor) -> Tensor:
-        return self.conv2(hidden).unflatten(1, (self.groups, *self.kernel_size))
+    Example::
 
-    def _aggregate(self, x: Tensor, hidden: Tensor) -> Tensor:
-        return involution2d(x, self._kernel_from_hidden(hidden), self.stride, self.padding, self.dilation)
+        >>> Involution1d(64, kernel_size=7, stride=2)(torch.randn(2, 64, 101)).shape
+        torch.Size([2, 64, 51])
+    """
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"Involution2d expects input (N, {self.channels}, H, W), got {tuple(x.shape)}")
-        hidden = self.conv1(self._generator_input(x))
-        if self.recompute_kernel and torch.is_grad_enabled() and (x.requires_grad or hidden.requires_grad):
-            out = checkpoint(self._aggregate, x, hidden, use_reentrant=False)
-        else:
-            out = self._aggregate(x, hidden)
-        return self.proj(out)
+    dims = 1
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, dilation={self.dilation}, "
-            f"groups={self.groups}" + (", coord_channels=True" if self.coord_channels else "")
-        )
+
+class Involution3d(_InvolutionNd):
+    """Involution over volumes and clips: each voxel aggregates its ``Kd x Kh x Kw`` neighbourhood with a kernel
+    generated from it.
+
+    :class:`Involution2d`'s layer with three spatial dimensions: the same options (``kernel_size`` an int or a
+    ``(Kd, Kh, Kw)`` triple, default 3; ``stride`` / ``dilation`` ints or triples; ``norm_layer`` default
+    ``nn.BatchNorm3d``), no ``coord_channels``. Fastest in channels_last_3d.
+
+    Shapes: ``(N, C, D, H, W) -> (N, out_channels or C, ceil(D / sd), ceil(H / sh), ceil(W / sw))``; kernels
+    ``(N, G, Kd, Kh, Kw, Do, Ho, Wo)``.
+
+    Example::
+
+        >>> Involution3d(32, kernel_size=3, stride=(1, 2, 2))(torch.randn(2, 32, 8, 15, 15)).shape
+        torch.Size([2, 32, 8, 8, 8])
+    """
+
+    dims = 3
+
+    def __init__(self, channels: int, kernel_size: int | tuple[int, int, int] = 3, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channels, kernel_size, *args, **kwargs)
 
 
 def coordinate_channels(x: Tensor) -> Tensor:

@@ -2,40 +2,51 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+_POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
-class CeilAvgPool2d(nn.Module):
-    """``nn.AvgPool2d(stride, stride, ceil_mode=True)``: windows at the bottom/right edge that stick out of an odd-sized
-    input average only the pixels inside it, so ``(N, C, H, W) -> (N, C, ceil(H / sh), ceil(W / sw))``.
+
+class CeilAvgPool(nn.Module):
+    """``nn.AvgPool{1,2,3}d(stride, stride, ceil_mode=True)``: windows at the far edges that stick out of an input
+    whose size the stride does not divide average only the elements inside it, so ``(N, C, *size) -> (N, C,
+    *ceil(size / stride))``; the number of spatial dimensions is ``len(stride)``.
 
     Why not ``nn.AvgPool2d(..., ceil_mode=True)`` itself: torch 2.14's Inductor computes a wrong input gradient for
     it on sizes that the stride does not divide (measured: 4e-4 off on a 17x17 input). Here the input is zero-padded
-    to a multiple of the stride, average-pooled, and each clipped window rescaled by ``sh * sw / (its pixel count)``;
-    on divisible sizes it is exactly ``F.avg_pool2d(x, stride)``, the official layer's pooling.
+    to a multiple of the stride, average-pooled, and each clipped window rescaled by ``prod(stride) / (its element
+    count)``; on divisible sizes it is exactly ``F.avg_pool2d(x, stride)``, the official layer's pooling.
 
     ``divisor_override`` is avoided on purpose: the ONNX exporter drops it (AveragePool has no such attribute), which
     made every exported stride-2 involution's kernel generator see a quarter of its input.
     """
 
-    def __init__(self, stride: tuple[int, int]) -> None:
+    def __init__(self, stride: tuple[int, ...]) -> None:
         super().__init__()
         self.stride = tuple(stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        sh, sw = self.stride
-        h, w = x.shape[-2:]
-        pad_h, pad_w = (-h) % sh, (-w) % sw
+        stride, size = self.stride, x.shape[2:]
+        pool = _POOLS[len(stride)]
+        pads = [(-n) % s for n, s in zip(size, stride)]
         # Under torch.compile take the general path for every size, so one graph serves odd and even sizes.
-        if not torch.compiler.is_compiling() and pad_h == 0 and pad_w == 0:
-            return F.avg_pool2d(x, self.stride, self.stride)
-        means = F.avg_pool2d(F.pad(x, (0, pad_w, 0, pad_h)), self.stride, self.stride)
-        rows = (h - torch.arange(means.shape[-2], device=x.device) * sh).clamp(max=sh)
-        cols = (w - torch.arange(means.shape[-1], device=x.device) * sw).clamp(max=sw)
-        # the padded windows' means counted sh * sw pixels; the clipped ones hold fewer (1 inside the image)
-        return means * (sh * sw / (rows[:, None] * cols[None, :]).to(x.dtype))
+        if not torch.compiler.is_compiling() and not any(pads):
+            return pool(x, stride, stride)
+        means = pool(F.pad(x, [v for p in reversed(pads) for v in (0, p)]), stride, stride)
+        counts = None  # the elements inside the input of each window (prod(stride) away from the far edges)
+        for axis, (n, s) in enumerate(zip(size, stride)):
+            inside = (n - torch.arange(means.shape[2 + axis], device=x.device) * s).clamp(max=s)
+            inside = inside.view([-1 if a == axis else 1 for a in range(len(stride))])
+            counts = inside if counts is None else counts * inside
+        return means * (math.prod(stride) / counts.to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, ceil_mode=True"
+
+
+class CeilAvgPool2d(CeilAvgPool):
+    """:class:`CeilAvgPool` over images, ``(N, C, H, W) -> (N, C, ceil(H / sh), ceil(W / sw))``."""

@@ -18,17 +18,23 @@ IntOrPair = int | Sequence[int]
 FLOATING_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def pair(value: IntOrPair, name: str) -> Pair:
-    """Turn an int or a length-2 sequence of ints into a ``(h, w)`` tuple, naming ``name`` on error."""
+def ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
+    """Turn an int or a length-``n`` sequence of ints into an ``n``-tuple, naming ``name`` on error."""
+    what = {1: "an int", 2: "an int or a pair of ints"}.get(n, f"an int or {n} ints")
     if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a pair of ints, got a bool ({value!r})")
+        raise TypeError(f"{name} must be {what}, got a bool ({value!r})")
     if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, Sequence) and len(value) == 2 and all(
+        return (value,) * n
+    if isinstance(value, Sequence) and len(value) == n and all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     ):
-        return (int(value[0]), int(value[1]))
-    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        return tuple(int(v) for v in value)
+    raise TypeError(f"{name} must be {what}, got {value!r}")
+
+
+def pair(value: IntOrPair, name: str) -> Pair:
+    """Turn an int or a length-2 sequence of ints into a ``(h, w)`` tuple, naming ``name`` on error."""
+    return ntuple(value, 2, name)  # type: ignore[return-value]
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -61,19 +67,32 @@ def autocast_dtype_of(dtype: torch.dtype, autocast_dtype: torch.dtype | None) ->
     return autocast_dtype
 
 
+#: How the spatial dimensions of 1-, 2- and 3-D involutions are named in messages.
+SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+
+
+def _layouts(dims: int) -> tuple[str, str]:
+    """``(input, weight)`` layouts of a ``dims``-D involution for messages, e.g. ``(N, C, H, W)``."""
+    names = SPATIAL_NAMES[dims]
+    kernel = ("K",) if dims == 1 else tuple(f"K{d.lower()}" for d in names)
+    return f"(N, C, {', '.join(names)})", f"(N, G, {', '.join(kernel)}, {', '.join(n + 'o' for n in names)})"
+
+
 def check_involution_args(
     input: Tensor,
     weight: Tensor,
-    stride: Pair,
-    padding: Pair,
-    dilation: Pair,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
     autocast_dtype: torch.dtype | None = None,
-) -> tuple[int, int]:
-    """Validate the arguments of :func:`involution2d`; return the output size ``(Ho, Wo)``.
+) -> tuple[int, ...]:
+    """Validate the arguments of a ``d``-D involution (``d = len(stride)``: 1, 2 or 3); return the output size.
 
     ``autocast_dtype`` is the autocast dtype in effect (None when autocast is off): dtypes are compared as the op
     will see them after autocast. Raises TypeError or ValueError naming the argument at fault and what was expected.
     """
+    dims = len(stride)
+    in_layout, w_layout = _layouts(dims)
     for name, t in (("input", input), ("weight", weight)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -81,11 +100,11 @@ def check_involution_args(
             raise TypeError(
                 f"{name} must be a floating-point tensor (float32, float64, bfloat16 or float16), got {t.dtype}"
             )
-    if input.dim() != 4:
-        raise ValueError(f"input must be 4-D (N, C, H, W), got {input.dim()}-D with shape {tuple(input.shape)}")
-    if weight.dim() != 6:
+    if input.dim() != 2 + dims:
+        raise ValueError(f"input must be {2 + dims}-D {in_layout}, got {input.dim()}-D with shape {tuple(input.shape)}")
+    if weight.dim() != 2 + 2 * dims:
         raise ValueError(
-            f"weight must be 6-D (N, G, Kh, Kw, Ho, Wo), got {weight.dim()}-D with shape {tuple(weight.shape)}"
+            f"weight must be {2 + 2 * dims}-D {w_layout}, got {weight.dim()}-D with shape {tuple(weight.shape)}"
         )
     if autocast_dtype_of(input.dtype, autocast_dtype) != autocast_dtype_of(weight.dtype, autocast_dtype):
         raise TypeError(
@@ -94,28 +113,35 @@ def check_involution_args(
         )
     if input.device != weight.device:
         raise ValueError(f"input and weight must be on the same device, got {input.device} and {weight.device}")
-    for name, (a, b), low in (("stride", stride, 1), ("dilation", dilation, 1), ("padding", padding, 0)):
-        if a < low or b < low:
-            raise ValueError(f"{name} must be >= {low}, got {(a, b)}")
+    for name, values, low in (("stride", stride, 1), ("dilation", dilation, 1), ("padding", padding, 0)):
+        if min(values) < low:
+            raise ValueError(f"{name} must be >= {low}, got {_shown(values)}")
 
-    n, c, h, w = input.shape
-    wn, g, kh, kw, wh, ww = weight.shape
+    n, c, *size = input.shape
+    wn, g, *rest = weight.shape
+    kernel, wsize = tuple(rest[:dims]), tuple(rest[dims:])
     if wn != n:
-        raise ValueError(f"weight's batch size {wn} does not match input's {n} (weight is (N, G, Kh, Kw, Ho, Wo))")
+        raise ValueError(f"weight's batch size {wn} does not match input's {n} (weight is {w_layout})")
     if g < 1 or c % g != 0:
         raise ValueError(f"input channels C={c} must be divisible by the weight's group count G={g}")
-    if kh < 1 or kw < 1:
-        raise ValueError(f"kernel size must be >= 1, got weight kernel dims {(kh, kw)}")
-    ho = output_size(h, kh, stride[0], padding[0], dilation[0])
-    wo = output_size(w, kw, stride[1], padding[1], dilation[1])
-    if ho < 1 or wo < 1:
+    if min(kernel) < 1:
+        raise ValueError(f"kernel size must be >= 1, got weight kernel dims {_shown(kernel)}")
+    out = tuple(output_size(*args) for args in zip(size, kernel, stride, padding, dilation))
+    if min(out) < 1:
         raise ValueError(
-            f"input of spatial size {(h, w)} is too small for kernel {(kh, kw)} with padding {padding} "
-            f"and dilation {dilation}: the output would be {(ho, wo)}"
+            f"input of spatial size {_shown(size)} is too small for kernel {_shown(kernel)} with padding "
+            f"{_shown(padding)} and dilation {_shown(dilation)}: the output would be {_shown(out)}"
         )
-    if (wh, ww) != (ho, wo):
+    if wsize != out:
         raise ValueError(
-            f"weight's spatial size {(wh, ww)} must equal the output size {(ho, wo)} given input {(h, w)}, "
-            f"kernel {(kh, kw)}, stride {stride}, padding {padding}, dilation {dilation}"
+            f"weight's spatial size {_shown(wsize)} must equal the output size {_shown(out)} given input "
+            f"{_shown(size)}, kernel {_shown(kernel)}, stride {_shown(stride)}, padding {_shown(padding)}, "
+            f"dilation {_shown(dilation)}"
         )
-    return ho, wo
+    return out
+
+
+def _shown(values: Sequence[int]) -> str:
+    """A size for messages: ``(3, 3)``, and ``3`` rather than ``(3,)`` in one dimension."""
+    values = tuple(int(v) for v in values)
+    return str(values[0]) if len(values) == 1 else str(values)

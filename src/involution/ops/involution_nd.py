@@ -1,0 +1,123 @@
+"""Involution over sequences (1-D) and volumes or clips (3-D), computed by the 2-D op's backends.
+
+Both reduce to :func:`~involution.ops.involution2d`'s registered op, so every backend (``cpu``, ``torch``,
+``triton``), its autograd (double backward included), autocast, fake tensors for ``torch.compile`` /
+``torch.export``, and the ONNX lowering serve them too, and no kernel exists three times:
+
+* 1-D is the 2-D op on a width-1 image: ``(N, C, L) -> (N, C, L, 1)`` and ``(N, G, K, Lo) -> (N, G, K, 1, Lo, 1)``
+  are views, so nothing is copied in either layout.
+* 3-D sums the depth taps: for each tap ``kd`` the output depths ``z`` read input depth ``z * sd - pd + kd * dd``,
+  so the depth axis joins the batch and one 2-D involution per (sample, tap) aggregates the ``Kh x Kw`` window of
+  every output depth at once, reading the input (padded in depth once, channels-last) and the kernels in place.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._library import involution2d_op
+from ._shapes import check_involution_args, ntuple
+
+
+def _autocast_dtype(input: Tensor) -> torch.dtype | None:
+    if isinstance(input, Tensor) and input.device.type in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(input.device.type):
+            return torch.get_autocast_dtype(input.device.type)
+    return None
+
+
+def involution1d(
+    input: Tensor,
+    weight: Tensor,
+    stride: int | tuple[int] = 1,
+    padding: int | tuple[int] = 0,
+    dilation: int | tuple[int] = 1,
+) -> Tensor:
+    r"""Involution along a sequence: every output position aggregates its K-tap window with a kernel of its own.
+
+    .. math::
+        \text{out}[n, c, i] = \sum_u \text{weight}[n, c // (C/G), u, i] \, \text{input}[n, c, i s - p + u d]
+
+    with zeros outside the sequence; the kernel is shared by the C/G channels of a group.
+
+    Args:
+        input: ``(N, C, L)``, float32/float64/bfloat16/float16, any strides.
+        weight: ``(N, G, K, Lo)`` with ``C % G == 0``.
+        stride, padding, dilation: ints, as for ``nn.Conv1d``.
+
+    Returns:
+        ``(N, C, Lo)``, ``Lo = floor((L + 2p - d(K-1) - 1) / s) + 1``.
+
+    Raises:
+        TypeError / ValueError naming the argument at fault, as :func:`~involution.ops.involution2d`.
+    """
+    stride_, padding_, dilation_ = (ntuple(v, 1, name) for v, name in
+                                    ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
+    check_involution_args(input, weight, stride_, padding_, dilation_, _autocast_dtype(input))
+    out = involution2d_op(
+        input.unsqueeze(-1), weight.unsqueeze(3).unsqueeze(-1), (*stride_, 1), (*padding_, 0), (*dilation_, 1)
+    )
+    return out.squeeze(-1)
+
+
+def involution3d(
+    input: Tensor,
+    weight: Tensor,
+    stride: int | tuple[int, int, int] = 1,
+    padding: int | tuple[int, int, int] = 0,
+    dilation: int | tuple[int, int, int] = 1,
+) -> Tensor:
+    r"""Involution over volumes or clips: every output voxel aggregates its ``Kd x Kh x Kw`` neighbourhood.
+
+    .. math::
+        \text{out}[n, c, z, i, j] = \sum_{t, u, v} \text{weight}[n, c // (C/G), t, u, v, z, i, j] \,
+        \text{input}[n, c, z s_d - p_d + t d_d, i s_h - p_h + u d_h, j s_w - p_w + v d_w]
+
+    with zeros outside the volume; the kernel is shared by the C/G channels of a group.
+
+    Args:
+        input: ``(N, C, D, H, W)``, float32/float64/bfloat16/float16; NCDHW or channels_last_3d (fastest: the
+            2-D kernels read each depth slice in place).
+        weight: ``(N, G, Kd, Kh, Kw, Do, Ho, Wo)`` with ``C % G == 0``, any strides.
+        stride, padding, dilation: an int or a ``(d, h, w)`` triple, as for ``nn.Conv3d``.
+
+    Returns:
+        ``(N, C, Do, Ho, Wo)`` laid out like ``input`` (channels_last_3d stays so).
+
+    Raises:
+        TypeError / ValueError naming the argument at fault, as :func:`~involution.ops.involution2d`.
+    """
+    stride_, padding_, dilation_ = (ntuple(v, 3, name) for v, name in
+                                    ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
+    out_size = check_involution_args(input, weight, stride_, padding_, dilation_, _autocast_dtype(input))
+    return _depth_taps(input, weight, stride_, padding_, dilation_, out_size)
+
+
+def _depth_taps(
+    x: Tensor, w: Tensor, stride: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...],
+    out_size: tuple[int, ...],
+) -> Tensor:
+    """The 3-D involution as a sum over depth taps of 2-D involutions (see the module docstring)."""
+    (sd, *s2), (pd, *p2), (dd, *d2) = stride, padding, dilation
+    n, c = x.shape[:2]
+    do, ho, wo = out_size
+    channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    padded = (F.pad(x, (0, 0, 0, 0, pd, pd)) if pd else x).contiguous(memory_format=torch.channels_last_3d)
+    totals = []
+    for i in range(n):
+        total = None
+        for t in range(w.shape[2]):
+            # (Do, C, H, W): output depth z reads padded depth z * sd + t * dd; a channels-last image each
+            depths = padded[i, :, t * dd : t * dd + (do - 1) * sd + 1 : sd].transpose(0, 1)
+            kernels = w[i, :, t].permute(3, 0, 1, 2, 4, 5)  # (Do, G, Kh, Kw, Ho, Wo), a view
+            y = involution2d_op(depths, kernels, tuple(s2), tuple(p2), tuple(d2))
+            total = y if total is None else total + y
+        totals.append(total)
+    # written sample by sample into one channels-last buffer (dtype as the op gave it, e.g. under autocast)
+    ref = totals[0]
+    out = torch.empty((n, c, do, ho, wo), dtype=ref.dtype, device=ref.device, memory_format=torch.channels_last_3d)
+    for i, total in enumerate(totals):
+        out[i] = total.transpose(0, 1)
+    return out if channels_last else out.contiguous()
