@@ -93,3 +93,32 @@ def involution2d_naive(
                                 acc += w[n][c // cg][u][v][i][j] * x[n][c][r][q]
                     out[n, c, i, j] = acc
     return out
+
+
+def involution_nd_reference(
+    input: Tensor,
+    weight: Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> Tensor:
+    """The involution in any number of spatial dimensions, in float64, without unfold: one explicit term per tap.
+
+    ``input`` (N, C, *size), ``weight`` (N, G, *kernel, *out_size); ``stride``/``padding``/``dilation`` one int per
+    dimension. Differentiable, so reference gradients come from autograd through it.
+    """
+    import itertools
+
+    dims = input.dim() - 2
+    x, w = input.to(torch.float64), weight.to(torch.float64)
+    n, c = x.shape[:2]
+    g = w.shape[1]
+    kernel, out_size = tuple(w.shape[2 : 2 + dims]), tuple(w.shape[2 + dims :])
+    xp = F.pad(x, [v for p in reversed(padding) for v in (p, p)])
+    out = x.new_zeros((n, c, *out_size))
+    for taps in itertools.product(*(range(k) for k in kernel)):
+        # the input element tap `taps` reads for every output position: index o * s + t * d of the padded input
+        window = tuple(slice(t * d, t * d + (o - 1) * s + 1, s) for t, d, s, o in zip(taps, dilation, stride, out_size))
+        xs = xp[(slice(None), slice(None), *window)].reshape(n, g, c // g, *out_size)
+        out = out + (xs * w[(slice(None), slice(None), *taps)].unsqueeze(2)).reshape(n, c, *out_size)
+    return out

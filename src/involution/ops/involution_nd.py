@@ -99,25 +99,24 @@ def _depth_taps(
     x: Tensor, w: Tensor, stride: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...],
     out_size: tuple[int, ...],
 ) -> Tensor:
-    """The 3-D involution as a sum over depth taps of 2-D involutions (see the module docstring)."""
+    """The 3-D involution as a sum over depth taps of 2-D involutions (see the module docstring).
+
+    Tap ``t`` is one 2-D involution of the ``N * Do`` images ``padded[n, :, z * sd + t * dd]`` with the kernels
+    ``w[n, :, t, :, :, z]``. The images are gathered channels-last (a copy of the input per tap, one alive at a
+    time; a view when N == 1); the kernels are a view when the generator's output is channels_last_3d.
+    """
     (sd, *s2), (pd, *p2), (dd, *d2) = stride, padding, dilation
     n, c = x.shape[:2]
     do, ho, wo = out_size
     channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
     padded = (F.pad(x, (0, 0, 0, 0, pd, pd)) if pd else x).contiguous(memory_format=torch.channels_last_3d)
-    totals = []
-    for i in range(n):
-        total = None
-        for t in range(w.shape[2]):
-            # (Do, C, H, W): output depth z reads padded depth z * sd + t * dd; a channels-last image each
-            depths = padded[i, :, t * dd : t * dd + (do - 1) * sd + 1 : sd].transpose(0, 1)
-            kernels = w[i, :, t].permute(3, 0, 1, 2, 4, 5)  # (Do, G, Kh, Kw, Ho, Wo), a view
-            y = involution2d_op(depths, kernels, tuple(s2), tuple(p2), tuple(d2))
-            total = y if total is None else total + y
-        totals.append(total)
-    # written sample by sample into one channels-last buffer (dtype as the op gave it, e.g. under autocast)
-    ref = totals[0]
-    out = torch.empty((n, c, do, ho, wo), dtype=ref.dtype, device=ref.device, memory_format=torch.channels_last_3d)
-    for i, total in enumerate(totals):
-        out[i] = total.transpose(0, 1)
+    total = None
+    for t in range(w.shape[2]):
+        depths = padded[:, :, t * dd : t * dd + (do - 1) * sd + 1 : sd]  # (N, C, Do, H, W)
+        images = depths.permute(0, 2, 3, 4, 1).flatten(0, 1).permute(0, 3, 1, 2)  # (N*Do, C, H, W), NHWC
+        kernels = w[:, :, t].permute(0, 4, 1, 2, 3, 5, 6).flatten(0, 1)  # (N*Do, G, Kh, Kw, Ho, Wo)
+        y = involution2d_op(images, kernels, tuple(s2), tuple(p2), tuple(d2))
+        total = y if total is None else total + y
+    # (N*Do, C, Ho, Wo) channels-last is (N, Do, Ho, Wo, C) in memory: viewed as (N, C, Do, Ho, Wo) NDHWC
+    out = total.permute(0, 2, 3, 1).unflatten(0, (n, do)).permute(0, 4, 1, 2, 3)
     return out if channels_last else out.contiguous()
