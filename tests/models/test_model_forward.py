@@ -105,7 +105,7 @@ def test_channels_last_matches_contiguous():
         assert ref.abs().max() > 1e-3
         model = model.to(memory_format=torch.channels_last)
         out = model(x.to(memory_format=torch.channels_last))
-        feats = model.forward_intermediates(x.to(memory_format=torch.channels_last))
+        _, feats = model.forward_intermediates(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     assert all(f.is_contiguous(memory_format=torch.channels_last) for f in feats)  # no layout flips on the way
 
