@@ -185,7 +185,9 @@ def test_a_malicious_pickle_is_refused(tmp_path):
 # -- features -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("feature_cls,out_indices", [(None, None), ("getter", None), (None, (1, 3)), ("getter", (0, 2))])
+@pytest.mark.parametrize(
+    "feature_cls,out_indices", [(None, None), ("getter", None), (None, (1, 3)), ("getter", (0, 2))]
+)
 def test_features_only_gives_our_maps(tmp_path, feature_cls, out_indices):
     _, ours = tiny_pair()
     path = str(save_checkpoint(ours, tmp_path / "ours.safetensors"))

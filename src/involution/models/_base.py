@@ -100,6 +100,7 @@ class ResidualNet(nn.Module):
         """Check and record the arguments every family shares (and check the family's own ``flags``); returns the
         stage depths, the stem's width and its first stride. Subclasses call it first in their ``__init__``."""
         self.layers = check_stage_args(layers, width, in_chans)
+        self.in_chans = int(in_chans)
         check_flags(small_input=small_input, zero_init_residual=zero_init_residual, channels_last=channels_last, **flags)
         self.channels_last, self.zero_init_residual, self.small_input = channels_last, zero_init_residual, small_input
         return self.layers, scaled_channels(64, width), stem_stride_for(stem_stride, small_input)
