@@ -69,8 +69,8 @@ class ResidualNet(nn.Module):
         stage_channels: channels of each of the four stages.
         feature_info: a :class:`FeatureInfo` with one entry per stage (only the picked ones when features_only).
         pretrained_cfg: timm-style dict (input size, normalisation, crop, classifier name ...), set by the registry.
-        pruned_prefixes: state-dict key prefixes that the full model has and this one dropped (features_only);
-            checkpoint loading ignores them.
+        pruned_prefixes: state-dict key prefixes that the full model has and this one dropped (features_only,
+            prune_intermediate_layers); checkpoint loading ignores them.
     """
 
     classifier_name = "fc"
