@@ -105,7 +105,7 @@ def test_channels_last_matches_contiguous():
         assert ref.abs().max() > 1e-3
         model = model.to(memory_format=torch.channels_last)
         out = model(x.to(memory_format=torch.channels_last))
-        feats = model.forward_intermediates(x.to(memory_format=torch.channels_last))
+        _, feats = model.forward_intermediates(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     assert all(f.is_contiguous(memory_format=torch.channels_last) for f in feats)  # no layout flips on the way
 
@@ -159,3 +159,51 @@ def test_compiled_rednet_matches_eager_forward_and_gradients():
         grads.append({name: p.grad.clone() for name, p in eager.named_parameters()})
     for name, g in grads[1].items():
         torch.testing.assert_close(grads[0][name], g, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def tiny_rednet():
+    return weights_matter(create_model("rednet26_small", num_classes=10, width=0.25))
+
+
+def test_forward_intermediates_follows_timms_contract():
+    """timm >= 1.0: ``(final, maps)``; an int picks the last n stages, negative indices count from the end."""
+    model, x = tiny_rednet(), torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    channels = model.stage_channels
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x), rtol=0, atol=0)
+        assert [m.shape[1] for m in maps] == list(channels)
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert [m.shape[1] for m in last_two] == list(channels[2:])
+        for got, want in zip(last_two, maps[2:]):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        _, ends = model.forward_intermediates(x, indices=(0, -1))
+        assert [m.shape[1] for m in ends] == [channels[0], channels[3]]
+        early, (only,) = model.forward_intermediates(x, indices=[1], stop_early=True)
+        assert early is only and only.shape[1] == channels[1]
+    for bad in (0, 5, (4,), ()):
+        with pytest.raises(ValueError):
+            model.forward_intermediates(x, indices=bad)
+    with pytest.raises(ValueError, match="NCHW"):
+        model.forward_intermediates(x, output_fmt="NHWC")
+
+
+def test_prune_intermediate_layers_keeps_what_the_maps_need(tmp_path):
+    from involution.models import load_checkpoint, save_checkpoint
+
+    full, x = tiny_rednet(), torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    path = save_checkpoint(full, tmp_path / "full.safetensors")
+    with torch.no_grad():
+        want = full.forward_intermediates(x, indices=(0, 1), intermediates_only=True)
+    pruned = tiny_rednet()
+    assert pruned.prune_intermediate_layers((0, -3)) == [0, 1]
+    assert not hasattr(pruned, "layer3") and not hasattr(pruned, "layer4") and pruned.num_classes == 0
+    assert pruned.num_features == pruned.head_hidden_size == pruned.stage_channels[1]
+    load_checkpoint(pruned, path)  # the dropped stages and head are no misfit
+    with torch.no_grad():
+        got = pruned.forward_intermediates(x, indices=(0, 1), intermediates_only=True)
+        assert pruned(x).shape == (2, pruned.stage_channels[1])  # pooled features of the last kept stage
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="dropped"):
+        pruned.forward_intermediates(x, indices=(3,))

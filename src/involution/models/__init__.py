@@ -8,6 +8,9 @@
 >>> seg = create_model("fpn_rednet50", num_classes=19)                # Semantic FPN, {"out": logits}
 """
 
+import importlib.util
+import warnings
+
 from . import detection, rednet, resnet, segmentation  # noqa: F401  (registers the models)  # noqa: F401  (register the dense models; after rednet, which they build on)
 from ._base import FeatureInfo, ResidualNet
 from .checkpoint import LoadReport, apply_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
@@ -24,6 +27,12 @@ from .rednet_convert import (
 from .registry import create_model, is_model, list_models, load_model, model_entrypoint, register_model
 from .replace_convs import involutionizable, involutionize
 from .resnet import ResNet
+
+if importlib.util.find_spec("timm") is not None:  # optional: the RedNets in timm's registry too
+    try:
+        from . import timm_registry  # noqa: F401
+    except ImportError as err:  # e.g. a timm older than 1.0: involution itself still works
+        warnings.warn(f"timm is installed but the RedNets could not be registered with it: {err}", stacklevel=2)
 
 __all__ = [
     "FeatureInfo",

@@ -6,7 +6,9 @@ keeps only the stages up to the last one asked for, and returns the maps of the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,50 +17,10 @@ from torch import Tensor, nn
 from .._checks import check_flag, check_int, check_number
 from ..layers.fuse import fuse_conv_bn_
 from ..layers.recompute import recompute
+from ._features import FeatureInfo, check_out_indices, take_indices
+from .checkpoint import LoadReport, load_checkpoint
 
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
-
-
-class FeatureInfo:
-    """One dict per feature level: ``num_chs`` (channels), ``reduction`` (stride w.r.t. the input), ``module``.
-
-    Behaves like a list of those dicts (``len``, indexing, iteration); ``channels()``, ``reduction()`` and
-    ``module_name()`` give one field for every level (or for level ``idx``), as in timm.
-    """
-
-    def __init__(self, info: Sequence[dict[str, Any]]) -> None:
-        self.info = [dict(d) for d in info]
-
-    def _field(self, key: str, idx: int | Sequence[int] | None) -> Any:
-        if idx is None:
-            return [d[key] for d in self.info]
-        if isinstance(idx, int):
-            return self.info[idx][key]
-        return [self.info[i][key] for i in idx]
-
-    def channels(self, idx: int | Sequence[int] | None = None) -> Any:
-        return self._field("num_chs", idx)
-
-    def reduction(self, idx: int | Sequence[int] | None = None) -> Any:
-        return self._field("reduction", idx)
-
-    def module_name(self, idx: int | Sequence[int] | None = None) -> Any:
-        return self._field("module", idx)
-
-    def get_dicts(self) -> list[dict[str, Any]]:
-        return [dict(d) for d in self.info]
-
-    def __getitem__(self, idx: int) -> dict[str, Any]:
-        return self.info[idx]
-
-    def __len__(self) -> int:
-        return len(self.info)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self.info)
-
-    def __repr__(self) -> str:
-        return f"FeatureInfo({self.info})"
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -96,33 +58,19 @@ def stem_stride_for(stem_stride: int | None, small_input: bool) -> int:
     return int(stem_stride)
 
 
-def check_out_indices(out_indices: Sequence[int], num_stages: int = 4) -> tuple[int, ...]:
-    """Validate stage indices (negative ones count from the end); returns them sorted, without repeats."""
-    try:
-        raw = [int(i) for i in out_indices]
-    except TypeError:
-        raise TypeError(f"out_indices must be a sequence of ints, got {out_indices!r}") from None
-    if not raw:
-        raise ValueError("out_indices must name at least one stage")
-    picked = []
-    for i in raw:
-        if not -num_stages <= i < num_stages:
-            raise ValueError(f"out_indices must lie in [0, {num_stages}), got {tuple(raw)}")
-        picked.append(i % num_stages)
-    return tuple(sorted(set(picked)))
-
-
 class ResidualNet(nn.Module):
     """Base class: subclasses build ``self.stem_modules`` (forwarded by ``forward_stem``) and ``layer1..4``.
 
     Subclasses call :meth:`_finish` at the end of their ``__init__``.
 
     Attributes:
-        num_features: channels of the last stage (the classifier's input).
+        num_features: channels of the last stage (the classifier's input); ``head_hidden_size`` the same (timm's
+            name for the pooled features' width: there is no pre-logits layer).
+        stage_channels: channels of each of the four stages.
         feature_info: a :class:`FeatureInfo` with one entry per stage (only the picked ones when features_only).
         pretrained_cfg: timm-style dict (input size, normalisation, crop, classifier name ...), set by the registry.
-        pruned_prefixes: state-dict key prefixes that the full model has and this one dropped (features_only);
-            checkpoint loading ignores them.
+        pruned_prefixes: state-dict key prefixes that the full model has and this one dropped (features_only,
+            prune_intermediate_layers); checkpoint loading ignores them.
     """
 
     classifier_name = "fc"
@@ -152,6 +100,7 @@ class ResidualNet(nn.Module):
         """Check and record the arguments every family shares (and check the family's own ``flags``); returns the
         stage depths, the stem's width and its first stride. Subclasses call it first in their ``__init__``."""
         self.layers = check_stage_args(layers, width, in_chans)
+        self.in_chans = int(in_chans)
         check_flags(small_input=small_input, zero_init_residual=zero_init_residual, channels_last=channels_last, **flags)
         self.channels_last, self.zero_init_residual, self.small_input = channels_last, zero_init_residual, small_input
         return self.layers, scaled_channels(64, width), stem_stride_for(stem_stride, small_input)
@@ -173,7 +122,8 @@ class ResidualNet(nn.Module):
             {"num_chs": int(c), "reduction": int(r), "module": name, "stage": i}
             for i, (c, r, name) in enumerate(zip(stage_channels, stage_reductions, STAGE_NAMES))
         ]
-        self.num_features = int(stage_channels[-1])
+        self.stage_channels = tuple(int(c) for c in stage_channels)
+        self.num_features = self.head_hidden_size = self.stage_channels[-1]  # no pre-logits layer: the same
         self.features_only = bool(features_only)
         self.drop_rate = float(drop_rate)
         if self.features_only:
@@ -244,12 +194,17 @@ class ResidualNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return getattr(self, self.classifier_name, nn.Identity())
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier by a fresh one with ``num_classes`` outputs (0: none; pooled features out)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier by a fresh one with ``num_classes`` outputs (0: none; pooled features out).
+
+        ``global_pool``: timm's argument; the pooling here is always the average (``None`` or ``"avg"``).
+        """
         if self.features_only:
             raise RuntimeError("a features_only model has no classifier to reset")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool: only average pooling ('avg') is available here, got {global_pool!r}")
         old = self.get_classifier()
         ref = next(iter(old.parameters()), None) if isinstance(old, nn.Linear) else None
         self.num_classes = int(num_classes)
@@ -258,8 +213,55 @@ class ResidualNet(nn.Module):
             fc = fc.to(device=ref.device, dtype=ref.dtype)
         setattr(self, self.classifier_name, fc)
         self.init_classifier()
+        head = f"{self.classifier_name}."
+        if num_classes > 0 and head in self.pruned_prefixes:  # a head pruned before is back: load it again
+            self.pruned_prefixes = tuple(p for p in self.pruned_prefixes if p != head)
         if self.pretrained_cfg:
             self.pretrained_cfg["num_classes"] = self.num_classes
+
+    def load_pretrained(self, path: str | os.PathLike) -> LoadReport:
+        """Load a checkpoint file with this library's readers (:func:`~involution.models.load_checkpoint`).
+
+        timm calls it for ``pretrained=True`` with ``custom_load`` set (see :mod:`involution.models.timm_registry`),
+        so foreign layouts are mapped and nothing but tensors is ever unpickled.
+        """
+        return load_checkpoint(self, path)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """timm's parameter grouping (layer-wise lr decay): the stem, then each block (or each stage if
+        ``coarse``) in depth order; the classifier matches neither, so timm puts it last."""
+        stem = []
+        for name, _ in self.named_children():  # everything before the first stage is the stem
+            if name in STAGE_NAMES:
+                break
+            stem.append(re.escape(name))
+        blocks = r"^layer(\d+)\." if coarse else r"^layer(\d+)\.(\d+)\."
+        return {"stem": rf"^(?:{'|'.join(stem)})\.", "blocks": blocks}
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop what the stage maps ``indices`` do not need (timm's ``FeatureGetterNet`` calls this).
+
+        The stages after the last one picked go (their state-dict keys join ``pruned_prefixes``, so checkpoints
+        still load); with ``prune_head``, or when stages went, the classifier goes too (``num_classes`` 0).
+        ``prune_norm`` is accepted for timm's interface: there is no norm after the last stage here. Returns the
+        picked stage indices, absolute and sorted.
+        """
+        picked = take_indices(indices, tuple(range(len(STAGE_NAMES))))
+        last = max(picked)
+        present = len(self._present_stages())
+        if last >= present:
+            raise ValueError(f"stage {last} ({STAGE_NAMES[last]}) was dropped from this model already")
+        gone = [f"{name}." for name in STAGE_NAMES[last + 1 : present]]
+        for name in STAGE_NAMES[last + 1 : present]:
+            delattr(self, name)
+        self.num_features = self.head_hidden_size = self.stage_channels[last]
+        if not self.features_only and (prune_head or gone):
+            self.reset_classifier(0)
+            gone.append(f"{self.classifier_name}.")
+        self.pruned_prefixes = tuple(dict.fromkeys((*self.pruned_prefixes, *gone)))
+        return list(picked)
 
     # -- forward ---------------------------------------------------------------------------------------------
     def forward_stem(self, x: Tensor) -> Tensor:
@@ -272,6 +274,16 @@ class ResidualNet(nn.Module):
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def _present_stages(self) -> list[nn.Module]:
+        """The stages this model still has, in order (features_only and pruning drop them from the end)."""
+        stages = []
+        for name in STAGE_NAMES:
+            stage = getattr(self, name, None)
+            if stage is None:
+                break
+            stages.append(stage)
+        return stages
+
     def _run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
             for block in stage:
@@ -279,27 +291,53 @@ class ResidualNet(nn.Module):
             return x
         return stage(x)
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int] | None = None) -> list[Tensor]:
-        """The stage maps ``[layer_i(x) for i in indices]`` (default: this model's ``out_indices``)."""
-        picked = self.out_indices if indices is None else check_out_indices(indices, len(STAGE_NAMES))
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> tuple[Tensor, list[Tensor]] | list[Tensor]:
+        """The stage maps, with timm's (>= 1.0) contract.
+
+        Args:
+            x: ``(N, in_chans, H, W)``.
+            indices: ``None``: this model's ``out_indices`` (all 4 stages unless features_only); an int ``n``: the
+                last ``n`` stages; a sequence: those stages (0..3, negative ones from the end).
+            norm: accepted for timm's interface (no norm follows the last stage here).
+            stop_early: run no stage after the last one picked (the final map is then that stage's).
+            output_fmt: only ``"NCHW"``.
+            intermediates_only: return the list of maps alone.
+
+        Returns:
+            ``(final, maps)``: ``final`` the last stage's map ``(N, num_features, H/32, W/32)`` (at the default
+            strides), ``maps`` the picked stages' ``(N, C_i, H/r_i, W/r_i)`` in stage order; or ``maps`` alone.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt: only 'NCHW' is available, got {output_fmt!r}")
+        picked = take_indices(indices, self.out_indices, len(STAGE_NAMES))
+        stages = self._present_stages()
+        if max(picked) >= len(stages):
+            raise ValueError(f"stage {max(picked)} ({STAGE_NAMES[max(picked)]}) was dropped from this model")
+        if stop_early or intermediates_only:  # nothing after the last picked stage is looked at
+            stages = stages[: max(picked) + 1]
         x = self.forward_stem(x)
-        outs = []
-        for i, name in enumerate(STAGE_NAMES[: max(picked) + 1]):
-            stage = getattr(self, name, None)
-            if stage is None:
-                raise ValueError(f"stage {i} ({name}) was dropped from this features_only model")
+        maps = []
+        for i, stage in enumerate(stages):
             x = self._run_stage(stage, x)
             if i in picked:
-                outs.append(x)
-        return outs
+                maps.append(x)
+        return maps if intermediates_only else (x, maps)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``(N, in_chans, H, W) -> (N, num_features, H/32, W/32)`` (the last stage's map, before pooling)."""
         if self.features_only and max(self.out_indices) < len(STAGE_NAMES) - 1:
             raise RuntimeError("this features_only model stops before the last stage; use forward()")
         x = self.forward_stem(x)
-        for name in STAGE_NAMES:
-            x = self._run_stage(getattr(self, name), x)
+        for stage in self._present_stages():  # all four, unless prune_intermediate_layers dropped some
+            x = self._run_stage(stage, x)
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -313,5 +351,5 @@ class ResidualNet(nn.Module):
         if x.dim() != 4:
             raise ValueError(f"{type(self).__name__} expects input (N, C, H, W), got shape {tuple(x.shape)}")
         if self.features_only:
-            return self.forward_intermediates(x)
+            return self.forward_intermediates(x, intermediates_only=True)
         return self.forward_head(self.forward_features(x))

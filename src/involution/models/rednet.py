@@ -239,7 +239,10 @@ def _rednet_cfg(depth: int, small: bool) -> dict:
         "first_conv": "stem.0.conv",
         "classifier": "fc",
         "paper": "https://arxiv.org/abs/2103.06255",
+        "paper_ids": "arXiv:2103.06255",
+        "paper_name": "Involution: Inverting the Inherence of Convolution for Visual Recognition",
         "origin": "official mmcls RedNet (d-li14/involution), style='pytorch'",
+        "origin_url": "https://github.com/d-li14/involution",
     }
     if small:
         return small_cfg(**card)
