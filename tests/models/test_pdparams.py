@@ -251,3 +251,11 @@ def test_model_cards_say_where_the_weights_are_and_how_good_they_are(depth):
     assert cfg["weights_url"].endswith(f"/RedNet{depth}_pretrained.pdparams")
     assert abs(cfg["paddleclas_top1"] - cfg["paper_top1"]) < 0.1 and 93 < cfg["paddleclas_top5"] < 95
     assert "weights_url" not in create_model(f"rednet{depth}_small", width=0.25).pretrained_cfg  # none published
+
+
+def test_timm_loads_a_paddleclas_file(paddleclas_file):
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("rednet26", pretrained=True, pretrained_cfg_overlay=dict(file=str(paddleclas_file)))
+    with torch.no_grad():
+        logits = model.eval()(parity_input())
+    torch.testing.assert_close(logits, torch.tensor(PARITY["logits"]), rtol=0, atol=1e-5)

@@ -14,7 +14,7 @@ Each entry point builds through ``timm.models.build_model_with_cfg`` (so ``featu
 Weights: nothing is downloaded. ``pretrained=True`` needs a file, ``pretrained_cfg_overlay=dict(file=PATH)``,
 read by this library's :func:`~involution.models.load_checkpoint` (``custom_load``: the model's
 ``load_pretrained``), so every format it knows loads (this library's safetensors, official mmcls ``.pth``,
-plain state dicts ...) and nothing but tensors is ever unpickled. A file with another class count loads the body
+PaddleClas ``.pdparams``, plain state dicts ...) and nothing but tensors and arrays is ever unpickled. A file with another class count loads the body
 and re-initialises the classifier.
 """
 
@@ -32,19 +32,17 @@ from timm.models import (
 )
 from torch import nn
 
-from .rednet import _CARDS, _rednet_cfg
+from .rednet import _CARDS, PADDLECLAS_URL, _rednet_cfg
 from .registry import model_entrypoint as involution_entrypoint
 
 _TIMM_KEYS = frozenset(f.name for f in dataclasses.fields(PretrainedCfg))
-# ImageNet weights of the five full-size RedNets, as PaddleClas publishes them (the _small ones have none).
-WEIGHTS_URL = "https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/RedNet{depth}_pretrained.pdparams"
 FEATURE_INDICES = (0, 1, 2, 3)  # the four stages, reductions 4/8/16/32 (1/2/4/8 for _small)
 
 
 def _where_weights_are(depth: int, small: bool) -> str:
     if small:
         return "The _small variants have no published weights (train them, or pass a file of your own)"
-    return f"ImageNet weights of RedNet-{depth} (PaddleClas): {WEIGHTS_URL.format(depth=depth)}"
+    return f"ImageNet weights of RedNet-{depth} (PaddleClas): {PADDLECLAS_URL.format(depth=depth)}"
 
 
 def _timm_cfg(depth: int, small: bool) -> dict[str, Any]:
