@@ -384,3 +384,25 @@ def test_gpu_inductor_and_autocast() -> None:
             got = torch.compile(layer)(x)
     assert got.dtype == torch.bfloat16 and got.shape == expected.shape
     torch.testing.assert_close(got.float(), expected, rtol=0.1, atol=0.1)  # bf16 convs around it: a smoke check
+
+
+@in_process
+@pytest.mark.parametrize("dims", [1, 3])
+def test_1d_and_3d_involution_run_on_the_triton_kernels(dims: int) -> None:
+    """involution1d / involution3d reduce to the 2-D op, so the Triton kernels compute them, gradients included."""
+    from reference import involution_nd_reference
+
+    gen = torch.Generator().manual_seed(dims)
+    size, kernel, out = ((11,), (3,), (6,)) if dims == 1 else ((3, 5, 4), (3, 3, 1), (2, 3, 4))
+    stride, padding = ((2,), (1,)) if dims == 1 else ((2, 2, 1), (1, 1, 0))
+    x = torch.randn(2, 6, *size, generator=gen).to(DEVICE).requires_grad_()
+    w = torch.randn(2, 2, *kernel, *out, generator=gen).to(DEVICE).requires_grad_()
+    op = involution.ops.involution1d if dims == 1 else involution.ops.involution3d
+    with use_backend("triton"):
+        y = op(x, w, stride, padding, (1,) * dims)
+        gx, gw = torch.autograd.grad(y.sum(), (x, w))
+    xr, wr = x.detach().cpu().double().requires_grad_(), w.detach().cpu().double().requires_grad_()
+    expect = involution_nd_reference(xr, wr, stride, padding, (1,) * dims)
+    ex, ew = torch.autograd.grad(expect.sum(), (xr, wr))
+    for got, want in ((y, expect), (gx, ex), (gw, ew)):
+        assert_matches_reference(got.cpu(), want)

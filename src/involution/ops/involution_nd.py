@@ -117,6 +117,6 @@ def _depth_taps(
         kernels = w[:, :, t].permute(0, 4, 1, 2, 3, 5, 6).flatten(0, 1)  # (N*Do, G, Kh, Kw, Ho, Wo)
         y = involution2d_op(images, kernels, tuple(s2), tuple(p2), tuple(d2))
         total = y if total is None else total + y
-    # (N*Do, C, Ho, Wo) channels-last is (N, Do, Ho, Wo, C) in memory: viewed as (N, C, Do, Ho, Wo) NDHWC
+    # (N*Do, C, Ho, Wo) channels-last is (N, Do, Ho, Wo, C) in memory: a NDHWC view of (N, C, Do, Ho, Wo)
     out = total.permute(0, 2, 3, 1).unflatten(0, (n, do)).permute(0, 4, 1, 2, 3)
-    return out if channels_last else out.contiguous()
+    return out.contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
