@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from involution import Involution2d
+from involution import Involution1d, Involution2d, Involution3d
+
+INVOLUTIONS = (Involution1d, Involution2d, Involution3d)
 
 __all__ = ["disabled", "involution_layers", "involution_sensitivity", "randomise_weights", "weights_matter"]
 
@@ -68,9 +70,9 @@ def randomise_weights(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def involution_layers(model: nn.Module) -> list[tuple[str, Involution2d]]:
-    """The ``(name, module)`` of every :class:`~involution.Involution2d` in ``model``."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, Involution2d)]
+def involution_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The ``(name, module)`` of every involution layer (1-, 2- or 3-D) in ``model``."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, INVOLUTIONS)]
 
 
 @contextmanager

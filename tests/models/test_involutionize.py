@@ -1,4 +1,4 @@
-"""involutionize(): replacing the spatial convolutions of torchvision and custom models by Involution2d."""
+"""involutionize(): replacing the spatial convolutions of torchvision and custom models by involutions (1-D, 2-D, 3-D)."""
 
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def test_shared_module_mode_and_dtype():
 
 
 def test_involutionizable_reasons():
-    assert involutionizable(nn.Linear(4, 4)) == "not an nn.Conv2d"
+    assert involutionizable(nn.Linear(4, 4)) == "not an nn.Conv1d, nn.Conv2d or nn.Conv3d"
     assert "1x1" in involutionizable(nn.Conv2d(32, 32, 1))
     assert "grouped" in involutionizable(nn.Conv2d(32, 32, 3, padding=1, groups=2))
     assert "min_channels" in involutionizable(nn.Conv2d(3, 32, 3, padding=1))
@@ -161,3 +161,41 @@ def test_involutionizable_reasons():
     assert "allow_projection" in involutionizable(nn.Conv2d(32, 64, 3, padding=1), allow_projection=False)
     assert "even" in involutionizable(nn.Conv2d(32, 32, 2, padding="same"), kernel_size=None)
     assert involutionizable(nn.Conv2d(32, 64, 3, stride=2, padding=1)) is None
+
+
+# -- 1-D and 3-D ---------------------------------------------------------------------------------------------------
+
+
+def test_conv1d_and_conv3d_become_involutions_of_their_dimension():
+    from involution import Involution1d, Involution3d
+
+    model = nn.Sequential(nn.Conv1d(3, 16, 3, padding=1), nn.Conv1d(16, 32, 5, stride=2, padding=2),
+                          nn.Conv3d(32, 32, 3, padding=1), nn.Conv3d(32, 32, (1, 3, 3), padding=(0, 1, 1)))
+    converted, names = involutionize(model, kernel_size=None, return_names=True)
+    assert names == ["1", "2", "3"]  # the stem ("0") is kept
+    assert isinstance(converted[1], Involution1d) and converted[1].stride == (2,) and converted[1].out_channels == 32
+    assert isinstance(converted[2], Involution3d) and converted[2].kernel_size == (3, 3, 3)
+    assert converted[3].kernel_size == (1, 3, 3) and isinstance(converted[3].conv1.bn, nn.BatchNorm3d)
+    assert "1x1" in involutionizable(nn.Conv3d(32, 32, 1)) and "padding" in involutionizable(nn.Conv1d(32, 32, 3))
+
+
+def test_a_torchvision_video_network_becomes_a_3d_involution_network():
+    from torchvision.models.video import r3d_18
+
+    from involution import Involution3d
+    from model_weights import involution_sensitivity, randomise_weights
+
+    torch.manual_seed(0)
+    model, names = involutionize(r3d_18(num_classes=5), kernel_size=3, return_names=True)
+    assert len(names) == 16 and all(isinstance(model.get_submodule(n), Involution3d) for n in names)
+    model = randomise_weights(model).eval()
+    clip = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        logits = model(clip)
+    assert logits.shape == (1, 5) and torch.isfinite(logits).all()
+    model.train()
+    model(clip).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # the involutions carry the computation: silencing the first one changes the logits
+    sensitivity = involution_sensitivity(model.eval(), lambda m: m(clip))
+    assert sensitivity[names[0]] > 1e-3

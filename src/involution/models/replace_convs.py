@@ -1,4 +1,6 @@
-"""Involution anywhere: replace the spatial convolutions of any model by :class:`~involution.Involution2d`.
+"""Involution anywhere: replace the spatial convolutions of any model by involutions (``nn.Conv1d`` by
+:class:`~involution.Involution1d`, ``nn.Conv2d`` by :class:`~involution.Involution2d`, ``nn.Conv3d`` by
+:class:`~involution.Involution3d`).
 
 The RedNet recipe (swap the KxK convolution of every bottleneck for an involution, keep the 1x1 convolutions)
 applied to an arbitrary ``nn.Module``:
@@ -8,6 +10,9 @@ applied to an arbitrary ``nn.Module``:
 >>> model, names = involutionize(torchvision.models.resnet50(weights=None), return_names=True)
 >>> names[:3]
 ['layer1.0.conv2', 'layer1.1.conv2', 'layer1.2.conv2']
+
+Video networks too: ``involutionize(torchvision.models.video.r3d_18(), kernel_size=3)`` gives a 3-D involution
+network (``kernel_size=None`` keeps each convolution's own window).
 
 The new layers are freshly initialised: a converted model has to be trained (or fine-tuned), the convolution
 weights it replaces cannot be carried over.
@@ -23,15 +28,21 @@ from typing import Any
 from torch import nn
 
 from ..layers.conv_norm_act import LayerFactory
-from ..layers.involution import Involution2d
+from ..layers.involution import BATCH_NORM, Involution1d, Involution2d, Involution3d
 
 __all__ = ["involutionizable", "involutionize"]
 
-IncludeFilter = Callable[[str, nn.Conv2d], bool] | str | Iterable[str] | None
+IncludeFilter = Callable[[str, nn.Module], bool] | str | Iterable[str] | None
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_INVOLUTIONS = {1: Involution1d, 2: Involution2d, 3: Involution3d}
 
 
-def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def _dims(conv: nn.Module) -> int:
+    return len(conv.kernel_size)
+
+
+def _tuple(v: int | tuple[int, ...], dims: int) -> tuple[int, ...]:
+    return (v,) * dims if isinstance(v, int) else tuple(int(i) for i in v)
 
 
 def involutionizable(
@@ -39,16 +50,17 @@ def involutionizable(
 ) -> str | None:
     """Why ``conv`` cannot be replaced (a short reason), or ``None`` when :func:`involutionize` would replace it.
 
-    Replaceable: an ``nn.Conv2d`` with a kernel larger than 1x1, ``groups == 1`` or depthwise
-    (``groups == in_channels``), "same" padding (``2 * padding == dilation * (kernel - 1)`` in each dimension, or
-    ``padding='same'``), so that the output size is ``ceil(H / stride)`` as for the involution, at least
-    ``min_channels`` input channels, and ``out_channels == in_channels`` unless ``allow_projection`` (then a 1x1
-    projection follows the involution).
+    Replaceable: an ``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Conv3d`` with a kernel larger than 1, ``groups == 1`` or
+    depthwise (``groups == in_channels``), "same" padding (``2 * padding == dilation * (kernel - 1)`` in each
+    dimension, or ``padding='same'``), so that the output size is ``ceil(size / stride)`` as for the involution, at
+    least ``min_channels`` input channels, and ``out_channels == in_channels`` unless ``allow_projection`` (then a
+    1x1 projection follows the involution).
     """
-    if not isinstance(conv, nn.Conv2d):
-        return "not an nn.Conv2d"
-    kh, kw = _pair(conv.kernel_size)
-    if kh == 1 and kw == 1:
+    if not isinstance(conv, _CONVS):
+        return "not an nn.Conv1d, nn.Conv2d or nn.Conv3d"
+    dims = _dims(conv)
+    kernel, dilation = _tuple(conv.kernel_size, dims), _tuple(conv.dilation, dims)
+    if max(kernel) == 1:
         return "1x1 (pointwise) convolution"
     c_in, c_out = conv.in_channels, conv.out_channels
     if conv.groups not in (1, c_in):
@@ -57,22 +69,21 @@ def involutionizable(
         return f"in_channels {c_in} < min_channels {min_channels}"
     if c_out != c_in and not allow_projection:
         return f"in_channels {c_in} != out_channels {c_out} and allow_projection=False"
-    dh, dw = _pair(conv.dilation)
     if isinstance(conv.padding, str):
         if conv.padding != "same":
             return f"padding={conv.padding!r} changes the output size"
-        if (kh - 1) * dh % 2 or (kw - 1) * dw % 2:
+        if any((k - 1) * d % 2 for k, d in zip(kernel, dilation)):
             return "padding='same' with an even effective kernel (asymmetric padding)"
     else:
-        ph, pw = _pair(conv.padding)
-        if 2 * ph != dh * (kh - 1) or 2 * pw != dw * (kw - 1):
-            return f"padding {(ph, pw)} is not 'same' for kernel {(kh, kw)}, dilation {(dh, dw)}"
-    if kernel_size is None and (kh % 2 == 0 or kw % 2 == 0):
-        return f"even kernel {(kh, kw)} (an involution kernel must be odd)"
+        padding = _tuple(conv.padding, dims)
+        if any(2 * p != d * (k - 1) for p, k, d in zip(padding, kernel, dilation)):
+            return f"padding {padding} is not 'same' for kernel {kernel}, dilation {dilation}"
+    if kernel_size is None and any(k % 2 == 0 for k in kernel):
+        return f"even kernel {kernel} (an involution kernel must be odd)"
     return None
 
 
-def _matches(include: IncludeFilter, name: str, conv: nn.Conv2d) -> bool:
+def _matches(include: IncludeFilter, name: str, conv: nn.Module) -> bool:
     if include is None:
         return True
     if callable(include):
@@ -96,14 +107,15 @@ def _named_modules(model: nn.Module) -> list[tuple[nn.Module, list[str]]]:
     return list(names_of.values())
 
 
-def _involution_like(conv: nn.Conv2d, kernel_size: int | None, **layer_kwargs: Any) -> Involution2d:
-    """An involution with ``conv``'s channels, stride, dilation (and kernel size, if ``kernel_size`` is None), on
-    its device, in its dtype and train/eval mode."""
-    layer = Involution2d(
+def _involution_like(conv: nn.Module, kernel_size: int | None, **layer_kwargs: Any) -> nn.Module:
+    """An involution of ``conv``'s dimension with its channels, stride, dilation (and kernel size, if
+    ``kernel_size`` is None), on its device, in its dtype and train/eval mode."""
+    dims = _dims(conv)
+    layer = _INVOLUTIONS[dims](
         conv.in_channels,
-        kernel_size=kernel_size if kernel_size is not None else _pair(conv.kernel_size),
-        stride=_pair(conv.stride),
-        dilation=_pair(conv.dilation),
+        kernel_size=kernel_size if kernel_size is not None else _tuple(conv.kernel_size, dims),
+        stride=_tuple(conv.stride, dims),
+        dilation=_tuple(conv.dilation, dims),
         out_channels=conv.out_channels,
         **layer_kwargs,
     )
@@ -125,18 +137,18 @@ def involutionize(
     min_channels: int = 16,
     skip_stem: bool = True,
     allow_projection: bool = True,
-    norm_layer: LayerFactory | None = nn.BatchNorm2d,
+    norm_layer: LayerFactory | str | None = BATCH_NORM,
     act_layer: LayerFactory | None = nn.ReLU,
     inplace: bool = False,
     return_names: bool = False,
 ) -> nn.Module | tuple[nn.Module, list[str]]:
-    """Replace the spatial convolutions of ``model`` by :class:`~involution.Involution2d` layers.
+    """Replace the spatial convolutions of ``model`` by involution layers of the same dimension.
 
-    Each replaceable ``nn.Conv2d`` (see :func:`involutionizable`: kernel > 1x1, dense or depthwise, "same"
-    padding, ``in_channels >= min_channels``) becomes ``Involution2d(in_channels, kernel_size, stride, dilation,
-    group_channels, reduction_ratio, out_channels)`` with the convolution's stride and dilation, so every output
-    keeps its shape: ``(N, C_in, H, W) -> (N, C_out, ceil(H / s), ceil(W / s))``. Where ``out_channels !=
-    in_channels`` the involution ends with its 1x1 projection (``allow_projection=False`` skips such convolutions
+    Each replaceable ``nn.Conv1d`` / ``nn.Conv2d`` / ``nn.Conv3d`` (see :func:`involutionizable`: kernel > 1, dense
+    or depthwise, "same" padding, ``in_channels >= min_channels``) becomes ``Involution{1,2,3}d(in_channels,
+    kernel_size, stride, dilation, group_channels, reduction_ratio, out_channels)`` with the convolution's stride
+    and dilation, so every output keeps its shape: ``(N, C_in, *size) -> (N, C_out, *ceil(size / s))``. Where
+    ``out_channels != in_channels`` the involution ends with its 1x1 projection (``allow_projection=False`` skips such convolutions
     instead). The new layers take the device, dtype and train/eval mode of the convolution they replace; the
     convolution's bias (normally absent, a norm layer follows) and a non-zero ``padding_mode`` are not carried
     over (the involution pads with zeros). 1x1 convolutions,
@@ -144,16 +156,18 @@ def involutionize(
 
     Args:
         model: any module; it is deep-copied first unless ``inplace``.
-        kernel_size: K of the involutions (odd; the paper's 7); ``None`` keeps each convolution's own kernel size.
+        kernel_size: K of the involutions (odd; the paper's 7 for images); ``None`` keeps each convolution's own
+            kernel size (for video networks, where 7x7x7 windows would hold 343 taps, pass 3 or ``None``).
         group_channels: channels per involution group (paper: 16).
         reduction_ratio: the kernel generator's reduction r (paper: 4).
         include: which convolutions may be replaced: ``None`` (all), a callable ``(name, conv) -> bool``, or
             shell-style patterns on the module names (``"layer3.*"``, ``["layer1.*", "layer2.*"]``).
         min_channels: convolutions with fewer input channels are kept (default 16: an image-reading conv never
             qualifies).
-        skip_stem: keep the model's first ``nn.Conv2d`` (in module order, normally the stem reading the image).
+        skip_stem: keep the model's first convolution (in module order, normally the stem reading the input).
         allow_projection: replace convolutions that change the channel count too (involution + 1x1 projection).
-        norm_layer, act_layer: the kernel generator's normalisation and activation (default BN + ReLU).
+        norm_layer, act_layer: the kernel generator's normalisation and activation (default: the BatchNorm of
+            the convolution's dimension, and ReLU).
         inplace: modify ``model`` itself instead of a copy.
         return_names: also return the names of the replaced modules (in module order).
 
@@ -168,10 +182,10 @@ def involutionize(
 
     stem: nn.Module | None = None
     if skip_stem:
-        stem = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        stem = next((m for m in model.modules() if isinstance(m, _CONVS)), None)
     replaced: list[str] = []
     for conv, names in _named_modules(model):
-        if conv is stem or not isinstance(conv, nn.Conv2d):
+        if conv is stem or not isinstance(conv, _CONVS):
             continue
         if not any(_matches(include, n, conv) for n in names):
             continue
