@@ -197,8 +197,29 @@ def check_onnx_ops(onnx_ops: str) -> None:
         raise ValueError(f"unknown onnx_ops {onnx_ops!r}; choose one of {', '.join(ONNX_OPS)}")
 
 
+def conv3d_onnx(
+    input: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: Sequence[int] = (1, 1, 1),
+    padding: Sequence[int] = (0, 0, 0),
+    dilation: Sequence[int] = (1, 1, 1),
+    groups: int = 1,
+) -> Any:
+    """``aten.conv3d`` -> one ``Conv`` node. onnxscript 0.7's own translation gives a missing bias the shape
+    ``(C_out, 2)``, which onnxruntime refuses, so every bias-free ``nn.Conv3d`` (Involution3d's kernel generator
+    among them) failed to run once exported."""
+    pads = [int(v) for v in padding] * 2
+    attrs = {"strides": [int(v) for v in stride], "pads": pads, "dilations": [int(v) for v in dilation],
+             "group": int(groups)}
+    if bias is None:
+        return _op.Conv(input, weight, **attrs)
+    return _op.Conv(input, weight, bias, **attrs)
+
+
 def onnx_translation_table(onnx_ops: str = "standard") -> dict[Callable[..., torch.Tensor], Callable[..., Any]]:
-    """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``: the involution op -> ONNX.
+    """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``: the involution op -> ONNX (the 1-D and
+    3-D ops are traced into the 2-D one), and ``aten.conv3d`` without onnxscript 0.7's bias bug.
 
     Args:
         onnx_ops: ``"standard"`` (standard operators, :func:`involution2d_onnx`) or ``"custom"`` (one custom node,
@@ -206,4 +227,4 @@ def onnx_translation_table(onnx_ops: str = "standard") -> dict[Callable[..., tor
     """
     check_onnx_ops(onnx_ops)
     lowering = involution2d_onnx if onnx_ops == "standard" else involution2d_onnx_custom
-    return {torch.ops.involution.involution2d.default: lowering}
+    return {torch.ops.involution.involution2d.default: lowering, torch.ops.aten.conv3d.default: conv3d_onnx}
