@@ -174,7 +174,7 @@ def test_translation_equivariance_along_each_axis(dims):
         (1, (2, 4, 9, 1), (2, 2, 3, 9), {"padding": 1}, ValueError, r"input must be 3-D \(N, C, L\)"),
         (3, (2, 4, 5, 5, 5), (3, 2, 3, 3, 3, 5, 5, 5), {"padding": 1}, ValueError, "batch size 3 does not match"),
         (3, (2, 5, 5, 5, 5), (2, 2, 3, 3, 3, 5, 5, 5), {"padding": 1}, ValueError, "divisible by the weight's group"),
-        (3, (2, 4, 5, 5, 5), (2, 2, 3, 3, 3, 5, 5, 4), {"padding": 1}, ValueError, r"weight's spatial size \(5, 5, 4\)"),
+        (3, (2, 4, 5, 5, 5), (2, 2, 3, 3, 3, 5, 5, 4), {"padding": 1}, ValueError, r"spatial size \(5, 5, 4\)"),
         (3, (1, 4, 2, 5, 5), (1, 2, 5, 3, 3, 1, 5, 5), {"padding": (0, 1, 1)}, ValueError, "too small"),
         (3, (1, 4, 5, 5, 5), (1, 2, 3, 3, 3, 5, 5, 5), {"padding": (1, 1)}, TypeError, "padding must be an int or 3"),
         (1, (1, 4, 5), (1, 2, 3, 3), {"stride": 0}, ValueError, "stride must be >= 1"),
