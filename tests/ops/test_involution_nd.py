@@ -197,3 +197,25 @@ def test_dtype_and_device_mismatches_raise():
 
 def test_every_cpu_backend_is_under_test():
     assert "torch" in CPU_BACKENDS
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_opcheck_on_the_calls_the_nd_ops_make(dims, monkeypatch):
+    """The 1-D and 3-D ops are compositions over ``involution::involution2d``; opcheck that op (schema, fake
+    tensors, autograd registration, AOT dispatch) on exactly the strided views they hand it."""
+    import involution.ops.involution_nd as nd
+
+    calls = []
+    real = nd.involution2d_op
+
+    def recording(*args):
+        calls.append(tuple(a.detach().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args))
+        return real(*args)
+
+    monkeypatch.setattr(nd, "involution2d_op", recording)
+    case = random_case(dims, 21, small=True)
+    x, w = tensors(case, torch.float64)
+    run(case, channels_last(x) if dims == 3 else x.transpose(1, 2).contiguous().transpose(1, 2), w)
+    assert calls
+    for args in calls:
+        torch.library.opcheck(torch.ops.involution.involution2d.default, args)
