@@ -4,8 +4,8 @@ Both reduce to :func:`~involution.ops.involution2d`'s registered op, so every ba
 ``triton``), its autograd (double backward included), autocast, fake tensors for ``torch.compile`` /
 ``torch.export``, and the ONNX lowering serve them too, and no kernel exists three times:
 
-* 1-D is the 2-D op on a width-1 image: ``(N, C, L) -> (N, C, L, 1)`` and ``(N, G, K, Lo) -> (N, G, K, 1, Lo, 1)``
-  are views, so nothing is copied in either layout.
+* 1-D is the 2-D op on a height-1 image: ``(N, C, L) -> (N, C, 1, L)`` and ``(N, G, K, Lo) -> (N, G, 1, K, 1,
+  Lo)`` are views, so nothing is copied in either layout.
 * 3-D sums the depth taps: for each tap ``kd`` the output depths ``z`` read input depth ``z * sd - pd + kd * dd``,
   so the depth axis joins the batch and one 2-D involution per (sample, tap) aggregates the ``Kh x Kw`` window of
   every output depth at once, reading the input (padded in depth once, channels-last) and the kernels in place.
@@ -56,10 +56,11 @@ def involution1d(
     stride_, padding_, dilation_ = (ntuple(v, 1, name) for v, name in
                                     ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
     check_involution_args(input, weight, stride_, padding_, dilation_, _autocast_dtype(input))
+    # the sequence as the width of a height-1 image: the NCHW kernels run along W (about 3x faster than along H)
     out = involution2d_op(
-        input.unsqueeze(-1), weight.unsqueeze(3).unsqueeze(-1), (*stride_, 1), (*padding_, 0), (*dilation_, 1)
+        input.unsqueeze(2), weight.unsqueeze(2).unsqueeze(4), (1, *stride_), (0, *padding_), (1, *dilation_)
     )
-    return out.squeeze(-1)
+    return out.squeeze(2)
 
 
 def involution3d(
