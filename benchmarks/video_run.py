@@ -56,8 +56,9 @@ def table(runs: dict[str, list[dict]]) -> str:
     from involution.models import count_params, create_model
     from involution.tasks.studies.report import holm, welch
 
-    lines = ["| model | spatio-temporal layer | params | MACs / clip | seeds | test accuracy (%) | best val (%) "
-             "| train time / run (s) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    header = ("| model | spatio-temporal layer | params | MACs / clip | seeds | test accuracy (%) | best val (%) "
+              "| train time / run (s) |")
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name in MODELS:
         rows = runs[name]
         acc = 100 * np.array([r["test_acc"] for r in rows])

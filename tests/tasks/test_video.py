@@ -16,9 +16,9 @@ from involution.tasks.video import ClipSpec, VideoConfig, load_clips, resume_con
 from involution.tasks.video.data import draw_path, render
 
 SPEC = ClipSpec(frames=6, canvas=20, item_size=8, directions=8, min_speed=1.0, max_speed=2.0, jitter=0)
-TINY = dict(data="digits", frames=4, image_size=16, item_size=8, max_speed=1.5, min_speed=1.0, jitter=0,
-            train_clips=64, val_clips=32, test_clips=32, batch_size=16, epochs=2, threads=1,
-            model_kwargs={"widths": (16, 16, 32), "stem_width": 8})
+TINY = {"data": "digits", "frames": 4, "image_size": 16, "item_size": 8, "max_speed": 1.5, "min_speed": 1.0,
+        "jitter": 0, "train_clips": 64, "val_clips": 32, "test_clips": 32, "batch_size": 16, "epochs": 2,
+        "threads": 1, "model_kwargs": {"widths": (16, 16, 32), "stem_width": 8}}
 
 
 def test_clips_are_deterministic_and_splits_fixed():
@@ -82,7 +82,7 @@ def test_models_shapes_and_gradients(name):
 def test_twins_differ_only_in_the_middle_layer():
     inv = create_model("video_rednet_tiny", num_classes=8, in_chans=1)
     conv = create_model("video_resnet_tiny", num_classes=8, in_chans=1)
-    names = lambda m: {k for k in m.state_dict() if ".middle." not in k}  # noqa: E731
+    names = lambda m: {k for k in m.state_dict() if ".middle." not in k}
     assert names(inv) == names(conv)
     assert type(inv.stages[0][0].middle).__name__ == "Involution3d"
     assert isinstance(conv.stages[0][0].middle, torch.nn.Conv3d)

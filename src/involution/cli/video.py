@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from .options import OwnOption, add_train_parser, fraction_below_1, non_negative_int, positive_float, positive_int, \
-    train_options
+from .options import (
+    OwnOption,
+    add_train_parser,
+    fraction_below_1,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    train_options,
+)
 
 
 def _cmd_train_video(args: argparse.Namespace) -> int:

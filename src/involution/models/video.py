@@ -109,8 +109,8 @@ class VideoNet(nn.Module):
         self.num_classes = check_int("num_classes", num_classes, low=1)
         self.spatial = spatial
         self.first_conv = "stem.conv"
-        self.stem = ConvNormAct(in_chans, stem_width, 3, stride=(1, 2, 2), norm_layer=nn.BatchNorm3d,  # type: ignore[arg-type]
-                                dims=3)
+        stem_stride: Any = (1, 2, 2)  # ConvNormAct passes it on to nn.Conv3d
+        self.stem = ConvNormAct(in_chans, stem_width, 3, stride=stem_stride, norm_layer=nn.BatchNorm3d, dims=3)
         stages, channels = [], stem_width
         for width, depth, stride in zip(widths, depths, strides):
             blocks = []

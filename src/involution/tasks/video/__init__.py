@@ -6,7 +6,7 @@
 """
 
 from .config import RECIPE, VideoConfig, resolve
-from .data import ClipSpec, Clips, load_clips
+from .data import Clips, ClipSpec, load_clips
 from .task import VideoTask, resume_config, train
 
 __all__ = ["RECIPE", "ClipSpec", "Clips", "VideoConfig", "VideoTask", "load_clips", "resolve", "resume_config",

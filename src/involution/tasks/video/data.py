@@ -57,8 +57,9 @@ class ClipSpec:
         longest = self.max_speed * (self.frames - 1) + 2 * self.jitter
         if longest > self.canvas - self.item_size:
             raise ValueError(f"a path of up to {longest:g} pixels ({self.frames} frames at --max-speed "
-                             f"{self.max_speed:g}, jitter {self.jitter}) does not fit the {self.canvas - self.item_size}"
-                             f" pixels an item of {self.item_size} can travel on a canvas of {self.canvas}")
+                             f"{self.max_speed:g}, jitter {self.jitter}) does not fit the "
+                             f"{self.canvas - self.item_size} pixels an item of {self.item_size} can travel on a "
+                             f"canvas of {self.canvas}")
 
     @property
     def classes(self) -> list[str]:
