@@ -3,6 +3,7 @@ twin (shapes, gradients), a short training run on moving digits and its exact re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -53,6 +54,15 @@ def test_label_is_the_direction_of_motion(seed):
     move = _centre(clip[0, -1]) - _centre(clip[0, 0])
     angle = math.atan2(-move[0], move[1])  # rows grow downwards; 0 is right, counter-clockwise
     assert round(angle / (2 * math.pi / 8)) % 8 == label
+
+
+def test_still_clips_repeat_the_first_frame():
+    moving = load_clips("digits", None, SPEC, (8, 8, 8), seed=0).val
+    still = load_clips("digits", None, dataclasses.replace(SPEC, still=True), (8, 8, 8), seed=0).val
+    for i in range(8):
+        (m, label_m), (s, label_s) = moving.raw(i), still.raw(i)
+        assert label_m == label_s and torch.equal(s[0, 0], m[0, 0])
+        assert all(torch.equal(s[0, t], s[0, 0]) for t in range(SPEC.frames))
 
 
 def test_every_direction_occurs():

@@ -40,6 +40,8 @@ def _groups() -> dict[str, dict[str, OwnOption]]:
             **{f"--{split}-clips": {"type": positive_int, "help": f"{split} clips{help_}"}
                for split, help_ in (("train", " per epoch (default 4000)"), ("val", " (default 1000)"),
                                     ("test", " (default 2000)"))},
+            "--still": {"action": "store_true",
+                        "help": "the control: every frame is the clip's first, so only the start position is seen"},
             "--workers": "data-loader worker processes (default 0)",
         },
         "model": {

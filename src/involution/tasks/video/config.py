@@ -24,6 +24,7 @@ class VideoConfig(RunConfig):
     train_clips: int | None = None  # per epoch (each epoch draws new motions)
     val_clips: int | None = None
     test_clips: int | None = None
+    still: bool = False  # the control: every frame of a clip is its first (the label can only be guessed)
     optimizer: str | None = None  # sgd | adamw
     nesterov: bool | None = None
     label_smoothing: float | None = None
@@ -34,7 +35,7 @@ class VideoConfig(RunConfig):
 
     def clip_spec(self) -> ClipSpec:
         return ClipSpec(self.frames, self.image_size, self.item_size, self.directions,  # type: ignore[arg-type]
-                        self.min_speed, self.max_speed, self.jitter)  # type: ignore[arg-type]
+                        self.min_speed, self.max_speed, self.jitter, self.still)  # type: ignore[arg-type]
 
 
 # Sized for 2 CPU cores: video_rednet_tiny trains 5 epochs of 4,000 clips in about 4 minutes (docs/video.md).

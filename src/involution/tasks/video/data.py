@@ -45,6 +45,7 @@ class ClipSpec:
     min_speed: float = 1.0
     max_speed: float = 2.0
     jitter: int = 1
+    still: bool = False  # every frame is the first one: the control that shows what a still frame gives away
 
     def check(self) -> None:
         """Reject sizes that cannot work, naming the option: the longest path must fit on the canvas."""
@@ -80,8 +81,8 @@ def draw_path(spec: ClipSpec, seed: int) -> tuple[int, np.ndarray]:
     start = rng.uniform(low, high)
     steps = np.arange(spec.frames)[:, None]
     shake = rng.integers(-spec.jitter, spec.jitter + 1, size=(spec.frames, 2))
-    corners = np.rint(start + steps * velocity).astype(np.int64) + shake
-    return label, np.clip(corners, 0, room)
+    corners = np.clip(np.rint(start + steps * velocity).astype(np.int64) + shake, 0, room)
+    return label, np.repeat(corners[:1], spec.frames, axis=0) if spec.still else corners
 
 
 def render(item: Tensor, corners: np.ndarray, canvas: int) -> Tensor:
