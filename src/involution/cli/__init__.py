@@ -10,13 +10,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import classification, deploy, dense, info, models, study
+from . import classification, deploy, dense, info, models, study, video
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="involution", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for family in (classification, info, models, deploy, study, dense):
+    for family in (classification, video, info, models, deploy, study, dense):
         family.add_parsers(sub)
     return parser
 

@@ -11,7 +11,7 @@
 import importlib.util
 import warnings
 
-from . import detection, rednet, resnet, segmentation  # noqa: F401  (registers the models)  # noqa: F401  (register the dense models; after rednet, which they build on)
+from . import detection, rednet, resnet, segmentation, video  # noqa: F401  (registers the models; the dense ones after rednet, which they build on)
 from ._base import FeatureInfo, ResidualNet
 from .checkpoint import LoadReport, apply_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
 from .flops import FlopReport, count_flops, count_params, mmcv_style_macs, summary

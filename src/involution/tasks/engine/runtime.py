@@ -78,10 +78,12 @@ def make_scheduler(
 
 def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
     """``batch`` (a tensor, or lists / tuples / dicts of them and other values) with every tensor moved to
-    ``device``; 4-D tensors (image batches ``(N, C, H, W)``) made channels_last if asked."""
+    ``device``; 4-D tensors (image batches ``(N, C, H, W)``) made channels_last if asked, 5-D ones (clips
+    ``(N, C, T, H, W)``) channels_last_3d."""
     if isinstance(batch, torch.Tensor):
         batch = batch.to(device, non_blocking=True)
-        return batch.contiguous(memory_format=torch.channels_last) if channels_last and batch.dim() == 4 else batch
+        layout = {4: torch.channels_last, 5: torch.channels_last_3d}.get(batch.dim()) if channels_last else None
+        return batch if layout is None else batch.contiguous(memory_format=layout)
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(item, device, channels_last) for item in batch)
     if isinstance(batch, dict):
