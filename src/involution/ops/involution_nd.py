@@ -117,7 +117,8 @@ def _depth_taps(
         images = depths.permute(0, 2, 3, 4, 1).flatten(0, 1).permute(0, 3, 1, 2)  # (N*Do, C, H, W), NHWC
         kernels = w[:, :, t].permute(0, 4, 1, 2, 3, 5, 6).flatten(0, 1)  # (N*Do, G, Kh, Kw, Ho, Wo)
         y = involution2d_op(images, kernels, tuple(s2), tuple(p2), tuple(d2))
-        total = y if total is None else total + y
+        del images  # the gathered copy goes before the sum, which is done in place: one output less at the peak
+        total = y if total is None else total.add_(y)
     # (N*Do, C, Ho, Wo) channels-last is (N, Do, Ho, Wo, C) in memory: a NDHWC view of (N, C, Do, Ho, Wo)
     out = total.permute(0, 2, 3, 1).unflatten(0, (n, do)).permute(0, 4, 1, 2, 3)
     return out.contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
