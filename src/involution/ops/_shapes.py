@@ -145,3 +145,27 @@ def _shown(values: Sequence[int]) -> str:
     """A size for messages: ``(3, 3)``, and ``3`` rather than ``(3,)`` in one dimension."""
     values = tuple(int(v) for v in values)
     return str(values[0]) if len(values) == 1 else str(values)
+
+
+def active_autocast_dtype(t: object) -> torch.dtype | None:
+    """The autocast dtype in effect for ``t``'s device (CPU or CUDA), None when autocast is off there."""
+    if isinstance(t, Tensor) and t.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(t.device.type):
+        return torch.get_autocast_dtype(t.device.type)
+    return None
+
+
+def op_arguments(
+    input: Tensor,
+    weight: Tensor,
+    stride: int | Sequence[int],
+    padding: int | Sequence[int],
+    dilation: int | Sequence[int],
+    dims: int,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """What every public involution op does first: ``stride``, ``padding``, ``dilation`` as ``dims``-tuples,
+    validated against the tensors as autocast will hand them over; returns them and the output size."""
+    stride_, padding_, dilation_ = (
+        ntuple(value, dims, name) for value, name in ((stride, "stride"), (padding, "padding"), (dilation, "dilation"))
+    )
+    out_size = check_involution_args(input, weight, stride_, padding_, dilation_, active_autocast_dtype(input))
+    return stride_, padding_, dilation_, out_size

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ._library import involution2d_op
-from ._shapes import IntOrPair, check_involution_args, pair
+from ._shapes import IntOrPair, op_arguments
 
 
 def involution2d(
@@ -42,10 +41,5 @@ def involution2d(
     The kernels run by the backend chosen with :func:`involution.ops.use_backend` (default: fastest available).
     Under autocast, both tensors are cast to the autocast dtype.
     """
-    stride_, padding_, dilation_ = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
-    autocast_dtype = None
-    if isinstance(input, Tensor) and input.device.type in ("cpu", "cuda"):
-        if torch.is_autocast_enabled(input.device.type):
-            autocast_dtype = torch.get_autocast_dtype(input.device.type)
-    check_involution_args(input, weight, stride_, padding_, dilation_, autocast_dtype)
+    stride_, padding_, dilation_, _ = op_arguments(input, weight, stride, padding, dilation, dims=2)
     return involution2d_op(input, weight, stride_, padding_, dilation_)

@@ -18,14 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._library import involution2d_op
-from ._shapes import check_involution_args, ntuple
-
-
-def _autocast_dtype(input: Tensor) -> torch.dtype | None:
-    if isinstance(input, Tensor) and input.device.type in ("cpu", "cuda"):
-        if torch.is_autocast_enabled(input.device.type):
-            return torch.get_autocast_dtype(input.device.type)
-    return None
+from ._shapes import op_arguments
 
 
 def involution1d(
@@ -53,9 +46,7 @@ def involution1d(
     Raises:
         TypeError / ValueError naming the argument at fault, as :func:`~involution.ops.involution2d`.
     """
-    stride_, padding_, dilation_ = (ntuple(v, 1, name) for v, name in
-                                    ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
-    check_involution_args(input, weight, stride_, padding_, dilation_, _autocast_dtype(input))
+    stride_, padding_, dilation_, _ = op_arguments(input, weight, stride, padding, dilation, dims=1)
     # the sequence as the width of a height-1 image: the NCHW kernels run along W (about 3x faster than along H)
     out = involution2d_op(
         input.unsqueeze(2), weight.unsqueeze(2).unsqueeze(4), (1, *stride_), (0, *padding_), (1, *dilation_)
@@ -90,10 +81,7 @@ def involution3d(
     Raises:
         TypeError / ValueError naming the argument at fault, as :func:`~involution.ops.involution2d`.
     """
-    stride_, padding_, dilation_ = (ntuple(v, 3, name) for v, name in
-                                    ((stride, "stride"), (padding, "padding"), (dilation, "dilation")))
-    out_size = check_involution_args(input, weight, stride_, padding_, dilation_, _autocast_dtype(input))
-    return _depth_taps(input, weight, stride_, padding_, dilation_, out_size)
+    return _depth_taps(input, weight, *op_arguments(input, weight, stride, padding, dilation, dims=3))
 
 
 def _depth_taps(
