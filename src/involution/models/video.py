@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from .._checks import check_int
 from ..layers import ConvNormAct, Involution3d
+from ..layers.pool import CeilAvgPool
 from .registry import build_model, register_model
 
 SPATIO_TEMPORAL = ("involution", "conv")
@@ -61,7 +61,8 @@ class VideoBottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
         if in_channels != out_channels or max(stride) > 1:
-            pool = nn.AvgPool3d(stride, stride, ceil_mode=True) if max(stride) > 1 else nn.Identity()
+            # the library's ceil-mode pooling: nn.AvgPool3d(ceil_mode=True) gets a wrong gradient under Inductor
+            pool = CeilAvgPool(stride) if max(stride) > 1 else nn.Identity()
             self.shortcut = nn.Sequential(pool, ConvNormAct(in_channels, out_channels, 1, norm_layer=nn.BatchNorm3d,
                                                             act_layer=None, dims=3))
 
@@ -132,7 +133,7 @@ class VideoNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 5:
             raise ValueError(f"{type(self).__name__} expects clips (N, C, T, H, W), got {tuple(x.shape)}")
-        return self.fc(self.drop(torch.flatten(self.forward_features(x).mean(dim=(2, 3, 4)), 1)))
+        return self.fc(self.drop(self.forward_features(x).mean(dim=(2, 3, 4))))
 
 
 def _cfg(**overrides: Any) -> dict[str, Any]:

@@ -164,9 +164,10 @@ def load_clips(source: str, data_dir: str | os.PathLike | None, spec: ClipSpec, 
     val = Clips(val_items_t, counts[1], spec, data_seed, fixed=True, stream=_VAL)
     sample = torch.stack([val.raw(i)[0] for i in range(min(len(val), 256))]).float() / 255.0
     mean, std = float(sample.mean()), float(sample.std())
+    val.mean, val.std = mean, std  # the statistics come from its own raw clips
     return ClipSplits(
         Clips(train_items, counts[0], spec, seed, fixed=False, mean=mean, std=std),
-        Clips(val_items_t, counts[1], spec, data_seed, fixed=True, stream=_VAL, mean=mean, std=std),
+        val,
         Clips(test_items, counts[2], spec, data_seed, fixed=True, stream=_TEST, mean=mean, std=std),
         spec, mean, std,
     )
