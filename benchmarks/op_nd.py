@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import subprocess
 import sys
@@ -113,10 +114,14 @@ class Case:
         self.zero_grad()
         return out
 
-    def needed_mib(self, pass_: str) -> float:
-        out = self.x.numel()  # stride 1, 'same' padding: the output has the input's size
-        inputs = self.x.numel() + (self.w.numel() if self.w is not None else 0)
-        return 4 * (out if pass_ == "fwd" else 2 * out + inputs) / 2**20
+
+
+def needed_mib(shape: Shape, pass_: str) -> float:
+    """The involution's bytes that must exist: the output (stride 1, 'same' padding: the input's size); for
+    forward+backward also its gradient and the gradients of the input and the kernels (float32)."""
+    features = shape.n * shape.c * math.prod(shape.size)
+    kernels = shape.n * (shape.c // shape.group_channels) * shape.k**shape.dims * math.prod(shape.size)
+    return 4 * (features if pass_ == "fwd" else 3 * features + kernels) / 2**20
 
 
 def time_all(shapes: list[Shape], rounds: int, warmup: int) -> dict[tuple, list[float]]:
@@ -170,7 +175,7 @@ def tables(shapes: list[Shape], times: dict, memory: dict, markdown: bool) -> st
             for lay in LAYOUTS[s.dims]:
                 inv, dw = times[(s, lay, "involution", pass_)], times[(s, lay, "dwconv", pass_)]
                 best_dw = min(_util.median(times[(s, other, "dwconv", pass_)]) for other in LAYOUTS[s.dims])
-                mem, need = memory.get((s, lay, "involution", pass_)), Case("involution", s, lay).needed_mib(pass_)
+                mem, need = memory.get((s, lay, "involution", pass_)), needed_mib(s, pass_)
                 rows.append([s.label, lay, f"{1e3 * _util.median(inv):.1f} ±{100 * _util.rel_iqr(inv):.0f}%",
                              f"{1e3 * _util.median(dw):.1f} ±{100 * _util.rel_iqr(dw):.0f}%",
                              f"{_util.median(inv) / best_dw:.2f}x",
