@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 import involution  # noqa: F401  (registers torch.ops.involution.*)
 from involution.ops import available_backends, output_size
 from involution.ops.backends import get_backend
-from reference import involution2d_reference, reference_grads
+from reference import involution_nd_reference_and_grads
 
 CPU = torch.device("cpu")
 
@@ -99,17 +101,18 @@ def assert_op_accumulates_in_float32(
     msg: str = "",
 ) -> None:
     """(output, grad_input, grad_weight) in bfloat16/float16 each within :func:`float32_accumulation_bound` of the
-    float64 reference of the same (already rounded) ``input``, ``weight`` and ``grad_output``.
+    float64 reference of the same (already rounded) ``input``, ``weight`` and ``grad_output``, in 1, 2 or 3
+    spatial dimensions; ``geometry`` is (stride, padding, dilation), each an int or one int per dimension.
 
-    Forward and grad_input sum at most Kh*Kw products per element, grad_weight C/G; the magnitudes summed are the
-    reference applied to the inputs' absolute values."""
-    g, kh, kw = weight.shape[1:4]
-    n_terms = (kh * kw, kh * kw, input.shape[1] // g)
-    exact = (involution2d_reference(input, weight, *geometry), *reference_grads(input, weight, grad_output, *geometry))
-    magnitudes = (
-        involution2d_reference(input.abs(), weight.abs(), *geometry),
-        *reference_grads(input.abs(), weight.abs(), grad_output.abs(), *geometry),
-    )
+    Forward and grad_input sum at most prod(kernel) products per element (Kd*Kh*Kw in 3-D: a sum over depth taps
+    done in the output dtype breaks the bound), grad_weight C/G; the magnitudes summed are the reference applied
+    to the inputs' absolute values."""
+    dims = input.dim() - 2
+    geo = tuple((v,) * dims if isinstance(v, int) else tuple(v) for v in geometry)
+    kernel = weight.shape[2 : 2 + dims]
+    n_terms = (math.prod(kernel), math.prod(kernel), input.shape[1] // weight.shape[1])
+    exact = involution_nd_reference_and_grads(input, weight, grad_output, *geo)
+    magnitudes = involution_nd_reference_and_grads(input.abs(), weight.abs(), grad_output.abs(), *geo)
     for what, got, ref, mag, n in zip(("forward", "grad_input", "grad_weight"), results, exact, magnitudes, n_terms):
         assert_float32_accumulated(got.cpu(), ref, mag, n, rounding_ulps, msg=f"{what} {msg}")
 

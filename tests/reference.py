@@ -122,3 +122,20 @@ def involution_nd_reference(
         xs = xp[(slice(None), slice(None), *window)].reshape(n, g, c // g, *out_size)
         out = out + (xs * w[(slice(None), slice(None), *taps)].unsqueeze(2)).reshape(n, c, *out_size)
     return out
+
+
+def involution_nd_reference_and_grads(
+    input: Tensor,
+    weight: Tensor,
+    grad_output: Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(output, grad_input, grad_weight) in float64 for any number of spatial dimensions, by autograd through
+    :func:`involution_nd_reference`."""
+    x = input.detach().to(torch.float64).requires_grad_()
+    w = weight.detach().to(torch.float64).requires_grad_()
+    out = involution_nd_reference(x, w, stride, padding, dilation)
+    gx, gw = torch.autograd.grad(out, (x, w), grad_output.detach().to(torch.float64))
+    return out.detach(), gx, gw

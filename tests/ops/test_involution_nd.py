@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from involution.ops import involution1d, involution3d, output_size, use_backend
-from op_helpers import CPU_BACKENDS, assert_matches_reference
+from op_helpers import CPU_BACKENDS, assert_matches_reference, assert_op_accumulates_in_float32
 from reference import involution_nd_reference
 
 OPS = {1: involution1d, 3: involution3d}
@@ -103,25 +103,67 @@ def test_gradcheck_and_gradgradcheck(backend, dims):
         assert torch.autograd.gradgradcheck(lambda a, b: run(case, a, b), (x, w))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision(backend, dtype):
-    for dims in (1, 3):
-        case = random_case(dims, 3)
-        x, w = tensors(case, torch.float64, 3)
-        x, w = x.to(dtype), w.to(dtype)
+# Long sums, where a sum done in bfloat16/float16 anywhere (inside a kernel, or across the 3-D op's depth taps)
+# breaks the float32-accumulation bound though not a tolerance scaled by max|ref|: forward and grad_input add
+# prod(kernel) products per element (45 in 3-D, over 5 depth taps; 9 in 1-D), grad_weight C/G = 32.
+LONG_SUMS = {
+    1: {"n": 2, "c": 64, "g": 2, "size": (19,), "kernel": (9,), "stride": (1,), "padding": (4,), "dilation": (1,),
+        "out": (19,)},
+    3: {"n": 2, "c": 64, "g": 2, "size": (6, 5, 4), "kernel": (5, 3, 3), "stride": (1, 1, 1),
+        "padding": (2, 1, 1), "dilation": (1, 1, 1), "out": (6, 5, 4)},
+}
+
+
+def low_precision_results(case: dict, dtype: torch.dtype, layout: str, autocast: bool = False):
+    """The op's (output, grad_input, grad_weight) on ``dtype``-rounded tensors, and those tensors."""
+    x, w = tensors(case, torch.float64, seed=5)
+    x, w = x.to(dtype), w.to(dtype)
+    grad_out = torch.randn(case["n"], case["c"], *case["out"], generator=torch.Generator().manual_seed(6),
+                           dtype=torch.float64).to(dtype)
+    if layout == "channels_last":
+        x = channels_last(x)
+    given = (x.float(), w.float()) if autocast else (x, w)  # autocast rounds them to ``dtype`` itself
+    given = tuple(t.detach().requires_grad_() for t in given)
+    with torch.autocast("cpu", dtype=dtype, enabled=autocast):
+        out = run(case, *given)
+    gx, gw = torch.autograd.grad(out, given, grad_out)
+    assert out.dtype == dtype
+    # under autocast the gradients come back in float32, holding ``dtype`` values: the cast is exact
+    return (out, gx.to(dtype), gw.to(dtype)), (x, w, grad_out)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("dims", [1, 3])
+def test_low_precision_accumulates_in_float32(backend, dims, dtype, layout):
+    """Output and both gradients within half an ulp (plus the float32 sum's error bound) of the exact sum of the
+    rounded inputs: every one of the prod(kernel) taps summed in float32 and rounded once."""
+    case = LONG_SUMS[dims]
+    with use_backend(backend):
+        results, inputs = low_precision_results(case, dtype, layout)
+    geometry = (case["stride"], case["padding"], case["dilation"])
+    assert_op_accumulates_in_float32(results, *inputs, geometry, msg=f"{backend} {dims}-D {dtype} {layout}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("dims", [1, 3])
+def test_autocast_accumulates_in_float32(dims, dtype):
+    """float32 tensors under autocast: rounded to the autocast dtype once, then summed as above."""
+    case = LONG_SUMS[dims]
+    results, inputs = low_precision_results(case, dtype, "contiguous", autocast=True)
+    geometry = (case["stride"], case["padding"], case["dilation"])
+    assert_op_accumulates_in_float32(results, *inputs, geometry, msg=f"autocast {dims}-D {dtype}")
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_low_precision_random_geometries(backend, dims):
+    """Strides, paddings, dilations and groups of every kind in bfloat16, against the same bound."""
+    for seed in range(3):
+        case = random_case(dims, 40 + seed)
         with use_backend(backend):
-            out = run(case, x, w)
-        assert out.dtype == dtype
-        assert_matches_reference(out, reference(case, x, w), dtype=dtype)
-
-
-def test_autocast_runs_in_the_autocast_dtype():
-    case = random_case(3, 5)
-    x, w = tensors(case, torch.float32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = run(case, x, w)
-    assert out.dtype == torch.bfloat16
-    assert_matches_reference(out, reference(case, x, w), dtype=torch.bfloat16)
+            results, inputs = low_precision_results(case, torch.bfloat16, "channels_last" if seed % 2 else "contiguous")
+        geometry = (case["stride"], case["padding"], case["dilation"])
+        assert_op_accumulates_in_float32(results, *inputs, geometry, msg=f"{backend} {case}")
 
 
 @pytest.mark.parametrize("dims", [1, 3])

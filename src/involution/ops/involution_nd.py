@@ -13,12 +13,14 @@ Both reduce to :func:`~involution.ops.involution2d`'s registered op, so every ba
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ._library import involution2d_op
-from ._shapes import op_arguments
+from ._shapes import active_autocast_dtype, autocast_dtype_of, op_arguments
 
 
 def involution1d(
@@ -93,20 +95,37 @@ def _depth_taps(
     Tap ``t`` is one 2-D involution of the ``N * Do`` images ``padded[n, :, z * sd + t * dd]`` with the kernels
     ``w[n, :, t, :, :, z]``. The images are gathered channels-last (a copy of the input per tap, one alive at a
     time; a view when N == 1); the kernels are a view when the generator's output is channels_last_3d.
+
+    bfloat16/float16 (given, or chosen by autocast) are summed in float32 across all ``Kd * Kh * Kw`` taps and
+    rounded once: the input is widened once (so autograd sums the taps' input gradients in float32 too), each tap's
+    kernels as it is used, and each 2-D tap runs in float32 with autocast off.
     """
     (sd, *s2), (pd, *p2), (dd, *d2) = stride, padding, dilation
     n, c = x.shape[:2]
     do, ho, wo = out_size
     channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
-    padded = (F.pad(x, (0, 0, 0, 0, pd, pd)) if pd else x).contiguous(memory_format=torch.channels_last_3d)
+    out_dtype = autocast_dtype_of(x.dtype, active_autocast_dtype(x))
+    acc_dtype = torch.float32 if out_dtype in (torch.bfloat16, torch.float16) else out_dtype
+    # what autocast hands the op: both tensors rounded to its dtype (a no-op when autocast is off)
+    x, w = x.to(out_dtype), w.to(out_dtype)
+    padded = (F.pad(x, (0, 0, 0, 0, pd, pd)) if pd else x).to(acc_dtype, memory_format=torch.channels_last_3d)
     total = None
-    for t in range(w.shape[2]):
-        depths = padded[:, :, t * dd : t * dd + (do - 1) * sd + 1 : sd]  # (N, C, Do, H, W)
-        images = depths.permute(0, 2, 3, 4, 1).flatten(0, 1).permute(0, 3, 1, 2)  # (N*Do, C, H, W), NHWC
-        kernels = w[:, :, t].permute(0, 4, 1, 2, 3, 5, 6).flatten(0, 1)  # (N*Do, G, Kh, Kw, Ho, Wo)
-        y = involution2d_op(images, kernels, tuple(s2), tuple(p2), tuple(d2))
-        del images  # the gathered copy goes before the sum, which is done in place: one output less at the peak
-        total = y if total is None else total.add_(y)
+    with _autocast_off(x):
+        for t in range(w.shape[2]):
+            depths = padded[:, :, t * dd : t * dd + (do - 1) * sd + 1 : sd]  # (N, C, Do, H, W)
+            images = depths.permute(0, 2, 3, 4, 1).flatten(0, 1).permute(0, 3, 1, 2)  # (N*Do, C, H, W), NHWC
+            kernels = w[:, :, t].permute(0, 4, 1, 2, 3, 5, 6).to(acc_dtype).flatten(0, 1)  # (N*Do, G, Kh, Kw, ..)
+            y = involution2d_op(images, kernels, tuple(s2), tuple(p2), tuple(d2))
+            del images  # the gathered copy goes before the sum, which is done in place: one output less at the peak
+            total = y if total is None else total.add_(y)
     # (N*Do, C, Ho, Wo) channels-last is (N, Do, Ho, Wo, C) in memory: a NDHWC view of (N, C, Do, Ho, Wo)
     out = total.permute(0, 2, 3, 1).unflatten(0, (n, do)).permute(0, 4, 1, 2, 3)
-    return out.contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    return out.to(out_dtype, memory_format=layout)
+
+
+def _autocast_off(t: Tensor) -> contextlib.AbstractContextManager:
+    """Autocast switched off for ``t``'s device while the float32 taps run (it would round them again)."""
+    if active_autocast_dtype(t) is None:
+        return contextlib.nullcontext()
+    return torch.autocast(t.device.type, enabled=False)
