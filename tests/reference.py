@@ -74,24 +74,30 @@ def involution2d_naive(
     dilation: int | Sequence[int] = 1,
 ) -> Tensor:
     """The defining formula, one output element at a time (tiny shapes only): used to check the oracle itself."""
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
-    n_, c_, h_, w_ = input.shape
-    _, g_, kh, kw, ho, wo = weight.shape
-    x = input.detach().to(torch.float64).tolist()
-    w = weight.detach().to(torch.float64).tolist()
-    cg = c_ // g_
-    out = torch.zeros(n_, c_, ho, wo, dtype=torch.float64)
-    for n in range(n_):
-        for c in range(c_):
-            for i in range(ho):
-                for j in range(wo):
-                    acc = 0.0
-                    for u in range(kh):
-                        for v in range(kw):
-                            r, q = i * sh - ph + u * dh, j * sw - pw + v * dw
-                            if 0 <= r < h_ and 0 <= q < w_:
-                                acc += w[n][c // cg][u][v][i][j] * x[n][c][r][q]
-                    out[n, c, i, j] = acc
+    return involution_nd_naive(input, weight, _pair(stride), _pair(padding), _pair(dilation))
+
+
+def involution_nd_naive(
+    input: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]
+) -> Tensor:
+    """The defining formula in any number of spatial dimensions, one output element and one tap at a time, in
+    Python floats (tiny shapes only): the check of :func:`involution_nd_reference` and the 2-D oracle."""
+    import itertools
+
+    dims = input.dim() - 2
+    n_, c_, *size = input.shape
+    g_ = weight.shape[1]
+    kernel, out_size = weight.shape[2 : 2 + dims], weight.shape[2 + dims :]
+    x, w = input.detach().to(torch.float64), weight.detach().to(torch.float64)
+    out = torch.zeros(n_, c_, *out_size, dtype=torch.float64)
+    for n, c in itertools.product(range(n_), range(c_)):
+        for o in itertools.product(*(range(k) for k in out_size)):
+            acc = 0.0
+            for t in itertools.product(*(range(k) for k in kernel)):
+                at = tuple(oi * s - p + ti * d for oi, ti, s, p, d in zip(o, t, stride, padding, dilation))
+                if all(0 <= a < sz for a, sz in zip(at, size)):
+                    acc += float(w[(n, c // (c_ // g_), *t, *o)]) * float(x[(n, c, *at)])
+            out[(n, c, *o)] = acc
     return out
 
 

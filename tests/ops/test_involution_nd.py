@@ -13,7 +13,7 @@ import torch
 
 from involution.ops import involution1d, involution3d, output_size, use_backend
 from op_helpers import CPU_BACKENDS, assert_matches_reference, assert_op_accumulates_in_float32
-from reference import involution_nd_reference
+from reference import involution_nd_naive, involution_nd_reference
 
 OPS = {1: involution1d, 3: involution3d}
 
@@ -84,6 +84,17 @@ def test_forward_and_grads_match_the_reference(backend, dims, seed, layout):
     assert_matches_reference(gw, ew, msg=msg)
     if dims == 3 and layout == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last_3d)  # the layout goes through
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_the_reference_is_the_defining_formula(dims):
+    """The oracle every backend is held to, checked once against the formula written out term by term."""
+    for seed in range(3):
+        case = random_case(dims, 200 + seed, small=True)
+        x, w = tensors(case, torch.float64, seed)
+        geometry = (case["stride"], case["padding"], case["dilation"])
+        torch.testing.assert_close(involution_nd_reference(x, w, *geometry), involution_nd_naive(x, w, *geometry),
+                                   rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dims", [1, 3])
