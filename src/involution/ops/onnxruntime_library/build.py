@@ -2,30 +2,23 @@
 
 The library is built into ``<cache>/build/<hash>/`` (the hash covers ``involution_ort.cpp``, the NCHW kernels it
 shares with the PyTorch extension, ``involution_nchw.h``, the flags and onnxruntime's C API header) and written
-atomically: a concurrent or interrupted build never leaves a half-written ``.so`` behind.
+atomically: a concurrent or interrupted build never leaves a half-written ``.so`` behind
+(:mod:`.._runtime_build`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import subprocess
-import threading
 from pathlib import Path
 
-from ..._atomic import atomic_path
 from .._native import simd_flags
+from .._runtime_build import CSRC, KERNELS, BuildMemo, compile_library, no_compiler
+from .._runtime_build import build_key as _hash
 from .headers import cache_dir, require_headers
 
-_CSRC = Path(__file__).resolve().parent.parent / "csrc"
-_SOURCE = _CSRC / "involution_ort.cpp"
-# The NCHW kernels it includes, shared with the PyTorch extension (backends/cpu.py).
-_KERNELS = _CSRC / "involution_nchw.h"
+__all__ = ["build_key", "library_path", "no_compiler", "target"]
 
-_lock = threading.Lock()
-_built: dict[str, Path] = {}
-_errors: dict[str, str] = {}
+_SOURCE = CSRC / "involution_ort.cpp"
+_builds = BuildMemo()
 
 
 def _flags() -> list[str]:
@@ -34,11 +27,8 @@ def _flags() -> list[str]:
 
 def build_key(include: Path) -> str:
     """The hash naming the build of the library against the headers in ``include``."""
-    h = hashlib.sha256(_SOURCE.read_bytes())
-    h.update(_KERNELS.read_bytes())
-    h.update(" ".join(_flags()).encode())
-    h.update((include / "onnxruntime_c_api.h").read_bytes())
-    return h.hexdigest()[:16]
+    return _hash(_SOURCE.read_bytes(), KERNELS.read_bytes(), " ".join(_flags()),
+                 (include / "onnxruntime_c_api.h").read_bytes())
 
 
 def target(key: str) -> Path:
@@ -46,30 +36,9 @@ def target(key: str) -> Path:
     return cache_dir() / "build" / key / "libinvolution_ort.so"
 
 
-def _compiler() -> str:
-    return os.environ.get("CXX", "g++")
-
-
-def no_compiler() -> str | None:
-    """Why no compiler can run (None if one can)."""
-    if shutil.which(_compiler()) is None:
-        return f"no C++ compiler: {_compiler()!r} is not on PATH (set CXX or install g++)"
-    return None
-
-
 def _compile(include: Path, key: str) -> Path:
-    built = target(key)
-    if built.is_file():  # built before: no compiler needed
-        return built
-    problem = no_compiler()
-    if problem:
-        raise RuntimeError(problem)
-    with atomic_path(built) as tmp:
-        cmd = [_compiler(), *_flags(), f"-I{include}", f"-I{_CSRC}", str(_SOURCE), "-o", str(tmp)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"building the onnxruntime library failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
-    return built
+    args = [*_flags(), f"-I{include}", f"-I{CSRC}", str(_SOURCE)]
+    return compile_library(target(key), args, "the onnxruntime library")
 
 
 def library_path() -> Path:
@@ -80,13 +49,4 @@ def library_path() -> Path:
     """
     include = require_headers()
     key = build_key(include)
-    with _lock:
-        if key in _errors:
-            raise RuntimeError(_errors[key])
-        if key not in _built:
-            try:
-                _built[key] = _compile(include, key)
-            except RuntimeError as exc:
-                _errors[key] = str(exc)
-                raise
-        return _built[key]
+    return _builds.get(key, lambda: _compile(include, key))

@@ -17,6 +17,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from .._runtime_build import cache_root
+
 HEADER = "onnxruntime_cxx_api.h"
 # Debian trixie's headers of onnxruntime 1.21.0 (85 KB); the hash guards against a corrupt or substituted file.
 _DEB_NAME = "libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb"
@@ -30,8 +32,7 @@ _DEB_INCLUDE = "./usr/include/onnxruntime/"
 
 def cache_dir() -> Path:
     """``$INVOLUTION_CACHE/onnxruntime`` (default ``~/.cache/involution/onnxruntime``)."""
-    root = os.environ.get("INVOLUTION_CACHE") or Path.home() / ".cache" / "involution"
-    return Path(root) / "onnxruntime"
+    return cache_root() / "onnxruntime"
 
 
 def candidates() -> list[Path]:

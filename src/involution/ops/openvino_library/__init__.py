@@ -1,0 +1,77 @@
+"""The OpenVINO extension for involution (``ops/csrc/involution_ov.cpp``): build, load.
+
+The extension adds the operation ``Involution2d`` (opset ``involution``) to OpenVINO and maps the ONNX custom node
+``involution::Involution2d`` (what ``export_model(..., onnx_ops="custom")`` writes) to it, so that with it loaded
+OpenVINO reads such an ONNX file, or an IR (``.xml``) holding the op, and runs it on the CPU::
+
+    import openvino as ov
+    from involution.ops import openvino_library
+    core = openvino_library.add_extension(ov.Core())
+    compiled = core.compile_model(core.read_model("rednet50.xml"), "CPU")
+
+(or, without this package: ``core.add_extension(path)`` with the ``.so`` that :func:`library_path` builds; it needs
+only OpenVINO, not PyTorch.) :func:`involution.tasks.deploy.openvino_model` does this for a file.
+
+Building needs g++ and the ``openvino`` wheel from PyPI, which ships OpenVINO's C++ headers and libraries
+(:mod:`.build`). The cache is ``$INVOLUTION_CACHE/openvino`` (default ``~/.cache/involution/openvino``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._runtime_build import no_compiler
+from ..onnxruntime_library import DOMAIN, OP_TYPE
+from .build import INSTALL_HINT, cache_dir, find_openvino, library_path, require_openvino, target
+
+__all__ = [
+    "DOMAIN",
+    "INSTALL_HINT",
+    "OP_TYPE",
+    "add_extension",
+    "cache_dir",
+    "find_openvino",
+    "is_available",
+    "library_path",
+    "status",
+    "unavailable_reason",
+]
+
+
+def unavailable_reason() -> str | None:
+    """None if the extension can be built (or is), else why not."""
+    try:
+        library_path()
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
+def is_available() -> bool:
+    """Whether the extension can be built and loaded here."""
+    return unavailable_reason() is None
+
+
+def status() -> str:
+    """One line on the extension's state, without building it: built (where), buildable, or why not."""
+    try:
+        install = require_openvino()
+    except RuntimeError as exc:
+        return f"unavailable: {exc}"
+    built = target(install.key())
+    if built.is_file():
+        return f"built: {built}"
+    problem = no_compiler()
+    if problem:
+        return f"unavailable: {problem}"
+    return f"not built yet (openvino in {install.root}; built on first use)"
+
+
+def add_extension(core: Any) -> Any:
+    """Load the extension (built on first use) into the ``openvino.Core`` ``core``; returns ``core``.
+
+    Raises:
+        RuntimeError: the extension cannot be built (see :func:`library_path`).
+    """
+    core.add_extension(str(library_path()))
+    return core
