@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-#: The compiled pieces a run must have: the C++ "cpu" backend of the op, the onnxruntime custom-op library.
-PROMISED = ("cpu", "onnxruntime")
+#: The compiled pieces a run must have: the C++ "cpu" backend of the op, the onnxruntime custom-op library, the
+#: OpenVINO extension (which needs the openvino package of the test extra).
+PROMISED = ("cpu", "onnxruntime", "openvino")
 
 
 def required_backends() -> tuple[str, ...]:

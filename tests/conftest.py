@@ -1,10 +1,11 @@
-"""Shared fixtures: the backends that can run CPU tensors here, and the onnxruntime custom-op library.
+"""Shared fixtures: the backends that can run CPU tensors here, the onnxruntime custom-op library and the OpenVINO
+extension.
 
 The compiled pieces build on first use and, where they cannot, the package falls back (the op to pure PyTorch) and
 their tests skip. In CI that would hide a broken build behind a green run, so there the promised pieces are
-required: ``INVOLUTION_REQUIRE_BACKENDS`` (comma-separated: ``cpu``, ``onnxruntime``; default both when ``CI`` is
-set, none otherwise) turns their absence into failures that print the build error, and the op's fallback warning
-into an error.
+required: ``INVOLUTION_REQUIRE_BACKENDS`` (comma-separated: ``cpu``, ``onnxruntime``, ``openvino``; default all
+when ``CI`` is set, none otherwise) turns their absence into failures that print the build error, and the op's
+fallback warning into an error.
 """
 
 from __future__ import annotations
@@ -46,3 +47,17 @@ def ort_library():
             pytest.fail(message + " (required: INVOLUTION_REQUIRE_BACKENDS / CI)", pytrace=False)
         pytest.skip(message)
     return onnxruntime_library.library_path()
+
+
+@pytest.fixture(scope="session")
+def ov_library():
+    """The path of the OpenVINO extension, built here; skips, saying why, where it cannot be built (openvino not
+    installed among them), and fails instead where it is required (INVOLUTION_REQUIRE_BACKENDS / CI)."""
+    from involution.ops import openvino_library
+
+    reason = openvino_library.unavailable_reason()
+    if reason is not None:
+        if "openvino" in required_backends():
+            pytest.fail(f"{reason} (required: INVOLUTION_REQUIRE_BACKENDS / CI)", pytrace=False)
+        pytest.skip(reason)
+    return openvino_library.library_path()

@@ -22,11 +22,13 @@ def test_required_backend_is_built(name) -> None:
         if status != "available":
             pytest.fail(f"the C++ 'cpu' backend is required but did not build: {status}", pytrace=False)
     else:
-        from involution.ops import onnxruntime_library
+        from involution.ops import onnxruntime_library, openvino_library
 
-        reason = onnxruntime_library.unavailable_reason()
+        library, what = {"onnxruntime": (onnxruntime_library, "the onnxruntime custom-op library"),
+                         "openvino": (openvino_library, "the OpenVINO extension")}[name]
+        reason = library.unavailable_reason()
         if reason is not None:
-            pytest.fail(f"the onnxruntime custom-op library is required but unavailable: {reason}", pytrace=False)
+            pytest.fail(f"{what} is required but unavailable: {reason}", pytrace=False)
 
 
 def test_a_missing_required_backend_fails_the_run(tmp_path) -> None:
@@ -40,3 +42,21 @@ def test_a_missing_required_backend_fails_the_run(tmp_path) -> None:
     )
     assert done.returncode == 1, done.stdout[-2000:]
     assert "disabled by INVOLUTION_DISABLE_CPU_EXT" in done.stdout, done.stdout[-2000:]
+
+
+def test_a_missing_openvino_fails_a_ci_run(tmp_path) -> None:
+    """Under CI, openvino not installed (hidden here by a plugin) fails the run instead of skipping its tests."""
+    (tmp_path / "hide_openvino.py").write_text(
+        "import importlib.util\n"
+        "_find = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, *args: None if name == 'openvino' else _find(name, *args)\n"
+    )
+    env = {**os.environ, "CI": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    here = Path(__file__).parent
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "hide_openvino",
+         f"--rootdir={here.parent}", str(here / "test_required_backends.py"), "-k", "is_built and openvino"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False,
+    )
+    assert done.returncode == 1, done.stdout[-2000:]
+    assert "'openvino' package is not installed: pip install 'involution[openvino]'" in done.stdout, done.stdout[-2000:]

@@ -1,5 +1,6 @@
-"""``involution export`` (argument parsing over :func:`involution.tasks.deploy.export_model`) and ``involution
-onnxruntime fetch-headers|build|path`` (the custom-op library of :mod:`involution.ops.onnxruntime_library`)."""
+"""``involution export`` (argument parsing over :func:`involution.tasks.deploy.export_model`), ``involution
+onnxruntime fetch-headers|build|path`` (the custom-op library of :mod:`involution.ops.onnxruntime_library`) and
+``involution openvino build|path`` (the extension of :mod:`involution.ops.openvino_library`)."""
 
 from __future__ import annotations
 
@@ -41,12 +42,26 @@ def _cmd_onnxruntime(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_openvino(args: argparse.Namespace) -> int:
+    from ..ops.openvino_library import library_path
+
+    try:
+        path = library_path()
+    except RuntimeError as exc:  # no openvino, no compiler, a failed build: exit 1, as for the onnxruntime library
+        print(f"involution openvino: error: {exc}", file=sys.stderr)
+        return 1
+    print(path if args.action == "path" else f"built {path}")
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="export a model to ONNX or a torch.export program (.pt2), checked")
     export.add_argument("--model", required=True, help="registry name, e.g. rednet50")
     export.add_argument("--checkpoint", help="weights: an official mmcls .pth or this library's safetensors")
-    export.add_argument("--format", choices=("onnx", "exported-program"), default="onnx")
-    export.add_argument("--out", required=True, help="output file, e.g. rednet50.onnx or rednet50.pt2")
+    export.add_argument("--format", choices=("onnx", "exported-program", "openvino"), default="onnx",
+                        help="openvino: an OpenVINO IR (.xml, weights in the .bin beside it) with this package's "
+                             "C++ extension op")
+    export.add_argument("--out", required=True, help="output file, e.g. rednet50.onnx, rednet50.pt2 or rednet50.xml")
     export.add_argument("--input-size", type=positive_int, nargs="+", metavar="N",
                         help="example input C H W or H W (default: the model's pretrained_cfg input_size)")
     export.add_argument("--batch", type=positive_int, default=2,
@@ -67,3 +82,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ort.add_argument("action", choices=("fetch-headers", "build", "path"))
     ort.add_argument("--dest", help="fetch-headers: the include folder to fill (default: the cache)")
     ort.set_defaults(func=_cmd_onnxruntime)
+
+    what = "OpenVINO's involution extension: build it, or say where it is"
+    ov = sub.add_parser("openvino", help=what, description=what)
+    ov.add_argument("action", choices=("build", "path"))
+    ov.set_defaults(func=_cmd_openvino)

@@ -64,10 +64,19 @@ def compile_library(built: Path, args: Sequence[str], what: str) -> Path:
         raise RuntimeError(problem)
     with atomic_path(built) as tmp:
         cmd = [compiler(), *args, "-o", str(tmp)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"building {what} failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
     return built
+
+
+def why_unavailable(library_path: Callable[[], Path]) -> str | None:
+    """None if ``library_path()`` gives the library (building it if need be), else why it cannot (its error)."""
+    try:
+        library_path()
+    except RuntimeError as exc:
+        return str(exc)
+    return None
 
 
 class BuildMemo:

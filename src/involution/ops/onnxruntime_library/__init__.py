@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._runtime_build import why_unavailable
 from .build import build_key, library_path, no_compiler, target
 from .headers import cache_dir, fetch_headers, find_headers
 
@@ -41,11 +42,7 @@ OP_TYPE = "Involution2d"
 
 def unavailable_reason() -> str | None:
     """None if the library can be built (or is), else why not."""
-    try:
-        library_path()
-    except RuntimeError as exc:
-        return str(exc)
-    return None
+    return why_unavailable(library_path)
 
 
 def status() -> str:

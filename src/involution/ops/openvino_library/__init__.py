@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._runtime_build import no_compiler
+from .._runtime_build import no_compiler, why_unavailable
 from ..onnxruntime_library import DOMAIN, OP_TYPE
 from .build import INSTALL_HINT, cache_dir, find_openvino, library_path, require_openvino, target
 
@@ -40,11 +40,7 @@ __all__ = [
 
 def unavailable_reason() -> str | None:
     """None if the extension can be built (or is), else why not."""
-    try:
-        library_path()
-    except RuntimeError as exc:
-        return str(exc)
-    return None
+    return why_unavailable(library_path)
 
 
 def is_available() -> bool:

@@ -1,16 +1,20 @@
 """Compiling the OpenVINO extension (``ops/csrc/involution_ov.cpp``) with g++ against the installed ``openvino``
 wheel, which ships the C++ headers (``openvino/include``) and the libraries (``openvino/libs``) it needs.
 
-The extension links OpenVINO's core library and the TBB that OpenVINO runs on, both by their versioned names (the
-wheel has no unversioned ``.so`` links). It is built into ``<cache>/build/<hash>/`` (the hash covers
-``involution_ov.cpp``, the shared NCHW kernels ``involution_nchw.h``, the flags, OpenVINO's version header and the
-names of the libraries linked), atomically (:mod:`.._runtime_build`). No run path is recorded: the library is
-loaded into a process that already runs OpenVINO, whose libraries the loader finds by their names.
+The extension links OpenVINO's core library, its ONNX frontend (whose conversion class it extends; OpenVINO 2025
+keeps part of it there, 2026 in the headers, and the link is then dropped) and the TBB that OpenVINO runs on, by
+their versioned names (the wheel has no unversioned ``.so`` links), with the wheel's ``libs`` folder as run path.
+It is compiled with the C++ library ABI OpenVINO was built with, which its CMake config states
+(``OpenVINO_GLIBCXX_USE_CXX11_ABI``: 0 in the manylinux2014 wheels of 2025, 1 in the manylinux_2_28 ones of 2026).
+It is built into ``<cache>/build/<hash>/`` (the hash covers ``involution_ov.cpp``, the shared NCHW kernels
+``involution_nchw.h``, the flags, OpenVINO's version header and the libraries linked), atomically
+(:mod:`.._runtime_build`).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +25,11 @@ __all__ = ["OpenVINOInstall", "cache_dir", "find_openvino", "library_path", "req
 
 _SOURCE = CSRC / "involution_ov.cpp"
 INSTALL_HINT = "pip install 'involution[openvino]' (or: pip install openvino)"
-# What the build reads from the wheel: a header of the op API, of TBB, and the version header.
-_HEADERS = ("openvino/op/op.hpp", "tbb/parallel_for.h", "openvino/core/version.hpp")
+# What the build reads from the wheel: a header of the op API, of the ONNX frontend, of TBB, and the version header.
+_HEADERS = ("openvino/op/op.hpp", "openvino/frontend/onnx/extension/conversion.hpp", "tbb/parallel_for.h",
+            "openvino/core/version.hpp")
+_LIBRARIES = ("libopenvino", "libopenvino_onnx_frontend", "libtbb")
+_CMAKE_CONFIG = "cmake/OpenVINOConfig.cmake"
 _builds = BuildMemo()
 
 
@@ -33,12 +40,18 @@ class OpenVINOInstall:
     root: Path
     include: Path
     libraries: tuple[Path, ...]
+    cxx11_abi: str  # "0" or "1": the _GLIBCXX_USE_CXX11_ABI OpenVINO was compiled with
+
+    def flags(self) -> list[str]:
+        """The compiler and linker flags of the build (before the source and the libraries)."""
+        return [*_flags(), f"-D_GLIBCXX_USE_CXX11_ABI={self.cxx11_abi}", "-Wl,--as-needed",
+                f"-Wl,-rpath,{self.libraries[0].parent}", f"-I{self.include}", f"-I{CSRC}"]
 
     def key(self) -> str:
         """The hash naming the extension's build against this install."""
-        return build_key(_SOURCE.read_bytes(), KERNELS.read_bytes(), " ".join(_flags()),
+        return build_key(_SOURCE.read_bytes(), KERNELS.read_bytes(), " ".join(self.flags()),
                          (self.include / "openvino/core/version.hpp").read_bytes(),
-                         " ".join(p.name for p in self.libraries))
+                         " ".join(map(str, self.libraries)))
 
 
 def cache_dir() -> Path:
@@ -68,11 +81,19 @@ def _locate() -> tuple[OpenVINOInstall | None, str | None]:
     if missing:
         return None, (f"openvino at {root} ships no C++ headers (no {include / missing[0]}); install the openvino "
                       "wheel from PyPI, which has them")
-    found = {stem: _library(libs, stem) for stem in ("libopenvino", "libtbb")}
+    found = {stem: _library(libs, stem) for stem in _LIBRARIES}
     absent = [stem for stem, path in found.items() if path is None]
     if absent:
         return None, f"openvino at {root} has no {libs / absent[0]}.so.* to link the extension with"
-    return OpenVINOInstall(root, include, tuple(found.values())), None
+    return OpenVINOInstall(root, include, tuple(found.values()), _cxx11_abi(root)), None
+
+
+def _cxx11_abi(root: Path) -> str:
+    """The ``_GLIBCXX_USE_CXX11_ABI`` that OpenVINO's CMake config at ``root`` states (default 1: gcc's)."""
+    config = root / _CMAKE_CONFIG
+    text = config.read_text(errors="replace") if config.is_file() else ""
+    match = re.search(r'set\(OpenVINO_GLIBCXX_USE_CXX11_ABI "([01])"\)', text)
+    return match.group(1) if match else "1"
 
 
 def find_openvino() -> OpenVINOInstall | None:
@@ -94,7 +115,7 @@ def target(key: str) -> Path:
 
 
 def _compile(install: OpenVINOInstall, key: str) -> Path:
-    args = [*_flags(), f"-I{install.include}", f"-I{CSRC}", str(_SOURCE), *map(str, install.libraries)]
+    args = [*install.flags(), str(_SOURCE), *map(str, install.libraries)]
     return compile_library(target(key), args, "the OpenVINO extension")
 
 

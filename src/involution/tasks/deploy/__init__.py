@@ -3,6 +3,8 @@
 >>> from involution.tasks.deploy import export_model
 >>> export_model("rednet26", "rednet26.onnx")                       # dynamic batch and image size
 >>> export_model("rednet50", "rednet50.pt2", format="exported-program", checkpoint="rednet50.pth")
+>>> export_model("rednet50", "rednet50.xml", format="openvino")          # + rednet50.bin
+>>> compiled = openvino_model("rednet50.xml", precision="bf16", threads=2)
 
 * ``format="onnx"``: ``torch.export.export`` with dynamic batch/height/width, then ``torch.onnx.export`` (the
   torch.export-based exporter) with the involution op lowered to standard ONNX operators
@@ -14,6 +16,10 @@
 * ``format="exported-program"``: ``torch.export.export`` + ``torch.export.save`` (a ``.pt2`` archive). The
   program calls ``torch.ops.involution.involution2d``, so load it with ``torch.export.load`` in a process that has
   imported ``involution`` (which registers the op). It is checked by loading it back and comparing with eager.
+* ``format="openvino"``: an OpenVINO IR (``NAME.xml`` + ``NAME.bin``, float32 weights; dynamic batch and image
+  size) whose involutions are the op of this package's C++ OpenVINO extension
+  (:mod:`involution.ops.openvino_library`), checked in OpenVINO (f32) against eager. :func:`openvino_model` compiles
+  it (or an ONNX file) for the CPU with the extension loaded, in ``precision="f32"`` or ``"bf16"``.
 
 Models are exported in eval mode and traced under ``torch.no_grad()`` (batch norm uses its running statistics;
 ``recompute_kernel`` only matters for gradients, so it plays no part), with every BatchNorm that follows a
@@ -22,7 +28,8 @@ convolution folded into it (:func:`involution.layers.fuse.fuse_conv_bn_`; ``fuse
 
 from .export import FORMATS, export_model
 from .loading import check_destination, load_export_model
+from .openvino_file import check_openvino, openvino_model
 from .verify import ExportCheck, check_exported_program, check_onnx, onnx_session
 
-__all__ = ["FORMATS", "ExportCheck", "check_destination", "check_exported_program", "check_onnx", "export_model",
-           "load_export_model", "onnx_session"]
+__all__ = ["FORMATS", "ExportCheck", "check_destination", "check_exported_program", "check_onnx", "check_openvino",
+           "export_model", "load_export_model", "onnx_session", "openvino_model"]

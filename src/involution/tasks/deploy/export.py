@@ -16,10 +16,11 @@ from torch import Tensor, nn
 from ...layers.fuse import fuse_conv_bn_
 from .loading import check_destination, load_export_model
 from .onnx_file import INSTALL_HINT, require, write_onnx
+from .openvino_file import check_openvino, prepare_openvino_export, weights_file, write_openvino
 from .shapes import DIM_NAMES, check_shape, dynamic_dims, dynamic_shapes, example_shape, random_input
 from .verify import assert_close, check_exported_program, check_onnx
 
-FORMATS = ("onnx", "exported-program")
+FORMATS = ("onnx", "exported-program", "openvino")
 
 
 def export_model(
@@ -33,9 +34,11 @@ def export_model(
 
     Args:
         model_or_name: a registry name (``"rednet50"``) or a module.
-        out: the file to write (``.onnx`` or ``.pt2`` by convention); its folder is created. It is written under a
-            temporary name beside it, checked (``verify``), then renamed: a failed export leaves ``out`` as it was.
-        format: ``"onnx"`` or ``"exported-program"``.
+        out: the file to write (``.onnx`` or ``.pt2`` by convention; ``.xml`` for ``"openvino"``, whose weights
+            go to the ``.bin`` beside it); its folder is created. It is written under a temporary name beside it,
+            checked (``verify``), then renamed: a failed export leaves ``out`` as it was.
+        format: ``"onnx"``, ``"exported-program"`` or ``"openvino"`` (an OpenVINO IR whose involutions are the op
+            of :mod:`involution.ops.openvino_library`; run it with :func:`openvino_model`).
         checkpoint: weights to load first (official mmcls ``.pth`` or this library's safetensors).
         input_size: the example input's ``(C, H, W)`` or ``(H, W)``; default ``model.pretrained_cfg["input_size"]``.
         batch_size: the example's batch (default 2: torch.export specialises a batch of 1 to a constant).
@@ -43,29 +46,34 @@ def export_model(
             are fixed anyway when the example makes a feature map 1 pixel wide, and the batch when it is 1
             (torch.export would specialise the program to those sizes); the log says so.
         num_classes: classifier outputs (a name only; default the model's 1000, 0: pooled features).
-        verify: run the exported model (onnxruntime for ONNX, if installed; the loaded program otherwise) on a
+        verify: run the exported model (onnxruntime for ONNX, if installed; OpenVINO for an IR; the loaded
+            program otherwise) on a
             random input of another batch and size (if dynamic) and compare with eager PyTorch.
         rtol: the largest accepted max abs error, relative to the largest output (at least 1).
         opset: ONNX opset, at least 18 (default: the exporter's).
         onnx_ops: how involution is written in ONNX: ``"standard"`` operators (runs in any ONNX runtime) or one
             ``"custom"`` ``involution::Involution2d`` node per layer (onnxruntime with the library of
-            :mod:`involution.ops.onnxruntime_library`, which ``check_onnx``/``onnx_session`` load).
+            :mod:`involution.ops.onnxruntime_library`, which ``check_onnx``/``onnx_session`` load). An OpenVINO IR
+            always holds the extension's op.
         fuse: fold every BatchNorm that follows a convolution into it before exporting (default; a copy is
             folded, the check compares with the unfolded model).
         log: called with one line per step (e.g. ``print``); silent by default.
         **model_kwargs: passed to ``create_model`` with a name (``features_only=True``, ``width=0.5`` ...).
 
     Raises:
-        ValueError: unknown format or model name, bad ``input_size``; ``out`` is the ``checkpoint`` file itself.
+        ValueError: unknown format or model name, bad ``input_size``; ``out`` is the ``checkpoint`` file itself;
+            an OpenVINO ``out`` not ending in ``.xml``.
         IsADirectoryError: ``out`` is a directory.
         FileNotFoundError: missing checkpoint.
-        ImportError: onnx / onnxscript missing for ONNX export (naming the pip install).
-        RuntimeError: the exported model disagrees with eager PyTorch.
+        ImportError: onnx / onnxscript (/ openvino) missing for ONNX (OpenVINO) export (naming the pip install).
+        RuntimeError: the exported model disagrees with eager PyTorch; a runtime library cannot be built.
     """
     _check_request(format, opset, onnx_ops, verify)
     say = log or (lambda _msg: None)
     out = Path(out)
     check_destination(out, checkpoint)
+    if format == "openvino":
+        prepare_openvino_export(out)
     model = load_export_model(model_or_name, checkpoint, num_classes, **model_kwargs)
     example = random_input(example_shape(model, input_size, batch_size))
     dims = dynamic_dims(model, example, dynamic, say)
@@ -115,24 +123,32 @@ def _write_checked(
     rename it to ``out``: a failed export (or a crash) leaves ``out`` as it was and no temporary file."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")  # torch.export.save wants .pt2 kept
+    weights = [(weights_file(tmp), weights_file(out))] if format == "openvino" else []  # an IR's .bin
     try:
         if format == "onnx":
             write_onnx(program, example, tmp, opset, onnx_ops)
             what = "onnx.checker passed"
+        elif format == "openvino":
+            write_openvino(program, example, tmp, opset)
+            what = f"OpenVINO IR, weights in {weights_file(out).name}, run it with openvino_model"
         else:
             torch.export.save(program, str(tmp))
             what = "load it with torch.export.load after `import involution`"
-        size = f"{tmp.stat().st_size / 2**20:.1f} MiB"
+        size = f"{sum(p.stat().st_size for p in (tmp, *(w for w, _ in weights))) / 2**20:.1f} MiB"
         checked = verify and (format != "onnx" or importlib.util.find_spec("onnxruntime") is not None)
         if verify and not checked:
             say(f"onnxruntime not installed, run check skipped ({INSTALL_HINT})")
         if checked:
             say(f"exported ({size}), {what}; comparing with eager PyTorch before writing {out}")
-            check = check_onnx if format == "onnx" else check_exported_program
+            check = {"onnx": check_onnx, "openvino": check_openvino}.get(format, check_exported_program)
             say(str(assert_close(check(tmp, model, check_shape(tuple(example.shape), dims)), rtol)))
+        for written, final in weights:  # the weights first: the graph file names the finished export
+            os.replace(written, final)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+        for written, _ in weights:
+            written.unlink(missing_ok=True)
     if not checked:
         say(f"wrote {out} ({size}), {what}")
     return out
