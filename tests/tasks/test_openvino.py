@@ -100,7 +100,7 @@ def _without_involutions(model, x):
         return exact(x.double())
 
 
-def _native_bf16() -> bool:
+def _bf16_supported() -> bool:
     import openvino as ov
 
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -118,19 +118,19 @@ def test_bf16_is_as_exact_as_bf16_arithmetic_allows(cli_ir, rednet):
     be within 2x autocast's (measured 1.04-1.06x on four inputs). The involutions together move the logits by
     over 10x that (asserted), so the bound is not vacuous; but the first ones alone move them by less than bf16
     rounding does (about 1e-3 of the output), so each layer is checked by the f32 test (1e-5) and the op's own
-    bf16 arithmetic by tests/ops/test_openvino_library.py. Without native bf16 in OpenVINO
-    (OPTIMIZATION_CAPABILITIES lacks BF16) the hint falls back to f32, and the f32 bound applies instead."""
+    bf16 arithmetic by tests/ops/test_openvino_library.py. Where OpenVINO has no bf16 on this CPU (no "BF16" in
+    OPTIMIZATION_CAPABILITIES: no AVX-512) it ignores the hint and runs f32, and the f32 bound applies instead."""
     import openvino as ov
 
     model, _ = rednet
     compiled = openvino_model(cli_ir[2], precision="bf16", threads=2)
-    native = _native_bf16()
-    assert compiled.get_property("INFERENCE_PRECISION_HINT") == (ov.Type.bf16 if native else ov.Type.f32)
+    supported = _bf16_supported()
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == (ov.Type.bf16 if supported else ov.Type.f32)
     inputs = _inputs()
     for x, expected in zip(inputs, _float64_outputs(model, inputs)):
         got = _run(compiled, x)
         scale = float(expected.abs().max())
-        if not native:
+        if not supported:
             assert float((got - expected).abs().max()) <= 1e-5 * scale, tuple(x.shape)
             continue
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

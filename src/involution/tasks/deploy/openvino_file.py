@@ -87,9 +87,10 @@ def openvino_model(path: str | os.PathLike, precision: str = "f32", threads: int
     loaded: an ``openvino.CompiledModel``; call it with an ``(N, C, H, W)`` float32 array.
 
     Args:
-        precision: ``"f32"`` or ``"bf16"`` (OpenVINO's ``INFERENCE_PRECISION_HINT``): in bf16, layers OpenVINO
-            runs in bf16 (convolutions ...) do so on CPUs with native bf16 (see ``OPTIMIZATION_CAPABILITIES``);
-            the involutions stay float32 sums of their bf16-rounded inputs.
+        precision: ``"f32"`` or ``"bf16"`` (OpenVINO's ``INFERENCE_PRECISION_HINT``): in bf16, the layers
+            OpenVINO runs in bf16 (convolutions ...) do so on CPUs where it supports bf16 ("BF16" among the CPU's
+            ``OPTIMIZATION_CAPABILITIES``: AVX-512 and later, fast with native bf16 instructions); elsewhere
+            OpenVINO ignores the hint and runs f32. The involutions stay float32 sums of their bf16-rounded inputs.
         threads: inference threads (``INFERENCE_NUM_THREADS``; default OpenVINO's: one per core). The extension's
             kernel runs on the same threads.
 
