@@ -45,8 +45,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="export a model to ONNX or a torch.export program (.pt2), checked")
     export.add_argument("--model", required=True, help="registry name, e.g. rednet50")
     export.add_argument("--checkpoint", help="weights: an official mmcls .pth or this library's safetensors")
-    export.add_argument("--format", choices=("onnx", "exported-program"), default="onnx")
-    export.add_argument("--out", required=True, help="output file, e.g. rednet50.onnx or rednet50.pt2")
+    export.add_argument("--format", choices=("onnx", "exported-program"),
+                        help="default: the one --out's extension names (.onnx: onnx, .pt2: exported-program)")
+    export.add_argument("--out", required=True,
+                        help="output file, e.g. rednet50.onnx or rednet50.pt2; an existing file is replaced only if "
+                             "it is an export in the same format (never a checkpoint)")
     export.add_argument("--input-size", type=positive_int, nargs="+", metavar="N",
                         help="example input C H W or H W (default: the model's pretrained_cfg input_size)")
     export.add_argument("--batch", type=positive_int, default=2,

@@ -3,6 +3,7 @@ eager PyTorch, and only then put it at the destination."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import os
@@ -13,17 +14,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..._atomic import io_failure, write_error
 from ...layers.fuse import fuse_conv_bn_
-from .loading import check_destination, load_export_model
+from .destination import EXTENSIONS, FORMATS, check_destination
+from .loading import load_export_model
 from .onnx_file import INSTALL_HINT, require, write_onnx
 from .shapes import DIM_NAMES, check_shape, dynamic_dims, dynamic_shapes, example_shape, random_input
 from .verify import assert_close, check_exported_program, check_onnx
 
-FORMATS = ("onnx", "exported-program")
+__all__ = ["FORMATS", "export_model"]
+_SUFFIXES = {format: suffix for suffix, format in EXTENSIONS.items()}
 
 
 def export_model(
-    model_or_name: nn.Module | str, out: str | os.PathLike, format: str = "onnx",
+    model_or_name: nn.Module | str, out: str | os.PathLike, format: str | None = None,
     checkpoint: str | os.PathLike | None = None, input_size: Sequence[int] | None = None, batch_size: int = 2,
     dynamic: bool = True, num_classes: int | None = None, verify: bool = True, rtol: float = 1e-4,
     opset: int | None = None, onnx_ops: str = "standard", fuse: bool = True, log: Callable[[str], None] | None = None,
@@ -33,9 +37,11 @@ def export_model(
 
     Args:
         model_or_name: a registry name (``"rednet50"``) or a module.
-        out: the file to write (``.onnx`` or ``.pt2`` by convention); its folder is created. It is written under a
-            temporary name beside it, checked (``verify``), then renamed: a failed export leaves ``out`` as it was.
-        format: ``"onnx"`` or ``"exported-program"``.
+        out: the file to write; its folder is created. It is written under a temporary name beside it, checked
+            (``verify``), then renamed: a failed export leaves ``out`` as it was. An existing ``out`` is replaced
+            only if it is an export in the same format: never a checkpoint, nor any other file.
+        format: ``"onnx"`` or ``"exported-program"``; default: the one ``out``'s extension names (``.onnx``,
+            ``.pt2``). Given, it must agree with a ``.onnx`` or ``.pt2`` extension.
         checkpoint: weights to load first (official mmcls ``.pth`` or this library's safetensors).
         input_size: the example input's ``(C, H, W)`` or ``(H, W)``; default ``model.pretrained_cfg["input_size"]``.
         batch_size: the example's batch (default 2: torch.export specialises a batch of 1 to a constant).
@@ -56,16 +62,21 @@ def export_model(
         **model_kwargs: passed to ``create_model`` with a name (``features_only=True``, ``width=0.5`` ...).
 
     Raises:
-        ValueError: unknown format or model name, bad ``input_size``; ``out`` is the ``checkpoint`` file itself.
+        ValueError: unknown format or model name, bad ``input_size``; no format and an extension that names none,
+            or a format that contradicts it; ``out`` has a checkpoint's extension (``.pt``, ``.pth``,
+            ``.safetensors``, ...), is the ``checkpoint`` file itself, or is an existing file other than an export
+            in the same format.
         IsADirectoryError: ``out`` is a directory.
+        involution._atomic.WriteError: ``out`` cannot be written (a file where a folder should be, a folder that
+            refuses new files, a full disk), naming ``out`` and the cause.
         FileNotFoundError: missing checkpoint.
         ImportError: onnx / onnxscript missing for ONNX export (naming the pip install).
         RuntimeError: the exported model disagrees with eager PyTorch.
     """
+    out = Path(out)
+    format = check_destination(out, format, checkpoint)
     _check_request(format, opset, onnx_ops, verify)
     say = log or (lambda _msg: None)
-    out = Path(out)
-    check_destination(out, checkpoint)
     model = load_export_model(model_or_name, checkpoint, num_classes, **model_kwargs)
     example = random_input(example_shape(model, input_size, batch_size))
     dims = dynamic_dims(model, example, dynamic, say)
@@ -74,9 +85,7 @@ def export_model(
 
 
 def _check_request(format: str, opset: int | None, onnx_ops: str, verify: bool) -> None:
-    """Refuse a bad format, opset or ``onnx_ops``, or missing packages, before the (slow) tracing."""
-    if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    """Refuse a bad opset or ``onnx_ops``, or missing packages, before the (slow) tracing."""
     if opset is not None and opset < 18:
         raise ValueError(f"opset {opset} is too old: the involution lowering uses opset 18 operators; use >= 18")
     if format != "onnx":
@@ -113,15 +122,10 @@ def _write_checked(
 ) -> Path:
     """Write ``program`` beside ``out`` under a temporary name, check it there against ``model``, and only then
     rename it to ``out``: a failed export (or a crash) leaves ``out`` as it was and no temporary file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")  # torch.export.save wants .pt2 kept
+    # torch.export.save wants the .pt2 extension kept (it warns otherwise)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{_SUFFIXES[format]}")
     try:
-        if format == "onnx":
-            write_onnx(program, example, tmp, opset, onnx_ops)
-            what = "onnx.checker passed"
-        else:
-            torch.export.save(program, str(tmp))
-            what = "load it with torch.export.load after `import involution`"
+        what = _write(program, example, tmp, out, format, opset, onnx_ops)
         size = f"{tmp.stat().st_size / 2**20:.1f} MiB"
         checked = verify and (format != "onnx" or importlib.util.find_spec("onnxruntime") is not None)
         if verify and not checked:
@@ -130,9 +134,34 @@ def _write_checked(
             say(f"exported ({size}), {what}; comparing with eager PyTorch before writing {out}")
             check = check_onnx if format == "onnx" else check_exported_program
             say(str(assert_close(check(tmp, model, check_shape(tuple(example.shape), dims)), rtol)))
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError as err:
+            raise write_error(out, err) from err
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. ENOTDIR: the error being raised says more
+            tmp.unlink(missing_ok=True)
     if not checked:
         say(f"wrote {out} ({size}), {what}")
     return out
+
+
+def _write(
+    program: torch.export.ExportedProgram, example: Tensor, tmp: Path, out: Path, format: str, opset: int | None,
+    onnx_ops: str,
+) -> str:
+    """Write ``program`` at ``tmp`` in ``format`` (creating ``out``'s folder); returns what was checked. A failure
+    to write is a one-line :class:`~involution._atomic.WriteError` naming ``out`` and the cause, not the writer's
+    ("[enforce fail at inline_container.cc ...]", or an errno naming the temporary file)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if format == "onnx":
+            write_onnx(program, example, tmp, opset, onnx_ops)
+            return "onnx.checker passed"
+        try:
+            torch.export.save(program, str(tmp))
+        except RuntimeError as err:  # torch's archive writer: a full disk, a folder that refuses the file ...
+            raise io_failure(err) from err
+        return "load it with torch.export.load after `import involution`"
+    except OSError as err:
+        raise write_error(out, err) from err
