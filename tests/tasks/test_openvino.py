@@ -153,8 +153,10 @@ def test_bad_precision_threads_and_paths_are_clear_errors(cli_ir, tmp_path):
 def test_an_openvino_export_must_be_named_xml(ov_library, rednet, tmp_path, capsys):
     """Refused before tracing, with one line on the command line (exit 2), and nothing written."""
     model, ckpt = rednet
-    with pytest.raises(ValueError, match=r"must end in \.xml"):
+    with pytest.raises(ValueError, match=r"contradicts the extension \.onnx"):
         export_model(model, tmp_path / "model.onnx", format="openvino")
+    with pytest.raises(ValueError, match=r"must end in \.xml"):
+        export_model(model, tmp_path / "model.ir", format="openvino")
     code = main(["export", "--model", "rednet26_small", "--checkpoint", str(ckpt), "--format", "openvino",
                  "--out", str(tmp_path / "model.ir")])
     err = capsys.readouterr().err

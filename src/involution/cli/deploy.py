@@ -58,10 +58,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="export a model to ONNX or a torch.export program (.pt2), checked")
     export.add_argument("--model", required=True, help="registry name, e.g. rednet50")
     export.add_argument("--checkpoint", help="weights: an official mmcls .pth or this library's safetensors")
-    export.add_argument("--format", choices=("onnx", "exported-program", "openvino"), default="onnx",
-                        help="openvino: an OpenVINO IR (.xml, weights in the .bin beside it) with this package's "
-                             "C++ extension op")
-    export.add_argument("--out", required=True, help="output file, e.g. rednet50.onnx, rednet50.pt2 or rednet50.xml")
+    export.add_argument("--format", choices=("onnx", "exported-program", "openvino"),
+                        help="default: the one --out's extension names (.onnx: onnx, .pt2: exported-program, "
+                             ".xml: openvino, an OpenVINO IR with this package's C++ extension op, its weights in "
+                             "the .bin beside it)")
+    export.add_argument("--out", required=True,
+                        help="output file, e.g. rednet50.onnx, rednet50.pt2 or rednet50.xml; an existing file is "
+                             "replaced only if it is an export in the same format (never a checkpoint)")
     export.add_argument("--input-size", type=positive_int, nargs="+", metavar="N",
                         help="example input C H W or H W (default: the model's pretrained_cfg input_size)")
     export.add_argument("--batch", type=positive_int, default=2,

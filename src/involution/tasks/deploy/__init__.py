@@ -2,8 +2,8 @@
 
 >>> from involution.tasks.deploy import export_model
 >>> export_model("rednet26", "rednet26.onnx")                       # dynamic batch and image size
->>> export_model("rednet50", "rednet50.pt2", format="exported-program", checkpoint="rednet50.pth")
->>> export_model("rednet50", "rednet50.xml", format="openvino")          # + rednet50.bin
+>>> export_model("rednet50", "rednet50.pt2", checkpoint="rednet50.pth")  # .pt2: format="exported-program"
+>>> export_model("rednet50", "rednet50.xml")                              # OpenVINO IR, + rednet50.bin
 >>> compiled = openvino_model("rednet50.xml", precision="bf16", threads=2)
 
 * ``format="onnx"``: ``torch.export.export`` with dynamic batch/height/width, then ``torch.onnx.export`` (the
@@ -26,10 +26,11 @@ Models are exported in eval mode and traced under ``torch.no_grad()`` (batch nor
 convolution folded into it (:func:`involution.layers.fuse.fuse_conv_bn_`; ``fuse=False`` keeps them).
 """
 
-from .export import FORMATS, export_model
-from .loading import check_destination, load_export_model
+from .destination import FORMATS, check_destination, export_format
+from .export import export_model
+from .loading import load_export_model
 from .openvino_file import check_openvino, openvino_model
 from .verify import ExportCheck, check_exported_program, check_onnx, onnx_session
 
 __all__ = ["FORMATS", "ExportCheck", "check_destination", "check_exported_program", "check_onnx", "check_openvino",
-           "export_model", "load_export_model", "onnx_session", "openvino_model"]
+           "export_format", "export_model", "load_export_model", "onnx_session", "openvino_model"]

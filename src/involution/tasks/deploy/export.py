@@ -1,8 +1,9 @@
-"""``export_model``: trace a model with ``torch.export``, write it as ONNX or a ``.pt2`` program, check it against
-eager PyTorch, and only then put it at the destination."""
+"""``export_model``: trace a model with ``torch.export``, write it as ONNX, a ``.pt2`` program or an OpenVINO IR,
+check it against eager PyTorch, and only then put it at the destination."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import os
@@ -13,18 +14,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..._atomic import io_failure, write_error
 from ...layers.fuse import fuse_conv_bn_
-from .loading import check_destination, load_export_model
+from .destination import EXTENSIONS, FORMATS, check_destination
+from .loading import load_export_model
 from .onnx_file import INSTALL_HINT, require, write_onnx
 from .openvino_file import check_openvino, prepare_openvino_export, weights_file, write_openvino
 from .shapes import DIM_NAMES, check_shape, dynamic_dims, dynamic_shapes, example_shape, random_input
 from .verify import assert_close, check_exported_program, check_onnx
 
-FORMATS = ("onnx", "exported-program", "openvino")
+__all__ = ["FORMATS", "export_model"]
+_SUFFIXES = {format: suffix for suffix, format in EXTENSIONS.items()}
 
 
 def export_model(
-    model_or_name: nn.Module | str, out: str | os.PathLike, format: str = "onnx",
+    model_or_name: nn.Module | str, out: str | os.PathLike, format: str | None = None,
     checkpoint: str | os.PathLike | None = None, input_size: Sequence[int] | None = None, batch_size: int = 2,
     dynamic: bool = True, num_classes: int | None = None, verify: bool = True, rtol: float = 1e-4,
     opset: int | None = None, onnx_ops: str = "standard", fuse: bool = True, log: Callable[[str], None] | None = None,
@@ -34,11 +38,13 @@ def export_model(
 
     Args:
         model_or_name: a registry name (``"rednet50"``) or a module.
-        out: the file to write (``.onnx`` or ``.pt2`` by convention; ``.xml`` for ``"openvino"``, whose weights
-            go to the ``.bin`` beside it); its folder is created. It is written under a temporary name beside it,
-            checked (``verify``), then renamed: a failed export leaves ``out`` as it was.
+        out: the file to write; its folder is created. It is written under a temporary name beside it, checked
+            (``verify``), then renamed: a failed export leaves ``out`` as it was. An existing ``out`` is replaced
+            only if it is an export in the same format: never a checkpoint, nor any other file.
         format: ``"onnx"``, ``"exported-program"`` or ``"openvino"`` (an OpenVINO IR whose involutions are the op
-            of :mod:`involution.ops.openvino_library`; run it with :func:`openvino_model`).
+            of :mod:`involution.ops.openvino_library`, its weights in the ``.bin`` beside the ``.xml``; run it with
+            :func:`openvino_model`); default: the one ``out``'s extension names (``.onnx``, ``.pt2``, ``.xml``).
+            Given, it must agree with such an extension.
         checkpoint: weights to load first (official mmcls ``.pth`` or this library's safetensors).
         input_size: the example input's ``(C, H, W)`` or ``(H, W)``; default ``model.pretrained_cfg["input_size"]``.
         batch_size: the example's batch (default 2: torch.export specialises a batch of 1 to a constant).
@@ -61,17 +67,21 @@ def export_model(
         **model_kwargs: passed to ``create_model`` with a name (``features_only=True``, ``width=0.5`` ...).
 
     Raises:
-        ValueError: unknown format or model name, bad ``input_size``; ``out`` is the ``checkpoint`` file itself;
-            an OpenVINO ``out`` not ending in ``.xml``.
+        ValueError: unknown format or model name, bad ``input_size``; no format and an extension that names none,
+            or a format that contradicts it; ``out`` has a checkpoint's extension (``.pt``, ``.pth``,
+            ``.safetensors``, ...), is the ``checkpoint`` file itself, or is an existing file other than an export
+            in the same format; an OpenVINO ``out`` not ending in ``.xml``.
         IsADirectoryError: ``out`` is a directory.
+        involution._atomic.WriteError: ``out`` cannot be written (a file where a folder should be, a folder that
+            refuses new files, a full disk), naming ``out`` and the cause.
         FileNotFoundError: missing checkpoint.
         ImportError: onnx / onnxscript (/ openvino) missing for ONNX (OpenVINO) export (naming the pip install).
         RuntimeError: the exported model disagrees with eager PyTorch; a runtime library cannot be built.
     """
+    out = Path(out)
+    format = check_destination(out, format, checkpoint)
     _check_request(format, opset, onnx_ops, verify)
     say = log or (lambda _msg: None)
-    out = Path(out)
-    check_destination(out, checkpoint)
     if format == "openvino":
         prepare_openvino_export(out)
     model = load_export_model(model_or_name, checkpoint, num_classes, **model_kwargs)
@@ -82,9 +92,7 @@ def export_model(
 
 
 def _check_request(format: str, opset: int | None, onnx_ops: str, verify: bool) -> None:
-    """Refuse a bad format, opset or ``onnx_ops``, or missing packages, before the (slow) tracing."""
-    if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    """Refuse a bad opset or ``onnx_ops``, or missing packages, before the (slow) tracing."""
     if opset is not None and opset < 18:
         raise ValueError(f"opset {opset} is too old: the involution lowering uses opset 18 operators; use >= 18")
     if format != "onnx":
@@ -121,19 +129,11 @@ def _write_checked(
 ) -> Path:
     """Write ``program`` beside ``out`` under a temporary name, check it there against ``model``, and only then
     rename it to ``out``: a failed export (or a crash) leaves ``out`` as it was and no temporary file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")  # torch.export.save wants .pt2 kept
+    # torch.export.save wants the .pt2 extension kept (it warns otherwise)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{_SUFFIXES[format]}")
     weights = [(weights_file(tmp), weights_file(out))] if format == "openvino" else []  # an IR's .bin
     try:
-        if format == "onnx":
-            write_onnx(program, example, tmp, opset, onnx_ops)
-            what = "onnx.checker passed"
-        elif format == "openvino":
-            write_openvino(program, example, tmp, opset)
-            what = f"OpenVINO IR, weights in {weights_file(out).name}, run it with openvino_model"
-        else:
-            torch.export.save(program, str(tmp))
-            what = "load it with torch.export.load after `import involution`"
+        what = _write(program, example, tmp, out, format, opset, onnx_ops)
         size = f"{sum(p.stat().st_size for p in (tmp, *(w for w, _ in weights))) / 2**20:.1f} MiB"
         checked = verify and (format != "onnx" or importlib.util.find_spec("onnxruntime") is not None)
         if verify and not checked:
@@ -142,13 +142,41 @@ def _write_checked(
             say(f"exported ({size}), {what}; comparing with eager PyTorch before writing {out}")
             check = {"onnx": check_onnx, "openvino": check_openvino}.get(format, check_exported_program)
             say(str(assert_close(check(tmp, model, check_shape(tuple(example.shape), dims)), rtol)))
-        for written, final in weights:  # the weights first: the graph file names the finished export
-            os.replace(written, final)
-        os.replace(tmp, out)
+        try:
+            for written, final in weights:  # the weights first: the graph file names the finished export
+                os.replace(written, final)
+            os.replace(tmp, out)
+        except OSError as err:
+            raise write_error(out, err) from err
     finally:
-        tmp.unlink(missing_ok=True)
-        for written, _ in weights:
-            written.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. ENOTDIR: the error being raised says more
+            tmp.unlink(missing_ok=True)
+            for written, _ in weights:
+                written.unlink(missing_ok=True)
     if not checked:
         say(f"wrote {out} ({size}), {what}")
     return out
+
+
+def _write(
+    program: torch.export.ExportedProgram, example: Tensor, tmp: Path, out: Path, format: str, opset: int | None,
+    onnx_ops: str,
+) -> str:
+    """Write ``program`` at ``tmp`` in ``format`` (creating ``out``'s folder); returns what was checked. A failure
+    to write is a one-line :class:`~involution._atomic.WriteError` naming ``out`` and the cause, not the writer's
+    ("[enforce fail at inline_container.cc ...]", or an errno naming the temporary file)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if format == "onnx":
+            write_onnx(program, example, tmp, opset, onnx_ops)
+            return "onnx.checker passed"
+        if format == "openvino":
+            write_openvino(program, example, tmp, opset)
+            return f"OpenVINO IR, weights in {weights_file(out).name}, run it with openvino_model"
+        try:
+            torch.export.save(program, str(tmp))
+        except RuntimeError as err:  # torch's archive writer: a full disk, a folder that refuses the file ...
+            raise io_failure(err) from err
+        return "load it with torch.export.load after `import involution`"
+    except OSError as err:
+        raise write_error(out, err) from err

@@ -1,4 +1,4 @@
-"""The model to export (a registry name, optionally with a checkpoint, or a module) and the file to write."""
+"""The model to export: a registry name, optionally with a checkpoint, or a module."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
-
-from ..._atomic import refuse_same_file
 
 
 def load_export_model(
@@ -49,11 +47,3 @@ def load_export_model(
         load_checkpoint(model_or_name, checkpoint)
     return model_or_name.eval()
 
-
-def check_destination(out: Path, checkpoint: str | os.PathLike | None) -> None:
-    """Refuse an ``out`` that is a directory, or the very file of ``checkpoint`` (by any name: symlinks, hard
-    links and ``..`` compare equal), before any work."""
-    if out.is_dir():
-        raise IsADirectoryError(f"--out {out} is a directory; give the file to write, e.g. {out / 'model.onnx'}")
-    if checkpoint is not None:
-        refuse_same_file(checkpoint, out)
