@@ -32,7 +32,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__F16C__)
+#if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -125,21 +125,41 @@ inline D convert(S v) {
   }
 }
 
-// Whether 8 values convert at once (F16C's float16 <-> float; gcc vectorises the bfloat16 loops by itself).
+// Whether convert_8 converts 8 values at once: bfloat16 <-> float with AVX2, float16 <-> float with F16C. (gcc
+// vectorises the scalar conversions in long loops, not in the short runs of a register block's store.)
 template <typename D, typename S>
 constexpr bool kConvert8 =
-#if defined(__F16C__)
-    (std::is_same_v<S, float16> && std::is_same_v<D, float>) || (std::is_same_v<S, float> && std::is_same_v<D, float16>);
-#else
-    false;
+#if defined(__AVX2__)
+    (std::is_same_v<S, bfloat16> && std::is_same_v<D, float>) || (std::is_same_v<S, float> && std::is_same_v<D, bfloat16>) ||
 #endif
+#if defined(__F16C__)
+    (std::is_same_v<S, float16> && std::is_same_v<D, float>) || (std::is_same_v<S, float> && std::is_same_v<D, float16>) ||
+#endif
+    false;
 
 template <typename D, typename S>
 inline void convert_8(D* dst, const S* src) {
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<S, bfloat16>) {
+    const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+    _mm256_storeu_ps(dst, _mm256_castsi256_ps(_mm256_slli_epi32(u, 16)));
+    return;
+  }
+  if constexpr (std::is_same_v<D, bfloat16>) {  // as narrow_bf16, 8 at once
+    const __m256 f = _mm256_loadu_ps(src);
+    const __m256i u = _mm256_castps_si256(f);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xD8);  // 8 x 16 bits, low half
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(packed));
+    return;
+  }
+#endif
 #if defined(__F16C__)
   if constexpr (std::is_same_v<S, float16>) {
     _mm256_storeu_ps(dst, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
-  } else {
+  } else if constexpr (std::is_same_v<D, float16>) {
     const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), h);
   }
