@@ -398,26 +398,47 @@ inline void reduce_lanes(const Vectorized<T>* v, int n, T* out) {
 }
 
 #if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__)
-// Eight horizontal sums at once: three rounds of pairwise adds instead of eight separate reductions.
-template <>
-inline void reduce_lanes<float>(const Vectorized<float>* v, int n, float* out) {
+// Eight horizontal sums at once: three rounds of pairwise adds instead of eight separate reductions. Lane t holds
+// the sum of v[t] (t < n; 0 beyond).
+inline __m256 lane_sums(const Vectorized<float>* v, int n) {
   __m256 x[8];
   for (int t = 0; t < 8; ++t) x[t] = t < n ? static_cast<__m256>(v[t]) : _mm256_setzero_ps();
   const __m256 a0 = _mm256_hadd_ps(x[0], x[1]), a1 = _mm256_hadd_ps(x[2], x[3]);
   const __m256 a2 = _mm256_hadd_ps(x[4], x[5]), a3 = _mm256_hadd_ps(x[6], x[7]);
   const __m256 b0 = _mm256_hadd_ps(a0, a1), b1 = _mm256_hadd_ps(a2, a3);
-  const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(b0, b1, 0x20), _mm256_permute2f128_ps(b0, b1, 0x31));
+  return _mm256_add_ps(_mm256_permute2f128_ps(b0, b1, 0x20), _mm256_permute2f128_ps(b0, b1, 0x31));
+}
+
+template <>
+inline void reduce_lanes<float>(const Vectorized<float>* v, int n, float* out) {
   alignas(32) float buf[8];
-  _mm256_store_ps(buf, sums);
+  _mm256_store_ps(buf, lane_sums(v, n));
   for (int t = 0; t < n; ++t) out[t] = buf[t];
+}
+
+// In registers: rounding the sums straight from lane_sums (storing them as scalars and loading them back as one
+// vector would stall on store forwarding).
+template <typename T, typename Put>
+inline void put_rounded(const Vectorized<float>* v, int n, Put&& put) {
+  T rounded[8];
+  Lanes<T>::store(rounded, Vectorized<float>(lane_sums(v, n)));
+  for (int t = 0; t < n; ++t) put(t, rounded[t]);
+}
+#else
+// The first n (<= 8) sums of a reduce_lanes, rounded to a 16-bit T, handed to put(t, value).
+template <typename T, typename Put>
+inline void put_rounded(const Vectorized<float>* v, int n, Put&& put) {
+  alignas(64) float sums[8] = {};
+  reduce_lanes<float>(v, n, sums);
+  for (int t = 0; t < n; ++t) put(t, static_cast<T>(sums[t]));
 }
 #endif
 
 // grad_weight of one pixel and group: for every tap of the walk, the dot product over the group's channels of
 // grad_output (NV vectors held in registers, plus a scalar tail of `tail` channels) and the input pixel the tap
-// reads. Dot products are reduced eight at a time, in A = opmath_type<T>.
-template <typename T, int NV>
-inline void tap_dots(const T* gp, const T* x0, const Walk& walk, int64_t tail, T* w0) {
+// reads (x0: T, or already widened to A). Dot products are reduced eight at a time, in A = opmath_type<T>.
+template <typename T, int NV, typename X>
+inline void tap_dots(const T* gp, const X* x0, const Walk& walk, int64_t tail, T* w0) {
   using L = Lanes<T>;
   using A = typename L::A;
   using Vec = typename L::Vec;
@@ -427,24 +448,30 @@ inline void tap_dots(const T* gp, const T* x0, const Walk& walk, int64_t tail, T
   for (int k = 0; k < NV; ++k) a[k] = L::load(gp + k * L::size());
   Vec acc[kBatch];
   T* dst[kBatch];
-  const T* src[kBatch];
+  const X* src[kBatch];
   int nb = 0;
   auto flush = [&]() {
+    if constexpr (NV > 0 && !std::is_same_v<T, A>) {
+      if (tail == 0) {
+        put_rounded<T>(acc, nb, [&](int t, T v) { *dst[t] = v; });
+        nb = 0;
+        return;
+      }
+    }
     alignas(64) A sums[kBatch] = {};
     if constexpr (NV > 0) reduce_lanes<A>(acc, nb, sums);
     for (int t = 0; t < nb; ++t) {
-      A s = sums[t];
-      for (int64_t ch = 0; ch < tail; ++ch) s += static_cast<A>(gp[done + ch]) * static_cast<A>(src[t][done + ch]);
-      *dst[t] = static_cast<T>(s);
+      for (int64_t ch = 0; ch < tail; ++ch) sums[t] += static_cast<A>(gp[done + ch]) * static_cast<A>(src[t][done + ch]);
+      *dst[t] = static_cast<T>(sums[t]);
     }
     nb = 0;
   };
   for (int64_t r = 0; r < walk.rows; ++r) {
     for (int64_t c = 0; c < walk.cols; ++c) {
-      const T* xs = x0 + r * walk.s_row + c * walk.s_col;
+      const X* xs = x0 + r * walk.s_row + c * walk.s_col;
       if constexpr (NV > 0) {
-        Vec v = a[0] * L::load(xs);
-        for (int k = 1; k < NV; ++k) v = at::vec::fmadd(a[k], L::load(xs + k * L::size()), v);
+        Vec v = a[0] * Lanes<X>::load(xs);
+        for (int k = 1; k < NV; ++k) v = at::vec::fmadd(a[k], Lanes<X>::load(xs + k * L::size()), v);
         acc[nb] = v;
       }
       src[nb] = xs;
@@ -457,8 +484,8 @@ inline void tap_dots(const T* gp, const T* x0, const Walk& walk, int64_t tail, T
 
 // The fast path of tap_dots for a full row of COLS taps (COLS <= 8) and NV whole vectors of channels: the COLS
 // accumulators stay in registers and are reduced together.
-template <typename T, int NV, int COLS>
-inline void row_dots(const T* gp, const T* x0, const Walk& walk, T* w0) {
+template <typename T, int NV, int COLS, typename X>
+inline void row_dots(const T* gp, const X* x0, const Walk& walk, T* w0) {
   using L = Lanes<T>;
   using A = typename L::A;
   using Vec = typename L::Vec;
@@ -466,27 +493,31 @@ inline void row_dots(const T* gp, const T* x0, const Walk& walk, T* w0) {
   Vec a[NV];
   for (int k = 0; k < NV; ++k) a[k] = L::load(gp + k * L::size());
   for (int64_t r = 0; r < walk.rows; ++r) {
-    const T* xr = x0 + r * walk.s_row;
+    const X* xr = x0 + r * walk.s_row;
     Vec acc[COLS];
 #pragma GCC unroll 8
     for (int c = 0; c < COLS; ++c) {
-      const T* xs = xr + c * walk.s_col;
-      Vec v = a[0] * L::load(xs);
+      const X* xs = xr + c * walk.s_col;
+      Vec v = a[0] * Lanes<X>::load(xs);
 #pragma GCC unroll 4
-      for (int k = 1; k < NV; ++k) v = at::vec::fmadd(a[k], L::load(xs + k * L::size()), v);
+      for (int k = 1; k < NV; ++k) v = at::vec::fmadd(a[k], Lanes<X>::load(xs + k * L::size()), v);
       acc[c] = v;
     }
-    alignas(64) A sums[8];
-    reduce_lanes<A>(acc, COLS, sums);
     T* wr = w0 + r * walk.w_row;
+    if constexpr (std::is_same_v<T, A>) {
+      alignas(64) A sums[8];
+      reduce_lanes<A>(acc, COLS, sums);
 #pragma GCC unroll 8
-    for (int c = 0; c < COLS; ++c) wr[c * walk.w_col] = static_cast<T>(sums[c]);
+      for (int c = 0; c < COLS; ++c) wr[c * walk.w_col] = sums[c];
+    } else {
+      put_rounded<T>(acc, COLS, [&](int c, T v) { wr[c * walk.w_col] = v; });
+    }
   }
 }
 
 // Picks a row_dots instantiation (1 or 2 vectors of channels, rows of up to 8 taps), or returns false.
-template <typename T>
-inline bool try_row_dots(int64_t nvec, int64_t tail, const T* gp, const T* x0, const Walk& walk, T* w0) {
+template <typename T, typename X>
+inline bool try_row_dots(int64_t nvec, int64_t tail, const T* gp, const X* x0, const Walk& walk, T* w0) {
   if (tail != 0) return false;
 #define INVOLUTION_ROW_DOTS(NV, COLS) \
   if (nvec == NV && walk.cols == COLS) { row_dots<T, NV, COLS>(gp, x0, walk, w0); return true; }
@@ -499,9 +530,27 @@ inline bool try_row_dots(int64_t nvec, int64_t tail, const T* gp, const T* x0, c
   return false;
 }
 
+// Row h of image n of an NHWC feature map (strides fs, channel stride 1), all its W x C values, widened into dst.
+template <typename T, typename A = at::opmath_type<T>>
+inline void widen_row(const T* f, const FeatStrides& fs, int64_t n, int64_t h, int64_t W, int64_t C, A* dst) {
+  using L = Lanes<T>;
+  const T* src = f + n * fs.n + h * fs.h;
+  const bool dense = W == 1 || fs.w == C;
+  for (int64_t w = 0; w < (dense ? 1 : W); ++w, src += fs.w, dst += C) {
+    const int64_t len = dense ? W * C : C;
+    int64_t k = 0;
+    for (; k + L::size() <= len; k += L::size()) L::load(src + k).store(dst + k);
+    for (; k < len; ++k) dst[k] = static_cast<A>(src[k]);
+  }
+}
+
+// grad_weight: each output row (n, i) is a task. A 16-bit input's rows that the task reads are first widened (each
+// input value is then converted Kh times in all, instead of once for each of the Kh*Kw taps that read it).
 template <typename T>
 void backward_weight_impl(const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& grad_w,
                           const Geometry& g) {
+  using A = at::opmath_type<T>;
+  constexpr bool widened = !std::is_same_v<T, A>;
   constexpr int64_t VS = Lanes<T>::size();
   const T* gy = grad_out.data_ptr<T>();
   const T* x = input.data_ptr<T>();
@@ -513,31 +562,43 @@ void backward_weight_impl(const at::Tensor& grad_out, const at::Tensor& input, c
   const int64_t nvec = std::min<int64_t>(g.Cg / VS, 4), tail = g.Cg - nvec * VS;
   at::parallel_for(0, g.N * g.Ho, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> pix(gys.c == 1 ? 0 : g.C);
+    std::vector<A> rows(widened ? g.Kh * g.W * g.C : 0);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t n = idx / g.Ho, i = idx % g.Ho;
       const Taps& r = row_taps[i];
-      for (int64_t j = 0; j < g.Wo; ++j) {
-        const Taps& c = col_taps[j];
-        const Walk walk{r.count, c.count, ws.u, r.pstep * xs.h, ws.v, c.pstep * xs.w};
-        const T* gpix = pixel_channels(gy + n * gys.n + i * gys.h + j * gys.w, gys.c, g.C, pix.data());
-        for (int64_t gr = 0; gr < g.G; ++gr) {
-          T* wp = gw + n * ws.n + gr * ws.g + i * ws.i + j * ws.j;
-          const T* gp = gpix + gr * g.Cg;
-          const T* x0 = x + n * xs.n + r.p0 * xs.h + c.p0 * xs.w + gr * g.Cg;
-          if (r.count != g.Kh || c.count != g.Kw) {  // taps outside the image get a zero gradient
-            for (int64_t u = 0; u < g.Kh; ++u)
-              for (int64_t v = 0; v < g.Kw; ++v) wp[u * ws.u + v * ws.v] = T{};
-          }
-          T* w0 = wp + r.k0 * ws.u + c.k0 * ws.v;
-          if (try_row_dots<T>(nvec, tail, gp, x0, walk, w0)) continue;
-          switch (nvec) {
-            case 0: tap_dots<T, 0>(gp, x0, walk, tail, w0); break;
-            case 1: tap_dots<T, 1>(gp, x0, walk, tail, w0); break;
-            case 2: tap_dots<T, 2>(gp, x0, walk, tail, w0); break;
-            case 3: tap_dots<T, 3>(gp, x0, walk, tail, w0); break;
-            default: tap_dots<T, 4>(gp, x0, walk, tail, w0); break;
+      // x0: the first input row the taps read, column 0; row_step: from one tap row's input row to the next's; col:
+      // the column stride.
+      auto dots = [&](const auto* x0, int64_t row_step, int64_t col) {
+        for (int64_t j = 0; j < g.Wo; ++j) {
+          const Taps& c = col_taps[j];
+          const Walk walk{r.count, c.count, ws.u, row_step, ws.v, c.pstep * col};
+          const T* gpix = pixel_channels(gy + n * gys.n + i * gys.h + j * gys.w, gys.c, g.C, pix.data());
+          for (int64_t gr = 0; gr < g.G; ++gr) {
+            T* wp = gw + n * ws.n + gr * ws.g + i * ws.i + j * ws.j;
+            const T* gp = gpix + gr * g.Cg;
+            const auto* xp = x0 + c.p0 * col + gr * g.Cg;
+            if (r.count != g.Kh || c.count != g.Kw) {  // taps outside the image get a zero gradient
+              for (int64_t u = 0; u < g.Kh; ++u)
+                for (int64_t v = 0; v < g.Kw; ++v) wp[u * ws.u + v * ws.v] = T{};
+            }
+            T* w0 = wp + r.k0 * ws.u + c.k0 * ws.v;
+            if (try_row_dots<T>(nvec, tail, gp, xp, walk, w0)) continue;
+            switch (nvec) {
+              case 0: tap_dots<T, 0>(gp, xp, walk, tail, w0); break;
+              case 1: tap_dots<T, 1>(gp, xp, walk, tail, w0); break;
+              case 2: tap_dots<T, 2>(gp, xp, walk, tail, w0); break;
+              case 3: tap_dots<T, 3>(gp, xp, walk, tail, w0); break;
+              default: tap_dots<T, 4>(gp, xp, walk, tail, w0); break;
+            }
           }
         }
+      };
+      if constexpr (widened) {  // rows[a] = input row p0 + a * pstep, (W, C) contiguous
+        for (int64_t a = 0; a < r.count; ++a)
+          widen_row(x, xs, n, r.p0 + a * r.pstep, g.W, g.C, rows.data() + a * g.W * g.C);
+        dots(rows.data(), g.W * g.C, g.C);
+      } else {
+        dots(x + n * xs.n + r.p0 * xs.h, r.pstep * xs.h, xs.w);
       }
     }
   });

@@ -603,31 +603,31 @@ void grad_input(const Geometry& g, const T* gy, const T* w, T* gx, ParallelFor&&
 
 // --------------------------------------------------------------------------------------------- grad_weight
 // gw[t][j] = sum_c gy[c][j] * x[c][off[t] + j] for TB taps and NJ pixels (the first nj stored): each channel's
-// grad_output vector is loaded (and widened, for a 16-bit T) once for all TB taps, whose accumulators stay in
-// registers. x (the padded input rows) and gw (the staged gradient) are in A = acc_t<T>. Lanes past nj compute
+// grad_output vector is loaded once for all TB taps, whose accumulators stay in registers. Lanes past nj compute
 // garbage from in-bounds memory and are not stored.
-template <typename T, int NJ, int TB, typename A = acc_t<T>>
-inline void tap_block(int64_t channels, const T* gy, int64_t gy_c, const A* x, int64_t x_c, const int64_t* off,
-                      A* gw, int64_t gw_tap, int64_t nj) {
-  A acc[TB][NJ] = {};
+template <typename T, int NJ, int TB>
+inline void tap_block(int64_t channels, const T* gy, int64_t gy_c, const T* x, int64_t x_c, const int64_t* off,
+                      T* gw, int64_t gw_tap, int64_t nj) {
+  T acc[TB][NJ] = {};
   for (int64_t c = 0; c < channels; ++c) {
     const T* __restrict gc = gy + c * gy_c;
-    const A* xc = x + c * x_c;
-    A gv[NJ];
-    convert_block<NJ>(gv, gc);
+    const T* xc = x + c * x_c;
+    T gv[NJ];
+#pragma GCC unroll 16
+    for (int j = 0; j < NJ; ++j) gv[j] = gc[j];
 #pragma GCC unroll 8
     for (int t = 0; t < TB; ++t) {
-      const A* __restrict xt = xc + off[t];
+      const T* __restrict xt = xc + off[t];
 #pragma GCC unroll 16
       for (int j = 0; j < NJ; ++j) acc[t][j] += gv[j] * xt[j];
     }
   }
-  for (int t = 0; t < TB; ++t) store_first<A, NJ>(gw + t * gw_tap, acc[t], nj);
+  for (int t = 0; t < TB; ++t) store_first<T, NJ>(gw + t * gw_tap, acc[t], nj);
 }
 
-template <typename T, int NJ, int TB, typename A = acc_t<T>>
-inline void tap_block_upto(int64_t tb, int64_t channels, const T* gy, int64_t gy_c, const A* x, int64_t x_c,
-                           const int64_t* off, A* gw, int64_t gw_tap, int64_t nj) {
+template <typename T, int NJ, int TB>
+inline void tap_block_upto(int64_t tb, int64_t channels, const T* gy, int64_t gy_c, const T* x, int64_t x_c,
+                           const int64_t* off, T* gw, int64_t gw_tap, int64_t nj) {
   if constexpr (TB > 1) {
     if (tb < TB) return tap_block_upto<T, NJ, TB - 1>(tb, channels, gy, gy_c, x, x_c, off, gw, gw_tap, nj);
   }
@@ -637,7 +637,8 @@ inline void tap_block_upto(int64_t tb, int64_t channels, const T* gy, int64_t gy
 // gw (N, G, Kh, Kw, Ho, Wo) contiguous from gy (N, C, Ho, Wo) contiguous and the input x (any strides xs: n, c,
 // h, w). Tasks as in the forward: a block of output rows of one group of one image, which first pads the input rows
 // it reads; the gradient of R output rows is computed into a buffer, then written out as one run per tap. The taps
-// are taken in even chunks of at most kTaps (49 = 7 x 7). Summed and staged in A = acc_t<T>.
+// are taken in even chunks of at most kTaps (49 = 7 x 7). Summed and staged in A = acc_t<T>; a 16-bit grad_output
+// is first widened, R output rows of the group's channels at a time (a float32 grad_output is read in place).
 template <typename T, typename ParallelFor>
 void grad_weight(const Geometry& g, const T* gy, const T* x, const int64_t* xs, T* gw, ParallelFor&& parallel_for) {
   using A = acc_t<T>;
@@ -652,6 +653,7 @@ void grad_weight(const Geometry& g, const T* gy, const T* x, const int64_t* xs, 
   parallel_for(g.N * g.G * blocks, [&](int64_t begin, int64_t end) {
     std::vector<T> gbuf;
     std::vector<A> gst(static_cast<size_t>(taps * wt));
+    std::vector<A> gyst(std::is_same_v<T, A> ? 0 : static_cast<size_t>(g.Cg * wt), A(0));  // widened grad_output
     GroupRows<A> xr;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t ng = task / blocks, n = ng / g.G, grp = ng % g.G;
@@ -660,23 +662,34 @@ void grad_weight(const Geometry& g, const T* gy, const T* x, const int64_t* xs, 
       xr.fill(g, x, xs, n, grp, i0, i1);
       for (int64_t r0 = i0; r0 < i1; r0 += R) {
         const int64_t nr = std::min(R, i1 - r0);
+        if constexpr (!std::is_same_v<T, A>) {
+          for (int64_t c = 0; c < g.Cg; ++c)
+            convert_n(gyst.data() + c * wt, gy + ((ch0 + c) * g.Ho + r0) * g.Wo, nr * g.Wo);
+        }
         for (int64_t i = r0; i < r0 + nr; ++i) {
           for (int64_t j0 = 0; j0 < g.Wo; j0 += NJ) {
             const int64_t nj = std::min<int64_t>(NJ, g.Wo - j0);
-            const T* gyp = gy + (ch0 * g.Ho + i) * g.Wo + j0;
-            int64_t gy_c = w_tap;
-            // A partial block reads NJ grad_output values per channel: in bounds except at the tensor's very
-            // end, where the group's values are first copied to gbuf.
-            if (gyp + (g.Cg - 1) * gy_c + NJ > gy_end) {
-              gbuf.assign(static_cast<size_t>(g.Cg * NJ), T{});
-              for (int64_t c = 0; c < g.Cg; ++c) copy_n(&gbuf[c * NJ], gyp + c * gy_c, nj);
-              gyp = gbuf.data(), gy_c = NJ;
+            const A* gyp;
+            int64_t gy_c;
+            if constexpr (std::is_same_v<T, A>) {
+              gyp = gy + (ch0 * g.Ho + i) * g.Wo + j0;
+              gy_c = w_tap;
+              // A partial block reads NJ grad_output values per channel: in bounds except at the tensor's very
+              // end, where the group's values are first copied to gbuf.
+              if (gyp + (g.Cg - 1) * gy_c + NJ > gy_end) {
+                gbuf.assign(static_cast<size_t>(g.Cg * NJ), T{});
+                for (int64_t c = 0; c < g.Cg; ++c) copy_n(&gbuf[c * NJ], gyp + c * gy_c, nj);
+                gyp = gbuf.data(), gy_c = NJ;
+              }
+            } else {  // the staged rows have slack past each channel's last row
+              gyp = gyst.data() + (i - r0) * g.Wo + j0;
+              gy_c = wt;
             }
             const A* x0 = xr.row(g, i) + j0;
             A* gwp = gst.data() + (i - r0) * g.Wo + j0;
             for (int64_t t0 = 0; t0 < taps; t0 += chunk) {
               const int64_t tb = std::min(chunk, taps - t0);
-              tap_block_upto<T, NJ, kTaps>(tb, g.Cg, gyp, gy_c, x0, xr.cstride, off.data() + t0, gwp + t0 * wt, wt,
+              tap_block_upto<A, NJ, kTaps>(tb, g.Cg, gyp, gy_c, x0, xr.cstride, off.data() + t0, gwp + t0 * wt, wt,
                                            nj);
             }
           }
