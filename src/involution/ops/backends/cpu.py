@@ -13,7 +13,9 @@ for grad_input, grad_output's, whose layout the op gives grad_input), which the 
 copy), summed in float32 and rounded once when stored:
 
 * channels_last (NHWC) input: the NHWC kernels. They read a pixel's G*Kh*Kw taps together, so the weight is used
-  in place when pixel-major (as a channels_last kernel generator produces it), else permuted once per call.
+  in place when pixel-major (as a channels_last kernel generator produces it), else permuted once per call. (Their
+  grad_input scatters each tap into the sums, which for a 16-bit grad_input are a float32 tensor of the kernel's
+  own, rounded into grad_input at the end.)
 * any other input (NCHW, or strided): the NCHW kernels (``involution_nchw.h``, shared with the onnxruntime
   library), vectorised along output rows. Their one copy of the input is zero-padded scratch rows, each task's
   own, read from the input through its strides; the weight is read in its contiguous (N, G, Kh, Kw, Ho, Wo) layout
