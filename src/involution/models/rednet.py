@@ -93,7 +93,10 @@ class RedNetBottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        # In place, as torchvision's bottleneck: no backward reads bn3's output (BatchNorm's reads its input, and
+        # once fused, a convolution's too), and the ReLU after it keeps its own output.
+        out += identity
+        return self.relu(out)
 
     def conv_bn_pairs(self) -> list[tuple[str, str]]:
         """The BatchNorms that directly follow a convolution (``bn2`` too when ``conv2`` is a depthwise conv)."""

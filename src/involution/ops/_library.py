@@ -145,15 +145,17 @@ def _register_autocast(device_type: str) -> None:
     """
     key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
     key = getattr(torch._C.DispatchKey, key_name)
+    excluded = torch._C.DispatchKeySet(key)
     op = _fwd.default
 
     def cast_and_call(input, weight, stride, padding, dilation):
         dtype = torch.get_autocast_dtype(device_type)
 
         def cast(t: Tensor) -> Tensor:
-            return t.to(autocast_dtype_of(t.dtype, dtype))
+            wanted = autocast_dtype_of(t.dtype, dtype)
+            return t if t.dtype == wanted else t.to(wanted)  # (a `to` that changes nothing still costs a dispatch)
 
-        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
+        with torch._C._ExcludeDispatchKeyGuard(excluded):
             return op(cast(input), cast(weight), stride, padding, dilation)
 
     if op.has_kernel_for_dispatch_key(key):  # re-import (e.g. importlib.reload): replace, do not stack

@@ -20,6 +20,11 @@ FLOATING_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 def ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     """Turn an int or a length-``n`` sequence of ints into an ``n``-tuple, naming ``name`` on error."""
+    # the common cases first, at the cost of a type check (bool is not `int` here, so it goes on to the error)
+    if type(value) is int:
+        return (value,) * n
+    if type(value) is tuple and len(value) == n and all(type(v) is int for v in value):
+        return value
     what = {1: "an int", 2: "an int or a pair of ints"}.get(n, f"an int or {n} ints")
     if isinstance(value, bool):
         raise TypeError(f"{name} must be {what}, got a bool ({value!r})")
@@ -91,8 +96,8 @@ def check_involution_args(
     ``autocast_dtype`` is the autocast dtype in effect (None when autocast is off): dtypes are compared as the op
     will see them after autocast. Raises TypeError or ValueError naming the argument at fault and what was expected.
     """
+    # Called on every op call: messages (and the layouts they name) are only built when one is raised.
     dims = len(stride)
-    in_layout, w_layout = _layouts(dims)
     for name, t in (("input", input), ("weight", weight)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -101,32 +106,38 @@ def check_involution_args(
                 f"{name} must be a floating-point tensor (float32, float64, bfloat16 or float16), got {t.dtype}"
             )
     if input.dim() != 2 + dims:
-        raise ValueError(f"input must be {2 + dims}-D {in_layout}, got {input.dim()}-D with shape {tuple(input.shape)}")
+        raise ValueError(
+            f"input must be {2 + dims}-D {_layouts(dims)[0]}, got {input.dim()}-D with shape {tuple(input.shape)}"
+        )
     if weight.dim() != 2 + 2 * dims:
         raise ValueError(
-            f"weight must be {2 + 2 * dims}-D {w_layout}, got {weight.dim()}-D with shape {tuple(weight.shape)}"
+            f"weight must be {2 + 2 * dims}-D {_layouts(dims)[1]}, got {weight.dim()}-D with shape "
+            f"{tuple(weight.shape)}"
         )
-    if autocast_dtype_of(input.dtype, autocast_dtype) != autocast_dtype_of(weight.dtype, autocast_dtype):
+    if input.dtype != weight.dtype and (
+        autocast_dtype_of(input.dtype, autocast_dtype) != autocast_dtype_of(weight.dtype, autocast_dtype)
+    ):
         raise TypeError(
             f"input and weight must have the same dtype, got input {input.dtype} and weight {weight.dtype} "
             "(under autocast both are cast for you)"
         )
     if input.device != weight.device:
         raise ValueError(f"input and weight must be on the same device, got {input.device} and {weight.device}")
-    for name, values, low in (("stride", stride, 1), ("dilation", dilation, 1), ("padding", padding, 0)):
-        if min(values) < low:
-            raise ValueError(f"{name} must be >= {low}, got {_shown(values)}")
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        for name, values, low in (("stride", stride, 1), ("dilation", dilation, 1), ("padding", padding, 0)):
+            if min(values) < low:
+                raise ValueError(f"{name} must be >= {low}, got {_shown(values)}")
 
     n, c, *size = input.shape
     wn, g, *rest = weight.shape
     kernel, wsize = tuple(rest[:dims]), tuple(rest[dims:])
     if wn != n:
-        raise ValueError(f"weight's batch size {wn} does not match input's {n} (weight is {w_layout})")
+        raise ValueError(f"weight's batch size {wn} does not match input's {n} (weight is {_layouts(dims)[1]})")
     if g < 1 or c % g != 0:
         raise ValueError(f"input channels C={c} must be divisible by the weight's group count G={g}")
     if min(kernel) < 1:
         raise ValueError(f"kernel size must be >= 1, got weight kernel dims {_shown(kernel)}")
-    out = tuple(output_size(*args) for args in zip(size, kernel, stride, padding, dilation))
+    out = tuple([output_size(*args) for args in zip(size, kernel, stride, padding, dilation)])
     if min(out) < 1:
         raise ValueError(
             f"input of spatial size {_shown(size)} is too small for kernel {_shown(kernel)} with padding "
@@ -164,8 +175,8 @@ def op_arguments(
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """What every public involution op does first: ``stride``, ``padding``, ``dilation`` as ``dims``-tuples,
     validated against the tensors as autocast will hand them over; returns them and the output size."""
-    stride_, padding_, dilation_ = (
-        ntuple(value, dims, name) for value, name in ((stride, "stride"), (padding, "padding"), (dilation, "dilation"))
+    stride_, padding_, dilation_ = ntuple(stride, dims, "stride"), ntuple(padding, dims, "padding"), ntuple(
+        dilation, dims, "dilation"
     )
     out_size = check_involution_args(input, weight, stride_, padding_, dilation_, active_autocast_dtype(input))
     return stride_, padding_, dilation_, out_size

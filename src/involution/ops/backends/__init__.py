@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from .base import REGISTRY, Backend, register_backend
+from .base import CHOICES, REGISTRY, Backend, register_backend
 
 __all__ = [
     "Backend",
@@ -98,11 +98,23 @@ _warned_fallback: set[str] = set()
 
 def select_backend(input: Tensor | torch.device, weight: Tensor | None = None) -> Backend:
     """The backend that runs the op on ``input`` and ``weight``: the user's choice if any, else the fastest one that
-    can (:meth:`Backend.can_run`). Given a device alone: the one that would run float32 tensors there."""
-    _ensure_registered()
+    can (:meth:`Backend.can_run`). Given a device alone: the one that would run float32 tensors there.
+
+    The choice depends only on the device, the two dtypes and the :func:`use_backend` names in effect, so it is
+    remembered per (device, dtypes, names): the op asks on every call."""
     if isinstance(input, torch.device):
         input = torch.empty(0, device=input)
     weight = input if weight is None else weight
+    key = (input.device, input.dtype, weight.dtype, _selected)
+    backend = CHOICES.get(key)
+    if backend is None:
+        backend = CHOICES[key] = _choose(input, weight)
+    return backend
+
+
+def _choose(input: Tensor, weight: Tensor) -> Backend:
+    """select_backend's choice, made afresh; RuntimeError naming every backend's reason when none can run."""
+    _ensure_registered()
     device = input.device
     names = _selected or _AUTO_ORDER.get(device.type, ("torch",))
     reasons: dict[str, str] = {}
@@ -115,7 +127,7 @@ def select_backend(input: Tensor | torch.device, weight: Tensor | None = None) -
                     f"involution: the fast '{names[0]}' backend is unavailable on {device.type} "
                     f"({reasons[names[0]]}; see involution.ops.backend_status()); using the slower pure-PyTorch "
                     "fallback",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
             return REGISTRY[name]
         reasons[name] = reason

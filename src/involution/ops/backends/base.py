@@ -43,7 +43,8 @@ class Backend:
         raise NotImplementedError
 
     def can_run(self, input: Tensor, weight: Tensor) -> str | None:
-        """None when this backend can run the op on ``input`` and ``weight`` here, else why not."""
+        """None when this backend can run the op on ``input`` and ``weight`` here, else why not. Decided by their
+        device and dtypes and by what this machine has (the answer is remembered for them: ``CHOICES``)."""
         if not self.supports(input.device):
             return f"{self.name!r} does not run {input.device.type} tensors here"
         if input.dtype not in self.dtypes or weight.dtype not in self.dtypes:
@@ -71,8 +72,12 @@ class Backend:
 
 REGISTRY: dict[str, Backend] = {}
 
+#: The backend chosen per (device, input dtype, weight dtype, use_backend names): see ``select_backend``.
+CHOICES: dict[tuple, Backend] = {}
+
 
 def register_backend(backend: Backend) -> Backend:
-    """Make ``backend`` selectable by its name."""
+    """Make ``backend`` selectable by its name (and forget the choices made without it)."""
     REGISTRY[backend.name] = backend
+    CHOICES.clear()
     return backend

@@ -7,12 +7,15 @@ kernels it includes, ``involution_nchw.h``), the flags, the torch version and th
 built (no compiler, ``INVOLUTION_DISABLE_CPU_EXT=1``), the backend reports itself unavailable with the reason and
 the op falls back to the ``"torch"`` backend.
 
-Two kernel families, float32/float64 (bfloat16/float16 are computed in float32), chosen by the feature maps'
-layout (the input's; for grad_input, grad_output's, whose layout the op gives grad_input), which the op gives its
-outputs too (``empty_features``), so they are written in place:
+Two kernel families, each for float32, float64, bfloat16 and float16, chosen by the feature maps' layout (the input's;
+for grad_input, grad_output's, whose layout the op gives grad_input), which the op gives its outputs too
+(``empty_features``), so they are written in place. bfloat16/float16 tensors are read as they are (no float32
+copy), summed in float32 and rounded once when stored:
 
 * channels_last (NHWC) input: the NHWC kernels. They read a pixel's G*Kh*Kw taps together, so the weight is used
-  in place when pixel-major (as a channels_last kernel generator produces it), else permuted once per call.
+  in place when pixel-major (as a channels_last kernel generator produces it), else permuted once per call. (Their
+  grad_input scatters each tap into the sums, which for a 16-bit grad_input are a float32 tensor of the kernel's
+  own, rounded into grad_input at the end.)
 * any other input (NCHW, or strided): the NCHW kernels (``involution_nchw.h``, shared with the onnxruntime
   library), vectorised along output rows. Their one copy of the input is zero-padded scratch rows, each task's
   own, read from the input through its strides; the weight is read in its contiguous (N, G, Kh, Kw, Ho, Wo) layout
@@ -43,7 +46,6 @@ from .base import Backend, register_backend
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _SOURCE = _CSRC / "involution_cpu.cpp"
 _KERNELS = _CSRC / "involution_nchw.h"  # included by _SOURCE
-_NATIVE = (torch.float32, torch.float64)
 
 
 def _openmp_flags() -> list[str]:
@@ -122,20 +124,10 @@ class CpuBackend(Backend):
 
     # ------------------------------------------------------------------------------------------- kernels
     @staticmethod
-    def _float(t: Tensor) -> Tensor:
-        return t if t.dtype in _NATIVE else t.float()
-
-    @staticmethod
-    def _contiguous(t: Tensor, dtype: torch.dtype) -> Tensor:
-        """``t`` in ``dtype``, contiguous (no copy if it already is)."""
-        return (t.to(dtype) if t.dtype != dtype else t).contiguous()
-
-    @staticmethod
-    def _pixel_major(w: Tensor, dtype: torch.dtype) -> Tensor:
-        """``w`` (N, G, Kh, Kw, Ho, Wo) in ``dtype`` with each pixel's G*Kh*Kw taps contiguous, as a channels_last
-        generator produces them (then no copy). The NHWC kernels read a pixel's taps together; one permuted copy
-        costs less than reading them scattered."""
-        w = w.to(dtype) if w.dtype != dtype else w
+    def _pixel_major(w: Tensor) -> Tensor:
+        """``w`` (N, G, Kh, Kw, Ho, Wo) with each pixel's G*Kh*Kw taps contiguous, as a channels_last generator
+        produces them (then no copy). The NHWC kernels read a pixel's taps together; one permuted copy costs less
+        than reading them scattered."""
         if _is_pixel_major(w):
             return w
         return w.permute(0, 4, 5, 1, 2, 3).contiguous().permute(0, 3, 4, 5, 1, 2)
@@ -177,35 +169,32 @@ class CpuBackend(Backend):
         self.kernel_calls[kernel_pass, "nhwc" if nhwc else "nchw"] += 1
         return nhwc
 
+    # Every tensor reaches the kernels in its own dtype (the op gives input and weight one dtype); the input is read
+    # through its strides (NHWC: channel stride 1 already; NCHW: any).
     def forward(self, input: Tensor, weight: Tensor, out: Tensor, stride: Pair, padding: Pair, dilation: Pair) -> None:
         ops, conv = torch.ops.involution_cpu, (stride, padding, dilation)
-        x = self._float(input)  # NHWC: channel stride 1 already; NCHW: read through its strides
         if self._nhwc("forward", input):  # the NHWC kernel writes NCHW or NHWC outputs itself
-            self._run(ops.forward, x, self._pixel_major(weight, x.dtype), out, "any", conv)
+            self._run(ops.forward, input, self._pixel_major(weight), out, "any", conv)
         else:
-            self._run(ops.forward_nchw, x, self._contiguous(weight, x.dtype), out, "nchw", conv)
+            self._run(ops.forward_nchw, input, weight.contiguous(), out, "nchw", conv)
 
     def backward_input(
         self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
         ops, conv = torch.ops.involution_cpu, (stride, padding, dilation)
-        gy = self._float(grad_output)
         if self._nhwc("backward_input", grad_input):  # the NHWC kernel reads grad_output in any layout
-            self._run(ops.backward_input, gy, self._pixel_major(weight, gy.dtype), grad_input, "nhwc", conv)
+            self._run(ops.backward_input, grad_output, self._pixel_major(weight), grad_input, "nhwc", conv)
         else:
-            self._run(ops.backward_input_nchw, gy.contiguous(), self._contiguous(weight, gy.dtype), grad_input, "nchw",
-                      conv)
+            self._run(ops.backward_input_nchw, grad_output.contiguous(), weight.contiguous(), grad_input, "nchw", conv)
 
     def backward_weight(
         self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
         ops, conv = torch.ops.involution_cpu, (stride, padding, dilation)
-        x = self._float(input)  # NHWC: channel stride 1 already; NCHW: read through its strides
         if self._nhwc("backward_weight", input):  # written pixel by pixel: computed pixel-major
-            self._run(ops.backward_weight, self._float(grad_output), x, grad_weight, "pixel_major", conv)
+            self._run(ops.backward_weight, grad_output, input, grad_weight, "pixel_major", conv)
         else:
-            self._run(ops.backward_weight_nchw, self._contiguous(self._float(grad_output), x.dtype), x, grad_weight,
-                      "nchw", conv)
+            self._run(ops.backward_weight_nchw, grad_output.contiguous(), input, grad_weight, "nchw", conv)
 
 
 register_backend(CpuBackend())

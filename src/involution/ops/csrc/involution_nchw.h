@@ -1,8 +1,12 @@
 // NCHW kernels of the involution op, shared by the PyTorch extension (involution_cpu.cpp) and the onnxruntime
 // custom-op library (involution_ort.cpp). Plain C++17 with no framework headers: the caller brings the scalar type
-// (float or double) and a parallel-for callable, `parallel_for(count, body)`, that runs `body(begin, end)` over
-// disjoint ranges covering [0, count) (at::parallel_for in the extension, KernelContext::ParallelFor in the
-// onnxruntime library).
+// (float, double, or the 16-bit bfloat16 / float16 below, to which it casts its own 16-bit type's pointers) and a
+// parallel-for callable, `parallel_for(count, body)`, that runs `body(begin, end)` over disjoint ranges covering
+// [0, count) (at::parallel_for in the extension, KernelContext::ParallelFor in the onnxruntime library).
+//
+// bfloat16 and float16 are read in place and summed in float32 (acc_t): every copy these kernels make anyway (the
+// padded input rows, the staged weights and grad_output rows) is made in float32, so the inner loops are the
+// float32 ones, and each result is rounded once (to nearest even) when it is stored.
 //
 //   y[n, c, i, j] = sum_{u,v} w[n, g, u, v, i, j] * x[n, c, i*sh - ph + u*dh, j*sw - pw + v*dw],  g = c / (C/G)
 //
@@ -28,11 +32,156 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 namespace involution_nchw {
 
-// Pixels per register block of the forward and grad_input kernels: 16 floats or 8 doubles (two AVX2 vectors). A
-// block keeps CB channels x NJ pixels of accumulators in registers; each tap's NJ weights are loaded once for CB
-// channels (CB = 8 with NJ = 8 measured 2x slower than 4: the accumulators no longer fit beside the operands).
+// ------------------------------------------------------------------------------------------ 16-bit floats
+// The bit patterns of bfloat16 and IEEE float16 numbers. may_alias: callers cast pointers to their own 16-bit
+// types (c10::BFloat16, Ort::BFloat16_t, ...) to these.
+struct __attribute__((may_alias)) bfloat16 {
+  uint16_t bits;
+};
+struct __attribute__((may_alias)) float16 {
+  uint16_t bits;
+};
+
+// The type a kernel sums in: float for the 16-bit types, the type itself otherwise.
+template <typename T>
+struct Accumulator {
+  using type = T;
+};
+template <>
+struct Accumulator<bfloat16> {
+  using type = float;
+};
+template <>
+struct Accumulator<float16> {
+  using type = float;
+};
+template <typename T>
+using acc_t = typename Accumulator<T>::type;
+
+inline float float_from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+// bfloat16 is the top half of a float: widening is exact, narrowing rounds to nearest even (NaN stays NaN), as
+// c10::BFloat16 does. Both are plain integer code, which gcc vectorises.
+inline float widen(bfloat16 v) { return float_from_bits(static_cast<uint32_t>(v.bits) << 16); }
+inline bfloat16 narrow_bf16(float f) {
+  if (f != f) return bfloat16{0x7FC0};
+  const uint32_t u = bits_of(f);
+  return bfloat16{static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16)};
+}
+
+// float16: F16C's conversions where the build has them, else the portable bit manipulations of the FP16 library
+// (as c10::Half uses); both round to nearest even.
+inline float widen(float16 v) {
+#if defined(__F16C__)
+  return _cvtsh_ss(v.bits);
+#else
+  const uint32_t w = static_cast<uint32_t>(v.bits) << 16, sign = w & 0x80000000u, two_w = w + w;
+  const float normalized = float_from_bits((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  const float subnormal = float_from_bits((two_w >> 17) | (126u << 23)) - 0.5f;
+  return float_from_bits(sign | (two_w < (1u << 27) ? bits_of(subnormal) : bits_of(normalized)));
+#endif
+}
+inline float16 narrow_f16(float f) {
+#if defined(__F16C__)
+  return float16{static_cast<uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))};
+#else
+  float base = (__builtin_fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
+  const uint32_t w = bits_of(f), shl1_w = w + w, sign = w & 0x80000000u;
+  const uint32_t bias = std::max<uint32_t>(shl1_w & 0xFF000000u, 0x71000000u);
+  base = float_from_bits((bias >> 1) + 0x07800000u) + base;
+  const uint32_t b = bits_of(base), nonsign = ((b >> 13) & 0x00007C00u) + (b & 0x00000FFFu);
+  return float16{static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign))};
+#endif
+}
+
+// One value as D: widened from a 16-bit type, rounded to one, or as it is.
+template <typename D, typename S>
+inline D convert(S v) {
+  if constexpr (std::is_same_v<D, S>) {
+    return v;
+  } else if constexpr (std::is_same_v<S, bfloat16> || std::is_same_v<S, float16>) {
+    return static_cast<D>(widen(v));
+  } else if constexpr (std::is_same_v<D, bfloat16>) {
+    return narrow_bf16(static_cast<float>(v));
+  } else if constexpr (std::is_same_v<D, float16>) {
+    return narrow_f16(static_cast<float>(v));
+  } else {
+    return static_cast<D>(v);
+  }
+}
+
+// Whether convert_8 converts 8 values at once: bfloat16 <-> float with AVX2, float16 <-> float with F16C. (gcc
+// vectorises the scalar conversions in long loops, not in the short runs of a register block's store.)
+template <typename D, typename S>
+constexpr bool kConvert8 =
+#if defined(__AVX2__)
+    (std::is_same_v<S, bfloat16> && std::is_same_v<D, float>) || (std::is_same_v<S, float> && std::is_same_v<D, bfloat16>) ||
+#endif
+#if defined(__F16C__)
+    (std::is_same_v<S, float16> && std::is_same_v<D, float>) || (std::is_same_v<S, float> && std::is_same_v<D, float16>) ||
+#endif
+    false;
+
+template <typename D, typename S>
+inline void convert_8(D* dst, const S* src) {
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<S, bfloat16>) {
+    const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+    _mm256_storeu_ps(dst, _mm256_castsi256_ps(_mm256_slli_epi32(u, 16)));
+    return;
+  }
+  if constexpr (std::is_same_v<D, bfloat16>) {  // as narrow_bf16, 8 at once
+    const __m256 f = _mm256_loadu_ps(src);
+    const __m256i u = _mm256_castps_si256(f);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xD8);  // 8 x 16 bits, low half
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(packed));
+    return;
+  }
+#endif
+#if defined(__F16C__)
+  if constexpr (std::is_same_v<S, float16>) {
+    _mm256_storeu_ps(dst, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
+  } else if constexpr (std::is_same_v<D, float16>) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), h);
+  }
+#endif
+}
+
+// dst[j] = convert(src[j]) for j < N (compile-time): short runs between registers and memory.
+template <int N, typename D, typename S>
+inline void convert_block(D* __restrict dst, const S* __restrict src) {
+  if constexpr (kConvert8<D, S> && N % 8 == 0) {
+#pragma GCC unroll 4
+    for (int j = 0; j < N; j += 8) convert_8(dst + j, src + j);
+  } else {
+#pragma GCC unroll 16
+    for (int j = 0; j < N; ++j) dst[j] = convert<D>(src[j]);
+  }
+}
+
+// Pixels per register block of the forward and grad_input kernels: 16 floats or 8 doubles (two AVX2 vectors) of
+// the accumulator type T. A block keeps CB channels x NJ pixels of accumulators in registers; each tap's NJ weights
+// are loaded once for CB channels (CB = 8 with NJ = 8 measured 2x slower than 4: the accumulators no longer fit
+// beside the operands).
 template <typename T>
 constexpr int kPixels = 64 / static_cast<int>(sizeof(T));
 constexpr int CB = 4;
@@ -80,17 +229,28 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void copy_n
   for (; k < n; ++k) dst[k] = src[k];
 }
 
-// dst[j] = acc[j] for j < n (n <= NJ). Full vectors are stored as such; a partial one goes through a buffer, so the
-// accumulators stay in registers (a memcpy from them, or a store loop of runtime length, puts them in memory).
+// copy_n converting from S to D: where a 16-bit input is widened (once) or a result rounded (once).
+template <typename D, typename S>
+inline void convert_n(D* __restrict dst, const S* __restrict src, int64_t n) {
+  if constexpr (std::is_same_v<D, S>) {
+    copy_n(dst, src, n);
+  } else {
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) convert_block<8>(dst + k, src + k);
+    for (; k < n; ++k) dst[k] = convert<D>(src[k]);
+  }
+}
+
+// dst[j] = acc[j] for j < n (n <= NJ), rounded to T. Full vectors are stored as such; a partial one goes through a
+// buffer, so the accumulators stay in registers (a memcpy from them, or a store loop of runtime length, puts them
+// in memory).
 template <typename T, int NJ>
-inline void store_first(T* dst, const T* acc, int64_t n) {
+inline void store_first(T* dst, const acc_t<T>* acc, int64_t n) {
   if (n == NJ) {
-#pragma GCC unroll 16
-    for (int j = 0; j < NJ; ++j) dst[j] = acc[j];
+    convert_block<NJ>(dst, acc);
   } else {
     alignas(64) T tmp[NJ];
-#pragma GCC unroll 16
-    for (int j = 0; j < NJ; ++j) tmp[j] = acc[j];
+    convert_block<NJ>(tmp, acc);
     std::memcpy(dst, tmp, sizeof(T) * static_cast<size_t>(n));
   }
 }
@@ -129,52 +289,54 @@ inline void prefetch_rows(const T* base, int64_t count, int64_t stride, int64_t 
 
 // Padded rows [p0, p1) of one (n, c) plane of the zero-padded, phase-split input, from a plane of the input with
 // row stride hs and column stride ws (any strides: this copy is where other layouts are read), into dst (row
-// elements per padded row).
-template <typename T>
-void pad_rows(const Geometry& g, const T* src, int64_t hs, int64_t ws, T* dst, int64_t p0, int64_t p1) {
-  std::fill(dst, dst + (p1 - p0) * g.row, T(0));
+// elements per padded row, in the accumulator type A: where a 16-bit input is widened).
+template <typename A, typename T>
+void pad_rows(const Geometry& g, const T* src, int64_t hs, int64_t ws, A* dst, int64_t p0, int64_t p1) {
+  std::fill(dst, dst + (p1 - p0) * g.row, A(0));
   const int64_t h_lo = std::max<int64_t>(0, p0 - g.ph), h_hi = std::min(g.H, p1 - g.ph);
   for (int64_t h = h_lo; h < h_hi; ++h) {
     const T* in = src + h * hs;
-    T* out = dst + (g.ph + h - p0) * g.row;
+    A* out = dst + (g.ph + h - p0) * g.row;
     if (g.sw == 1) {
       const int64_t n = std::min(g.W, g.row - g.pw);
       if (ws == 1) {
-        copy_n(out + g.pw, in, n);
+        convert_n(out + g.pw, in, n);
       } else {
-        for (int64_t k = 0; k < n; ++k) out[g.pw + k] = in[k * ws];
+        for (int64_t k = 0; k < n; ++k) out[g.pw + k] = convert<A>(in[k * ws]);
       }
     } else {
       for (int64_t r = 0; r < g.sw; ++r) {  // phase r holds padded columns r, r + sw, ...: k from the first inside
         const int64_t k0 = g.pw > r ? (g.pw - r + g.sw - 1) / g.sw : 0;
         const int64_t k1 = std::min(g.Wq, (g.pw + g.W - r + g.sw - 1) / g.sw);
-        T* phase = out + r * g.Wq;
-        for (int64_t k = k0; k < k1; ++k) phase[k] = in[(r + k * g.sw - g.pw) * ws];
+        A* phase = out + r * g.Wq;
+        for (int64_t k = k0; k < k1; ++k) phase[k] = convert<A>(in[(r + k * g.sw - g.pw) * ws]);
       }
     }
   }
 }
 
 // The padded input rows that output rows [i0, i1) of one group read, for its Cg channels: a task's own copy, made
-// just before it is read (so it is read from cache, and no copy of the whole input is written and read back).
-template <typename T>
+// just before it is read (so it is read from cache, and no copy of the whole input is written and read back). In
+// the accumulator type A.
+template <typename A>
 struct GroupRows {
-  std::vector<T> data;
+  std::vector<A> data;
   int64_t p0 = 0, cstride = 0;  // the first padded row held; elements per channel
 
   // x: the input, strides xs (n, c, h, w).
+  template <typename T>
   void fill(const Geometry& g, const T* x, const int64_t* xs, int64_t n, int64_t grp, int64_t i0, int64_t i1) {
     p0 = i0 * g.sh;
     const int64_t p1 = (i1 - 1) * g.sh + (g.Kh - 1) * g.dh + 1;
     cstride = (p1 - p0) * g.row;
-    const auto size = static_cast<size_t>(g.Cg * cstride + kSlack<T>);
+    const auto size = static_cast<size_t>(g.Cg * cstride + kSlack<A>);
     if (data.size() < size) data.resize(size);
-    std::fill(data.begin() + g.Cg * cstride, data.begin() + static_cast<int64_t>(size), T(0));
+    std::fill(data.begin() + g.Cg * cstride, data.begin() + static_cast<int64_t>(size), A(0));
     for (int64_t c = 0; c < g.Cg; ++c)
-      pad_rows<T>(g, x + n * xs[0] + (grp * g.Cg + c) * xs[1], xs[2], xs[3], data.data() + c * cstride, p0, p1);
+      pad_rows(g, x + n * xs[0] + (grp * g.Cg + c) * xs[1], xs[2], xs[3], data.data() + c * cstride, p0, p1);
   }
   // Channel 0 of the group at the first padded row output row i reads.
-  const T* row(const Geometry& g, int64_t i) const { return data.data() + (i * g.sh - p0) * g.row; }
+  const A* row(const Geometry& g, int64_t i) const { return data.data() + (i * g.sh - p0) * g.row; }
 };
 
 // Rows per task of the forward and grad_weight: a whole image's group, unless that leaves fewer than 16 tasks
@@ -186,21 +348,21 @@ inline int64_t rows_per_task(const Geometry& g) {
 }
 
 // dst[c][k] = sum_t w[woff[t] + k] * src[c][soff[t] + k] for NC channels and the first nk of NJ positions: the
-// register block of the forward (src = padded input rows) and of grad_input (src = staged grad_output rows). Sizes
-// are compile-time, so the accumulators stay in registers and the k loop is vectorised. Lanes past nk compute
-// garbage from in-bounds memory and are not stored.
+// register block of the forward (src = padded input rows) and of grad_input (src = staged grad_output rows), summed
+// in A = acc_t<T> and rounded to T when stored. Sizes are compile-time, so the accumulators stay in registers and
+// the k loop is vectorised. Lanes past nk compute garbage from in-bounds memory and are not stored.
 // Not inlined: inlined into a large caller, gcc 13 scalarised it (measured 3-6x slower). tap_block, on the
 // contrary, is 2-3x slower when not inlined.
-template <typename T, int NJ, int NC>
-__attribute__((noinline)) void row_block(const T* __restrict w, const int64_t* woff, const int64_t* soff,
-                                         int64_t taps, const T* const* src, T* const* dst, int64_t nk) {
-  T acc[NC][NJ] = {};
+template <typename T, int NJ, int NC, typename A = acc_t<T>>
+__attribute__((noinline)) void row_block(const A* __restrict w, const int64_t* woff, const int64_t* soff,
+                                         int64_t taps, const A* const* src, T* const* dst, int64_t nk) {
+  A acc[NC][NJ] = {};
   for (int64_t t = 0; t < taps; ++t) {
-    const T* __restrict wt = w + woff[t];
+    const A* __restrict wt = w + woff[t];
     const int64_t o = soff[t];
 #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) {
-      const T* __restrict st = src[c] + o;
+      const A* __restrict st = src[c] + o;
 #pragma GCC unroll 16
       for (int k = 0; k < NJ; ++k) acc[c][k] += wt[k] * st[k];
     }
@@ -209,9 +371,9 @@ __attribute__((noinline)) void row_block(const T* __restrict w, const int64_t* w
 }
 
 // row_block<NJ, nc> for a runtime nc <= NC.
-template <typename T, int NJ, int NC>
-inline void row_block_upto(int64_t nc, const T* w, const int64_t* woff, const int64_t* soff, int64_t taps,
-                           const T* const* src, T* const* dst, int64_t nk) {
+template <typename T, int NJ, int NC, typename A = acc_t<T>>
+inline void row_block_upto(int64_t nc, const A* w, const int64_t* woff, const int64_t* soff, int64_t taps,
+                           const A* const* src, T* const* dst, int64_t nk) {
   if constexpr (NC > 1) {
     if (nc < NC) return row_block_upto<T, NJ, NC - 1>(nc, w, woff, soff, taps, src, dst, nk);
   }
@@ -221,11 +383,11 @@ inline void row_block_upto(int64_t nc, const T* w, const int64_t* woff, const in
 // ------------------------------------------------------------------------------------------------- forward
 // Pixels j0 .. j0 + nj of output row i of group grp, all its channels, in blocks of NJ pixels x CB channels. `x`
 // is the group's channel 0 at the row's first padded row, channels x_c apart; `w` the row's staged weights: tap t's
-// at w[woff[t] + j].
-template <typename T, int NJ>
-void forward_pixels(const Geometry& g, const int64_t* off, const T* x0, int64_t x_c, const T* w,
+// at w[woff[t] + j]; both in A = acc_t<T>.
+template <typename T, int NJ, typename A = acc_t<T>>
+void forward_pixels(const Geometry& g, const int64_t* off, const A* x0, int64_t x_c, const A* w,
                     const int64_t* woff, T* y_all, int64_t n, int64_t grp, int64_t i, int64_t j0, int64_t nj) {
-  const T* x[CB];
+  const A* x[CB];
   T* y[CB];
   for (int64_t c0 = 0; c0 < g.Cg; c0 += CB) {
     const int64_t nc = std::min<int64_t>(CB, g.Cg - c0);
@@ -242,10 +404,12 @@ void forward_pixels(const Geometry& g, const int64_t* off, const T* x0, int64_t 
 // (GroupRows). The weights of R consecutive output rows are first copied per tap, R*Wo contiguous elements each,
 // into a buffer: long sequential runs, which the hardware prefetchers follow, where reading each row's Kh*Kw
 // short runs (Wo elements, Ho*Wo apart) inside the register-blocked loop stalled on memory at N=8 (2-3x the time
-// of N=1 per image). The buffer's slack also gives the last block in-bounds lanes to read past Wo.
+// of N=1 per image). The buffer's slack also gives the last block in-bounds lanes to read past Wo. Both copies are
+// in A = acc_t<T>.
 template <typename T, typename ParallelFor>
 void forward(const Geometry& g, const T* x, const int64_t* xs, const T* w, T* y, ParallelFor&& parallel_for) {
-  constexpr int NJ = kPixels<T>;
+  using A = acc_t<T>;
+  constexpr int NJ = kPixels<A>;
   const std::vector<int64_t> off = tap_offsets(g);
   const int64_t taps = g.taps(), w_tap = g.Ho * g.Wo;
   const int64_t rows = rows_per_task(g), blocks = (g.Ho + rows - 1) / rows;
@@ -254,8 +418,8 @@ void forward(const Geometry& g, const T* x, const int64_t* xs, const T* w, T* y,
   std::vector<int64_t> woff(static_cast<size_t>(taps));
   for (int64_t k = 0; k < taps; ++k) woff[k] = k * wt;
   parallel_for(g.N * g.G * blocks, [&](int64_t begin, int64_t end) {
-    std::vector<T> wst(static_cast<size_t>(taps * wt), T(0));
-    GroupRows<T> xr;
+    std::vector<A> wst(static_cast<size_t>(taps * wt), A(0));
+    GroupRows<A> xr;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t ng = t / blocks, n = ng / g.G, grp = ng % g.G;
       const int64_t i0 = (t % blocks) * rows, i1 = std::min(g.Ho, i0 + rows);
@@ -263,10 +427,10 @@ void forward(const Geometry& g, const T* x, const int64_t* xs, const T* w, T* y,
       for (int64_t r0 = i0; r0 < i1; r0 += R) {
         const int64_t nr = std::min(R, i1 - r0);
         const T* wsrc = w + ng * taps * w_tap + r0 * g.Wo;
-        for (int64_t k = 0; k < taps; ++k) copy_n(wst.data() + k * wt, wsrc + k * w_tap, nr * g.Wo);
+        for (int64_t k = 0; k < taps; ++k) convert_n(wst.data() + k * wt, wsrc + k * w_tap, nr * g.Wo);
         for (int64_t i = r0; i < r0 + nr; ++i) {
-          const T* wi = wst.data() + (i - r0) * g.Wo;
-          const T* x0 = xr.row(g, i);
+          const A* wi = wst.data() + (i - r0) * g.Wo;
+          const A* x0 = xr.row(g, i);
           int64_t j0 = 0;
           for (; j0 + NJ <= g.Wo; j0 += NJ)
             forward_pixels<T, NJ>(g, off.data(), x0, xr.cstride, wi, woff.data(), y, n, grp, i, j0, NJ);
@@ -292,33 +456,33 @@ void forward(const Geometry& g, const T* x, const int64_t* xs, const T* w, T* y,
 // stored once. (A scatter of each tap into memory instead stalls on loads that overlap the previous tap's stores.)
 
 
-// Staged rows and tap tables of one grad_input task.
-template <typename T>
+// Staged rows and tap tables of one grad_input task, in the accumulator type A.
+template <typename A>
 struct GatherScratch {
   int64_t M, L, R, nch;
-  std::unique_ptr<T[]> wst, gst, rows;  // R x taps x L weights, R x nch x L grad_output, nch x row (+ NJ) results
+  std::unique_ptr<A[]> wst, gst, rows;  // R x taps x L weights, R x nch x L grad_output, nch x row (+ NJ) results
   std::vector<int64_t> woff, goff;
   std::vector<int64_t> phase, shift;  // per kernel column v: v*dw % sw and m_v = v*dw / sw
   // The weights of chunk_rows output rows from chunk_lo, one contiguous run per tap: read from the weight tensor
   // in long runs (which the hardware prefetchers follow), then staged row by row from here.
-  std::unique_ptr<T[]> chunk;
+  std::unique_ptr<A[]> chunk;
   int64_t chunk_lo = 0, chunk_rows = 0;
 };
 
 // Channels [c_lo, c_hi) of group grp in image n: every input row of grad_input (contiguous NCHW).
-template <typename T, int NJ>
+template <typename T, int NJ, typename A = acc_t<T>>
 void grad_input_channels(const Geometry& g, const T* gy_all, const T* w_all, T* gx_all, int64_t n, int64_t grp,
-                         int64_t c_lo, int64_t c_hi, GatherScratch<T>& s) {
+                         int64_t c_lo, int64_t c_hi, GatherScratch<A>& s) {
   const int64_t taps = g.taps(), w_tap = g.Ho * g.Wo, nch = c_hi - c_lo, M = s.M, L = s.L, R = s.R;
   const int64_t rlen = g.row + NJ;
-  std::fill(s.wst.get(), s.wst.get() + R * taps * L, T(0));
-  std::fill(s.gst.get(), s.gst.get() + R * s.nch * L, T(0));
+  std::fill(s.wst.get(), s.wst.get() + R * taps * L, A(0));
+  std::fill(s.gst.get(), s.gst.get() + R * s.nch * L, A(0));
   const T* w_group = w_all + (n * g.G + grp) * taps * w_tap;
   const T* gy_group = gy_all + (n * g.C + grp * g.Cg + c_lo) * w_tap;
   T* gx_group = gx_all + (n * g.C + grp * g.Cg + c_lo) * g.H * g.W;
   const int64_t inside = std::max<int64_t>(0, std::min(g.W, g.Wp - g.pw));  // columns some tap reads
-  const T* gy[CB];
-  T* dst[CB];
+  const A* gy[CB];
+  A* dst[CB];
   int64_t next = 0;  // the next output row to stage
   s.chunk_lo = -s.chunk_rows;  // none held
   for (int64_t h = 0; h < g.H; ++h) {
@@ -326,7 +490,7 @@ void grad_input_channels(const Geometry& g, const T* gy_all, const T* w_all, T* 
     if (hp >= g.Hp) {  // no tap reads this row
       for (int64_t c = 0; c < nch; ++c) {
         T* orow = gx_group + (c * g.H + h) * g.W;
-        std::fill(orow, orow + g.W, T(0));
+        std::fill(orow, orow + g.W, T{});
       }
       continue;
     }
@@ -341,13 +505,13 @@ void grad_input_channels(const Geometry& g, const T* gy_all, const T* w_all, T* 
         s.chunk_lo = next;
         const int64_t nr = std::min(s.chunk_rows, g.Ho - next);
         for (int64_t t = 0; t < taps; ++t)
-          copy_n(s.chunk.get() + t * s.chunk_rows * g.Wo, w_group + t * w_tap + next * g.Wo, nr * g.Wo);
+          convert_n(s.chunk.get() + t * s.chunk_rows * g.Wo, w_group + t * w_tap + next * g.Wo, nr * g.Wo);
       }
-      const T* wsrc = s.chunk.get() + (next - s.chunk_lo) * g.Wo;
+      const A* wsrc = s.chunk.get() + (next - s.chunk_lo) * g.Wo;
       for (int64_t t = 0; t < taps; ++t)
         copy_n(s.wst.get() + (slot * taps + t) * L + M, wsrc + t * s.chunk_rows * g.Wo, g.Wo);
       for (int64_t c = 0; c < nch; ++c)
-        copy_n(s.gst.get() + (slot * s.nch + c) * L + M, gy_group + c * w_tap + next * g.Wo, g.Wo);
+        convert_n(s.gst.get() + (slot * s.nch + c) * L + M, gy_group + c * w_tap + next * g.Wo, g.Wo);
     }
     for (int64_t r = 0; r < g.sw; ++r) {
       s.woff.clear();
@@ -375,7 +539,7 @@ void grad_input_channels(const Geometry& g, const T* gy_all, const T* w_all, T* 
             gy[c] = s.gst.get() + (c0 + c) * L + M + k0;
             dst[c] = s.rows.get() + (c0 + c) * rlen + r * g.Wq + k0;
           }
-          row_block_upto<T, B, CB>(nc, s.wst.get() + M + k0, s.woff.data(), s.goff.data(), ntaps, gy, dst, nk);
+          row_block_upto<A, B, CB>(nc, s.wst.get() + M + k0, s.woff.data(), s.goff.data(), ntaps, gy, dst, nk);
         }
       };
       int64_t k0 = k_lo;
@@ -388,43 +552,47 @@ void grad_input_channels(const Geometry& g, const T* gy_all, const T* w_all, T* 
     }
     // The row's interior: input column w is padded column pw + w; columns no tap reads get zero.
     for (int64_t c = 0; c < nch; ++c) {
-      const T* prow = s.rows.get() + c * rlen;
+      const A* prow = s.rows.get() + c * rlen;
       T* orow = gx_group + (c * g.H + h) * g.W;
-      if (g.sw == 1) {
-        std::memcpy(orow, prow + g.pw, sizeof(T) * static_cast<size_t>(inside));
+      if constexpr (std::is_same_v<T, A>) {
+        if (g.sw == 1) std::memcpy(orow, prow + g.pw, sizeof(T) * static_cast<size_t>(inside));
       } else {
-        for (int64_t w = 0; w < inside; ++w) orow[w] = prow[g.column(g.pw + w)];
+        if (g.sw == 1) convert_n(orow, prow + g.pw, inside);  // rounded once, here
       }
-      std::fill(orow + inside, orow + g.W, T(0));
+      if (g.sw != 1) {
+        for (int64_t w = 0; w < inside; ++w) orow[w] = convert<T>(prow[g.column(g.pw + w)]);
+      }
+      std::fill(orow + inside, orow + g.W, T{});
     }
   }
 }
 
 // gx (N, C, H, W) contiguous from gy (N, C, Ho, Wo) contiguous and the contiguous weight w. Tasks: the channels of
 // one group of one image, split into chunks of CB-multiples when there are too few (n, group) pairs to keep every
-// thread busy; tasks write disjoint channels.
+// thread busy; tasks write disjoint channels. Staged and summed in A = acc_t<T>.
 template <typename T, typename ParallelFor>
 void grad_input(const Geometry& g, const T* gy, const T* w, T* gx, ParallelFor&& parallel_for) {
-  constexpr int NJ = kPixels<T>;
+  using A = acc_t<T>;
+  constexpr int NJ = kPixels<A>;
   int64_t per_task = g.Cg;  // channels per task, CB-aligned within the group
   while (g.N * g.G * ((g.Cg + per_task - 1) / per_task) < 16 && per_task > CB)
     per_task = (per_task / 2 + CB - 1) / CB * CB;
   const int64_t chunks = (g.Cg + per_task - 1) / per_task;
   parallel_for(g.N * g.G * chunks, [&](int64_t begin, int64_t end) {
-    GatherScratch<T> s;
+    GatherScratch<A> s;
     s.M = (g.Kw - 1) * g.dw / g.sw;             // the largest shift m_v
     s.L = s.M + g.Wq + NJ;                      // a staged row: reads reach L - 1 at most
     s.R = (g.Kh - 1) * g.dh / g.sh + 1;         // output rows one padded row reads from, at most
     s.nch = per_task;
-    s.wst.reset(new T[static_cast<size_t>(s.R * g.taps() * s.L)]);
-    s.gst.reset(new T[static_cast<size_t>(s.R * per_task * s.L)]);
-    s.rows.reset(new T[static_cast<size_t>(per_task * (g.row + NJ))]);
+    s.wst.reset(new A[static_cast<size_t>(s.R * g.taps() * s.L)]);
+    s.gst.reset(new A[static_cast<size_t>(s.R * per_task * s.L)]);
+    s.rows.reset(new A[static_cast<size_t>(per_task * (g.row + NJ))]);
     s.chunk_rows = std::max<int64_t>(1, 256 / g.Wo);
     for (int64_t v = 0; v < g.Kw; ++v) {
       s.phase.push_back(v * g.dw % g.sw);
       s.shift.push_back(v * g.dw / g.sw);
     }
-    s.chunk.reset(new T[static_cast<size_t>(g.taps() * s.chunk_rows * g.Wo)]);
+    s.chunk.reset(new A[static_cast<size_t>(g.taps() * s.chunk_rows * g.Wo)]);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t k = t % chunks, ng = t / chunks, n = ng / g.G, grp = ng % g.G;
       const int64_t c_lo = k * per_task, c_hi = std::min(g.Cg, c_lo + per_task);
@@ -469,10 +637,12 @@ inline void tap_block_upto(int64_t tb, int64_t channels, const T* gy, int64_t gy
 // gw (N, G, Kh, Kw, Ho, Wo) contiguous from gy (N, C, Ho, Wo) contiguous and the input x (any strides xs: n, c,
 // h, w). Tasks as in the forward: a block of output rows of one group of one image, which first pads the input rows
 // it reads; the gradient of R output rows is computed into a buffer, then written out as one run per tap. The taps
-// are taken in even chunks of at most kTaps (49 = 7 x 7).
+// are taken in even chunks of at most kTaps (49 = 7 x 7). Summed and staged in A = acc_t<T>; a 16-bit grad_output
+// is first widened, R output rows of the group's channels at a time (a float32 grad_output is read in place).
 template <typename T, typename ParallelFor>
 void grad_weight(const Geometry& g, const T* gy, const T* x, const int64_t* xs, T* gw, ParallelFor&& parallel_for) {
-  constexpr int NJ = kPixelsGw<T>;
+  using A = acc_t<T>;
+  constexpr int NJ = kPixelsGw<A>;
   const std::vector<int64_t> off = tap_offsets(g);
   const int64_t taps = g.taps(), w_tap = g.Ho * g.Wo;
   const int64_t nchunks = (taps + kTaps - 1) / kTaps, chunk = (taps + nchunks - 1) / nchunks;
@@ -482,8 +652,9 @@ void grad_weight(const Geometry& g, const T* gy, const T* x, const int64_t* xs, 
   const int64_t wt = R * g.Wo + NJ;                      // a tap's staged gradient, with slack
   parallel_for(g.N * g.G * blocks, [&](int64_t begin, int64_t end) {
     std::vector<T> gbuf;
-    std::vector<T> gst(static_cast<size_t>(taps * wt));
-    GroupRows<T> xr;
+    std::vector<A> gst(static_cast<size_t>(taps * wt));
+    std::vector<A> gyst(std::is_same_v<T, A> ? 0 : static_cast<size_t>(g.Cg * wt), A(0));  // widened grad_output
+    GroupRows<A> xr;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t ng = task / blocks, n = ng / g.G, grp = ng % g.G;
       const int64_t i0 = (task % blocks) * rows, i1 = std::min(g.Ho, i0 + rows);
@@ -491,30 +662,41 @@ void grad_weight(const Geometry& g, const T* gy, const T* x, const int64_t* xs, 
       xr.fill(g, x, xs, n, grp, i0, i1);
       for (int64_t r0 = i0; r0 < i1; r0 += R) {
         const int64_t nr = std::min(R, i1 - r0);
+        if constexpr (!std::is_same_v<T, A>) {
+          for (int64_t c = 0; c < g.Cg; ++c)
+            convert_n(gyst.data() + c * wt, gy + ((ch0 + c) * g.Ho + r0) * g.Wo, nr * g.Wo);
+        }
         for (int64_t i = r0; i < r0 + nr; ++i) {
           for (int64_t j0 = 0; j0 < g.Wo; j0 += NJ) {
             const int64_t nj = std::min<int64_t>(NJ, g.Wo - j0);
-            const T* gyp = gy + (ch0 * g.Ho + i) * g.Wo + j0;
-            int64_t gy_c = w_tap;
-            // A partial block reads NJ grad_output values per channel: in bounds except at the tensor's very
-            // end, where the group's values are first copied to gbuf.
-            if (gyp + (g.Cg - 1) * gy_c + NJ > gy_end) {
-              gbuf.assign(static_cast<size_t>(g.Cg * NJ), T(0));
-              for (int64_t c = 0; c < g.Cg; ++c) copy_n(&gbuf[c * NJ], gyp + c * gy_c, nj);
-              gyp = gbuf.data(), gy_c = NJ;
+            const A* gyp;
+            int64_t gy_c;
+            if constexpr (std::is_same_v<T, A>) {
+              gyp = gy + (ch0 * g.Ho + i) * g.Wo + j0;
+              gy_c = w_tap;
+              // A partial block reads NJ grad_output values per channel: in bounds except at the tensor's very
+              // end, where the group's values are first copied to gbuf.
+              if (gyp + (g.Cg - 1) * gy_c + NJ > gy_end) {
+                gbuf.assign(static_cast<size_t>(g.Cg * NJ), T{});
+                for (int64_t c = 0; c < g.Cg; ++c) copy_n(&gbuf[c * NJ], gyp + c * gy_c, nj);
+                gyp = gbuf.data(), gy_c = NJ;
+              }
+            } else {  // the staged rows have slack past each channel's last row
+              gyp = gyst.data() + (i - r0) * g.Wo + j0;
+              gy_c = wt;
             }
-            const T* x0 = xr.row(g, i) + j0;
-            T* gwp = gst.data() + (i - r0) * g.Wo + j0;
+            const A* x0 = xr.row(g, i) + j0;
+            A* gwp = gst.data() + (i - r0) * g.Wo + j0;
             for (int64_t t0 = 0; t0 < taps; t0 += chunk) {
               const int64_t tb = std::min(chunk, taps - t0);
-              tap_block_upto<T, NJ, kTaps>(tb, g.Cg, gyp, gy_c, x0, xr.cstride, off.data() + t0, gwp + t0 * wt, wt,
+              tap_block_upto<A, NJ, kTaps>(tb, g.Cg, gyp, gy_c, x0, xr.cstride, off.data() + t0, gwp + t0 * wt, wt,
                                            nj);
             }
           }
         }
         // The R rows' gradient of each tap: one contiguous run in gw.
         T* gwdst = gw + ng * taps * w_tap + r0 * g.Wo;
-        for (int64_t k = 0; k < taps; ++k) copy_n(gwdst + k * w_tap, gst.data() + k * wt, nr * g.Wo);
+        for (int64_t k = 0; k < taps; ++k) convert_n(gwdst + k * w_tap, gst.data() + k * wt, nr * g.Wo);
       }
     }
   });
