@@ -79,6 +79,18 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_precision_flags() -> str:
+    """The CPU's flags that decide low-precision speed (/proc/cpuinfo): bfloat16 and AMX, or 'none of ...'."""
+    wanted = ("avx512_bf16", "amx_bf16", "amx_tile", "amx_int8", "avx512_fp16", "avx512f", "avx2")
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    have = [w for w in wanted if w in flags]
+    return " ".join(have) + ("" if {"avx512_bf16", "amx_bf16"} & set(have) else " (no native bfloat16)")
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask), else os.cpu_count()."""
     try:

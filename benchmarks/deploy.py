@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Deployment benchmark on the CPU: RedNet-26, RedNet-50 and ResNet-50 inference in eager PyTorch, torch.compile
-and ONNX Runtime, side by side.
+"""Deployment benchmark on the CPU: RedNet-26, RedNet-50 and ResNet-50 inference in eager PyTorch (float32 and
+bfloat16), torch.compile, ONNX Runtime and OpenVINO (float32 and bfloat16), side by side.
 
 Per runtime and batch size, the models are timed in rounds (each round runs every model once, the order reversed
 every other round, so machine noise hits them alike); medians are reported with the ratio to ResNet-50 in the same
@@ -17,6 +17,14 @@ runtime and batch. Setup:
 * onnxruntime-custom: the same with ``onnx_ops="custom"``: one ``involution::Involution2d`` node per involution,
   run by the custom-op library of ``involution.ops.onnxruntime_library`` (built on first use; needs its headers:
   ``involution onnxruntime fetch-headers``).
+* eager-bf16: eager under ``torch.autocast("cpu", dtype=torch.bfloat16)``, channels_last, as PyTorch advises for
+  CPUs with native bfloat16;
+* openvino, openvino-bf16: the project's OpenVINO path, ``export_model(..., "NAME.xml")`` (an IR whose involutions
+  are the C++ extension's op) compiled by ``openvino_model(path, precision, threads)`` (``INFERENCE_PRECISION_HINT``
+  f32 or bf16); openvino-standard(-bf16): the standard-operator ONNX file read by OpenVINO, for comparison.
+
+The CPU model and its bfloat16 / AMX flags are printed with every table: the bf16 rows mean something only on a CPU
+with native bfloat16 (avx512_bf16, amx_bf16).
 
 Usage::
 
@@ -44,7 +52,8 @@ import torch  # noqa: E402
 import involution  # noqa: E402
 from involution.tasks.deploy import export_model, onnx_session  # noqa: E402
 
-RUNTIMES = ("eager", "compile", "onnxruntime", "onnxruntime-custom")
+RUNTIMES = ("eager", "eager-bf16", "compile", "onnxruntime", "onnxruntime-custom", "openvino", "openvino-bf16",
+            "openvino-standard", "openvino-standard-bf16")
 DEFAULT_MODELS = "rednet26,rednet50,resnet50"
 
 
@@ -56,16 +65,17 @@ def make_runner(runtime: str, name: str, batch: int, size: int, args: argparse.N
     """A zero-argument callable running one forward of ``name`` at ``batch`` in ``runtime`` (built, not timed)."""
     torch.manual_seed(0)
     if runtime.startswith("onnxruntime"):
-        onnx_ops = "custom" if runtime == "onnxruntime-custom" else "standard"
-        path = args.onnx_files.get((name, onnx_ops))
-        if path is None:
-            path = os.path.join(args.workdir, f"{name}-{onnx_ops}.onnx")
-            export_model(name, path, input_size=(3, size, size), onnx_ops=onnx_ops, fuse=not args.no_fuse,
-                         log=lambda m: print(f"[export {name}] {m}", file=sys.stderr))
-            args.onnx_files[(name, onnx_ops)] = path
+        path = _exported(name, "custom" if runtime == "onnxruntime-custom" else "standard", size, args)
         session = onnx_session(path, threads=args.threads)
         feed = {session.get_inputs()[0].name: _input(batch, size).numpy()}
         return lambda: session.run(None, feed)
+    if runtime.startswith("openvino"):
+        from involution.tasks.deploy import openvino_model
+
+        path = _exported(name, "standard" if "standard" in runtime else "openvino", size, args)
+        compiled = openvino_model(path, "bf16" if runtime.endswith("bf16") else "f32", threads=args.threads)
+        request, x = compiled.create_infer_request(), _input(batch, size).numpy()
+        return lambda: request.infer({0: x})
     model = involution.create_model(name).eval().to(memory_format=torch.channels_last)
     if not args.no_fuse:
         model.fuse()
@@ -77,12 +87,24 @@ def make_runner(runtime: str, name: str, batch: int, size: int, args: argparse.N
         inductor_config.freezing = True
     fn = torch.compile(model, dynamic=False) if runtime == "compile" else model
     x = _input(batch, size).contiguous(memory_format=torch.channels_last)
+    bf16 = runtime == "eager-bf16"
 
     def run() -> object:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             return fn(x)
 
     return run
+
+
+def _exported(name: str, form: str, size: int, args: argparse.Namespace) -> str:
+    """The file of ``name`` in ``form`` ("standard" or "custom" ONNX, or an "openvino" IR), exported once."""
+    path = args.exported.get((name, form))
+    if path is None:
+        path = os.path.join(args.workdir, f"{name}-{form}" + (".xml" if form == "openvino" else ".onnx"))
+        export_model(name, path, input_size=(3, size, size), onnx_ops="custom" if form == "custom" else "standard",
+                     fuse=not args.no_fuse, log=lambda m: print(f"[export {name}] {m}", file=sys.stderr))
+        args.exported[(name, form)] = path
+    return path
 
 
 def time_group(runtime: str, batch: int, args: argparse.Namespace) -> dict[str, list[float]]:
@@ -165,22 +187,27 @@ def main(argv: list[str] | None = None) -> int:
         ("torch", torch.__version__),
         ("python", sys.version.split()[0]),
         ("CPU", f"{_util.cpu_model()} ({_util.usable_cpus()} usable CPUs)"),
+        ("CPU flags", _util.cpu_precision_flags()),
         ("threads", f"{args.threads} (torch.set_num_threads, onnxruntime intra_op_num_threads)"),
         ("load avg", _util.load_average() + " (1/5/15 min, at start)"),
-        ("setup", f"{args.size}x{args.size}, batches {', '.join(map(str, args.batches))}, float32, "
+        ("setup", f"{args.size}x{args.size}, batches {', '.join(map(str, args.batches))}, float32 input, "
                   f"{args.repeats} timed rounds after {args.warmup} warm-up runs"),
     ]
     if any(r.startswith("onnxruntime") for r in args.runtimes):
         import onnxruntime
 
         info.append(("onnxruntime", f"{onnxruntime.__version__}, CPUExecutionProvider"))
+    if any(r.startswith("openvino") for r in args.runtimes):
+        import openvino
+
+        info.append(("openvino", f"{openvino.__version__}, CPU plugin"))
     for k, v in info:
         print(f"{k:>12}: {v.strip('`')}")
 
     t_start = time.perf_counter()
     results: dict[tuple[str, int], dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="involution-deploy-") as workdir:
-        args.workdir, args.onnx_files = workdir, {}
+        args.workdir, args.exported = workdir, {}
         for runtime in args.runtimes:
             for batch in args.batches:
                 results[(runtime, batch)] = time_group(runtime, batch, args)
