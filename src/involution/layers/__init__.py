@@ -2,7 +2,7 @@
 
 from .conv_norm_act import ConvNormAct
 from .involution import Involution1d, Involution2d, Involution3d
-from .spatial import SPATIAL_KINDS, LocalSelfAttention2d, StaticSharedConv2d, spatial_layer
+from .spatial import SPATIAL_KINDS, LocalSelfAttention2d, StaticSharedConv2d, check_kernel_reach, spatial_layer
 
 __all__ = [
     "ConvNormAct",
@@ -12,5 +12,6 @@ __all__ = [
     "LocalSelfAttention2d",
     "SPATIAL_KINDS",
     "StaticSharedConv2d",
+    "check_kernel_reach",
     "spatial_layer",
 ]
