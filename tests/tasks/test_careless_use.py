@@ -91,10 +91,16 @@ def test_a_bad_option_exits_with_a_usage_error_through_main(capsys):
     ("width=abc", ["width", "'abc'"]),
     ("drop_rate=x", ["drop_rate"]),
     ("num_classes=3", ["num_classes", "data set"]),
+    # issue 26: a name where a factory belongs, a key given twice, a kernel far wider than the 8x8 digits
+    ("norm_layer=foo", ["norm_layer", "'foo'", "'bn'", "'syncbn'"]),
+    ("width=0.125 width=0.25", ["--model-kwargs", "'width' twice"]),
+    ("width=0.125 kernel_size=101", ["101x101", "8x8", "at most 15x15"]),
 ])
 def test_bad_model_kwargs_are_one_line_errors(value, words, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--epochs", "1", "--model-kwargs", value, "--out", str(out), "--no-progress"])
+    start = time.monotonic()
+    rc = main(["train", "--epochs", "1", "--model-kwargs", *value.split(), "--out", str(out), "--no-progress"])
+    assert time.monotonic() - start < 60, "refused before any training step"
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert all(w in err for w in words), err
@@ -115,6 +121,8 @@ def test_bad_model_kwargs_are_one_line_errors(value, words, tmp_path, capsys):
     ({"zero_init_residual": "no"}, ["zero_init_residual", "True or False"]),
     ({"small_input": 3}, ["small_input", "True or False"]),
     ({"grad_checkpointing": "yes"}, ["grad_checkpointing"]),
+    ({"norm_layer": "foo"}, ["norm_layer", "'foo'", "'bn'"]),
+    ({"norm_layer": 3}, ["norm_layer", "callable"]),
 ])
 def test_model_constructors_name_their_bad_arguments(name, kwargs, words):
     with pytest.raises((ValueError, TypeError)) as err:
