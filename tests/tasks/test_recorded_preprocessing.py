@@ -72,7 +72,7 @@ def test_timm_resolves_the_runs_preprocessing(cli_run):
     spec = recorded_spec(cli_run)
     best = cli_run / "checkpoints" / "best.safetensors"
     for model in (load_model(best), timm.create_model("rednet26_small", pretrained=True, num_classes=10, in_chans=1,
-                                                      width=0.125, pretrained_cfg_overlay=dict(file=str(best)))):
+                                                      width=0.125, pretrained_cfg_overlay={"file": str(best)})):
         config = timm.data.resolve_data_config(model=model)
         assert tuple(config["input_size"]) == (1, 8, 8)
         assert list(config["mean"]) == spec["mean"] and list(config["std"]) == spec["std"]

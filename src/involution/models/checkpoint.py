@@ -33,9 +33,9 @@ from torch import Tensor, nn
 from .._atomic import atomic_path
 from .._version import __version__
 from ._safetensors import read_safetensors, write_safetensors
-from .pdparams import read_pdparams
 from .checkpoint_checks import LIST_LIMIT as _LIST_LIMIT
 from .checkpoint_checks import apply_recorded_preprocessing, check_finite, fmt_keys
+from .pdparams import read_pdparams
 
 FORMAT = "involution"
 FORMAT_VERSION = "1"

@@ -49,7 +49,7 @@ def model_in_chans(model: nn.Module) -> int | None:
 def _stats(field: str, values: Any, chans: int, name: str, positive: bool) -> list[float]:
     """``mean`` or ``std``: ``chans`` finite numbers (positive ones for ``std``)."""
     if not isinstance(values, list):
-        raise ValueError(f"{name}.{field} must be a list of {chans} numbers, got {values!r:.80}")
+        raise ValueError(f"{name}.{field} must be a list of {chans} numbers, got {values!r:.80}")  # noqa: TRY004
     if len(values) != chans:
         raise ValueError(f"{name}.{field} has {len(values)} values but the model takes {chans} input channel(s)")
     return [check_number(f"{name}.{field}[{i}]", v, low=0.0, low_open=True) if positive
@@ -79,8 +79,8 @@ def check_data_spec(raw: str | Mapping[str, Any], source: str | os.PathLike,
             values = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{name} is not JSON ({err})") from None
-    if not isinstance(values, Mapping):
-        raise ValueError(f"{name} must be a JSON object, got {type(values).__name__}")
+    if not isinstance(values, Mapping):  # the file's content is at fault: ValueError, as for any unreadable file
+        raise ValueError(f"{name} must be a JSON object, got {type(values).__name__}")  # noqa: TRY004
     missing = [k for k in ("classes", "in_chans", "image_size", "mean", "std") if k not in values]
     if missing:
         raise ValueError(f"{name} lacks {', '.join(missing)}")
@@ -93,7 +93,7 @@ def check_data_spec(raw: str | Mapping[str, Any], source: str | os.PathLike,
         resize = check_int(f"{name}.eval_resize", resize, low=size, high=MAX_RESIZE)
     dataset = values.get("dataset", "")
     if not isinstance(dataset, str):
-        raise ValueError(f"{name}.dataset must be a name, got {dataset!r:.80}")
+        raise ValueError(f"{name}.dataset must be a name, got {dataset!r:.80}")  # noqa: TRY004
     return {
         "dataset": dataset,
         "classes": _classes(values["classes"], name),

@@ -21,7 +21,7 @@ import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -71,7 +71,7 @@ class _CheckedArray(np.ndarray):
 
     limit = 0  # set per file by :class:`_ArrayUnpickler`
 
-    def __new__(cls, shape: Any, dtype: Any = float) -> _CheckedArray:
+    def __new__(cls, shape: Any, dtype: Any = float) -> Self:
         """``ndarray(shape, dtype)``, however the pickle calls it (``_reconstruct``, REDUCE, NEWOBJ): checked."""
         _checked_nbytes(shape, dtype, cls.limit)
         return super().__new__(cls, shape, dtype)

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-
 # Pillow's modes of images deeper than 8 bits per sample, with the value of full intensity: 16-bit PNG and TIFF
 # greys open as "I;16" (older Pillows: "I", a 32-bit int mode holding the same 0..65535 values).
 _DEEP_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}

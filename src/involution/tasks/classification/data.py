@@ -166,10 +166,10 @@ _LAYOUTS = {
 }
 # Where the files of the data sets that are not bundled come from; nothing is ever downloaded here.
 _SOURCES = {
-    "fashion-mnist": ("Fashion-MNIST", "the four *-ubyte.gz files of https://github.com/zalandoresearch/fashion-mnist "
-                      "(data/fashion), gunzipped, into {path}/FashionMNIST/raw/"),
-    "cifar10": ("CIFAR-10", "cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, extracted "
-                "into {path} (it unpacks to cifar-10-batches-py/)"),
+    "fashion-mnist": ("Fashion-MNIST", ("the four *-ubyte.gz files of https://github.com/zalandoresearch/fashion-mnist "
+                                        "(data/fashion), gunzipped, into {path}/FashionMNIST/raw/")),
+    "cifar10": ("CIFAR-10", ("cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, extracted "
+                             "into {path} (it unpacks to cifar-10-batches-py/)")),
 }
 
 
