@@ -103,3 +103,21 @@ def test_every_file_of_a_run_gets_the_umask_mode(cli_run):
              for p in cli_run.rglob("*") if p.is_file()}
     assert "checkpoints/best.safetensors" in modes and "checkpoints/last.pt" in modes
     assert {name: mode for name, mode in modes.items() if mode != 0o666 & ~UMASK} == {}
+
+
+@pytest.mark.parametrize("size", [224, 443])
+def test_timm_resizes_and_crops_an_image_folder_run_as_predict(size):
+    """Image folders are evaluated at a resize of size / 0.875 then a centre crop: timm must get the same sizes
+    back from crop_pct (a plain size / resize gives one pixel less for 443)."""
+    timm = pytest.importorskip("timm")
+    from involution.models.checkpoint_checks import apply_data_spec
+    from involution.tasks.classification.data import DataSpec
+    from involution.tasks.classification.transforms import build_image_transform
+
+    spec = DataSpec("imagefolder", ["cat", "dog"], 3, size, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3], round(size / 0.875))
+    model = create_model("rednet26", num_classes=2, width=0.125)
+    apply_data_spec(model, spec.to_dict(), "run/best.safetensors")
+    ours = build_image_transform(spec).transforms
+    theirs = timm.data.create_transform(**timm.data.resolve_data_config(model=model)).transforms
+    assert [list(ours[1].size), tuple(ours[2].size)] == [[round(size / 0.875)], (size, size)]
+    assert [theirs[0].size, tuple(theirs[1].size)] == [round(size / 0.875), (size, size)]

@@ -16,6 +16,7 @@ The file is not trusted: every value is checked against limits before anything i
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -122,11 +123,20 @@ def spec_cfg(spec: Mapping[str, Any], input_size: tuple[int, ...] | None = None)
         "std_255": tuple(255.0 * s for s in spec["std"]),
         # predict: Resize(eval_resize) + CenterCrop(size), or a resize of both sides to the size (timm's "squash")
         "resize": resize or size,
-        "crop_pct": size / resize if resize else 1.0,
+        "crop_pct": _crop_pct(size, resize) if resize else 1.0,
         "crop_mode": "center" if resize else "squash",
         "interpolation": "bilinear",
         "label_names": tuple(spec["classes"]),
     }
+
+
+def _crop_pct(size: int, resize: int) -> float:
+    """``size / resize`` as the float timm turns back into ``resize`` (``floor(size / crop_pct)``): rounding would
+    give ``resize - 1`` for a few sizes (443 of 506)."""
+    crop = size / resize
+    while math.floor(size / crop) < resize:
+        crop = math.nextafter(crop, 0.0)
+    return crop
 
 
 def apply_data_spec(model: nn.Module, raw: str | Mapping[str, Any], source: str | os.PathLike) -> dict[str, Any]:
