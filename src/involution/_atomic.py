@@ -1,8 +1,9 @@
 """Atomic file writes: write beside the target under a temporary name, fsync, then rename over the target.
 
-A crash or Ctrl-C mid-write leaves the previous file intact (``os.replace`` is atomic on POSIX and Windows). A
-write that fails raises :class:`WriteError` naming the target and the cause (disk full, read-only file system,
-a folder on the way that is a file ...) and leaves no temporary file behind.
+A crash or Ctrl-C mid-write leaves the previous file intact (``os.replace`` is atomic on POSIX and Windows). The
+file gets the mode the user's umask gives, whatever mode its writer created the temporary file with. A write that
+fails raises :class:`WriteError` naming the target and the cause (disk full, read-only file system, a folder on
+the way that is a file ...) and leaves no temporary file behind.
 """
 
 from __future__ import annotations
@@ -97,6 +98,33 @@ def _concerns(err: OSError, path: Path, tmp: Path) -> bool:
     return name is None or (isinstance(name, (str, os.PathLike)) and Path(name) in (path, tmp, *path.parents))
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``); elsewhere set
+    and restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _give_umask_mode(fd: int) -> None:
+    """Give the file ``fd`` the mode a plain ``open()`` would have: ``0o666`` (``0o777`` if the writer made it
+    executable, as a linker does) less the umask. Some writers create their file 0600 whatever the umask
+    (safetensors does), so without this a checkpoint is unreadable to the group when every other file is not."""
+    if not hasattr(os, "fchmod"):  # Windows: no POSIX modes to give
+        return
+    mode = os.fstat(fd).st_mode & 0o777
+    wanted = (0o777 if mode & 0o111 else 0o666) & ~current_umask()
+    if mode != wanted:
+        os.fchmod(fd, wanted)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path``, on error it is removed.
@@ -114,6 +142,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             path.parent.mkdir(parents=True, exist_ok=True)
             yield tmp
             with open(tmp, "rb+") as f:
+                _give_umask_mode(f.fileno())
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as err:

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from involution import Involution2d
-from involution.layers import SPATIAL_KINDS, LocalSelfAttention2d, StaticSharedConv2d, spatial_layer
+from involution.layers import (
+    SPATIAL_KINDS,
+    LocalSelfAttention2d,
+    StaticSharedConv2d,
+    check_kernel_reach,
+    spatial_layer,
+)
 from involution.layers.involution import coordinate_channels
 from involution.models import RedNetBottleneck, create_model
 from op_helpers import assert_matches_reference
@@ -286,3 +292,19 @@ def test_rednet_default_is_unchanged() -> None:
     assert list(a) == list(b)
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert "layer1.0.conv2.conv1.conv.weight" in a and "layer1.0.conv2.conv2.conv.bias" in a
+
+
+@pytest.mark.parametrize("spatial", ["involution", "static_shared", "attention"])
+def test_a_kernel_wider_than_the_input_can_fill_is_refused(spatial):
+    """kernel_size=101 on 8x8 digits made each step take seconds: taps beyond 7 pixels read only padding."""
+    def model(k):
+        return create_model("rednet26_small", num_classes=10, width=0.125, kernel_size=k, spatial=spatial)
+
+    check_kernel_reach(model(7), (8, 8))  # the default: layer4's 1x1 maps under a 7x7 kernel are how it runs
+    check_kernel_reach(model(15), (8, 8))  # every tap reaches the 8x8 input somewhere
+    with pytest.raises(ValueError, match=r"layer1\.0\.conv2.*17x17.*8x8.*at most 15x15"):
+        check_kernel_reach(model(17), (8, 8))
+    check_kernel_reach(model(17), (9, 9))
+    layer = Involution2d(16, kernel_size=7, dilation=3)  # reach 9: at most 5x5 at dilation 3 for 8x8
+    with pytest.raises(ValueError, match=r"7x7 \(dilation 3x3\).*at most 5x5"):
+        check_kernel_reach(layer, (8, 8))

@@ -15,6 +15,7 @@ with numpy 2.4.6, against the file PaddlePaddle wrote).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -234,6 +235,92 @@ def test_damaged_or_foreign_content_gets_a_clear_error(tmp_path, content, messag
     with pytest.raises(ValueError, match=message) as err:
         create_model("rednet26_small", width=0.25, checkpoint=path)
     assert str(path) in str(err.value)
+
+
+_RECONSTRUCT = (getattr(np, "_core", None) or np.core).multiarray._reconstruct
+
+
+def _array_claims() -> dict[str, object]:
+    """Pickled arrays that claim more than their file holds, each built the ways a pickle can ask numpy for one."""
+    def claim(shape, dtype="f4"):  # _reconstruct(ndarray, (0,), b"b"), then a state naming the shape
+        return _Runs(_RECONSTRUCT, np.ndarray, (0,), b"b"), (1, shape, np.dtype(dtype), False, b"\0" * 8)
+
+    return {
+        "1e13 elements by _reconstruct": _Runs(_RECONSTRUCT, np.ndarray, (10**13,), b"b"),
+        "3e9 elements by _reconstruct": _Runs(_RECONSTRUCT, np.ndarray, (3 * 10**9,), b"b"),
+        "3e9 elements by ndarray()": _Runs(np.ndarray, (3 * 10**9,), "b"),
+        "3e9 objects in the state": claim((3 * 10**9,), "O"),
+        "1e13 floats in the state": claim((10**6, 10**7)),
+    }
+
+
+class _WithState(_Runs):
+    """Unpickling this calls ``func(*args)``, then ``__setstate__(state)`` on the result (BUILD)."""
+
+    def __init__(self, made, state):
+        super().__init__(made.func, *made.args)
+        self.state = state
+
+    def __reduce__(self):
+        return self.func, self.args, self.state
+
+
+@contextlib.contextmanager
+def _address_space_cap(extra: int = 2**30):
+    """Where Linux allows: at most ``extra`` more bytes of address space, so that a reader that does allocate what
+    a file claims fails with MemoryError here instead of filling the machine's memory."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        with open("/proc/self/status") as f:
+            used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    except (ImportError, OSError, StopIteration):
+        yield
+        return
+    cap = used + extra if hard == resource.RLIM_INFINITY else min(used + extra, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@pytest.mark.parametrize("case", list(_array_claims()))
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_an_array_larger_than_the_file_is_refused_before_allocating(tmp_path, case, protocol):
+    """A 116-byte file asking for 1e13 elements raised numpy's _ArrayMemoryError; one asking for 3e9 reached
+    3.6 GB before being refused. An array's bytes are stored in the file: a claim beyond its size is refused."""
+    import tracemalloc
+
+    claim = _array_claims()[case]
+    payload = _WithState(*claim) if isinstance(claim, tuple) else claim
+    path = tmp_path / "w.pdparams"
+    path.write_bytes(pickle.dumps({"fc.weight": payload}, protocol=protocol))
+    assert path.stat().st_size < 300
+    tracemalloc.start()
+    try:
+        with _address_space_cap(), pytest.raises(
+                ValueError, match=r"refused to load: an array of shape .* more than the file's \d+ bytes can hold; "
+                                  r"nothing was allocated") as err:
+            read_pdparams(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(err.value) and peak < 2**20, peak
+
+
+def test_an_array_whose_data_does_not_fill_its_shape_is_refused(tmp_path):
+    """numpy itself crashes (SIGSEGV) on an object array whose pickled list is shorter than its shape."""
+    path = tmp_path / "w.pdparams"
+    short = _WithState(_Runs(_RECONSTRUCT, np.ndarray, (0,), b"b"), (1, (10,), np.dtype("O"), False, [1.0]))
+    path.write_bytes(pickle.dumps({"fc.weight": short}, protocol=4))
+    with pytest.raises(ValueError, match=r"w.pdparams: refused to load: an array of Python objects"):
+        read_pdparams(path)
+    floats = _WithState(_Runs(_RECONSTRUCT, np.ndarray, (0,), b"b"), (1, (4,), np.dtype("f4"), False, b"\0" * 8))
+    path.write_bytes(pickle.dumps({"fc.weight": floats}, protocol=4))
+    with pytest.raises(ValueError, match=r"needs 16 bytes of data, its pickle gives 8"):
+        read_pdparams(path)
 
 
 def test_entries_that_are_not_arrays_are_ignored_with_a_warning(tmp_path):

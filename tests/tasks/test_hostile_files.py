@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import random
+import stat
+import tracemalloc
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny
 
 from involution import _atomic
 from involution.cli import main
-from involution.models import create_model, ours_to_official, save_checkpoint
+from involution.models import create_model, load_model, ours_to_official, save_checkpoint
 from involution.models._safetensors import read_safetensors
-from involution.tasks.classification import NonFiniteLossError, resume_config, train
+from involution.tasks.classification import NonFiniteLossError, predict, resume_config, train
 from involution.tasks.engine.state import load_training_state, save_training_state
 
 SMALL = {"num_classes": 10, "width": 0.125}
@@ -282,3 +286,125 @@ def test_an_error_about_another_file_is_not_called_a_write_failure(tmp_path):
 
         subprocess.run(["no-such-compiler", "-o", str(tmp)], check=False)
     assert not isinstance(info.value, _atomic.WriteError) and list(tmp_path.iterdir()) == []
+
+
+# -- hostile metadata (issue 26) ------------------------------------------------------------------------------------
+
+DIGITS_SPEC = {"dataset": "digits", "classes": [str(i) for i in range(10)], "in_chans": 1, "image_size": 8,
+               "mean": [0.3], "std": [0.37], "eval_resize": None}
+
+
+def digits_checkpoint(path, spec_entries=None, raw_spec=None, weights=None):
+    """A 1-channel 10-class model's safetensors file whose data_spec has ``spec_entries`` replaced (or is
+    ``raw_spec`` as it is); ``weights(model)`` may change the weights first."""
+    model = create_model("rednet26_small", num_classes=10, in_chans=1, width=0.125)
+    if weights is not None:
+        with torch.no_grad():
+            weights(model)
+    spec = raw_spec if raw_spec is not None else json.dumps({**DIGITS_SPEC, **(spec_entries or {})})
+    return save_checkpoint(model, path, {"data_spec": spec})
+
+
+def digit_png(path):
+    from PIL import Image
+
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "entries, field",
+    [
+        ({"image_size": 100000}, "data_spec.image_size must be an integer >= 1 and <= 8192, got 100000"),
+        ({"image_size": 0}, "data_spec.image_size"),
+        ({"eval_resize": 10**6}, "data_spec.eval_resize"),
+        ({"std": [0]}, "data_spec.std[0] must be a finite number > 0, got 0"),
+        ({"std": [float("nan")]}, "data_spec.std[0]"),
+        ({"mean": [float("inf")]}, "data_spec.mean[0]"),
+        ({"mean": [0.5, 0.5, 0.5]}, "data_spec.mean has 3 values but the model takes 1 input channel"),
+        ({"std": []}, "data_spec.std has 0 values"),
+        ({"in_chans": 3}, "data_spec.in_chans is 3 but the model takes 1"),
+        ({"classes": ["a", "b", "c"]}, "data_spec.classes lists 3 classes but the model has 10 outputs"),
+        ({"classes": "0123456789"}, "data_spec.classes must be a list"),
+        ({"image_size": "8"}, "data_spec.image_size"),
+    ],
+    ids=lambda value: str(value)[:40],
+)
+def test_hostile_data_spec_is_refused_naming_the_file_and_field(tmp_path, capsys, entries, field):
+    path = digits_checkpoint(tmp_path / "model.safetensors", entries)
+    err = one_line_error(capsys, ["predict", "--checkpoint", path, digit_png(tmp_path / "d.png")], path)
+    assert field in err
+    err = one_line_error(capsys, ["eval", "--checkpoint", path, "--data", "digits", "--no-progress"], path)
+    assert field in err
+
+
+@pytest.mark.parametrize("raw, message", [("{not json", "data_spec is not JSON"), ("[1, 2]", "JSON object"),
+                                          ('{"classes": ["0"]}', "lacks in_chans, image_size, mean, std")])
+def test_a_damaged_data_spec_is_refused_by_every_reader(tmp_path, raw, message):
+    path = digits_checkpoint(tmp_path / "model.safetensors", raw_spec=raw)
+    for read in (load_model, lambda p: create_model("rednet26_small", num_classes=10, in_chans=1, width=0.125,
+                                                    checkpoint=p)):
+        with pytest.raises(ValueError, match=message) as info:
+            read(path)
+        assert str(path) in str(info.value)
+
+
+def test_a_huge_image_size_is_refused_before_anything_is_sized_from_it(tmp_path):
+    """image_size 100000 once made predict allocate until a MemoryError (1e6: until the process was killed)."""
+    path = digits_checkpoint(tmp_path / "model.safetensors", {"image_size": 100000})
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"model.safetensors: data_spec.image_size"):
+            predict(path, [digit_png(tmp_path / "d.png")])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20, peak
+
+
+def _poison(model):
+    model.layer2[0].conv1.weight[0, 0] = float("nan")
+    model.fc.bias[3] = float("inf")
+
+
+def test_a_checkpoint_of_nan_weights_is_refused_by_predict_and_eval(tmp_path, capsys):
+    path = digits_checkpoint(tmp_path / "model.safetensors", weights=_poison)
+    png = digit_png(tmp_path / "d.png")
+    for argv in (["predict", "--checkpoint", path, png],
+                 ["eval", "--checkpoint", path, "--data", "digits", "--no-progress"]):
+        err = one_line_error(capsys, argv, path)
+        assert "NaN or infinite values in 2 tensor(s)" in err and "layer2.0.conv1.weight" in err and "fc.bias" in err
+    plain = tmp_path / "plain.pth"  # a foreign file read with --model
+    torch.save(read_safetensors(path)[0], plain)
+    err = one_line_error(capsys, ["predict", "--checkpoint", plain, "--model", "rednet26_small", png], plain)
+    assert "NaN or infinite" in err
+
+
+def test_a_training_state_of_nan_weights_is_refused(tmp_path, capsys):
+    from involution.tasks.engine.state import REQUIRED_KEYS
+
+    kwargs = {"num_classes": 10, "in_chans": 1, "width": 0.125}
+    model = create_model("rednet26_small", **kwargs).state_dict()
+    model["fc.weight"][0, 0] = float("nan")
+    state = {**dict.fromkeys(REQUIRED_KEYS, 0), "model_name": "rednet26_small", "model_kwargs": kwargs,
+             "model": model, "data_spec": json.dumps(DIGITS_SPEC)}
+    last = save_training_state(tmp_path / "checkpoints" / "last.pt", state)
+    err = one_line_error(capsys, ["predict", "--checkpoint", last, digit_png(tmp_path / "d.png")], last)
+    assert "fc.weight" in err
+
+
+# -- file modes ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=oct)
+def test_written_files_get_the_mode_the_umask_gives(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        written = [save_checkpoint(create_model("rednet26_small", **SMALL), tmp_path / "m.safetensors"),
+                   _atomic.write_text_atomic(tmp_path / "config.json", "{}")]
+        save_training_state(tmp_path / "last.pt", {"x": torch.zeros(2)})
+        written.append(tmp_path / "last.pt")
+    finally:
+        os.umask(old)
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {
+        p.name: oct(0o666 & ~umask) for p in written}

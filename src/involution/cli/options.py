@@ -90,12 +90,16 @@ def add_train_parser(sub: argparse._SubParsersAction, name: str, groups: Mapping
 
 
 def _parse_kwargs(items: Sequence[str]) -> dict[str, object]:
-    """``["width=0.25", "drop_rate=0.1"]`` -> ``{"width": 0.25, "drop_rate": 0.1}`` (values as Python literals)."""
+    """``["width=0.25", "drop_rate=0.1"]`` -> ``{"width": 0.25, "drop_rate": 0.1}`` (values as Python literals).
+
+    A key given twice is refused: which of the two values was meant cannot be known."""
     out: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--model-kwargs expects KEY=VALUE items, got {item!r}")
+        if key in out:
+            raise ValueError(f"--model-kwargs gives {key!r} twice ({key}={out[key]!r} and {item}); give it once")
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

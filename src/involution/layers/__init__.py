@@ -2,15 +2,16 @@
 
 from .conv_norm_act import ConvNormAct
 from .involution import Involution1d, Involution2d, Involution3d
-from .spatial import SPATIAL_KINDS, LocalSelfAttention2d, StaticSharedConv2d, spatial_layer
+from .spatial import SPATIAL_KINDS, LocalSelfAttention2d, StaticSharedConv2d, check_kernel_reach, spatial_layer
 
 __all__ = [
+    "SPATIAL_KINDS",
     "ConvNormAct",
     "Involution1d",
     "Involution2d",
     "Involution3d",
     "LocalSelfAttention2d",
-    "SPATIAL_KINDS",
     "StaticSharedConv2d",
+    "check_kernel_reach",
     "spatial_layer",
 ]

@@ -14,11 +14,10 @@ from torch.utils.checkpoint import checkpoint
 from .._checks import check_flag, check_int
 from ..ops import involution1d, involution2d, involution3d
 from ..ops._shapes import IntOrPair, SPATIAL_NAMES, ntuple
-from .conv_norm_act import BATCH_NORMS, CONVS, ConvNormAct, LayerFactory
+from .conv_norm_act import BATCH_NORM, CONVS, ConvNormAct, LayerFactory, resolve_norm
 from .pool import CeilAvgPool, CeilAvgPool2d
 
 _OPS = {1: involution1d, 2: involution2d, 3: involution3d}
-BATCH_NORM = "batch_norm"  # norm_layer's default: the BatchNorm of the layer's dimension
 
 
 class _InvolutionNd(nn.Module):
@@ -59,7 +58,7 @@ class _InvolutionNd(nn.Module):
         self.channels = channels
         self.padding = tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
         hidden = max(1, channels // reduction_ratio)
-        norm_layer = BATCH_NORMS[dims] if norm_layer == BATCH_NORM else norm_layer
+        norm_layer = None if norm_layer is None else resolve_norm(norm_layer, dims)
 
         self.avgpool = _pool(self.stride) if max(self.stride) > 1 else nn.Identity()
         # The hidden width stays C // r with coordinates too, so coord_channels only adds 2 * hidden weights.

@@ -22,6 +22,7 @@ with G = ``max(1, C // group_channels)``. Every layer maps ``(N, C, H, W) -> (N,
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +31,10 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..ops import involution2d
 from .conv_norm_act import LayerFactory
-from .involution import Involution2d
+from .involution import Involution1d, Involution2d, Involution3d
 from .pool import CeilAvgPool2d
 
-__all__ = ["SPATIAL_KINDS", "LocalSelfAttention2d", "StaticSharedConv2d", "spatial_layer"]
+__all__ = ["SPATIAL_KINDS", "LocalSelfAttention2d", "StaticSharedConv2d", "check_kernel_reach", "spatial_layer"]
 
 SPATIAL_KINDS = ("involution", "dynamic", "static_shared", "depthwise", "attention")
 
@@ -228,3 +229,35 @@ def spatial_layer(
     if kind == "static_shared":
         return StaticSharedConv2d(channels, kernel_size, stride, groups)
     return LocalSelfAttention2d(channels, kernel_size, stride, heads=groups)
+
+
+_KERNEL_LAYERS = (Involution1d, Involution2d, Involution3d, StaticSharedConv2d, LocalSelfAttention2d)
+
+
+def check_kernel_reach(model: nn.Module, size: Sequence[int]) -> None:
+    """``ValueError`` when a K x K layer of ``model`` (involution, static shared, local attention) has a kernel
+    wider than inputs of spatial ``size`` (e.g. ``(H, W)``) can ever fill.
+
+    Each such layer pads by its kernel's reach ``dilation * (K - 1) // 2``, so a tap farther than ``size - 1``
+    pixels from the centre reads zero padding at every output position: it is pure cost (``kernel_size=101`` on
+    8x8 images makes a step take seconds for nothing). The maps of deeper layers are smaller than the input (a
+    7x7 kernel on a stage's 1x1 map is how RedNets run on small images), so the bound is the input's: a kernel
+    that overshoots the input overshoots every map. Layers of other dimensions than ``len(size)`` are skipped.
+    """
+    size = tuple(int(s) for s in size)
+    for name, layer in model.named_modules():
+        if not isinstance(layer, _KERNEL_LAYERS):
+            continue
+        dims = len(size)
+        kernel, dilation = (tuple(v) if isinstance(v, tuple) else (v,) * dims
+                            for v in (layer.kernel_size, getattr(layer, "dilation", 1)))
+        if len(kernel) != dims:
+            continue
+        if any(d * (k - 1) // 2 >= s for k, d, s in zip(kernel, dilation, size)):
+            widest = tuple(2 * ((s - 1) // d) + 1 for s, d in zip(size, dilation))
+            shown = "x".join(map(str, size))
+            raise ValueError(
+                f"{name or type(layer).__name__}: a kernel of {'x'.join(map(str, kernel))} (dilation "
+                f"{'x'.join(map(str, dilation))}) is wider than {shown} inputs can fill: its outer taps would read "
+                f"only zero padding; use a kernel of at most {'x'.join(map(str, widest))} for {shown} inputs"
+            )

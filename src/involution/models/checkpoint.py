@@ -33,11 +33,12 @@ from torch import Tensor, nn
 from .._atomic import atomic_path
 from .._version import __version__
 from ._safetensors import read_safetensors, write_safetensors
+from .checkpoint_checks import LIST_LIMIT as _LIST_LIMIT
+from .checkpoint_checks import apply_recorded_preprocessing, check_finite, fmt_keys
 from .pdparams import read_pdparams
 
 FORMAT = "involution"
 FORMAT_VERSION = "1"
-_LIST_LIMIT = 12
 
 
 # -- reading ------------------------------------------------------------------------------------------------------
@@ -147,31 +148,28 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     """Read any supported file: ``(state_dict, metadata)`` with keys as stored (metadata empty for ``.pth``
     and ``.pdparams``).
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the path for anything unreadable.
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the path for anything unreadable,
+    and for weights holding NaN or infinite values (:func:`check_finite`).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    metadata: dict[str, str] = {}
     if _is_safetensors(path):
         tensors, metadata = read_safetensors(path)
         if not tensors:
             raise ValueError(f"{path}: the checkpoint holds no tensors")
-        return tensors, metadata
-    head = _head(path)
-    if not _is_torch_file(head) and (path.suffix == ".pdparams" or _is_pickle(head)):
-        return read_pdparams(path), {}
-    return _extract_state_dict(read_torch_file(path), path), {}
+    elif not _is_torch_file(head := _head(path)) and (path.suffix == ".pdparams" or _is_pickle(head)):
+        tensors = read_pdparams(path)
+    else:
+        tensors = _extract_state_dict(read_torch_file(path), path)
+    check_finite(tensors, path)
+    return tensors, metadata
 
 
 # -- comparing a state dict with a model --------------------------------------------------------------------------
 
 _OPTIONAL = "num_batches_tracked"  # BatchNorm's step counter: frozen BNs have none, so it may lack on either side
-
-
-def fmt_keys(keys: list[str]) -> str:
-    """The first keys, comma-separated, and how many more there are (error and warning messages)."""
-    shown = ", ".join(keys[:_LIST_LIMIT])
-    return shown + (f", ... ({len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else "")
 
 
 @dataclass
@@ -328,11 +326,13 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     """
     if callable(getattr(type(model), "load_checkpoint", None)):
         return model.load_checkpoint(path)
-    state_dict, report = to_model_keys(model, *read_checkpoint(path), str(path))
+    state_dict, metadata = read_checkpoint(path)
+    state_dict, report = to_model_keys(model, state_dict, metadata, str(path))
     applied = apply_state_dict(model, state_dict, source=str(path))
     report.loaded, report.head_reinitialised = applied.loaded, applied.head_reinitialised
+    if report.layout == FORMAT:  # this library's file: the preprocessing its run trained with
+        apply_recorded_preprocessing(model, metadata, path)
     return report
-
 
 
 # -- writing ------------------------------------------------------------------------------------------------------

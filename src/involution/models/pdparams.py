@@ -7,17 +7,21 @@ Paddle's internal one. Arrays are pickled the classic numpy way (``numpy.core.mu
 ``_codecs.encode`` for the raw bytes).
 
 :func:`read_pdparams` unpickles with exactly those globals allowed: a file whose pickle names anything else (say
-``os.system``) is refused with an error naming the file and the global, before anything from it is called.
+``os.system``) is refused with an error naming the file and the global, before anything from it is called. Every
+array's size is checked before numpy allocates it: an array's bytes are stored in the file, so one of more bytes
+than the file has is refused at once (a 116-byte file can ask for 10^13 elements), as are arrays of Python objects
+(numpy crashes on an object array whose pickled list is shorter than its shape) and data of another size.
 """
 
 from __future__ import annotations
 
 import codecs
+import math
 import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -35,19 +39,6 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return codecs.encode(text, "latin1")
 
 
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    """What a numpy array's pickle names, for numpy 1.x and 2 writers alike."""
-    core = getattr(np, "_core", None) or np.core
-    reconstruct = core.multiarray._reconstruct
-    return {
-        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _latin1_encode,
-    }
-
-
 class RefusedGlobal(pickle.UnpicklingError):
     """The pickle names a global that a parameter file never holds."""
 
@@ -56,10 +47,70 @@ class RefusedGlobal(pickle.UnpicklingError):
         self.qualname = f"{module}.{name}"
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """An unpickler that can build numpy arrays, strings, numbers and containers, and nothing else."""
+class RefusedArray(pickle.UnpicklingError):
+    """The pickle asks for an array no parameter file holds: larger than the file, of Python objects, or with data
+    of another size than its shape's (refused before numpy allocates anything)."""
 
-    _globals = _allowed_globals()
+
+def _checked_nbytes(shape: Any, dtype: Any, limit: int) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, bytes)`` of the array a pickle asks for; :class:`RefusedArray` when it has more bytes than
+    ``limit`` (the file's size: an array's data is stored in the file, so it cannot hold more)."""
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape):
+        raise RefusedArray(f"an array's shape must be a tuple of ints, got {type(shape).__name__}")
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow, however large the claim
+    if min(shape, default=0) < 0 or nbytes > limit:
+        raise RefusedArray(f"an array of shape {shape} and dtype {dtype} ({nbytes} bytes) is more than the file's "
+                           f"{limit} bytes can hold; nothing was allocated")
+    return shape, dtype, nbytes
+
+
+class _CheckedArray(np.ndarray):
+    """The arrays the unpickler builds: their pickled state is checked against the file's size before numpy
+    allocates anything (numpy allocates the shape a state names, and crashes on an object array's short list)."""
+
+    limit = 0  # set per file by :class:`_ArrayUnpickler`
+
+    def __new__(cls, shape: Any, dtype: Any = float) -> Self:
+        """``ndarray(shape, dtype)``, however the pickle calls it (``_reconstruct``, REDUCE, NEWOBJ): checked."""
+        _checked_nbytes(shape, dtype, cls.limit)
+        return super().__new__(cls, shape, dtype)
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise RefusedArray("an array's pickled state must be a tuple of 4 or 5 items")
+        shape, dtype, _, data = state[-4:]
+        _, dtype, nbytes = _checked_nbytes(shape, dtype, self.limit)
+        if dtype.hasobject:
+            raise RefusedArray(f"an array of Python objects (dtype {dtype}) holds no weights")
+        if not isinstance(data, (bytes, bytearray, str)) or len(data) != nbytes:
+            size = len(data) if isinstance(data, (bytes, bytearray, str)) else type(data).__name__
+            raise RefusedArray(f"an array of shape {shape} and dtype {dtype} needs {nbytes} bytes of data, its "
+                               f"pickle gives {size}")
+        super().__setstate__(state)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that can build numpy arrays, strings, numbers and containers, and nothing else; arrays no
+    larger than ``limit`` bytes (the file's size)."""
+
+    def __init__(self, file: Any, limit: int) -> None:
+        super().__init__(file, encoding="latin1")  # latin1: as paddle.load, so Python 2's protocol-2 bytes read
+        array_type = type("_FileArray", (_CheckedArray,), {"limit": limit})
+
+        def new_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+            """``_reconstruct(ndarray, shape, dtype)``: pickles give shape ``(0,)``, then the state."""
+            if subtype is not array_type:
+                raise RefusedArray("_reconstruct is asked to build something other than a numpy array")
+            return array_type(shape, dtype)
+
+        self._globals = {
+            ("numpy.core.multiarray", "_reconstruct"): new_array,  # numpy 1.x writers
+            ("numpy._core.multiarray", "_reconstruct"): new_array,  # numpy 2
+            ("numpy", "ndarray"): array_type,
+            ("numpy", "dtype"): np.dtype,
+            ("_codecs", "encode"): _latin1_encode,
+        }
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -71,13 +122,14 @@ class _ArrayUnpickler(pickle.Unpickler):
 def _unpickle(path: Path) -> Any:
     try:
         with open(path, "rb") as f:
-            # latin1: the encoding paddle.load uses, so protocol-2 files written by Python 2 read as bytes
-            return _ArrayUnpickler(f, encoding="latin1").load()
+            return _ArrayUnpickler(f, limit=os.fstat(f.fileno()).st_size).load()
     except RefusedGlobal as err:
         raise ValueError(
             f"{path}: refused to load: its pickle names {err.qualname}, which a PaddlePaddle parameter file never "
             "holds (only numpy arrays); nothing from the file was run"
         ) from None
+    except RefusedArray as err:
+        raise ValueError(f"{path}: refused to load: {err}") from None
     except (FileNotFoundError, PermissionError, IsADirectoryError, MemoryError):
         raise
     except Exception as err:  # noqa: BLE001 - damaged bytes can make the unpickler raise anything

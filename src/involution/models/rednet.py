@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import ConvNormAct, Involution2d, spatial_layer
-from ..layers.conv_norm_act import LayerFactory
+from ..layers.conv_norm_act import LayerFactory, resolve_norm
 from ..layers.recompute import recompute
 from ._base import ResidualNet
 from ._stages import STAGE_DEPTHS, add_stages
@@ -143,7 +143,7 @@ class RedNet(ResidualNet):
         drop_rate: dropout before the classifier.
         grad_checkpointing: recompute block activations in backward (official ``with_cp``).
         features_only, out_indices: return the maps of these stages (0..3) instead of logits.
-        norm_layer: normalisation factory (default ``nn.BatchNorm2d``).
+        norm_layer: normalisation factory (default ``nn.BatchNorm2d``), or its name: ``"bn"``, ``"syncbn"``.
 
     Shapes: ``(N, in_chans, H, W) -> (N, num_classes)``; any H, W (odd included) of at least 1 pixel per stage.
     """
@@ -174,9 +174,10 @@ class RedNet(ResidualNet):
         grad_checkpointing: bool = False,
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3),
-        norm_layer: LayerFactory = nn.BatchNorm2d,
+        norm_layer: LayerFactory | str = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
+        norm_layer = resolve_norm(norm_layer)  # a name from --model-kwargs, or a factory
         layers, stem_channels, stem_stride = self._configure(
             layers, width, in_chans, small_input, stem_stride, zero_init_residual, channels_last,
             avg_down=avg_down, recompute_kernel=recompute_kernel, recompute_stem=recompute_stem,

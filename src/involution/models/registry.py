@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from .checkpoint import FORMAT, apply_state_dict, load_checkpoint, read_checkpoint
+from .checkpoint_checks import apply_recorded_preprocessing
 
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _MODULES: dict[str, str] = {}
@@ -200,7 +201,8 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     """Rebuild the model recorded in one of this library's checkpoints and load its weights.
 
     ``overrides`` replace recorded constructor arguments (e.g. ``num_classes=10`` re-initialises the classifier,
-    ``grad_checkpointing=True``).
+    ``grad_checkpointing=True``). The model's ``pretrained_cfg`` gives the input size, mean and std the run
+    trained with where the file records them (its ``data_spec``), not the model family's defaults.
     """
     state_dict, metadata = read_checkpoint(path)
     name = metadata.get("model") if metadata.get("format") == FORMAT else None
@@ -218,4 +220,5 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
         model.apply_state_dict(state_dict, source=str(path))
     else:
         apply_state_dict(model, state_dict, source=str(path))
+    apply_recorded_preprocessing(model, metadata, path)
     return model

@@ -13,7 +13,7 @@ from functools import partial
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
-from ..layers.conv_norm_act import LayerFactory
+from ..layers.conv_norm_act import LayerFactory, resolve_norm
 from ._base import ResidualNet
 from ._stages import STAGE_DEPTHS, add_stages
 from .rednet_convert import checkpoint_filter_fn
@@ -55,9 +55,10 @@ class ResNet(ResidualNet):
         grad_checkpointing: bool = False,
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3),
-        norm_layer: LayerFactory = nn.BatchNorm2d,
+        norm_layer: LayerFactory | str = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
+        norm_layer = resolve_norm(norm_layer)  # a name from --model-kwargs, or a factory
         layers, stem_channels, stem_stride = self._configure(
             layers, width, in_chans, small_input, stem_stride, zero_init_residual, channels_last
         )

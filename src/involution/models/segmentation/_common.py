@@ -7,21 +7,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...layers.conv_norm_act import LayerFactory
-
-# norm_layer given by name (so that model_kwargs stay JSON-serialisable); a factory is accepted as well.
-NORM_LAYERS: dict[str, LayerFactory] = {"bn": nn.BatchNorm2d, "syncbn": nn.SyncBatchNorm}
-
-
-def resolve_norm(norm_layer: str | LayerFactory) -> LayerFactory:
-    """``"bn"``/``"syncbn"`` -> the class; a callable is returned as it is."""
-    if isinstance(norm_layer, str):
-        if norm_layer not in NORM_LAYERS:
-            raise ValueError(f"norm_layer must be one of {sorted(NORM_LAYERS)} or a factory, got {norm_layer!r}")
-        return NORM_LAYERS[norm_layer]
-    if not callable(norm_layer):
-        raise TypeError(f"norm_layer must be a name or a callable, got {type(norm_layer).__name__}")
-    return norm_layer
+from ...layers.conv_norm_act import NORM_LAYERS, LayerFactory
 
 
 def norm_name(norm_layer: str | LayerFactory) -> str | LayerFactory:

@@ -19,10 +19,10 @@ from typing import Any
 
 from torch import nn
 
-from ...layers.conv_norm_act import LayerFactory
+from ...layers.conv_norm_act import LayerFactory, resolve_norm
 from ..backbone_init import load_backbone_checkpoint
 from ..registry import build_model, create_model, default_cfg, register_model
-from ._common import norm_name, resolve_norm
+from ._common import norm_name
 from .fpn_neck import FPN, check_neck
 from .heads import FCNHead, FPNHead, UPerHead
 from .segmentor import Segmentor

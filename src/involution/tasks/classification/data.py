@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ...models.checkpoint_checks import check_data_spec
 from ...models.registry import IMAGENET_MEAN, IMAGENET_STD
 from .._images import open_image
 
@@ -43,8 +44,11 @@ class DataSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DataSpec:
-        return cls(**values)
+    def from_dict(cls, values: str | dict[str, Any], source: str | os.PathLike = "data spec",
+                  in_chans: int | None = None) -> DataSpec:
+        """The spec recorded by :meth:`to_dict` (a dict or its JSON), every field checked against limits
+        (errors name ``source`` and the field); ``in_chans``: the model's input channels, if known."""
+        return cls(**check_data_spec(values, source, in_chans))
 
     @property
     def num_classes(self) -> int:
@@ -160,6 +164,22 @@ _LAYOUTS = {
     "cifar10": "DIR/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}, as torchvision reads them",
     "imagefolder": "DIR/train/CLASS/*.jpg and DIR/val/CLASS/*.jpg (ImageNet layout; val optional)",
 }
+# Where the files of the data sets that are not bundled come from; nothing is ever downloaded here.
+_SOURCES = {
+    "fashion-mnist": ("Fashion-MNIST", ("the four *-ubyte.gz files of https://github.com/zalandoresearch/fashion-mnist "
+                                        "(data/fashion), gunzipped, into {path}/FashionMNIST/raw/")),
+    "cifar10": ("CIFAR-10", ("cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, extracted "
+                             "into {path} (it unpacks to cifar-10-batches-py/)")),
+}
+
+
+def _not_found(name: str, path: Path) -> FileNotFoundError:
+    """The error for a data folder without the files torchvision reads: the layout expected and how to get there."""
+    title, source = _SOURCES[name]
+    return FileNotFoundError(
+        f"{title} not found (or incomplete) in the data folder {path}: expected {_LAYOUTS[name].replace('DIR', str(path))}; "
+        f"put {source.format(path=path)} (nothing is downloaded)"
+    )
 
 
 def _digits() -> tuple[TensorImages, TensorImages, list[str]]:
@@ -189,8 +209,8 @@ def _fashion_mnist(path: Path) -> tuple[TensorImages, TensorImages, list[str]]:
     try:
         train = FashionMNIST(str(path), train=True, download=False)
         test = FashionMNIST(str(path), train=False, download=False)
-    except RuntimeError as err:
-        raise FileNotFoundError(f"Fashion-MNIST not found under {path}: {err} (expected {_LAYOUTS['fashion-mnist']})") from None
+    except RuntimeError:  # torchvision's message suggests download=True, which nothing here passes
+        raise _not_found("fashion-mnist", path) from None
     return (
         TensorImages(train.data.unsqueeze(1), train.targets.long()),
         TensorImages(test.data.unsqueeze(1), test.targets.long()),
@@ -206,8 +226,8 @@ def _cifar10(path: Path) -> tuple[TensorImages, TensorImages, list[str]]:
     try:
         train = CIFAR10(str(path), train=True, download=False)
         test = CIFAR10(str(path), train=False, download=False)
-    except RuntimeError as err:
-        raise FileNotFoundError(f"CIFAR-10 not found under {path}: {err} (expected {_LAYOUTS['cifar10']})") from None
+    except RuntimeError:
+        raise _not_found("cifar10", path) from None
 
     def tensors(ds: Any) -> TensorImages:
         return TensorImages(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from ...models import create_model, load_model, read_checkpoint
 from ...models.checkpoint import FORMAT as WEIGHTS_FORMAT
+from ...models.checkpoint_checks import apply_data_spec, check_finite
 from .._images import read_image
 from ..engine.distributed import DistInfo
 from ..engine.plots import plot_confusion_matrix
@@ -40,19 +40,30 @@ def load_classifier(
         if state is not None:
             if "data_spec" not in state:
                 raise ValueError(f"{path}: a training checkpoint without a data_spec entry: not a classification run's")
-            spec = DataSpec.from_dict(json.loads(state["data_spec"]))
             net = create_model(state["model_name"], **state["model_kwargs"])
+            check_finite(state["model"], path)
             net.load_state_dict(state["model"])
-            return net.eval(), spec
+            return net.eval(), _recorded_spec(net, state["data_spec"], path)
     _, metadata = read_checkpoint(path)
     if metadata.get("format") == WEIGHTS_FORMAT:
         net = load_model(path)
-        spec = DataSpec.from_dict(json.loads(metadata["data_spec"])) if "data_spec" in metadata else None
+        spec = _recorded_spec(net, metadata["data_spec"], path) if "data_spec" in metadata else None
         return net.eval(), spec
     if model is None:
         raise ValueError(f"{path} does not record its architecture: pass --model NAME (e.g. rednet50)")
     net = create_model(model, checkpoint=path, **({} if num_classes is None else {"num_classes": num_classes}))
     return net.eval(), None
+
+
+def _recorded_spec(net: nn.Module, raw: str, path: Path) -> DataSpec:
+    """The checked data spec a checkpoint records, also given to ``net.pretrained_cfg``; its classes must be as
+    many as the model's outputs (predict names each output by them)."""
+    spec = DataSpec(**apply_data_spec(net, raw, path))
+    outputs = getattr(net, "num_classes", None)
+    if outputs and spec.num_classes != outputs:
+        raise ValueError(f"{path}: data_spec.classes lists {spec.num_classes} classes but the model has {outputs} "
+                         "outputs")
+    return spec
 
 
 def _maybe_training_state(path: Path) -> dict[str, Any] | None:

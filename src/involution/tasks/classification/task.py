@@ -15,7 +15,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ...layers import check_kernel_reach
 from ...models import count_flops, create_model
+from ...models.checkpoint_checks import apply_data_spec
 from .._metrics import confusion_matrix
 from ..engine.distributed import DistInfo, all_reduce_sum
 from ..engine.loop import TrainingLoop, TrainResult
@@ -158,6 +160,10 @@ class ClassificationTask(Task):
         spec = _spec(data)
         model = create_model(config.model, num_classes=spec.num_classes, in_chans=spec.in_chans,
                              checkpoint=config.checkpoint, **config.model_kwargs)
+        check_kernel_reach(model, (spec.image_size, spec.image_size))
+        # the preprocessing this run trains with, not the family's defaults: saved with the weights (and export's
+        # example input follows it)
+        apply_data_spec(model, spec.to_dict(), f"--data {config.data}")
         self.macs = _macs_per_image(config, spec)
         return model
 

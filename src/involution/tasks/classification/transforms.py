@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .._images import to_mode
 from ..engine.seeding import sample_hashes, sample_seed
 from .data import DataSpec, Subset, TensorImages
 
@@ -145,7 +146,7 @@ def build_transforms(spec: DataSpec, augment: bool) -> tuple[Transform, Transfor
 
 
 def _to_rgb(image: Any) -> Any:
-    return image.convert("RGB") if hasattr(image, "convert") else image
+    return to_mode(image, "RGB") if hasattr(image, "convert") else image
 
 
 _NATIVE_SIZE = {"digits": 8, "fashion-mnist": 28, "cifar10": 32}
@@ -156,7 +157,8 @@ def build_image_transform(spec: DataSpec) -> Transform:
     from torchvision.transforms import v2
 
     mode = "L" if spec.in_chans == 1 else "RGB"
-    steps: list[Any] = [v2.Lambda(lambda image: image.convert(mode))]
+    # to_mode: 16-bit images as float tensors at full precision (Pillow's convert would clip them at 255)
+    steps: list[Any] = [v2.Lambda(lambda image: to_mode(image, mode))]
     if spec.eval_resize:
         steps += [v2.Resize(spec.eval_resize, antialias=True), v2.CenterCrop(spec.image_size)]
     else:
