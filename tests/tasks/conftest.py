@@ -51,7 +51,7 @@ def trained_run(tmp_path_factory) -> Path:
 
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of a child ``python -m involution``: unbuffered output, no INVOLUTION_DEBUG tracebacks."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
     env.pop("INVOLUTION_DEBUG", None)
     return env
 

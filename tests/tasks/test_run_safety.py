@@ -5,6 +5,7 @@ history and says when it re-plans the schedule, and an ``--out`` that is a file 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -140,11 +141,13 @@ def test_sigterm_saves_exits_143_and_resume_finishes_exactly(trained_run, tmp_pa
     # trained_run is the same 3-epoch run, uninterrupted (same threads: the same float rounding)
     threads = json.loads((trained_run / "provenance.json").read_text())["threads"]
     cli = [sys.executable, "-m", "involution", "train"]
-    cmd = [*cli, "--epochs", "3", *TINY, "--threads", str(threads), "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env())
+    cmd = [*cli, "--epochs", "3", *TINY, "--threads", str(threads), "--workers", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(),
+                            start_new_session=True)
     try:
         wait_for(out / "metrics.json", proc)  # the first epoch is done: training is under way, two epochs to go
-        proc.send_signal(signal.SIGTERM)
+        # to the process group, as torchrun's agent and `kill -TERM -PGID` send it: the data-loader worker too
+        os.killpg(proc.pid, signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -162,7 +165,7 @@ def test_sigterm_saves_exits_143_and_resume_finishes_exactly(trained_run, tmp_pa
     assert f"has {state['epoch']} epoch(s) done" in err and "a resumed run cannot end before them" in err, err
     assert snapshot(out) == before
     done = subprocess.run([*cli, "--resume", "--out", str(out), "--no-progress"], capture_output=True, text=True,
-                          env=child_env(), timeout=600)
+                          env=child_env(), timeout=600, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     ours, reference = (json.loads((run / "metrics.json").read_text()) for run in (out, trained_run))
     assert ours["status"] == "finished"
@@ -175,12 +178,18 @@ def test_sigterm_saves_exits_143_and_resume_finishes_exactly(trained_run, tmp_pa
 def test_a_second_stop_signal_aborts_without_saving():
     from involution.tasks.engine.runtime import StopFlag
 
-    previous = signal.getsignal(signal.SIGTERM)
-    flag = StopFlag(announce=False)
-    with flag:
-        signal.raise_signal(signal.SIGTERM)
-        assert flag.requested and flag.signum == signal.SIGTERM
-        with pytest.raises(SystemExit) as exit_:
+    def unhandled(signum, frame):
+        raise AssertionError("SIGTERM reached the handler outside StopFlag")
+
+    previous = signal.signal(signal.SIGTERM, unhandled)  # (and the default action would end the tests)
+    try:
+        flag = StopFlag(announce=False)
+        with flag:
             signal.raise_signal(signal.SIGTERM)
-        assert exit_.value.code == 143
-    assert signal.getsignal(signal.SIGTERM) == previous, "the handler is put back"
+            assert flag.requested and flag.signum == signal.SIGTERM
+            with pytest.raises(SystemExit) as exit_:
+                signal.raise_signal(signal.SIGTERM)
+            assert exit_.value.code == 143
+        assert signal.getsignal(signal.SIGTERM) is unhandled, "the handler is put back"
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -55,6 +55,7 @@ from .runtime import (
     StopFlag,
     TrainResult,
     autocast,
+    detach_worker,
     make_optimizer,
     make_scaler,
     make_scheduler,
@@ -142,7 +143,7 @@ class TrainingLoop(RunCheckpoints):
         loader_kw: dict[str, Any] = dict(num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
                                          collate_fn=task.collate)
         if cfg.workers > 0:
-            loader_kw["persistent_workers"] = True
+            loader_kw.update(persistent_workers=True, worker_init_fn=detach_worker)
         # a private generator: DataLoader draws a base seed per iterator, which must not consume the global RNG
         self.train_loader = DataLoader(train_set, batch_size=self.local_batch, sampler=self.sampler, drop_last=True,
                                        generator=torch.Generator().manual_seed(cfg.seed), **loader_kw)

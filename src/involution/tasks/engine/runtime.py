@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import signal
 import sys
@@ -146,6 +147,16 @@ class TrainResult:
         if self.status != "interrupted":
             return 0
         return 128 + (self.stop_signal or signal.SIGINT)
+
+
+def detach_worker(worker_id: int) -> None:
+    """A data-loader worker's ``worker_init_fn``: the worker leaves its parent's process group, so that a signal
+    sent to the group (Ctrl-C in a terminal, SIGTERM from torchrun's agent or ``kill -TERM -PGID``) reaches only
+    the training process, which stops, saves and then ends its workers itself; otherwise the signal kills the
+    workers and the save fails ("DataLoader worker is killed by signal: Terminated"). The worker still ends
+    with its parent."""
+    if hasattr(os, "setpgid"):
+        os.setpgid(0, 0)
 
 
 def convert_sync_bn(model: nn.Module) -> nn.Module:
