@@ -1,8 +1,11 @@
-"""Fixtures of the task tests: tiny training configs on scikit-learn's digits, one trained run to share, and a
-stop flag that interrupts a training loop at a chosen step."""
+"""Fixtures of the task tests: tiny training configs on scikit-learn's digits, one trained run to share, a stop
+flag that interrupts a training loop at a chosen step, and helpers to run the command line as a child process."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -44,3 +47,20 @@ def trained_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "digits"
     train(tiny(epochs=3), out=out, progress=False)
     return out
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child ``python -m involution``: unbuffered output, no INVOLUTION_DEBUG tracebacks."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("INVOLUTION_DEBUG", None)
+    return env
+
+
+def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
+    """Wait until ``path`` exists (a sign of how far a child run got); fails if ``proc`` ends first, with its
+    output, or after ``seconds``."""
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else proc.returncode
+        assert time.time() < deadline, f"{path} did not appear in time"
+        time.sleep(0.1)

@@ -9,12 +9,12 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import child_env, wait_for
 from PIL import Image
 
 from involution.cli import build_parser, main
@@ -147,27 +147,13 @@ def test_rednet_involution_arguments_are_checked(kwargs, word):
 # -- a run directory is owned by one process ---------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("INVOLUTION_DEBUG", None)
-    return env
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
-    deadline = time.time() + seconds
-    while not path.exists():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline, f"{path} did not appear in time"
-        time.sleep(0.2)
-
-
 def test_a_second_run_on_the_same_out_is_refused_and_a_killed_run_frees_it(tmp_path, capsys):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "involution", "train", "--epochs", "200", "--model-kwargs", "width=0.125",
            "--out", str(out), "--no-progress"]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env())
     try:
-        _wait_for(out / "provenance.json", first)  # written after config.json
+        wait_for(out / "provenance.json", first)  # written after config.json
         config = (out / "config.json").read_text()
         provenance = (out / "provenance.json").read_text()
         # the second run, in this process: refused at once, naming the first one's PID
@@ -191,9 +177,10 @@ def test_a_second_run_on_the_same_out_is_refused_and_a_killed_run_frees_it(tmp_p
         path.write_bytes(b"\0" * 1000)
     kept = out / "notes.tmp"  # not one of ours: a user's file is never removed
     kept.write_text("mine")
-    # a new run can take the directory; it fails later here (no such data), after clearing the litter
+    # a new run can take the directory (replacing the killed run's files); it fails later here (no such data), after
+    # clearing the litter
     rc = main(["train", "--epochs", "1", "--data", "cifar10", "--data-dir", str(tmp_path / "none"), "--out", str(out),
-               "--no-progress"])
+               "--overwrite", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "none" in err and "in use" not in err, err
     assert not any(p.exists() for p in stale) and kept.exists()
@@ -206,7 +193,7 @@ def test_the_lock_is_exclusive_between_processes_and_released(tmp_path, capsys):
     script = (f"import sys, time; sys.path[:0] = {sys.path!r}\n"
               "from involution.tasks.engine.run_dir import lock_run_dir\n"
               f"lock = lock_run_dir({str(run)!r}); print('locked', flush=True); time.sleep(600)\n")
-    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=_env())
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=child_env())
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunDirBusy, match=f"process {holder.pid}"):

@@ -24,12 +24,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     """Train a classifier; only the options given on the command line override the recipe (or the resumed run)."""
     from ..tasks.classification import TrainConfig, resume_config, train
 
-    given, out, resume, progress = train_options(args)
+    given, run = train_options(args)
     if "no_augment" in given:
         given["augment"] = not given.pop("no_augment")
-    config = resume_config(out, given) if resume and out is not None else TrainConfig.from_dict(given)
-    result = train(config, out=out, resume=resume, progress=progress)
-    return 130 if result.status == "interrupted" else 0
+    config = resume_config(run["out"], given) if run["resume"] and run["out"] is not None else TrainConfig.from_dict(given)
+    return train(config, **run).exit_code
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -115,7 +114,7 @@ def _train_groups(datasets: tuple[str, ...], recipes: list[str]) -> dict[str, di
             "--threads": "CPU threads per process",
         },
         "run": {
-            **dict.fromkeys(("--out", "--resume", "--eval-every")),
+            **dict.fromkeys(("--out", "--resume", "--overwrite", "--eval-every")),
             "--log-every": "TensorBoard step-loss interval",
             "--no-progress": "no progress bars",
         },

@@ -33,11 +33,10 @@ def _task(name: str) -> Any:
 def _cmd_dense_train(args: argparse.Namespace) -> int:
     from ..tasks.dense import DenseConfig, resume_dense_config, train_dense
 
-    given, out, resume, progress = train_options(args)
+    given, run = train_options(args)
     given["task"] = args.command
-    config = resume_dense_config(out, given) if resume and out is not None else DenseConfig.from_dict(given)
-    result = train_dense(_task(args.command), config, out=out, resume=resume, progress=progress)
-    return 130 if result.status == "interrupted" else 0
+    config = resume_dense_config(run["out"], given) if run["resume"] and run["out"] is not None else DenseConfig.from_dict(given)
+    return train_dense(_task(args.command), config, **run).exit_code
 
 
 def _cmd_dense_eval(args: argparse.Namespace) -> int:
@@ -91,7 +90,7 @@ def _train_groups(task: str, models: str, datasets: tuple[str, ...]) -> dict[str
                if segment else {}),
             **dict.fromkeys(("--amp", "--device", "--threads")),
         },
-        "run": dict.fromkeys(("--out", "--resume", "--eval-every", "--log-every", "--no-progress")),
+        "run": dict.fromkeys(("--out", "--resume", "--overwrite", "--eval-every", "--log-every", "--no-progress")),
     }
 
 

@@ -65,6 +65,9 @@ SHARED_TRAINING_OPTIONS: dict[str, dict[str, Any]] = {
     "--device": {"choices": ("auto", "cpu", "cuda")},
     "--out": {"help": "run directory (default: a new folder under runs/)"},
     "--resume": {"action": "store_true", "help": "continue the run in --out from its last checkpoint"},
+    "--overwrite": {"action": "store_true",
+                    "help": "start afresh in an --out holding an earlier run, replacing its files (without it, "
+                    "such an --out is refused)"},
     "--eval-every": {"type": positive_int, "metavar": "EPOCHS"},
     "--log-every": {"type": positive_int, "metavar": "STEPS"},
     "--no-progress": {"action": "store_true"},
@@ -107,15 +110,15 @@ def _parse_kwargs(items: Sequence[str]) -> dict[str, object]:
     return out
 
 
-def train_options(args: argparse.Namespace) -> tuple[dict[str, object], str | None, bool, bool]:
-    """What a train command was given (options typed only: SUPPRESS defaults), less the run options: (config
-    values with ``--model-kwargs`` parsed, ``--out``, ``--resume``, progress bars or not)."""
+def train_options(args: argparse.Namespace) -> tuple[dict[str, object], dict[str, Any]]:
+    """What a train command was given (options typed only: SUPPRESS defaults): the config values, with
+    ``--model-kwargs`` parsed, and the run's keyword arguments for ``train`` (``out``, ``resume``, ``overwrite``,
+    ``progress``)."""
     given = vars(args).copy()
     for key in ("command", "action", "func"):
         given.pop(key, None)
-    out = given.pop("out", None)
-    resume = given.pop("resume", False)
-    progress = not given.pop("no_progress", False)
+    run = {"out": given.pop("out", None), "resume": given.pop("resume", False),
+           "overwrite": given.pop("overwrite", False), "progress": not given.pop("no_progress", False)}
     if "model_kwargs" in given:
         given["model_kwargs"] = _parse_kwargs(given["model_kwargs"])
-    return given, out, resume, progress
+    return given, run

@@ -19,10 +19,9 @@ def _cmd_train_video(args: argparse.Namespace) -> int:
     """Train a clip classifier; only the options given override the recipe (or the resumed run)."""
     from ..tasks.video import VideoConfig, resume_config, train
 
-    given, out, resume, progress = train_options(args)
-    config = resume_config(out, given) if resume and out is not None else VideoConfig.from_dict(given)
-    result = train(config, out=out, resume=resume, progress=progress)
-    return 130 if result.status == "interrupted" else 0
+    given, run = train_options(args)
+    config = resume_config(run["out"], given) if run["resume"] and run["out"] is not None else VideoConfig.from_dict(given)
+    return train(config, **run).exit_code
 
 
 def _groups() -> dict[str, dict[str, OwnOption]]:
@@ -64,7 +63,8 @@ def _groups() -> dict[str, dict[str, OwnOption]]:
             "--device": None,
             "--threads": "CPU threads per process",
         },
-        "run": {**dict.fromkeys(("--out", "--resume", "--eval-every", "--log-every")), "--no-progress": None},
+        "run": {**dict.fromkeys(("--out", "--resume", "--overwrite", "--eval-every", "--log-every")),
+                "--no-progress": None},
     }
 
 

@@ -42,6 +42,7 @@ def train(
     progress: bool = True,
     stop_flag: StopFlag | None = None,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a classifier; returns where the run was written and its final metrics.
 
@@ -50,9 +51,13 @@ def train(
         out: the run directory (default: a new ``runs/train-<time>``); with ``resume`` the one to continue.
         resume: continue the run in ``out`` from ``checkpoints/last.pt``.
         progress: show tqdm progress bars (rank 0 only).
+        stop_flag: what asks the run to stop (default: Ctrl-C and SIGTERM, which save and stop).
         quiet: print nothing (studies run many short runs under their own progress bar).
+        overwrite: start afresh in an ``out`` that holds an earlier run's files, replacing them (without it such
+            an ``out`` is refused with FileExistsError).
     """
-    return train_task(ClassificationTask(), config or TrainConfig(), out, resume, progress, stop_flag, quiet)
+    return train_task(ClassificationTask(), config or TrainConfig(), out, resume, progress, stop_flag, quiet,
+                      overwrite)
 
 
 @dataclass

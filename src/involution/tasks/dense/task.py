@@ -37,8 +37,9 @@ def resume_dense_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | 
     return resume_config(DenseConfig, run_dir, overrides)
 
 
-# train_dense(task, config, out=None, resume=False, progress=True, stop_flag=None, quiet=False): the engine's train
-# with a DenseTask (``DetectionTask()``, ``SegmentationTask()``); ``out`` defaults to a new ``runs/<task>-<time>``
+# train_dense(task, config, out=None, resume=False, progress=True, stop_flag=None, quiet=False, overwrite=False):
+# the engine's train with a DenseTask (``DetectionTask()``, ``SegmentationTask()``); ``out`` defaults to a new
+# ``runs/<task>-<time>``
 train_dense = train_task
 
 

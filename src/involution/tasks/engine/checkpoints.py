@@ -69,6 +69,7 @@ class RunCheckpoints:
         except (RuntimeError, ValueError, KeyError) as err:
             raise ValueError(f"{path}: the saved state does not fit this model/optimizer: {err}") from None
         self.scheduler.load_state_dict(state["scheduler"])
+        self.replan(state, path)
         self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"]
         if len(rngs) == self.info.world_size:
@@ -83,6 +84,33 @@ class RunCheckpoints:
         self.best, self.best_epoch, self.elapsed = state["best"], state["best_epoch"], state["elapsed"]
         self.reconcile_best(path)
         self.log(f"resumed {self.run_dir} at epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch}")
+
+    def replan(self, state: dict[str, Any], path: Path) -> None:
+        """Hold ``--epochs`` of a resumed run to what ``state`` has done: fewer epochs than were begun is refused
+        (a history is never shortened, nor config.json made to disagree with it); another number of epochs
+        re-plans the learning-rate schedule from the step reached, said in one line, with the re-planned lr taking
+        effect at once. Called before anything is written."""
+        begun = state["epoch"] + (1 if state["step_in_epoch"] else 0)  # an epoch under way counts as begun
+        asked = self.config.epochs
+        if asked < begun:
+            under_way = f", epoch {begun} under way" if state["step_in_epoch"] else ""
+            raise ValueError(
+                f"--epochs {asked}: {path} has {state['epoch']} epoch(s) done{under_way}; a resumed run cannot end "
+                f"before them: pass --epochs {begun} or more, or train a new run with another --out")
+        try:
+            planned = json.loads(state.get("config", "{}")).get("epochs")
+        except (TypeError, ValueError, AttributeError):  # an older or odd record: no plan to compare with
+            planned = None
+        if planned is None or planned == asked:
+            return
+        before = self.optimizer.param_groups[0]["lr"]
+        step = self.scheduler.last_epoch
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                       self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(step)  # the new plan's lr at this step, from the next step on
+        self.log(f"--epochs {asked} instead of the run's {planned}: the {self.config.schedule} learning-rate "
+                 f"schedule is re-planned over {asked} epochs from step {step} (lr {before:.4g} -> "
+                 f"{self.optimizer.param_groups[0]['lr']:.4g})")
 
     def reconcile_best(self, last: Path) -> None:
         """Make the resumed record of the best agree with ``best.safetensors`` after a crash between their writes.

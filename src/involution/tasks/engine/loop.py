@@ -6,10 +6,12 @@ Reliability: ``last.pt`` is written atomically at the end of every epoch (after 
 records a best that is not on disk) and on a stop; resuming restores model, optimizer, schedule, loss scaler, every
 RNG state, the position inside the epoch and the epoch's running sums, so an interrupted-and-resumed run equals an
 uninterrupted one exactly on the CPU, and makes the best weights agree with last.pt's record after a crash between
-the two writes (:mod:`.checkpoints`). The first Ctrl-C stops after the current step and saves; a non-finite loss
-stops the run with advice, keeping the last good checkpoint; resuming with another model, or from a damaged file,
-is refused with a message. One process owns a run directory: a second run on it (fresh or ``--resume``) is refused
-while the first lives (:func:`~.run_dir.lock_run_dir`).
+the two writes (:mod:`.checkpoints`). The first Ctrl-C or SIGTERM stops after the current step and saves; a
+non-finite loss stops the run with advice, keeping the last good checkpoint; resuming with another model, or from a
+damaged file, or to fewer epochs than were begun, is refused with a message (more epochs re-plan the schedule, said
+in one line). One process owns a run directory: a second run on it (fresh or ``--resume``) is refused while the
+first lives (:func:`~.run_dir.lock_run_dir`), and a fresh run refuses to write over an earlier run's files unless
+``overwrite`` (:func:`~.run_dir.earlier_run`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,24 @@ from .distributed import (
     shutdown_distributed,
 )
 from .plots import plot_curves
-from .run_dir import TensorBoard, new_run_dir, own_run_dir, provenance, remove_stale_temp_files, write_csv, write_json
+from .run_dir import (
+    TensorBoard,
+    describe_outputs,
+    earlier_run,
+    new_run_dir,
+    own_run_dir,
+    provenance,
+    remove_outputs,
+    remove_stale_temp_files,
+    write_csv,
+    write_json,
+)
 from .runtime import (
     NonFiniteLossError,
     StopFlag,
+    TrainResult,
     autocast,
+    detach_worker,
     make_optimizer,
     make_scaler,
     make_scheduler,
@@ -52,13 +66,6 @@ from .state import unwrap_model
 from .task import Task, TaskData
 
 
-@dataclass
-class TrainResult:
-    run_dir: Path
-    status: str  # finished | interrupted
-    metrics: dict[str, Any]
-
-
 def train(
     task: Task,
     config: Any,
@@ -67,14 +74,16 @@ def train(
     progress: bool = True,
     stop_flag: StopFlag | None = None,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train ``task``'s model as ``config`` (a ``task.config_class``; ``None`` fields: the task's recipe) says, in
     ``out`` (default a new ``runs/<task.run_prefix>-<time>``; with ``resume``, the run to continue from its
     ``checkpoints/last.pt``); returns the run directory, its status and final metrics. ``progress``: tqdm bars
-    (rank 0 only); ``quiet``: print nothing."""
+    (rank 0 only); ``quiet``: print nothing; ``overwrite``: a fresh run replaces the files of an earlier run in
+    ``out`` (without it, it refuses to start there)."""
     info = init_distributed("cuda" if select_device(config.device, DistInfo()).type == "cuda" else "cpu")
     try:
-        return TrainingLoop(task, config, out, resume, progress, info, stop_flag, quiet).run()
+        return TrainingLoop(task, config, out, resume, progress, info, stop_flag, quiet, overwrite).run()
     finally:
         shutdown_distributed()
 
@@ -89,9 +98,13 @@ class TrainingLoop(RunCheckpoints):
     last_loss = float("nan")  # the latest step's loss (train_step sets it), for TensorBoard
 
     def __init__(self, task: Task, config: Any, out: str | os.PathLike | None, resume: bool, progress: bool,
-                 info: DistInfo, stop_flag: StopFlag | None, quiet: bool) -> None:
+                 info: DistInfo, stop_flag: StopFlag | None, quiet: bool, overwrite: bool = False) -> None:
         config = task.resolve(config)
         self.task, self.config, self.info, self.quiet, self.resume = task, config, info, quiet, resume
+        self.overwrite = overwrite
+        self.replaced: list[Path] = []  # an earlier run's files that this one replaces (overwrite)
+        if resume and overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
         self.score_key = f"val_{task.metric}"  # the history entry (higher is better) that picks best.safetensors
         self.progress = progress and info.is_main and not quiet
         if resume and out is None:
@@ -130,7 +143,7 @@ class TrainingLoop(RunCheckpoints):
         loader_kw: dict[str, Any] = dict(num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
                                          collate_fn=task.collate)
         if cfg.workers > 0:
-            loader_kw["persistent_workers"] = True
+            loader_kw.update(persistent_workers=True, worker_init_fn=detach_worker)
         # a private generator: DataLoader draws a base seed per iterator, which must not consume the global RNG
         self.train_loader = DataLoader(train_set, batch_size=self.local_batch, sampler=self.sampler, drop_last=True,
                                        generator=torch.Generator().manual_seed(cfg.seed), **loader_kw)
@@ -262,9 +275,8 @@ class TrainingLoop(RunCheckpoints):
         """Own the run directory (one process trains in it at a time), then train (:meth:`run_owned`)."""
         lock = own_run_dir(self.run_dir, self.info)
         try:
-            if not self.resume and (self.ckpt_dir / "last.pt").exists():
-                raise FileExistsError(
-                    f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out")
+            # a fresh run: refused before anything is written if an earlier run's files are there (without overwrite)
+            self.replaced = [] if self.resume else earlier_run(self.run_dir, self.info, self.overwrite)
             if self.info.is_main:
                 stale = remove_stale_temp_files(self.run_dir)
                 if stale:
@@ -281,6 +293,9 @@ class TrainingLoop(RunCheckpoints):
             self.load_state()
         cfg, info = self.config, self.info
         if info.is_main:
+            if self.replaced:  # only now, once the data and the model are ready: a run failing earlier keeps them
+                self.log(f"--overwrite: replacing {describe_outputs(self.run_dir, self.replaced)} in {self.run_dir}")
+                remove_outputs(self.replaced)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.run_dir / "config.json", cfg.to_dict())
             extra = {"device": str(self.device), "resumed_at_step": self.global_step if self.resume else None}
@@ -305,7 +320,7 @@ class TrainingLoop(RunCheckpoints):
             metrics = self.write_metrics(status)
             self.log(f"stopped at epoch {self.epoch + 1}, step {self.step_in_epoch}; saved {self.ckpt_dir / 'last.pt'}")
             self.log(f"continue with: involution {self.task.command} --resume --out {self.run_dir}")
-            return TrainResult(self.run_dir, status, metrics)
+            return TrainResult(self.run_dir, status, metrics, getattr(self.stop, "signum", None))
         final = self.finish()
         return TrainResult(self.run_dir, status, self.write_metrics(status, final))
 

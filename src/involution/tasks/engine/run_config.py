@@ -99,7 +99,8 @@ RESUME_MUTABLE = ("workers", "threads", "log_every", "eval_every", "device")
 
 def resume_values(run_dir: str | os.PathLike, saved: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
     """The saved config values of ``run_dir`` with ``overrides`` applied; refuses changes that break resumption
-    (``epochs`` may grow or shrink: the schedule is re-planned from there on)."""
+    (``epochs`` may change: the resumed run refuses fewer than it has begun and re-plans the schedule for more,
+    :meth:`~.checkpoints.RunCheckpoints.replan`)."""
     values = dict(saved)
     changed = {k: v for k, v in (overrides or {}).items() if values.get(k) != v}
     if "epochs" in changed:

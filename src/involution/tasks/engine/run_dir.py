@@ -14,7 +14,9 @@ Layout (shared by every task that trains)::
 One process owns a run directory: :func:`lock_run_dir` takes an exclusive OS lock on ``RUN/.lock`` before anything
 is written, and refuses a second run naming the holder's PID. The OS releases the lock when the holder exits,
 however it exits (SIGKILL included), so a crashed run never blocks its ``--resume``. Once it holds the lock, a run
-clears the temporary files that killed writers left (:func:`remove_stale_temp_files`).
+clears the temporary files that killed writers left (:func:`remove_stale_temp_files`). A fresh run never writes
+over the files of an earlier one (or a user's own ``config.json`` in ``--out .``) unless told to
+(:func:`earlier_run`).
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -45,6 +47,7 @@ except ImportError:  # pragma: no cover - Windows: no flock; runs there are not 
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".lock"
+T = TypeVar("T")
 
 
 def new_run_dir(root: str | os.PathLike = "runs", prefix: str = "train") -> Path:
@@ -141,6 +144,57 @@ def run_dir_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
+# What a training run writes in its directory: names, then patterns of names (resumed runs' provenance, events).
+RUN_OUTPUTS = ("config.json", "provenance.json", "metrics.json", "metrics.csv", "curves.png",
+               *(f"checkpoints/{name}" for name in CHECKPOINT_FILES))
+RUN_OUTPUT_PATTERNS = ("provenance-resume-*.json", "tb/events.out.tfevents.*")
+
+
+def run_outputs(run_dir: Path) -> list[Path]:
+    """The files in ``run_dir`` that a training run writes: an earlier run's, or a user's own ``config.json`` in
+    ``--out .``, which a fresh run there would write over."""
+    found = [run_dir / name for name in RUN_OUTPUTS if os.path.lexists(run_dir / name)]
+    for pattern in RUN_OUTPUT_PATTERNS:
+        found += sorted(run_dir.glob(pattern))
+    return found
+
+
+def describe_outputs(run_dir: Path, found: Sequence[Path]) -> str:
+    """``found`` (:func:`run_outputs`) in a few words: "a run (finished, 6 epoch(s); config.json, metrics.json,
+    checkpoints/best.safetensors and 6 more)", or just the names when no run's metrics.json is among them."""
+    names = [path.relative_to(run_dir).as_posix() for path in found]
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        status, epochs = metrics["status"], len(metrics["history"])
+    except (OSError, ValueError, KeyError, TypeError):  # none, or not a run's: the user's own file
+        return shown
+    return f"a run ({status}, {epochs} epoch(s); {shown})"
+
+
+def remove_outputs(found: Sequence[Path]) -> None:
+    """Remove an earlier run's files (:func:`earlier_run`) before a run with ``--overwrite`` writes its own, so
+    that none of them (an old curve, old TensorBoard events, a resume state) is left to mix with the new run."""
+    for path in found:
+        path.unlink(missing_ok=True)
+
+
+def earlier_run(run_dir: Path, info: DistInfo, replace: bool) -> list[Path]:
+    """The files a fresh run in ``run_dir`` would write over (:func:`run_outputs`; rank 0 looks, the others get
+    ``[]``); unless ``replace``, every process raises the same FileExistsError saying what is there and the ways on
+    (``--resume``, ``--overwrite``), so that nothing saved is changed."""
+
+    def look() -> list[Path]:
+        found = run_outputs(run_dir)
+        if found and not replace:
+            raise FileExistsError(
+                f"--out {run_dir} already holds {describe_outputs(run_dir, found)}, which a fresh run would write "
+                "over: pass --resume to continue that run, --overwrite to replace it, or choose another --out")
+        return found
+
+    return on_main_rank(look, info) or []
+
+
 class TensorBoard:
     """A thin SummaryWriter wrapper that is a no-op when tensorboard is not installed or on non-main ranks."""
 
@@ -171,19 +225,21 @@ class RunDirBusy(RuntimeError):
 
 class RunDirLock:
     """The exclusive lock on a run directory (see :func:`lock_run_dir`); :meth:`release` it when done (the OS
-    releases it anyway when the process ends). A directory this lock created and nothing else wrote to is
-    removed again on release, so a run that fails before writing anything leaves no empty folder behind."""
+    releases it anyway when the process ends). A lock file this lock made is removed again on release, and so is a
+    directory it created that nothing else wrote to: a run that fails or is refused before writing anything leaves
+    no empty folder and no lock file behind (e.g. in the user's own folder given as ``--out .``)."""
 
-    def __init__(self, run_dir: Path, fd: int, created: bool) -> None:
-        self.run_dir, self.fd, self.created = run_dir, fd, created
+    def __init__(self, run_dir: Path, fd: int, created: bool, made_file: bool) -> None:
+        self.run_dir, self.fd, self.created, self.made_file = run_dir, fd, created, made_file
 
     def release(self) -> None:
         if self.fd < 0:
             return
         try:
-            if self.created and [p.name for p in self.run_dir.iterdir()] == [LOCK_NAME]:
+            if self.made_file:
                 (self.run_dir / LOCK_NAME).unlink()  # while still locked (a run that opened it meanwhile retries)
-                self.run_dir.rmdir()
+            if self.created:
+                self.run_dir.rmdir()  # only if empty (OSError otherwise)
         except OSError:
             pass  # only tidying: the folder was removed or written to meanwhile
         if fcntl is not None:
@@ -196,9 +252,11 @@ def lock_run_dir(run_dir: str | os.PathLike) -> RunDirLock:
     """Take the exclusive lock of ``run_dir`` (created if missing) for this process, writing its PID into the
     lock file; :class:`RunDirBusy` naming the holder's PID if another run holds it."""
     run_dir = Path(run_dir)
+    _refuse_a_file(run_dir)
     created = not run_dir.exists()
     for _ in range(10):
         run_dir.mkdir(parents=True, exist_ok=True)
+        made_file = not (run_dir / LOCK_NAME).exists()
         fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             if fcntl is not None:
@@ -213,23 +271,40 @@ def lock_run_dir(run_dir: str | os.PathLike) -> RunDirLock:
         except BaseException:
             os.close(fd)
             raise
-        return RunDirLock(run_dir, fd, created)
+        return RunDirLock(run_dir, fd, created, made_file)
     raise RunDirBusy(f"{run_dir} keeps being created and removed by other runs; choose another --out")
+
+
+def _refuse_a_file(run_dir: Path) -> None:
+    """NotADirectoryError if ``run_dir``, or the nearest of its parents that exists, is not a folder."""
+    for path in (run_dir, *run_dir.parents):
+        if path.is_dir():
+            return
+        if os.path.lexists(path):
+            where = "" if path == run_dir else f" ({path} is a file)"
+            raise NotADirectoryError(f"--out {run_dir}{where}: a file, not a directory; name a folder for the run "
+                                     "(created if missing)")
+
+
+def on_main_rank(work: Callable[[], T], info: DistInfo) -> T | None:
+    """``work()`` on rank 0, the only process that touches the run directory (None on the others); an OSError or
+    RuntimeError it raises is raised on every process alike, so that all of them stop together."""
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = work()
+        except (OSError, RuntimeError) as err:
+            error = err
+    error = all_gather_objects(error, info)[0]
+    if error is not None:
+        raise error  # type: ignore[misc]
+    return result
 
 
 def own_run_dir(run_dir: Path, info: DistInfo) -> RunDirLock | None:
     """Rank 0 (the only writer) takes the lock of ``run_dir`` (:func:`lock_run_dir`) before anything is written
     to it; every process raises the same error if that fails (e.g. another run holds it, naming its PID)."""
-    lock, error = None, None
-    if info.is_main:
-        try:
-            lock = lock_run_dir(run_dir)
-        except (RunDirBusy, OSError) as err:
-            error = err
-    error = all_gather_objects(error, info)[0]
-    if error is not None:
-        raise error  # type: ignore[misc]
-    return lock
+    return on_main_rank(lambda: lock_run_dir(run_dir), info)
 
 
 def _flock_or_refuse(fd: int, run_dir: Path) -> None:

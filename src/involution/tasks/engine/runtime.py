@@ -1,14 +1,18 @@
 """What every training loop here shares: device and precision choice, loss scaling, the learning-rate schedule,
-seeding, and Ctrl-C handling. Task-specific steps (losses, evaluation) live with their task."""
+seeding, Ctrl-C / SIGTERM handling, and what a run returns (with its exit code). Task-specific steps (losses,
+evaluation) live with their task."""
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import signal
 import sys
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,31 +96,67 @@ def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> 
 
 
 class StopFlag:
-    """SIGINT handler: the first Ctrl-C asks the loop to stop after the current step; a second one aborts."""
+    """SIGINT / SIGTERM handler: the first signal asks the loop to stop after the current step (and save); a second
+    one aborts. Schedulers and clusters (SLURM, Kubernetes, torchrun's agent) stop jobs with SIGTERM, so it saves as
+    Ctrl-C does; ``signum`` records which signal asked (None: none, or a stop requested in code)."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name))
 
     def __init__(self, announce: bool) -> None:
         self.requested = False
         self.announce = announce
-        self._previous: Any = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def request(self) -> None:
         self.requested = True
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested:
+            if signum == getattr(signal, "SIGTERM", None):
+                raise SystemExit(128 + signum)  # what the default action reports, without saving
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
         if self.announce:
-            print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{name}: stopping after this step and saving a checkpoint ({name} again to abort)",
+                  file=sys.stderr, flush=True)
 
     def __enter__(self) -> StopFlag:
-        if hasattr(signal, "SIGINT") and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handler) for signum in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+        self._previous = {}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # finished | interrupted
+    metrics: dict[str, Any]
+    stop_signal: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM), if one did
+
+    @property
+    def exit_code(self) -> int:
+        """What the command exits with: 0 when finished; when interrupted, the shell's 128 + the signal (130 for
+        Ctrl-C, 143 for SIGTERM; 130 for a stop requested in code)."""
+        if self.status != "interrupted":
+            return 0
+        return 128 + (self.stop_signal or signal.SIGINT)
+
+
+def detach_worker(worker_id: int) -> None:
+    """A data-loader worker's ``worker_init_fn``: the worker leaves its parent's process group, so that a signal
+    sent to the group (Ctrl-C in a terminal, SIGTERM from torchrun's agent or ``kill -TERM -PGID``) reaches only
+    the training process, which stops, saves and then ends its workers itself; otherwise the signal kills the
+    workers and the save fails ("DataLoader worker is killed by signal: Terminated"). The worker still ends
+    with its parent."""
+    if hasattr(os, "setpgid"):
+        os.setpgid(0, 0)
 
 
 def convert_sync_bn(model: nn.Module) -> nn.Module:

@@ -29,10 +29,11 @@ NAME = {"digits": "moving-digits", "fashion-mnist": "moving-fashion-mnist"}
 
 
 def train(config: VideoConfig | None = None, out: str | os.PathLike | None = None, resume: bool = False,
-          progress: bool = True, stop_flag: StopFlag | None = None, quiet: bool = False) -> TrainResult:
+          progress: bool = True, stop_flag: StopFlag | None = None, quiet: bool = False,
+          overwrite: bool = False) -> TrainResult:
     """Train a clip classifier (default: ``video_rednet_tiny`` on moving digits); arguments as
     :func:`involution.tasks.classification.train`."""
-    return train_task(VideoTask(), config or VideoConfig(), out, resume, progress, stop_flag, quiet)
+    return train_task(VideoTask(), config or VideoConfig(), out, resume, progress, stop_flag, quiet, overwrite)
 
 
 def resume_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> VideoConfig:
