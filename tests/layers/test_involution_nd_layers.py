@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backend_requirements import require_or_skip
 from torch import nn
 
 from involution import Involution1d, Involution3d
@@ -128,8 +129,8 @@ def test_torch_export_matches_eager_at_other_sizes(dims):
 
 @pytest.mark.parametrize("dims", [1, 3])
 def test_onnx_with_standard_operators_matches_eager_at_other_sizes(dims, tmp_path):
-    pytest.importorskip("onnxscript")
-    ort = pytest.importorskip("onnxruntime")
+    require_or_skip("onnxscript")
+    ort = require_or_skip("onnxruntime")
     from involution.ops.onnx import onnx_translation_table
 
     net, program = _exported(dims)

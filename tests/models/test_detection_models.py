@@ -285,7 +285,7 @@ def test_backbone_checkpoint_k7_loads_everything(tmp_path):
     body_equals(model.backbone.body, source)
     # the same maps as the classifier's stages, through the detector's FrozenBatchNorm2d layers
     body = model.backbone.body.eval()
-    stages = lambda m: m.forward_intermediates(x, body.out_indices, intermediates_only=True)  # noqa: E731
+    stages = lambda m: m.forward_intermediates(x, body.out_indices, intermediates_only=True)
     with torch.no_grad():
         torch.testing.assert_close(body(x), stages(source))
     assert_every_involution_matters(source, stages, rtol=1.3e-6, atol=1e-5)  # assert_close's float32 tolerance

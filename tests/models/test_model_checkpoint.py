@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 from _rednet_parity import load_reference, parity_input, seeded_state_dict  # the official parity's own weights
+from backend_requirements import require_or_skip
 
 from involution.models import (
     convert_checkpoint,
@@ -73,7 +74,7 @@ def test_overwrite_is_atomic_replace(tmp_path):
 
 
 def test_file_reads_with_the_safetensors_package(tmp_path):
-    st = pytest.importorskip("safetensors.torch")
+    st = require_or_skip("safetensors.torch")
     model = small_model()
     path = save_checkpoint(model, tmp_path / "m.safetensors")
     theirs = st.load_file(str(path))

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from _rednet_parity import load_reference, seeded_state_dict
+from backend_requirements import require_or_skip
 
 from involution.cli import main
 from involution.models import (
@@ -252,7 +253,7 @@ def test_model_cards_say_where_the_weights_are_and_how_good_they_are(depth):
 
 
 def test_timm_loads_a_paddleclas_file(paddleclas_file):
-    timm = pytest.importorskip("timm")
+    timm = require_or_skip("timm")
     model = timm.create_model("rednet26", pretrained=True, pretrained_cfg_overlay=dict(file=str(paddleclas_file)))
     with torch.no_grad():
         logits = model.eval()(parity_input())

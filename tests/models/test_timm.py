@@ -1,6 +1,6 @@
 """The RedNets through timm (models/timm_registry.py): registry, pretrained_cfg, weights, features, optimizer,
-data config, training; checked with timm's own helpers. timm is optional: without it these tests skip, and
-``import involution`` must work (the subprocess test at the end)."""
+data config, training; checked with timm's own helpers. timm is optional: without it these tests skip (under CI
+they fail), and ``import involution`` must work (the subprocess test at the end)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import sys
 
 import pytest
 import torch
+from backend_requirements import require_or_skip
 from torch import nn
 
-timm = pytest.importorskip("timm")
+timm = require_or_skip("timm")
+from model_weights import assert_every_involution_matters, weights_matter  # noqa: E402
 from timm.data import create_transform, resolve_data_config  # noqa: E402
 from timm.models import get_pretrained_cfg  # noqa: E402
 from timm.models._features import FeatureGetterNet, FeatureListNet  # noqa: E402
@@ -20,7 +22,6 @@ from timm.optim import create_optimizer_v2  # noqa: E402
 
 from involution.models import create_model, load_model, ours_to_official, save_checkpoint  # noqa: E402
 from involution.models.rednet import _rednet_cfg  # noqa: E402
-from model_weights import assert_every_involution_matters, weights_matter  # noqa: E402
 
 DEPTHS = (26, 38, 50, 101, 152)
 NAMES = [f"rednet{d}{s}" for d in DEPTHS for s in ("", "_small")]

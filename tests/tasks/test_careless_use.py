@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from backend_requirements import require_or_skip
 from PIL import Image
 
 from involution.cli import build_parser, main
@@ -278,8 +279,8 @@ def test_a_failed_export_leaves_nothing_at_out(fmt, tmp_path, monkeypatch):
     from involution.tasks.deploy import export
 
     if fmt == "onnx":
-        pytest.importorskip("onnxscript")
-        pytest.importorskip("onnxruntime")
+        require_or_skip("onnxscript")
+        require_or_skip("onnxruntime")
 
     def disagree(path, model, shape, *args):
         assert Path(path).is_file()

@@ -10,19 +10,21 @@ import textwrap
 
 import pytest
 import torch
+from backend_requirements import require_or_skip
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxscript")
-ort = pytest.importorskip("onnxruntime")
+require_or_skip("onnx")
+require_or_skip("onnxscript")
+ort = require_or_skip("onnxruntime")
+
+from model_weights import assert_every_involution_matters, weights_matter  # noqa: E402
 
 from involution.cli import main  # noqa: E402
 from involution.layers import Involution2d  # noqa: E402
 from involution.models import create_model, save_checkpoint  # noqa: E402
 from involution.ops import onnxruntime_library  # noqa: E402
-from involution.tasks.deploy import export as export_task  # noqa: E402
 from involution.tasks.deploy import check_exported_program, check_onnx, export_model  # noqa: E402
+from involution.tasks.deploy import export as export_task  # noqa: E402
 from involution.tasks.deploy.shapes import random_input  # noqa: E402
-from model_weights import assert_every_involution_matters, weights_matter  # noqa: E402
 
 # An export agrees with eager PyTorch to float32 rounding: its largest error at most this much of the largest
 # output. Relative to the output's own scale (never to at least 1, which let outputs of 0.24-0.43 off with 2-4x the
