@@ -5,15 +5,17 @@ The compiled pieces build on first use and, where they cannot, the package falls
 their tests skip. In CI that would hide a broken build behind a green run, so there the promised pieces are
 required: ``INVOLUTION_REQUIRE_BACKENDS`` (comma-separated: ``cpu``, ``onnxruntime``, ``openvino``; default all
 when ``CI`` is set, none otherwise) turns their absence into failures that print the build error, and the op's
-fallback warning into an error.
+fallback warning into an error. Likewise the optional test dependencies (onnx, onnxscript, onnxruntime, timm,
+triton): every test module takes them through ``backend_requirements.require_or_skip``, which skips without them
+outside CI and fails under CI (``INVOLUTION_REQUIRE_TEST_DEPS`` overrides).
 """
 
 from __future__ import annotations
 
 import pytest
-
-from backend_requirements import required_backends
+from backend_requirements import optional_deps_required, required_backends
 from op_helpers import CPU_BACKENDS
+
 
 def pytest_configure(config) -> None:
     if "cpu" in required_backends():  # the pure-PyTorch fallback must never run unnoticed
@@ -22,8 +24,9 @@ def pytest_configure(config) -> None:
 
 def pytest_report_header(config) -> str:
     required = required_backends()
+    deps = "required" if optional_deps_required() else "may skip"
     return (f"involution CPU backends under test: {CPU_BACKENDS}; required: {', '.join(required) or 'none'} "
-            "(INVOLUTION_REQUIRE_BACKENDS)")
+            f"(INVOLUTION_REQUIRE_BACKENDS); optional test dependencies: {deps} (CI, INVOLUTION_REQUIRE_TEST_DEPS)")
 
 
 @pytest.fixture(params=CPU_BACKENDS, scope="session")

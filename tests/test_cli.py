@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+from backend_requirements import optional_deps_required
 
 from involution.cli import main
 
@@ -17,7 +18,7 @@ def test_info_checks_backends_and_times(capsys):
     assert main(["info", "--batch", "1", "--channels", "32", "--size", "12", "--repeats", "2"]) == 0
     out = capsys.readouterr().out
     assert "backend torch" in out and "Involution2d layer" in out
-    if importlib.util.find_spec("onnxruntime") is not None:
+    if importlib.util.find_spec("onnxruntime") is not None or optional_deps_required():
         assert "onnxruntime custom-op library: " in out
 
 

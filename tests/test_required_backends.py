@@ -1,4 +1,5 @@
-"""CI cannot pass without the compiled pieces it promises (see tests/conftest.py: INVOLUTION_REQUIRE_BACKENDS)."""
+"""CI cannot pass without the compiled pieces it promises (see tests/conftest.py: INVOLUTION_REQUIRE_BACKENDS), nor
+without the optional test dependencies (backend_requirements.require_or_skip)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from backend_requirements import PROMISED, REQUIRE_TEST_DEPS, optional_deps_required, require_or_skip, required_backends
 
-from backend_requirements import PROMISED, required_backends
 from involution.ops import backend_status
 
 
@@ -60,3 +61,43 @@ def test_a_missing_openvino_fails_a_ci_run(tmp_path) -> None:
     )
     assert done.returncode == 1, done.stdout[-2000:]
     assert "'openvino' package is not installed: pip install 'involution[openvino]'" in done.stdout, done.stdout[-2000:]
+
+
+MISSING = "involution_no_such_test_dependency"
+
+
+@pytest.mark.parametrize("ci, override, required", [
+    ("", None, False), ("1", None, True), ("true", "0", False), ("", "1", True), ("false", None, False),
+])
+def test_optional_test_dependencies_are_required_under_ci(monkeypatch, ci, override, required) -> None:
+    monkeypatch.setenv("CI", ci)
+    if override is None:
+        monkeypatch.delenv(REQUIRE_TEST_DEPS, raising=False)
+    else:
+        monkeypatch.setenv(REQUIRE_TEST_DEPS, override)
+    assert optional_deps_required() is required
+    outcome = pytest.fail.Exception if required else pytest.skip.Exception
+    with pytest.raises(outcome, match=rf"test dependency '{MISSING}' cannot be imported"):
+        require_or_skip(MISSING)
+    assert require_or_skip("json").__name__ == "json"  # what is installed is simply imported
+
+
+@pytest.mark.parametrize("ci", ["", "1"])
+def test_a_test_module_missing_a_dependency_skips_or_fails_the_run(tmp_path, ci) -> None:
+    """At a module's top, as the ONNX, timm and Triton test modules use it: outside CI the module skips (the run
+    passes), under CI the run fails, naming the module."""
+    (tmp_path / "test_needs_it.py").write_text(
+        f"from backend_requirements import require_or_skip\n\nrequire_or_skip({MISSING!r})\n\n\n"
+        "def test_something():\n    pass\n")
+    (tmp_path / "test_other.py").write_text("def test_other():\n    pass\n")  # the rest of the suite
+    env = {**os.environ, "CI": ci, "PYTHONPATH": str(Path(__file__).parent)}
+    env.pop(REQUIRE_TEST_DEPS, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(tmp_path)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert MISSING in done.stdout, done.stdout[-2000:]
+    if ci:
+        assert done.returncode == pytest.ExitCode.INTERRUPTED and "required under CI" in done.stdout, done.stdout[-2000:]
+    else:
+        assert done.returncode == 0 and "1 passed, 1 skipped" in done.stdout, done.stdout[-2000:]

@@ -11,7 +11,7 @@ from torch import nn
 
 from involution import create_model
 from involution.layers.recompute import recompute
-from model_weights import randomise_weights
+from model_weights import assert_every_involution_matters, randomise_weights
 
 
 def step(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
@@ -63,6 +63,7 @@ def test_rednet_recomputation_trains_identically(setting) -> None:
         other.set_grad_checkpointing(True)
     x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     assert_same(step(other, x), step(model, x))
+    assert_every_involution_matters(model, lambda m: m(x))  # the training-mode output, compared exactly
 
 
 def test_recompute_stem_is_the_default_and_recorded() -> None:

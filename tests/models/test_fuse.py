@@ -10,7 +10,7 @@ from torch import nn
 
 from involution import create_model
 from involution.layers.fuse import conv_bn_pairs, fuse_conv_bn_
-from model_weights import involution_layers, weights_matter
+from model_weights import assert_every_involution_matters, involution_layers, weights_matter
 
 RTOL = 1e-5  # float32 rounding of the folded weights, relative to the largest output
 
@@ -40,13 +40,15 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 ])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_fused_model_matches_the_unfused_one(name, kwargs, size, layout) -> None:
-    model = weights_matter(create_model(name, **kwargs)).to(memory_format=layout)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=layout)
+    model = weights_matter(create_model(name, **kwargs), run=lambda m: m(x)).to(memory_format=layout)
     fused = copy.deepcopy(model).fuse()
     # Only the BatchNorm after each involution stays: its per-channel scale cannot go into a shared kernel.
     kept = len(involution_layers(model))
     assert batch_norms(fused) == kept < batch_norms(model)
     assert relative_error(outputs(fused, x), outputs(model, x)) < RTOL
+    if kept and layout == torch.contiguous_format:  # the layout changes no layer's effect: measured once
+        assert_every_involution_matters(model, lambda m: m(x), rtol_max=RTOL)
 
 
 def test_every_generator_conv_is_folded() -> None:
@@ -57,12 +59,13 @@ def test_every_generator_conv_is_folded() -> None:
 
 def test_a_segmentor_folds_through_the_generic_function() -> None:
     backbone = {"width": 0.125, "kernel_size": 3}
-    model = weights_matter(create_model("fpn_rednet50", backbone_kwargs=backbone, neck_channels=16,
-                                        head_channels=8), seed=3)
     x = torch.randn(1, 3, 33, 47, generator=torch.Generator().manual_seed(0))
+    model = weights_matter(create_model("fpn_rednet50", backbone_kwargs=backbone, neck_channels=16,
+                                        head_channels=8), seed=3, run=lambda m: m(x))
     fused = copy.deepcopy(model)
     assert fuse_conv_bn_(fused) > 0
     assert relative_error(outputs(fused, x), outputs(model, x)) < RTOL
+    assert_every_involution_matters(model, lambda m: m(x), rtol_max=RTOL)
 
 
 def test_refuses_in_training_mode() -> None:
@@ -76,8 +79,8 @@ def test_refuses_in_training_mode() -> None:
 def test_a_fold_that_drops_the_shift_is_seen(conv) -> None:
     """The weights make the comparison sharp: a fold that forgot the BatchNorm's shift (running mean and bias) in
     one convolution, a generator's included, moves the output far beyond the tolerance."""
-    model = weights_matter(create_model("rednet26_small", num_classes=10, width=0.25))
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    model = weights_matter(create_model("rednet26_small", num_classes=10, width=0.25), run=lambda m: m(x))
     fused = copy.deepcopy(model).fuse()
     with torch.no_grad():
         fused.get_submodule(conv).bias.zero_()

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from involution import create_model
-from model_weights import randomise_weights, weights_matter
+from model_weights import assert_every_involution_matters, involution_layers, randomise_weights, weights_matter
+
+RTOL = 1e-5  # float32 rounding of the two layouts, relative to the largest logit
 
 
 def is_nhwc(t: torch.Tensor) -> bool:
@@ -15,15 +17,18 @@ def is_nhwc(t: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize("name", ["rednet26_small", "resnet26_small"])
 def test_an_nchw_input_gives_the_same_outputs_in_either_internal_layout(name) -> None:
-    model = weights_matter(create_model(name, num_classes=10, width=0.25, channels_last=True))
-    plain = weights_matter(create_model(name, num_classes=10, width=0.25, channels_last=False))
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain = weights_matter(create_model(name, num_classes=10, width=0.25, channels_last=False), run=lambda m: m(x))
+    model = create_model(name, num_classes=10, width=0.25, channels_last=True).eval()
+    model.load_state_dict(plain.state_dict())
     with torch.no_grad():
         got, want = model(x), plain(x)
         maps, plain_maps = (m.forward_intermediates(x, intermediates_only=True) for m in (model, plain))
-    assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5
+    assert ((got - want).abs().max() / want.abs().max()).item() < RTOL
     assert all(is_nhwc(m) for m in maps)
     assert not any(is_nhwc(m) for m in plain_maps)
+    if involution_layers(model):
+        assert_every_involution_matters(model, lambda m: m(x), rtol_max=RTOL)
 
 
 def test_rednet_defaults_to_channels_last_and_resnet_to_the_callers_layout() -> None:
@@ -44,3 +49,5 @@ def test_training_in_channels_last_matches_nchw() -> None:
     # float32 rounding differs between the layouts, and training-mode BatchNorm amplifies it in the gradients
     for (name, p), q in zip(model.named_parameters(), plain.parameters()):
         assert (p.grad - q.grad).abs().max() <= 1e-3 * q.grad.abs().max(), name
+    # every involution moves the training-mode logits the gradients come from (one forward a layer, no backward)
+    assert_every_involution_matters(plain, lambda m: m(x), rtol_max=1e-3)

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 from _rednet_parity import load_reference, parity_input, seeded_state_dict  # the official parity's own weights
+from backend_requirements import require_or_skip
 
 from involution.models import (
     convert_checkpoint,
@@ -19,14 +20,19 @@ from involution.models import (
     save_checkpoint,
 )
 from involution.models._safetensors import read_safetensors
-from model_weights import randomise_weights, weights_matter
+from model_weights import assert_every_involution_matters, randomise_weights, weights_matter
 
 SMALL = {"num_classes": 10, "width": 0.25, "zero_init_residual": False}
 
 
+def images(n: int = 2, h: int = 16, w: int = 16) -> torch.Tensor:
+    """The input the round trips compare on: ``(n, 3, h, w)``, seeded."""
+    return torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(0))
+
+
 def small_model(**kwargs):
-    """A narrow model whose every involution matters (tests/model_weights.py)."""
-    return weights_matter(create_model("rednet26_small", **{**SMALL, **kwargs}))
+    """A narrow model whose every involution matters on :func:`images` (tests/model_weights.py)."""
+    return weights_matter(create_model("rednet26_small", **{**SMALL, **kwargs}), run=lambda m: m(images()))
 
 
 # -- own format ---------------------------------------------------------------------------------------------------
@@ -36,7 +42,7 @@ def test_round_trip_gives_equal_outputs(tmp_path):
     model = small_model(stem_kernel_size=5)
     path = save_checkpoint(model, tmp_path / "sub" / "model.safetensors", metadata={"epoch": 3, "note": "hi"})
     assert path.is_file() and [p.name for p in path.parent.iterdir()] == ["model.safetensors"]  # no temp left
-    x = torch.randn(2, 3, 16, 16)
+    x = images()
     rebuilt = load_model(path).eval()
     assert rebuilt.model_name == "rednet26_small" and rebuilt.stem[1].kernel_size == (5, 5)
     again = create_model("rednet26_small", checkpoint=path, **SMALL, stem_kernel_size=5).eval()
@@ -45,6 +51,7 @@ def test_round_trip_gives_equal_outputs(tmp_path):
         assert torch.isfinite(ref).all() and ref.abs().max() > 1e-3
         torch.testing.assert_close(rebuilt(x), ref, rtol=0, atol=0)
         torch.testing.assert_close(again(x), ref, rtol=0, atol=0)
+    assert_every_involution_matters(model, lambda m: m(x))  # compared exactly
     _, meta = read_checkpoint(path)
     assert meta["format"] == "involution" and meta["model"] == "rednet26_small"
     assert json.loads(meta["model_kwargs"])["stem_kernel_size"] == 5
@@ -67,7 +74,7 @@ def test_overwrite_is_atomic_replace(tmp_path):
 
 
 def test_file_reads_with_the_safetensors_package(tmp_path):
-    st = pytest.importorskip("safetensors.torch")
+    st = require_or_skip("safetensors.torch")
     model = small_model()
     path = save_checkpoint(model, tmp_path / "m.safetensors")
     theirs = st.load_file(str(path))
@@ -182,15 +189,17 @@ def test_numpy_scalars_in_metadata_are_fine(tmp_path):
 
 
 def test_features_only_round_trip(tmp_path):
-    backbone = weights_matter(create_model("rednet26_small", width=0.25, features_only=True, out_indices=(0, 1)))
+    x = images(2, 12, 10)
+    backbone = weights_matter(create_model("rednet26_small", width=0.25, features_only=True, out_indices=(0, 1)),
+                              run=lambda m: m(x))
     path = save_checkpoint(backbone, tmp_path / "backbone.safetensors")
     again = load_model(path).eval()
     assert again.features_only and again.feature_info.channels() == [64, 128] and not hasattr(again, "layer3")
     assert again.state_dict().keys() == backbone.state_dict().keys()
-    x = torch.randn(2, 3, 12, 10)
     with torch.no_grad():
         for got, ref in zip(again(x), backbone(x), strict=True):
             torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    assert_every_involution_matters(backbone, lambda m: m(x))  # compared exactly
 
 
 def test_features_only_model_gives_the_classifiers_intermediates(tmp_path):
@@ -198,10 +207,11 @@ def test_features_only_model_gives_the_classifiers_intermediates(tmp_path):
     classifier = small_model()
     path = save_checkpoint(classifier, tmp_path / "classifier.safetensors")
     backbone = create_model("rednet26_small", checkpoint=path, features_only=True, **SMALL).eval()
-    x = torch.randn(2, 3, 16, 16)
+    x = images()
     with torch.no_grad():
         for got, ref in zip(backbone(x), classifier.forward_intermediates(x, intermediates_only=True), strict=True):
             torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    assert_every_involution_matters(backbone, lambda m: m(x))  # compared exactly
 
 
 def test_other_architecture_is_refused_with_keys_listed(tmp_path):
@@ -287,6 +297,7 @@ def test_parity_with_the_official_implementation(tmp_path, variant):
     torch.testing.assert_close(logits[:, ref["logits_idx"]], expect(ref["logits_at_idx"]), rtol=0, atol=1e-4)
     torch.testing.assert_close(logits.sum(1), expect(ref["logits_sum"]), rtol=0, atol=1e-3)
     assert logits.argmax(1).tolist() == ref["logits_argmax"]
+    assert_every_involution_matters(model, lambda m: m(parity_input()), atol=1e-4)  # a wrong conversion shows
 
     with torch.no_grad():
         feats = model.forward_intermediates(parity_input(), intermediates_only=True)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from involution.models import FeatureInfo, create_model
-from model_weights import randomise_weights, weights_matter
+from model_weights import assert_every_involution_matters, randomise_weights, weights_matter
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +98,9 @@ def test_num_classes_zero_and_reset_classifier():
 
 
 def test_channels_last_matches_contiguous():
-    model = weights_matter(create_model("rednet26_small", num_classes=10, width=0.25))
     x = torch.randn(2, 3, 16, 16)
+    model = weights_matter(create_model("rednet26_small", num_classes=10, width=0.25), run=lambda m: m(x))
+    assert_every_involution_matters(model, lambda m: m(x), rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         ref = model(x)
         assert ref.abs().max() > 1e-3
@@ -122,6 +123,8 @@ def test_grad_checkpointing_gives_the_same_grads():
         model(x).square().sum().backward()
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # every involution moves the training-mode output the gradients come from (a forward a layer, no backward)
+    assert_every_involution_matters(plain, lambda m: m(x), rtol=1e-4, atol=1e-6)
     plain.set_grad_checkpointing(True)
     assert plain.grad_checkpointing
 
@@ -146,9 +149,10 @@ def test_compiled_rednet_matches_eager_forward_and_gradients():
     """torch.compile (fullgraph, aot_eager: the capture, the op's fake impls and autograd formula) on a RedNet whose
     every involution matters, in eval (forward) and train mode (gradients)."""
     torch._dynamo.reset()
-    eager = weights_matter(create_model("rednet26_small", num_classes=10, width=0.25))
-    compiled = torch.compile(eager, fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 3, 16, 16)
+    eager = weights_matter(create_model("rednet26_small", num_classes=10, width=0.25), run=lambda m: m(x))
+    assert_every_involution_matters(eager, lambda m: m(x), rtol=1e-5, atol=1e-5)
+    compiled = torch.compile(eager, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-5)
     grads = []
@@ -159,15 +163,20 @@ def test_compiled_rednet_matches_eager_forward_and_gradients():
         grads.append({name: p.grad.clone() for name, p in eager.named_parameters()})
     for name, g in grads[1].items():
         torch.testing.assert_close(grads[0][name], g, rtol=1e-4, atol=1e-5, msg=name)
+    assert_every_involution_matters(eager, lambda m: m(x), rtol=1e-4, atol=1e-5)  # the training-mode output
 
 
-def tiny_rednet():
-    return weights_matter(create_model("rednet26_small", num_classes=10, width=0.25))
+def tiny_rednet(x: torch.Tensor):
+    """A narrow RedNet whose every involution moves ``x``'s features (tests/model_weights.py)."""
+    return weights_matter(create_model("rednet26_small", num_classes=10, width=0.25),
+                          run=lambda m: m.forward_features(x))
 
 
 def test_forward_intermediates_follows_timms_contract():
     """timm >= 1.0: ``(final, maps)``; an int picks the last n stages, negative indices count from the end."""
-    model, x = tiny_rednet(), torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    model = tiny_rednet(x)
+    assert_every_involution_matters(model, lambda m: m.forward_intermediates(x))  # compared exactly
     channels = model.stage_channels
     with torch.no_grad():
         final, maps = model.forward_intermediates(x)
@@ -191,11 +200,12 @@ def test_forward_intermediates_follows_timms_contract():
 def test_prune_intermediate_layers_keeps_what_the_maps_need(tmp_path):
     from involution.models import load_checkpoint, save_checkpoint
 
-    full, x = tiny_rednet(), torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    full = tiny_rednet(x)
     path = save_checkpoint(full, tmp_path / "full.safetensors")
     with torch.no_grad():
         want = full.forward_intermediates(x, indices=(0, 1), intermediates_only=True)
-    pruned = tiny_rednet()
+    pruned = create_model("rednet26_small", num_classes=10, width=0.25).eval()
     assert pruned.prune_intermediate_layers((0, -3)) == [0, 1]
     assert not hasattr(pruned, "layer3") and not hasattr(pruned, "layer4") and pruned.num_classes == 0
     assert pruned.num_features == pruned.head_hidden_size == pruned.stage_channels[1]
@@ -205,5 +215,8 @@ def test_prune_intermediate_layers_keeps_what_the_maps_need(tmp_path):
         assert pruned(x).shape == (2, pruned.stage_channels[1])  # pooled features of the last kept stage
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
+    # every involution of the first two stages moves the maps compared (exactly)
+    assert_every_involution_matters(pruned, lambda m: m.forward_intermediates(x, indices=(0, 1),
+                                                                              intermediates_only=True))
     with pytest.raises(ValueError, match="dropped"):
         pruned.forward_intermediates(x, indices=(3,))

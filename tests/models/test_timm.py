@@ -1,6 +1,6 @@
 """The RedNets through timm (models/timm_registry.py): registry, pretrained_cfg, weights, features, optimizer,
-data config, training; checked with timm's own helpers. timm is optional: without it these tests skip, and
-``import involution`` must work (the subprocess test at the end)."""
+data config, training; checked with timm's own helpers. timm is optional: without it these tests skip (under CI
+they fail), and ``import involution`` must work (the subprocess test at the end)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import sys
 
 import pytest
 import torch
+from backend_requirements import require_or_skip
 from torch import nn
 
-timm = pytest.importorskip("timm")
+timm = require_or_skip("timm")
+from model_weights import assert_every_involution_matters, weights_matter  # noqa: E402
 from timm.data import create_transform, resolve_data_config  # noqa: E402
 from timm.models import get_pretrained_cfg  # noqa: E402
 from timm.models._features import FeatureGetterNet, FeatureListNet  # noqa: E402
@@ -20,22 +22,34 @@ from timm.optim import create_optimizer_v2  # noqa: E402
 
 from involution.models import create_model, load_model, ours_to_official, save_checkpoint  # noqa: E402
 from involution.models.rednet import _rednet_cfg  # noqa: E402
-from model_weights import weights_matter  # noqa: E402
 
 DEPTHS = (26, 38, 50, 101, 152)
 NAMES = [f"rednet{d}{s}" for d in DEPTHS for s in ("", "_small")]
 TINY = {"num_classes": 10, "width": 0.25}  # rednet26_small at a quarter width: fast, every involution matters
 
 
-def tiny_pair(seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """The same randomised rednet26_small from timm and from involution.create_model."""
-    ours = weights_matter(create_model("rednet26_small", **TINY), seed)
-    theirs = weights_matter(timm.create_model("rednet26_small", **TINY), seed)
+def batch(n: int = 2, size: int = 32) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def pair(name: str, seed: int = 0, x: torch.Tensor | None = None, **kwargs) -> tuple[nn.Module, nn.Module]:
+    """``name`` from timm and from involution.create_model, in eval mode with the same weights: every involution
+    matters on ``x`` (default :func:`batch`; tests/model_weights.py)."""
+    x = batch() if x is None else x
+    ours = weights_matter(create_model(name, **kwargs), seed, run=lambda m: m(x))
+    theirs = timm.create_model(name, **kwargs).eval()
+    theirs.load_state_dict(ours.state_dict())
     return theirs, ours
 
 
-def batch(n: int = 2, size: int = 32) -> torch.Tensor:
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+def tiny_pair(seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """The same randomised rednet26_small from timm and from involution.create_model."""
+    return pair("rednet26_small", seed, **TINY)
+
+
+def assert_exact_comparisons_see_every_involution(model: nn.Module, run=lambda m: m(batch())) -> None:
+    """Silencing any involution of ``model`` changes ``run(model)``: the exact comparisons here would see it."""
+    assert_every_involution_matters(model, run)
 
 
 # -- registry and pretrained_cfg ----------------------------------------------------------------------------------
@@ -81,14 +95,15 @@ def test_same_outputs_as_involution_create_model(tmp_path):
     again = load_model(save_checkpoint(theirs, tmp_path / "t.safetensors")).eval()
     with torch.no_grad():
         torch.testing.assert_close(again(x), ours(x), rtol=0, atol=0)
+    assert_exact_comparisons_see_every_involution(ours)
 
 
 def test_full_width_model_matches_too():
-    ours = weights_matter(create_model("rednet26"))
-    theirs = weights_matter(timm.create_model("rednet26"))
     x = batch(1, 64)
+    theirs, ours = pair("rednet26", x=x)
     with torch.no_grad():
         torch.testing.assert_close(theirs(x), ours(x), rtol=0, atol=0)
+    assert_exact_comparisons_see_every_involution(ours, lambda m: m(x))
 
 
 def test_classifier_interface():
@@ -120,6 +135,7 @@ def test_pretrained_from_our_safetensors(tmp_path):
     x = batch()
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), ours(x), rtol=0, atol=0)
+    assert_exact_comparisons_see_every_involution(ours)
 
 
 def test_pretrained_official_file_with_another_class_count(tmp_path):
@@ -133,6 +149,7 @@ def test_pretrained_official_file_with_another_class_count(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model.forward_features(x), ours.forward_features(x), rtol=0, atol=0)
         assert model(x).shape == (2, 7)
+    assert_exact_comparisons_see_every_involution(ours, lambda m: m.forward_features(x))
     assert model.fc.bias.abs().max().item() == 0.0 and model.fc.weight.std().item() < 0.02  # re-initialised
 
 
@@ -145,6 +162,7 @@ def test_checkpoint_path_uses_timms_loader(tmp_path):
     x = batch()
     with torch.no_grad():
         torch.testing.assert_close(model(x), ours(x), rtol=0, atol=0)
+    assert_exact_comparisons_see_every_involution(ours)
     with pytest.raises(RuntimeError, match="Missing key"):
         timm.create_model("rednet26_small", checkpoint_path=official_file(ours, tmp_path / "o.pth"), **TINY)
 
@@ -208,6 +226,7 @@ def test_features_only_gives_our_maps(tmp_path, feature_cls, out_indices):
     tol = {"rtol": 0, "atol": 0} if feature_cls == "getter" else {"rtol": 1e-5, "atol": 1e-6}
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, **tol)
+    assert_every_involution_matters(backbone, lambda m: m(x), **tol)
     if feature_cls == "getter" and max(picked) < 3:  # the getter pruned what it does not need
         assert not hasattr(net.model, "layer4")
 

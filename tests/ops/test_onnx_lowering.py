@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from backend_requirements import require_or_skip
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxscript")
-ort = pytest.importorskip("onnxruntime")
+require_or_skip("onnx")
+require_or_skip("onnxscript")
+ort = require_or_skip("onnxruntime")
 
 from involution.ops import involution2d, onnxruntime_library  # noqa: E402
 from involution.ops.onnx import ONNX_OPS, onnx_translation_table  # noqa: E402

@@ -11,10 +11,11 @@ import tarfile
 
 import numpy as np
 import pytest
+from backend_requirements import require_or_skip
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxscript")
-ort = pytest.importorskip("onnxruntime")
+require_or_skip("onnx")
+require_or_skip("onnxscript")
+ort = require_or_skip("onnxruntime")
 
 from onnx import TensorProto, helper  # noqa: E402
 

@@ -25,17 +25,18 @@ import involution
 from involution.ops import backend_status, use_backend
 from involution.ops.backends import get_backend, select_backend
 from involution.ops.backends.triton_impl import TritonBackend, _interpret_requested, shape_class
+from backend_requirements import skip_or_fail
 from op_helpers import assert_matches_reference, assert_op_accumulates_in_float32, is_channels_last, make_case
 from reference import involution2d_reference, reference_grads
 
-if importlib.util.find_spec("triton") is None:
-    pytest.skip("triton is not installed", allow_module_level=True)
+if importlib.util.find_spec("triton") is None:  # not imported here: the child process must import it first
+    skip_or_fail("the test dependency 'triton' is not installed (it comes with torch on Linux)")
 
 ON_GPU = torch.cuda.is_available()
 IN_PROCESS = ON_GPU or _interpret_requested()  # else the child process runs the kernel tests
 BACKEND = get_backend("triton")
 if IN_PROCESS and not BACKEND.is_available():
-    pytest.skip(f"the triton backend cannot run here: {BACKEND.unavailable_reason()}", allow_module_level=True)
+    skip_or_fail(f"the triton backend cannot run here: {BACKEND.unavailable_reason()}")
 
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 in_process = pytest.mark.skipif(
@@ -54,7 +55,7 @@ def test_kernels_in_the_triton_interpreter() -> None:
     report = f"{proc.stdout[-12000:]}\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, f"the interpreter run failed:\n{report}"
     if " passed" not in proc.stdout:  # e.g. a Triton that fails on import: the child skipped the whole module
-        pytest.skip(f"the interpreter run skipped every test:\n{report[-2000:]}")
+        skip_or_fail(f"the interpreter run skipped every test:\n{report[-2000:]}")
 
 
 # ------------------------------------------------------------------------------------------------- helpers

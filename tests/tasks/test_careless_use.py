@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from backend_requirements import require_or_skip
 from conftest import child_env, wait_for
 from PIL import Image
 
@@ -273,8 +274,8 @@ def test_a_failed_export_leaves_nothing_at_out(fmt, tmp_path, monkeypatch):
     from involution.tasks.deploy import export
 
     if fmt == "onnx":
-        pytest.importorskip("onnxscript")
-        pytest.importorskip("onnxruntime")
+        require_or_skip("onnxscript")
+        require_or_skip("onnxruntime")
 
     def disagree(path, model, shape, *args):
         assert Path(path).is_file()

@@ -10,28 +10,48 @@ import textwrap
 
 import pytest
 import torch
+from backend_requirements import require_or_skip
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxscript")
-ort = pytest.importorskip("onnxruntime")
+require_or_skip("onnx")
+require_or_skip("onnxscript")
+ort = require_or_skip("onnxruntime")
+
+from model_weights import assert_every_involution_matters, weights_matter  # noqa: E402
 
 from involution.cli import main  # noqa: E402
 from involution.layers import Involution2d  # noqa: E402
 from involution.models import create_model, save_checkpoint  # noqa: E402
 from involution.ops import onnxruntime_library  # noqa: E402
-from involution.tasks.deploy import export as export_task  # noqa: E402
 from involution.tasks.deploy import check_exported_program, check_onnx, export_model  # noqa: E402
-from model_weights import weights_matter  # noqa: E402
+from involution.tasks.deploy import export as export_task  # noqa: E402
+from involution.tasks.deploy.shapes import random_input  # noqa: E402
+
+# An export agrees with eager PyTorch to float32 rounding: its largest error at most this much of the largest
+# output. Relative to the output's own scale (never to at least 1, which let outputs of 0.24-0.43 off with 2-4x the
+# tolerance), so that removing any one involution layer moves the output by more than 10x it (asserted below).
+RTOL = 1e-4
 
 
 def _within_tolerance(check) -> bool:
-    return check.max_abs_error <= 1e-4 * max(1.0, check.max_abs_value)
+    return check.max_abs_error <= RTOL * check.max_abs_value
+
+
+def _weights_matter(model, seed: int, shape):
+    """``model`` under weights_matter, centred on the checks' random input of ``shape`` (tests/model_weights.py)."""
+    x = random_input(shape)
+    return weights_matter(model, seed, run=lambda m: m(x))
+
+
+def _every_involution_matters(model, shape, every: int = 1) -> None:
+    """Silencing any involution of ``model`` moves its output on the checks' input of ``shape`` by > 10 RTOL."""
+    x = random_input(shape)
+    assert_every_involution_matters(model, lambda m: m(x), rtol_max=RTOL, every=every)
 
 
 @pytest.fixture(scope="module")
 def rednet26(tmp_path_factory):
     """A RedNet-26 whose every involution matters (eval mode) and its safetensors checkpoint."""
-    model = weights_matter(create_model("rednet26"))
+    model = _weights_matter(create_model("rednet26"), 0, (2, 3, 64, 64))
     path = save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "rednet26.safetensors")
     return model, path
 
@@ -60,15 +80,18 @@ def test_rednet26_onnx_matches_eager_at_another_batch_and_size(cli_onnx, rednet2
     _, _, out = cli_onnx
     check = check_onnx(out, model, (3, 3, 72, 88))
     assert _within_tolerance(check), check
+    _every_involution_matters(model, (3, 3, 72, 88))
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
 
 
 def test_dense_backbone_onnx_matches_eager(tmp_path):
-    backbone = weights_matter(create_model("rednet26", features_only=True, out_indices=(1, 2, 3), width=0.25), 1)
+    backbone = create_model("rednet26", features_only=True, out_indices=(1, 2, 3), width=0.25)
+    backbone = _weights_matter(backbone, 1, (1, 3, 96, 80))
     out = export_model(backbone, tmp_path / "backbone.onnx", input_size=(3, 64, 64), verify=False)
     check = check_onnx(out, backbone, (1, 3, 96, 80))  # batch 1 and a non-square size the export never saw
     assert _within_tolerance(check), check
+    _every_involution_matters(backbone, (1, 3, 96, 80))
 
 
 def test_cli_export_with_the_custom_op_matches_eager(ort_library, rednet26, tmp_path):
@@ -86,18 +109,23 @@ def test_cli_export_with_the_custom_op_matches_eager(ort_library, rednet26, tmp_
     assert len(custom) == sum(isinstance(m, Involution2d) for m in model.modules())  # one node per layer
     check = check_onnx(out, model, (2, 3, 80, 56))
     assert _within_tolerance(check), check
+    _every_involution_matters(model, (2, 3, 80, 56))
 
 
 def test_dense_backbone_with_the_custom_op_matches_eager(ort_library, tmp_path):
-    backbone = weights_matter(create_model("rednet26", features_only=True, out_indices=(1, 2, 3), width=0.25), 4)
+    backbone = create_model("rednet26", features_only=True, out_indices=(1, 2, 3), width=0.25)
+    backbone = _weights_matter(backbone, 4, (3, 3, 72, 104))
     out = export_model(backbone, tmp_path / "backbone.onnx", input_size=(3, 64, 64), onnx_ops="custom",
                        verify=False)
     check = check_onnx(out, backbone, (3, 3, 72, 104))
     assert _within_tolerance(check), check
+    _every_involution_matters(backbone, (3, 3, 72, 104))
 
 
 def test_exported_program_roundtrip_in_a_fresh_process(tmp_path):
-    layer = weights_matter(torch.nn.Sequential(Involution2d(16, kernel_size=3, stride=2, group_channels=4)), 2)
+    # a single layer: its output is the output, so it matters; centred on the example input
+    layer = _weights_matter(torch.nn.Sequential(Involution2d(16, kernel_size=3, stride=2, group_channels=4)), 2,
+                            (2, 16, 20, 20))
     lines: list[str] = []
     out = export_model(layer, tmp_path / "layer.pt2", format="exported-program", input_size=(16, 20, 20),
                        log=lines.append)
@@ -125,7 +153,7 @@ STRIDED_SIZES = [(3, 64, 48, 32), (1, 64, 15, 15), (2, 64, 47, 31), (4, 64, 16, 
 def test_strided_layer_with_trained_weights_matches_eager(target, tmp_path, request):
     if target == "custom":
         request.getfixturevalue("ort_library")
-    layer = weights_matter(Involution2d(64, kernel_size=7, stride=2), seed=5)
+    layer = _weights_matter(Involution2d(64, kernel_size=7, stride=2), 5, (2, 64, 16, 16))  # the export's example
     fmt, ops = ("exported-program", "standard") if target == "exported-program" else ("onnx", target)
     out = export_model(layer, tmp_path / f"layer.{'pt2' if fmt != 'onnx' else 'onnx'}", format=fmt, onnx_ops=ops,
                        input_size=(64, 16, 16))
@@ -151,20 +179,24 @@ def test_ceil_mode_pooling_exports_to_onnx(tmp_path):
     ("resnet26_small", {"num_classes": 10, "width": 0.25}),
 ])
 def test_small_families_with_trained_weights_export_both_formats(name, kwargs, tmp_path):
-    model = weights_matter(create_model(name, **kwargs), seed=6)
+    shapes = [(1, 3, 24, 24), (3, 3, 21, 17)]  # 8x8 (a 1x1 last map) is issue 21
+    model = _weights_matter(create_model(name, **kwargs), 6, shapes[0])
     for fmt in ("onnx", "exported-program"):
         out = export_model(model, tmp_path / f"{name}.{fmt}", format=fmt, input_size=(3, 16, 16))
         check = check_onnx if fmt == "onnx" else check_exported_program
-        for shape in [(1, 3, 24, 24), (3, 3, 21, 17)]:  # 8x8 (a 1x1 last map) is issue 21
+        for shape in shapes:
             result = check(out, model, shape)
             assert _within_tolerance(result), (fmt, result)
+    if name.startswith("rednet"):
+        for shape in shapes:
+            _every_involution_matters(model, shape)
 
 
 @pytest.mark.parametrize("fmt", ["exported-program", "onnx"])
 def test_small_model_exports_at_its_smallest_input(fmt, tmp_path):
     """At 8x8 a RedNet-small's last map is 1x1, which torch.export cannot keep dynamic: the export fixes height and
     width (saying so), keeps the batch dynamic, and matches eager (issue 21: it used to fail its own check)."""
-    model = weights_matter(create_model("rednet26_small", num_classes=10, width=0.25), seed=9)
+    model = _weights_matter(create_model("rednet26_small", num_classes=10, width=0.25), 9, (5, 3, 8, 8))
     assert model.pretrained_cfg["min_input_size"] == (3, 8, 8)
     lines: list[str] = []
     out = export_model(model, tmp_path / f"small.{fmt}", format=fmt, input_size=(3, 8, 8), log=lines.append)
@@ -172,21 +204,28 @@ def test_small_model_exports_at_its_smallest_input(fmt, tmp_path):
     check = check_onnx if fmt == "onnx" else check_exported_program
     result = check(out, model, (5, 3, 8, 8))
     assert _within_tolerance(result), result
+    _every_involution_matters(model, (5, 3, 8, 8))
 
 
 def test_segmenter_and_detector_backbone_with_trained_weights_export(tmp_path):
     """Dense models export at a fixed size (torch.export's solver cannot yet prove the FPN's size constraints for
     dynamic shapes): the Semantic FPN with an involution neck, and a detector's backbone + involution FPN."""
-    segmenter = weights_matter(create_model("fpn_rednet50", num_classes=5, neck="involution", neck_channels=16,
-                                            head_channels=16, backbone_kwargs={"width": 0.125}), seed=7)
-    detector = weights_matter(create_model("fasterrcnn_rednet50_fpn", num_classes=5, neck="involution",
-                                           fpn_channels=16, backbone_kwargs={"width": 0.125}), seed=8)
+    shape = (2, 3, 64, 64)  # the export's example (batch 2), which the static programs are checked on
+    segmenter = _weights_matter(create_model("fpn_rednet50", num_classes=5, neck="involution", neck_channels=16,
+                                             head_channels=16, backbone_kwargs={"width": 0.125}), 7, shape)
+    detector = create_model("fasterrcnn_rednet50_fpn", num_classes=5, neck="involution", fpn_channels=16,
+                            backbone_kwargs={"width": 0.125})
+    detector.backbone = _weights_matter(detector.backbone, 8, shape)
     for name, model, fmt in [("segmenter", segmenter, "exported-program"), ("segmenter", segmenter, "onnx"),
                              ("detector_backbone", detector.backbone, "onnx")]:
         lines: list[str] = []
-        export_model(model, tmp_path / f"{name}.{fmt}", format=fmt, input_size=(3, 64, 64), dynamic=False,
-                     log=lines.append)
+        out = export_model(model, tmp_path / f"{name}.{fmt}", format=fmt, input_size=shape[1:], dynamic=False,
+                           log=lines.append)
         assert "vs eager" in lines[-1], lines
+        result = (check_onnx if fmt == "onnx" else check_exported_program)(out, model, shape)
+        assert _within_tolerance(result), (name, fmt, result)
+    _every_involution_matters(segmenter, shape)
+    _every_involution_matters(detector.backbone, shape)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
@@ -236,8 +275,14 @@ CLASSIFIERS = [n for n in __import__("involution").list_models() if n.startswith
 def test_every_classifier_exports_at_its_smallest_input(name, tmp_path):
     """Every registered classifier, randomised, as a program at its pretrained_cfg's smallest input (issue 21);
     ONNX of the same path is covered for the _small family above (it costs tens of seconds a model)."""
-    model = weights_matter(create_model(name, num_classes=10, **({"width": 0.25} if name.endswith("_small") else {})))
+    model = create_model(name, num_classes=10, **({"width": 0.25} if name.endswith("_small") else {}))
+    shape = (2, *model.pretrained_cfg["min_input_size"])  # the export's example, which it is checked on
+    model = _weights_matter(model, 0, shape)
     lines: list[str] = []
-    export_model(model, tmp_path / f"{name}.pt2", format="exported-program",
-                 input_size=model.pretrained_cfg["min_input_size"], log=lines.append)
+    out = export_model(model, tmp_path / f"{name}.pt2", format="exported-program", input_size=shape[1:],
+                       log=lines.append)
     assert "torch.export vs eager" in lines[-1], lines
+    result = check_exported_program(out, model, shape)
+    assert _within_tolerance(result), result
+    if "rednet" in name:  # every 8th involution, the first and last included (up to 51 forwards a model else)
+        _every_involution_matters(model, shape, every=8)

@@ -49,7 +49,7 @@ def one_line_error(capsys, argv, path) -> str:
     """Run the CLI; it must fail with one line on stderr that names ``path``, and no traceback."""
     rc = main([str(a) for a in argv])
     err = capsys.readouterr().err
-    assert rc != 0, err
+    assert rc == 2, (rc, err)  # the CLI's exit code for a user error
     assert str(path) in err and "Traceback" not in err and "weights_only" not in err, err
     assert len(err.strip().splitlines()) == 1, err
     return err
