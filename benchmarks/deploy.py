@@ -8,17 +8,17 @@ runtime and batch. Setup:
 
 * every model has each BatchNorm that follows a convolution folded into it (``model.fuse()``, as ``involution
   export`` does; ``--no-fuse`` keeps them), ResNet-50 alike, so the comparison stays fair;
-* eager and torch.compile: ``model.eval()``, channels_last model and input (the library's fast CPU path),
-  forward under ``torch.inference_mode()``; compile is ``torch.compile(model, dynamic=False)`` with inductor's
-  ``freezing`` on (its CPU inference setting), the compilation absorbed by the warm-up;
+* eager and torch.compile: ``model.eval()``, channels_last model and input (the library's fast CPU path; the
+  ``-nchw`` runtimes keep both contiguous), forward under ``torch.inference_mode()``; the ``-bf16`` runtimes run
+  under ``torch.autocast("cpu", dtype=torch.bfloat16)``, as PyTorch advises for CPUs with native bfloat16; compile
+  is ``torch.compile(model, dynamic=False)`` with inductor's ``freezing`` on (its CPU inference setting), the
+  compilation absorbed by the warm-up;
 * onnxruntime: the file written by ``involution.tasks.deploy.export_model`` (dynamic batch/height/width, the
   involution op lowered to standard ONNX by ``involution.ops.onnx``), CPUExecutionProvider, default graph
   optimisations, ``intra_op_num_threads`` = ``--threads``, NCHW float32 input;
 * onnxruntime-custom: the same with ``onnx_ops="custom"``: one ``involution::Involution2d`` node per involution,
   run by the custom-op library of ``involution.ops.onnxruntime_library`` (built on first use; needs its headers:
   ``involution onnxruntime fetch-headers``).
-* eager-bf16: eager under ``torch.autocast("cpu", dtype=torch.bfloat16)``, channels_last, as PyTorch advises for
-  CPUs with native bfloat16;
 * openvino, openvino-bf16: the project's OpenVINO path, ``export_model(..., "NAME.xml")`` (an IR whose involutions
   are the C++ extension's op) compiled by ``openvino_model(path, precision, threads)`` (``INFERENCE_PRECISION_HINT``
   f32 or bf16); openvino-standard(-bf16): the standard-operator ONNX file read by OpenVINO, for comparison.
@@ -52,8 +52,11 @@ import torch  # noqa: E402
 import involution  # noqa: E402
 from involution.tasks.deploy import export_model, onnx_session  # noqa: E402
 
-RUNTIMES = ("eager", "eager-bf16", "compile", "onnxruntime", "onnxruntime-custom", "openvino", "openvino-bf16",
-            "openvino-standard", "openvino-standard-bf16")
+# PyTorch runtimes: channels_last unless "-nchw"; float32 unless "-bf16" (bfloat16 autocast).
+TORCH_RUNTIMES = tuple(f"{base}{bf16}{layout}" for base in ("eager", "compile") for bf16 in ("", "-bf16")
+                       for layout in ("", "-nchw"))
+RUNTIMES = TORCH_RUNTIMES + ("onnxruntime", "onnxruntime-custom", "openvino", "openvino-bf16", "openvino-standard",
+                             "openvino-standard-bf16")
 DEFAULT_MODELS = "rednet26,rednet50,resnet50"
 
 
@@ -76,18 +79,20 @@ def make_runner(runtime: str, name: str, batch: int, size: int, args: argparse.N
         compiled = openvino_model(path, "bf16" if runtime.endswith("bf16") else "f32", threads=args.threads)
         request, x = compiled.create_infer_request(), _input(batch, size).numpy()
         return lambda: request.infer({0: x})
-    model = involution.create_model(name).eval().to(memory_format=torch.channels_last)
+    layout = torch.contiguous_format if runtime.endswith("-nchw") else torch.channels_last
+    model = involution.create_model(name).eval().to(memory_format=layout)
     if not args.no_fuse:
         model.fuse()
-    if runtime == "compile":
+    compiled = runtime.startswith("compile")
+    if compiled:
         import torch._inductor.config as inductor_config
 
         # Freezing (weights folded into the graph as constants) is inductor's CPU inference mode; without it the
         # compiled models ran 20-40x slower than eager here (weights re-laid out for oneDNN on every call).
         inductor_config.freezing = True
-    fn = torch.compile(model, dynamic=False) if runtime == "compile" else model
-    x = _input(batch, size).contiguous(memory_format=torch.channels_last)
-    bf16 = runtime == "eager-bf16"
+    fn = torch.compile(model, dynamic=False) if compiled else model
+    x = _input(batch, size).contiguous(memory_format=layout)
+    bf16 = "-bf16" in runtime
 
     def run() -> object:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

@@ -111,8 +111,8 @@ def test_bf16_is_as_exact_as_bf16_arithmetic_allows(cli_ir, rednet):
     input and weights to bf16 (relative error up to 2**-8 each) and the errors travel through every later layer.
     What bf16 rounding costs this network is measured by PyTorch's own bf16 inference, eager under bf16 autocast:
     like OpenVINO's bf16 it gives the convolutions and the classifier bf16-rounded operands with float32
-    accumulation and keeps the rest in float32 (OpenVINO keeps the involution op in float32 too, on its bf16-rounded
-    inputs). Both errors (against float64 eager) are sums of many rounding errors of the same size made at different
+    accumulation and keeps the rest in float32, and its involutions read and write bf16 and sum in float32, as
+    ``openvino_model`` makes OpenVINO's do (asserted: every involution runs in bf16). Both errors (against float64 eager) are sums of many rounding errors of the same size made at different
     places (OpenVINO rounds BatchNorm-folded weights, fuses the ReLUs and residual adds), so their sizes agree but
     not their values: the RMS error over all logits (stable, where one element's maximum is not) of OpenVINO must
     be within 2x autocast's (measured 1.04-1.06x on four inputs). The involutions together move the logits by
@@ -126,6 +126,10 @@ def test_bf16_is_as_exact_as_bf16_arithmetic_allows(cli_ir, rednet):
     compiled = openvino_model(cli_ir[2], precision="bf16", threads=2)
     supported = _bf16_supported()
     assert compiled.get_property("INFERENCE_PRECISION_HINT") == (ov.Type.bf16 if supported else ov.Type.f32)
+    involution_precisions = {str(op.get_rt_info()["runtimePrecision"].astype(str))
+                             for op in compiled.get_runtime_model().get_ordered_ops()
+                             if op.get_rt_info()["layerType"].astype(str) == "Reference"}
+    assert involution_precisions == ({"bf16"} if supported else {"f32"})
     inputs = _inputs()
     for x, expected in zip(inputs, _float64_outputs(model, inputs)):
         got = _run(compiled, x)

@@ -21,26 +21,23 @@
 // are spread with tbb::parallel_for on the TBB that OpenVINO ships and runs its own graph on, so they run in the
 // plugin's task arena and use the threads INFERENCE_NUM_THREADS gives it.
 //
-// Precision: float32 is computed as such. With INFERENCE_PRECISION_HINT bf16 the CPU plugin keeps this op in
-// float32 (it converts the bf16 activations of the layers around it to float32 and back), so a RedNet's involutions
-// are float32 sums of bf16-rounded inputs. Tensors that are bf16 themselves (a bf16 model input) reach evaluate as
-// bf16, and f16 ones could with other callers (the CPU plugin converts those to f32 first): both are widened to
-// float32, computed in float32 (the sums accumulated in float32) and rounded once to the output type.
+// Precision: f32, bf16 and f16 tensors are read and written in their own type by the header's kernels, the sums
+// accumulated in float32 and each result rounded once. The CPU plugin runs an op it does not know in the element
+// type the graph gives it: with INFERENCE_PRECISION_HINT bf16 alone that stays float32 (with conversions from and
+// to the bf16 layers around it), so the project's OpenVINO path (tasks/deploy/openvino_file.py) marks the op's
+// inputs and output bf16 in that mode.
 
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include <openvino/core/extension.hpp>
 #include <openvino/core/op_extension.hpp>
-#include <openvino/core/type/float16.hpp>
 #include <openvino/frontend/onnx/extension/conversion.hpp>
 #include <openvino/op/op.hpp>
 
@@ -183,52 +180,13 @@ void forward_f32(const involution_nchw::Geometry& g, const float* x, const float
   involution_nchw::forward<float>(g, x, x_strides, w, y, TbbParallelFor{});
 }
 
-// Conversions of one 16-bit float (bf16, f16) to and from float32; float32 -> 16 bits rounds to nearest even.
-// bfloat16 is converted here rather than with ov::bfloat16, whose float constructor (OpenVINO 2026.4) truncates
-// whenever the last bit kept is even: an error of up to one unit in the last place instead of half of one.
-struct Bf16 {
-  using Storage = uint16_t;  // the bits
-  static float widen(uint16_t v) {
-    const uint32_t bits = static_cast<uint32_t>(v) << 16;
-    float f;
-    std::memcpy(&f, &bits, sizeof f);
-    return f;
-  }
-  static uint16_t narrow(float f) {
-    uint32_t bits;
-    std::memcpy(&bits, &f, sizeof bits);
-    if (std::isnan(f)) return static_cast<uint16_t>((bits >> 16) | 0x40);  // a quiet NaN
-    return static_cast<uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
-  }
-};
-
-struct F16 {
-  using Storage = ov::float16;
-  static float widen(ov::float16 v) { return static_cast<float>(v); }
-  static ov::float16 narrow(float f) { return ov::float16(f); }
-};
-
-// dst[k] = one(src[k]) for k < n, on TBB in blocks.
-template <typename To, typename From, typename Convert>
-void convert(const From* src, To* dst, int64_t n, Convert&& one) {
-  constexpr int64_t block = 1 << 16;
-  TbbParallelFor{}((n + block - 1) / block, [&](int64_t b0, int64_t b1) {
-    for (int64_t k = b0 * block, end = std::min(n, b1 * block); k < end; ++k) dst[k] = one(src[k]);
-  });
-}
-
-// The forward of a bf16 / f16 input and weight: widened to float32, computed (the sums accumulated in float32),
-// the result rounded once to the 16-bit type.
-template <typename C>
+// y = involution(x, w) for 16-bit x, w and y (T: the header's bfloat16 or float16): read and written in their
+// own type, the sums accumulated in float32 and each result rounded once.
+template <typename T>
 void forward_16bit(const involution_nchw::Geometry& g, const ov::Tensor& x, const ov::Tensor& w, ov::Tensor& y) {
-  using S = typename C::Storage;
-  const int64_t nx = static_cast<int64_t>(x.get_size()), nw = static_cast<int64_t>(w.get_size());
-  const int64_t ny = static_cast<int64_t>(y.get_size());
-  std::vector<float> xf(static_cast<size_t>(nx)), wf(static_cast<size_t>(nw)), yf(static_cast<size_t>(ny));
-  convert(static_cast<const S*>(x.data()), xf.data(), nx, C::widen);
-  convert(static_cast<const S*>(w.data()), wf.data(), nw, C::widen);
-  forward_f32(g, xf.data(), wf.data(), yf.data());
-  convert(yf.data(), static_cast<S*>(y.data()), ny, C::narrow);
+  const int64_t x_strides[4] = {g.C * g.H * g.W, g.H * g.W, g.W, 1};
+  involution_nchw::forward<T>(g, static_cast<const T*>(x.data()), x_strides, static_cast<const T*>(w.data()),
+                              static_cast<T*>(y.data()), TbbParallelFor{});
 }
 
 bool Involution2d::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
@@ -245,9 +203,9 @@ bool Involution2d::evaluate(ov::TensorVector& outputs, const ov::TensorVector& i
   if (type == ov::element::f32) {
     forward_f32(g, x.data<const float>(), w.data<const float>(), y.data<float>());
   } else if (type == ov::element::bf16) {
-    forward_16bit<Bf16>(g, x, w, y);
+    forward_16bit<involution_nchw::bfloat16>(g, x, w, y);
   } else if (type == ov::element::f16) {
-    forward_16bit<F16>(g, x, w, y);
+    forward_16bit<involution_nchw::float16>(g, x, w, y);
   } else {
     return false;
   }

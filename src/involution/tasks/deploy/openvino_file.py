@@ -90,7 +90,8 @@ def openvino_model(path: str | os.PathLike, precision: str = "f32", threads: int
         precision: ``"f32"`` or ``"bf16"`` (OpenVINO's ``INFERENCE_PRECISION_HINT``): in bf16, the layers
             OpenVINO runs in bf16 (convolutions ...) do so on CPUs where it supports bf16 ("BF16" among the CPU's
             ``OPTIMIZATION_CAPABILITIES``: AVX-512 and later, fast with native bf16 instructions); elsewhere
-            OpenVINO ignores the hint and runs f32. The involutions stay float32 sums of their bf16-rounded inputs.
+            OpenVINO ignores the hint and runs f32. The involutions then run in bf16 too: bf16 input, kernel and
+            output, the sums accumulated in float32, as PyTorch's bf16 autocast computes them.
         threads: inference threads (``INFERENCE_NUM_THREADS``; default OpenVINO's: one per core). The extension's
             kernel runs on the same threads.
 
@@ -109,7 +110,34 @@ def openvino_model(path: str | os.PathLike, precision: str = "f32", threads: int
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    return core.compile_model(core.read_model(str(path)), "CPU", config)
+    model = core.read_model(str(path))
+    if precision == "bf16" and "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        _involutions_in_bf16(model)
+    return core.compile_model(model, "CPU", config)
+
+
+def _involutions_in_bf16(model: Any) -> None:
+    """Give every involution node of ``model`` bf16 inputs and output (``Convert`` nodes around it, in place).
+
+    The CPU plugin's bf16 hint reaches the layers it knows; an extension op keeps the graph's float32, so each
+    involution would cost a bf16 -> f32 conversion of its input and kernel and one back of its output, and run
+    float32 sums of bf16-rounded values at twice the bytes. With the Converts the plugin merges them into the
+    reorders it needs anyway, and the op's kernel reads and writes bf16 (accumulating in float32).
+    """
+    import openvino as ov
+    from openvino import opset13
+
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "Involution2d":
+            continue
+        for port in node.inputs():
+            port.replace_source_output(opset13.convert(port.get_source_output(), ov.Type.bf16).output(0))
+        node.validate_and_infer_types()
+        users = list(node.output(0).get_target_inputs())
+        back = opset13.convert(node.output(0), ov.Type.f32).output(0)
+        for user in users:
+            user.replace_source_output(back)
+    model.validate_nodes_and_infer_types()
 
 
 def check_openvino(
