@@ -15,6 +15,7 @@ The table gives ms per forward and the share of the total. Usage::
 
     python benchmarks/profile_models.py                        # rednet50, resnet50; NCHW and channels_last
     python benchmarks/profile_models.py --fused --markdown -   # BatchNorms folded, markdown to stdout
+    python benchmarks/profile_models.py --fused --bf16         # under bfloat16 autocast
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from involution import Involution2d  # noqa: E402
 
 GENERATOR = "involution.kernel_generator"
 CATEGORIES = ("conv", "generator conv", "involution op", "batch norm", "elementwise", "pooling", "classifier",
-              "other")
+              "copy", "other")
 _BY_OP = {
     "aten::conv2d": "conv", "aten::convolution": "conv", "aten::_convolution": "conv",
     "aten::mkldnn_convolution": "conv",
@@ -44,6 +45,9 @@ _BY_OP = {
     "aten::relu": "elementwise", "aten::relu_": "elementwise", "aten::add": "elementwise", "aten::add_": "elementwise",
     "aten::max_pool2d": "pooling", "aten::avg_pool2d": "pooling", "aten::adaptive_avg_pool2d": "pooling",
     "aten::mean": "pooling", "aten::linear": "classifier", "aten::addmm": "classifier",
+    # dtype and layout conversions (under bf16 autocast: the casts of weights and activations)
+    "aten::copy_": "copy", "aten::to": "copy", "aten::_to_copy": "copy", "aten::contiguous": "copy",
+    "aten::clone": "copy",
 }
 
 
@@ -81,15 +85,17 @@ def categorise(events) -> dict[str, float]:
     return totals
 
 
-def profile_model(name: str, layout: str, fused: bool, batch: int, size: int, repeats: int) -> dict[str, float]:
-    """ms per forward in each category."""
+def profile_model(
+    name: str, layout: str, fused: bool, batch: int, size: int, repeats: int, bf16: bool = False
+) -> dict[str, float]:
+    """ms per forward in each category (``bf16``: under bfloat16 autocast)."""
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     model = involution.create_model(name).eval().to(memory_format=fmt)
     if fused:
         model.fuse()
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).contiguous(memory_format=fmt)
     handles = mark_generators(model)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         model(x)  # warm-up (oneDNN primitive caches, the C++ extension's build)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(repeats):
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--bf16", action="store_true", help="run under torch.autocast('cpu', dtype=torch.bfloat16)")
     p.add_argument("--markdown", metavar="PATH", help="also write the table as markdown ('-': print it)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads or _util.usable_cpus())
@@ -115,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name, layout in columns:
         print(f"[profile] {name} {layout}{' fused' if args.fused else ''}", file=sys.stderr, flush=True)
-        results[(name, layout)] = profile_model(name, layout, args.fused, args.batch, args.size, args.repeats)
+        results[(name, layout)] = profile_model(name, layout, args.fused, args.batch, args.size, args.repeats,
+                                                args.bf16)
     heads = ["category"] + [f"{n} {'NCHW' if lay == 'nchw' else 'CL'}" for n, lay in columns]
     rows = []
     for cat in (*CATEGORIES, "total"):
@@ -127,12 +135,13 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{ms:.1f} ({100 * ms / total:.0f}%)" if total else "–")
         rows.append(cells)
     command = "python benchmarks/profile_models.py" + ("" if not sys.argv[1:] else " " + shlex.join(sys.argv[1:]))
-    setup = (f"batch {args.batch}, {args.size}x{args.size}, float32, {torch.get_num_threads()} threads, "
+    setup = (f"batch {args.batch}, {args.size}x{args.size}, {'bfloat16 autocast' if args.bf16 else 'float32'}, "
+             f"{torch.get_num_threads()} threads, "
              f"{'BatchNorms folded' if args.fused else 'as built'}, ms per forward (share), {args.repeats} forwards")
-    print(f"{command}\n{setup}\n")
+    print(f"{command}\n{setup}\n{_util.cpu_precision_flags()}\n")
     print(_util.render_table(heads, rows, False, [False] + [True] * len(columns)))
     if args.markdown:
-        md = f"- command: `{command}`\n- setup: {setup}\n\n" + _util.render_table(
+        md = f"- command: `{command}`\n- setup: {setup}\n- CPU: {_util.cpu_precision_flags()}\n\n" + _util.render_table(
             heads, rows, True, [False] + [True] * len(columns)) + "\n"
         if args.markdown == "-":
             print("\n" + md)
