@@ -90,6 +90,10 @@ def make_runner(runtime: str, name: str, batch: int, size: int, args: argparse.N
         # Freezing (weights folded into the graph as constants) is inductor's CPU inference mode; without it the
         # compiled models ran 20-40x slower than eager here (weights re-laid out for oneDNN on every call).
         inductor_config.freezing = True
+        # Every model instance is a new guard on the shared forward code: without a higher limit dynamo falls back
+        # to eager after 8 compilations (here: 3 models x 2 batches x 4 compile runtimes).
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 1024)
     fn = torch.compile(model, dynamic=False) if compiled else model
     x = _input(batch, size).contiguous(memory_format=layout)
     bf16 = "-bf16" in runtime
