@@ -49,6 +49,26 @@ def check_flags(**flags: Any) -> None:
         check_flag(name, value)
 
 
+#: timm's ``global_pool`` values that these nets have: ``"avg"`` (global average pooling) and ``""`` (none).
+POOL_TYPES = ("avg", "")
+
+
+def check_global_pool(global_pool: Any, num_classes: int) -> str:
+    """``global_pool`` checked against :data:`POOL_TYPES`; ``""`` (no pooling) needs ``num_classes`` 0, since the
+    classifier takes pooled ``(N, C)`` features (timm's rule too)."""
+    if global_pool not in POOL_TYPES:
+        raise ValueError(
+            f"global_pool must be 'avg' (average pooling) or '' (no pooling: the head returns the last map "
+            f"(N, C, h, w), with num_classes=0), got {global_pool!r}"
+        )
+    if global_pool == "" and num_classes > 0:
+        raise ValueError(
+            f"global_pool='' (no pooling) needs num_classes=0, got {num_classes}: the classifier takes pooled "
+            "(N, C) features"
+        )
+    return global_pool
+
+
 def stem_stride_for(stem_stride: int | None, small_input: bool) -> int:
     """The stride of a net's first convolution: by default 1 for small inputs, 2 otherwise."""
     if stem_stride is None:
@@ -114,6 +134,7 @@ class ResidualNet(nn.Module):
         features_only: bool,
         out_indices: Sequence[int],
         grad_checkpointing: bool,
+        global_pool: str = "avg",
     ) -> None:
         check_int("num_classes (0: no classifier)", num_classes, low=0)
         check_number("drop_rate", drop_rate, low=0.0, high=1.0, high_open=True)
@@ -138,7 +159,7 @@ class ResidualNet(nn.Module):
         else:
             self.out_indices = tuple(range(len(STAGE_NAMES)))
             self.num_classes = int(num_classes)
-            self.global_pool = nn.AdaptiveAvgPool2d(1)
+            self._set_pool(check_global_pool(global_pool, self.num_classes))
             self.head_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
             self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
             self.feature_info = FeatureInfo(full_info)
@@ -194,24 +215,36 @@ class ResidualNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return getattr(self, self.classifier_name, nn.Identity())
 
+    def _set_pool(self, global_pool: str) -> None:
+        """The head's pooling (a checked :data:`POOL_TYPES` value): a module without state, so no device."""
+        self.global_pool_type = global_pool
+        self.global_pool = nn.AdaptiveAvgPool2d(1) if global_pool == "avg" else nn.Identity()
+        self.global_pool.train(self.training)
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the classifier by a fresh one with ``num_classes`` outputs (0: none; pooled features out).
 
-        ``global_pool``: timm's argument; the pooling here is always the average (``None`` or ``"avg"``).
+        ``global_pool``: timm's argument: ``None`` keeps the current pooling (a classifier on a model without
+        pooling brings average pooling back, as it takes pooled features), ``"avg"`` average-pools, ``""`` pools
+        nothing (``forward`` then returns the last map ``(N, num_features, h, w)``; ``num_classes`` 0 only).
+        The new classifier is created on the device and in the dtype of the model's parameters (``meta``
+        included), in the model's training mode.
         """
         if self.features_only:
             raise RuntimeError("a features_only model has no classifier to reset")
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"global_pool: only average pooling ('avg') is available here, got {global_pool!r}")
-        old = self.get_classifier()
-        ref = next(iter(old.parameters()), None) if isinstance(old, nn.Linear) else None
-        self.num_classes = int(num_classes)
-        fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if ref is not None:
-            fc = fc.to(device=ref.device, dtype=ref.dtype)
-        setattr(self, self.classifier_name, fc)
+        num_classes = check_int("num_classes (0: no classifier)", num_classes, low=0)
+        if global_pool is None:
+            global_pool = "avg" if num_classes > 0 else self.global_pool_type
+        pool = check_global_pool(global_pool, num_classes)
+        ref = next(self.parameters())  # the body's first: the model's device and dtype, whatever the head was
+        self.num_classes = num_classes
+        if num_classes > 0:
+            fc: nn.Module = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+        else:
+            fc = nn.Identity()
+        setattr(self, self.classifier_name, fc.train(self.training))
+        if pool != self.global_pool_type:
+            self._set_pool(pool)
         self.init_classifier()
         head = f"{self.classifier_name}."
         if num_classes > 0 and head in self.pruned_prefixes:  # a head pruned before is back: load it again
@@ -341,8 +374,11 @@ class ResidualNet(nn.Module):
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """``(N, num_features, h, w) -> (N, num_classes)`` (or the pooled ``(N, num_features)`` if pre_logits)."""
-        x = self.global_pool(x).flatten(1)
+        """``(N, num_features, h, w) -> (N, num_classes)`` (or the pooled ``(N, num_features)`` if pre_logits;
+        with ``global_pool=""`` the map itself, ``(N, num_features, h, w)``)."""
+        x = self.global_pool(x)
+        if self.global_pool_type != "":  # "" keeps the map (N, num_features, h, w)
+            x = x.flatten(1)
         x = self.head_drop(x)
         return x if pre_logits else self.fc(x)
 

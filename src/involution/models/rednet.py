@@ -144,6 +144,8 @@ class RedNet(ResidualNet):
         grad_checkpointing: recompute block activations in backward (official ``with_cp``).
         features_only, out_indices: return the maps of these stages (0..3) instead of logits.
         norm_layer: normalisation factory (default ``nn.BatchNorm2d``), or its name: ``"bn"``, ``"syncbn"``.
+        global_pool: ``"avg"`` (global average pooling) or ``""`` (none: ``forward`` returns the last map
+            ``(N, num_features, h, w)``; needs ``num_classes=0``), as timm's argument of that name.
 
     Shapes: ``(N, in_chans, H, W) -> (N, num_classes)``; any H, W (odd included) of at least 1 pixel per stage.
     """
@@ -175,6 +177,7 @@ class RedNet(ResidualNet):
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3),
         norm_layer: LayerFactory | str = nn.BatchNorm2d,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         norm_layer = resolve_norm(norm_layer)  # a name from --model-kwargs, or a factory
@@ -204,7 +207,9 @@ class RedNet(ResidualNet):
         channels, reductions = add_stages(
             self, block, RedNetBottleneck.expansion, layers, stem_channels, width, reduction, norm_layer, avg_down
         )
-        self._finish(channels, reductions, num_classes, drop_rate, features_only, out_indices, grad_checkpointing)
+        self._finish(
+            channels, reductions, num_classes, drop_rate, features_only, out_indices, grad_checkpointing, global_pool
+        )
 
     def _zero_init_residual(self) -> None:
         for m in self.modules():

@@ -18,8 +18,10 @@ import inspect
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 from .checkpoint import FORMAT, apply_state_dict, load_checkpoint, read_checkpoint
@@ -118,8 +120,26 @@ def channel_stats(rgb: Sequence[float], in_chans: int) -> tuple[float, ...]:
     return tuple(rgb) if in_chans == 3 else (round(sum(rgb) / 3, 4),) * in_chans
 
 
+def check_placement(device: Any, dtype: Any) -> tuple[torch.device | None, torch.dtype | None]:
+    """The ``device`` and ``dtype`` keywords of a model builder, checked: a :class:`torch.device` (or what it
+    accepts: ``"cuda:0"``, ``"meta"`` ...) or None, and a floating-point :class:`torch.dtype` (or its name,
+    ``"bfloat16"``, as ``--model-kwargs`` JSON gives it) or None."""
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device must be a torch.device or a device string such as 'cpu', 'cuda:0' or "
+                             f"'meta', got {device!r} ({err})") from None
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype (torch.float32, torch.bfloat16, "
+                         f"torch.float16, torch.float64) or its name, got {dtype!r}")
+    return device, dtype
+
+
 def build_model(
-    model_cls: type[nn.Module],
+    model_cls: Callable[..., nn.Module],
     name: str,
     model_args: dict[str, Any],
     kwargs: dict[str, Any],
@@ -129,11 +149,22 @@ def build_model(
 
     ``model_args`` are the variant's fixed arguments (stage depths ...); ``kwargs`` the caller's, recorded in
     ``model.model_kwargs`` so that :func:`involution.models.save_checkpoint` can rebuild the same model.
+
+    ``kwargs`` may also hold ``device`` and ``dtype`` (timm's factory keywords; :func:`check_placement`), which are
+    not recorded: every parameter and buffer is created on ``device`` (the model is built under
+    ``with torch.device(device)``, so ``"meta"`` allocates nothing), and the floating-point ones are then cast to
+    ``dtype`` (initialised in float32 first, so one seed gives the same weights, rounded, in every dtype; integer
+    buffers such as BatchNorm's ``num_batches_tracked`` stay int64).
     """
+    kwargs = dict(kwargs)
+    device, dtype = check_placement(kwargs.pop("device", None), kwargs.pop("dtype", None))
     fixed = set(model_args) & set(kwargs)
     if fixed:
         raise TypeError(f"{name} fixes {sorted(fixed)}; pass them to the model class instead")
-    model = model_cls(**model_args, **kwargs)
+    with torch.device(device) if device is not None else nullcontext():
+        model = model_cls(**model_args, **kwargs)
+    if dtype is not None:
+        model.to(dtype=dtype)
     cfg = copy.deepcopy(pretrained_cfg)
     cfg["architecture"] = name
     cfg["num_classes"] = getattr(model, "num_classes", cfg.get("num_classes"))
@@ -149,7 +180,7 @@ def build_model(
     model.pretrained_cfg = cfg
     model.default_cfg = cfg  # timm's older name
     model.model_name = name
-    model.model_kwargs = dict(kwargs)
+    model.model_kwargs = kwargs
     return model
 
 

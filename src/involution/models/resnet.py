@@ -33,7 +33,7 @@ class ResNet(ResidualNet):
         zero_init_residual: zero the last BN of every block (default True, as for RedNet, so both start alike).
         channels_last: run in channels_last whatever the input's layout, as :class:`RedNet` does by default
             (default False: the caller's layout, as torchvision's ResNet).
-        drop_rate, grad_checkpointing, features_only, out_indices, norm_layer: as for :class:`RedNet`.
+        drop_rate, grad_checkpointing, features_only, out_indices, norm_layer, global_pool: as for :class:`RedNet`.
 
     Shapes: ``(N, in_chans, H, W) -> (N, num_classes)``.
     """
@@ -56,6 +56,7 @@ class ResNet(ResidualNet):
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3),
         norm_layer: LayerFactory | str = nn.BatchNorm2d,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         norm_layer = resolve_norm(norm_layer)  # a name from --model-kwargs, or a factory
@@ -75,7 +76,9 @@ class ResNet(ResidualNet):
         channels, reductions = add_stages(
             self, block, Bottleneck.expansion, layers, stem_channels, width, reduction, norm_layer
         )
-        self._finish(channels, reductions, num_classes, drop_rate, features_only, out_indices, grad_checkpointing)
+        self._finish(
+            channels, reductions, num_classes, drop_rate, features_only, out_indices, grad_checkpointing, global_pool
+        )
 
     def _zero_init_residual(self) -> None:
         for m in self.modules():
