@@ -97,6 +97,51 @@ def test_num_classes_zero_and_reset_classifier():
     assert model.pretrained_cfg["num_classes"] == 7
 
 
+@pytest.mark.parametrize("name", ["rednet26_small", "resnet26_small"])
+def test_global_pool_none_returns_the_last_map(name):
+    x = torch.randn(2, 3, 16, 16)
+    model = randomise_weights(create_model(name, num_classes=0, global_pool="", width=0.25)).eval()
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert features.shape == (2, 512, 2, 2) and features.std() > 0
+        torch.testing.assert_close(model(x), features, rtol=0, atol=0)
+        torch.testing.assert_close(model.forward_head(features, pre_logits=True), features, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs num_classes=0"):
+        create_model(name, num_classes=10, global_pool="", width=0.25)
+    with pytest.raises(ValueError, match="'avg' .average pooling. or ''"):
+        create_model(name, num_classes=0, global_pool="max", width=0.25)
+
+
+def test_reset_classifier_switches_pooling():
+    x = torch.randn(2, 3, 16, 16)
+    model = randomise_weights(create_model("rednet26_small", num_classes=10, width=0.25)).eval()
+    with torch.no_grad():
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+        model.reset_classifier(0, "")
+        assert model.num_classes == 0 and model(x).shape == (2, 512, 2, 2)
+        with pytest.raises(ValueError, match="needs num_classes=0"):
+            model.reset_classifier(5, "")
+        model.reset_classifier(0)  # None keeps the pooling: still none
+        assert model(x).shape == (2, 512, 2, 2)
+        model.reset_classifier(5)  # a classifier takes pooled features: average pooling comes back
+        assert model(x).shape == (2, 5) and model.global_pool_type == "avg"
+        model.reset_classifier(0)
+        torch.testing.assert_close(model(x), pooled, rtol=0, atol=0)
+
+
+def test_reset_classifier_follows_the_body():
+    """timm's rule: the new head is made on the device and in the dtype of the model, in its training mode."""
+    model = create_model("rednet26_small", **{"num_classes": 10, "width": 0.25})
+    model.to(device="meta", dtype=torch.float64).eval()
+    model.reset_classifier(0)
+    model.reset_classifier(3)  # from an Identity: nothing of the old head to copy the placement from
+    assert (model.fc.weight.device.type, model.fc.weight.dtype) == ("meta", torch.float64)
+    assert not any(m.training for m in model.modules())
+    frozen = create_model("rednet26_small", num_classes=10, width=0.25).requires_grad_(False)
+    frozen.reset_classifier(0, "")
+    assert not any(p.requires_grad for p in frozen.parameters())
+
+
 def test_channels_last_matches_contiguous():
     x = torch.randn(2, 3, 16, 16)
     model = weights_matter(create_model("rednet26_small", num_classes=10, width=0.25), run=lambda m: m(x))

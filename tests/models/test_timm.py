@@ -85,6 +85,19 @@ def test_every_name_builds(name):
     assert model.pretrained_cfg["architecture"] == name and "resize" in model.pretrained_cfg  # our extras stay
 
 
+@pytest.mark.parametrize("features_only", [False, True])
+def test_device_and_dtype_keywords(features_only):
+    """timm's factory keywords, without a device context: everything is made there, in that dtype, not recorded."""
+    model = timm.create_model("rednet50", device="meta", dtype=torch.bfloat16, features_only=features_only)
+    tensors = dict([*model.named_parameters(), *model.named_buffers()])
+    assert {t.device.type for t in tensors.values()} == {"meta"}
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16, torch.int64}  # int64: BatchNorm's counters
+    recorded = {**getattr(model, "model_kwargs", {}), **model._model_args}  # ours (no FeatureListNet), timm's
+    assert not {"device", "dtype"} & set(recorded)
+    out = model(torch.randn(1, 3, 64, 64, device="meta", dtype=torch.bfloat16))
+    assert [o.shape[1] for o in out] == [256, 512, 1024, 2048] if features_only else out.shape == (1, 1000)
+
+
 def test_same_outputs_as_involution_create_model(tmp_path):
     theirs, ours = tiny_pair()
     assert theirs.model_kwargs == ours.model_kwargs

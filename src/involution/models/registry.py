@@ -208,7 +208,8 @@ def create_model(
             re-initialises the classifier with a warning. Entry points that take a ``checkpoint`` argument
             themselves (the detectors, whose files have other layouts) are given it instead.
         **kwargs: passed to the model class (``width``, ``stem_kernel_size``, ``grad_checkpointing``,
-            ``drop_rate``, ``zero_init_residual`` ...).
+            ``drop_rate``, ``zero_init_residual`` ...), except ``device`` and ``dtype``, which say where the
+            parameters and buffers are created and in which floating-point dtype (see :func:`build_model`).
 
     Raises:
         ValueError: unknown name (with close matches), unreadable checkpoint (naming the path).
