@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import positive_int
+from .options import parse_model_kwargs, positive_int
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -16,11 +16,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    """Parameters and multiply-adds (the involution op included) per stage."""
+    """Parameters and multiply-adds (the involution op included) per stage, of a model name or of the model a
+    checkpoint records (at the image size its run trained at)."""
     from ..models import summary
 
-    size = None if args.input_size is None else tuple(args.input_size)
-    print(summary(args.model, input_size=size, depth=args.depth))
+    kwargs = parse_model_kwargs(args.model_kwargs or [])
+    name, size = args.model, None if args.input_size is None else tuple(args.input_size)
+    if args.checkpoint is not None:
+        from ..tasks.engine.recorded import read_recorded
+
+        found = read_recorded(args.checkpoint, name, model_kwargs=kwargs)
+        name, kwargs, size = found.require_model(), found.model_kwargs, size or found.input_size()
+    elif name is None:
+        raise ValueError("summary needs a MODEL name or --checkpoint (a run directory or this library's file)")
+    print(summary(name, input_size=size, depth=args.depth, **kwargs))
     return 0
 
 
@@ -40,9 +49,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     models.set_defaults(func=_cmd_models)
 
     summ = sub.add_parser("summary", help="parameters and multiply-adds of a model, per stage")
-    summ.add_argument("model", help="registry name, e.g. rednet50")
+    summ.add_argument("model", nargs="?", help="registry name, e.g. rednet50 (not needed with a --checkpoint that "
+                      "records its model)")
+    summ.add_argument("--checkpoint", help="the model a run directory or this library's file records, at its run's "
+                      "image size")
+    summ.add_argument("--model-kwargs", nargs="+", metavar="KEY=VALUE", help="model arguments, e.g. width=0.25")
     summ.add_argument("--input-size", type=positive_int, nargs="+", metavar="N",
-                      help="C H W or H W (default: the model's)")
+                      help="H W or C H W (default: a run's image size, else the model's)")
     summ.add_argument("--depth", type=positive_int, default=1, help="1: stages, 2: blocks too")
     summ.set_defaults(func=_cmd_summary)
 
