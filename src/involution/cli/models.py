@@ -34,10 +34,13 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    """Official mmcls (.pth) or PaddleClas (.pdparams) RedNet checkpoint -> this package's safetensors format."""
+    """Official mmcls (.pth) or PaddleClas (.pdparams) RedNet checkpoint -> this package's safetensors format; a
+    run directory (or a file that records its model, last.pt included) -> its weights as one safetensors file."""
     from ..models import convert_checkpoint
+    from ..tasks.engine.recorded import read_recorded, write_weights
 
-    out = convert_checkpoint(args.src, args.dst, name=args.model)
+    found = read_recorded(args.src, args.model)
+    out = write_weights(found, args.dst) if found.recorded else convert_checkpoint(found.path, args.dst, name=args.model)
     print(f"wrote {out}")
     return 0
 
@@ -60,11 +63,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     summ.set_defaults(func=_cmd_summary)
 
     convert = sub.add_parser(
-        "convert", help="convert an official mmcls or PaddleClas RedNet checkpoint to safetensors"
+        "convert", help="convert an official mmcls or PaddleClas RedNet checkpoint (or a run's) to safetensors"
     )
     convert.add_argument(
-        "src", help="e.g. rednet50-1c7a7d5d.pth (official) or RedNet50_pretrained.pdparams (PaddleClas)"
+        "src", help="e.g. rednet50-1c7a7d5d.pth (official), RedNet50_pretrained.pdparams (PaddleClas), or a run "
+        "directory (its best weights) or last.pt"
     )
     convert.add_argument("dst", help="output .safetensors path")
-    convert.add_argument("--model", help="registry name; inferred from the checkpoint's keys when omitted")
+    convert.add_argument("--model", help="registry name; recorded in a run's checkpoint, inferred from an official "
+                         "file's keys when omitted")
     convert.set_defaults(func=_cmd_convert)

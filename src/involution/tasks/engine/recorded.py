@@ -32,7 +32,8 @@ from .run_dir import CHECKPOINT_FILES, resolve_checkpoint, run_dir_of
 from .state import FORMAT as TRAIN_FORMAT
 from .state import load_training_state
 
-_OWN_KEYS = ("format", "format_version", "model", "model_kwargs", "library_version", "pretrained_cfg")
+# entries save_checkpoint writes itself (the rest of a file's metadata is what its run recorded)
+_OWN_KEYS = ("format", "format_version", "model", "model_kwargs", "library_version", "pretrained_cfg", "converted_from")
 
 
 @dataclass
@@ -108,6 +109,21 @@ class RecordedCheckpoint:
         else:
             net = create_model(name, checkpoint=self.path, **self.given)
         return net.eval()
+
+
+def write_weights(found: RecordedCheckpoint, dst: str | os.PathLike) -> Path:
+    """The weights of a checkpoint that records its model (a run's ``best.safetensors``, ``last.pt`` ...) as one
+    of this library's safetensors files at ``dst``, keeping what it records (``data_spec``, ``train_config``, a
+    dense run's task and classes), so that every command reads ``dst`` as it reads the run; returns ``dst``."""
+    from ..._atomic import refuse_same_file
+    from ...models import save_checkpoint
+
+    refuse_same_file(found.path, dst)
+    keep = {k: v for k, v in found.metadata.items() if k not in _OWN_KEYS}
+    if found.state is not None:
+        keep.update({k: v for k, v in (("data_spec", found.data_spec), ("train_config", found.train_config))
+                     if v is not None})
+    return save_checkpoint(found.build(), dst, metadata={**keep, "converted_from": found.path.name})
 
 
 def read_recorded(
