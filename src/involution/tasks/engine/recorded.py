@@ -111,6 +111,15 @@ class RecordedCheckpoint:
         return net.eval()
 
 
+WEIGHTS_FILES = ("best.safetensors", "last.safetensors")  # a run's weights, without its training state
+
+
+def initial_weights(checkpoint: str | os.PathLike | None) -> Path | None:
+    """The file of a train command's ``--checkpoint`` (initial weights): a run directory's best weights, or the
+    file itself; None when none is given."""
+    return None if checkpoint is None else resolve_checkpoint(checkpoint, WEIGHTS_FILES)
+
+
 def write_weights(found: RecordedCheckpoint, dst: str | os.PathLike) -> Path:
     """The weights of a checkpoint that records its model (a run's ``best.safetensors``, ``last.pt`` ...) as one
     of this library's safetensors files at ``dst``, keeping what it records (``data_spec``, ``train_config``, a
