@@ -21,7 +21,9 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     from ..models import summary
 
     kwargs = parse_model_kwargs(args.model_kwargs or [])
-    name, size = args.model, None if args.input_size is None else tuple(args.input_size)
+    if args.model and args.model_option and args.model != args.model_option:
+        raise ValueError(f"summary names two models ({args.model} and --model {args.model_option}); give one")
+    name, size = args.model or args.model_option, None if args.input_size is None else tuple(args.input_size)
     if args.checkpoint is not None:
         from ..tasks.engine.recorded import read_recorded
 
@@ -54,6 +56,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     summ = sub.add_parser("summary", help="parameters and multiply-adds of a model, per stage")
     summ.add_argument("model", nargs="?", help="registry name, e.g. rednet50 (not needed with a --checkpoint that "
                       "records its model)")
+    summ.add_argument("--model", dest="model_option", metavar="MODEL", help="the same as MODEL")
     summ.add_argument("--checkpoint", help="the model a run directory or this library's file records, at its run's "
                       "image size")
     summ.add_argument("--model-kwargs", nargs="+", metavar="KEY=VALUE", help="model arguments, e.g. width=0.25")
