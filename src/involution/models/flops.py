@@ -68,7 +68,8 @@ def _input_shape(model: nn.Module, input_size: InputSize | None) -> tuple[int, .
     """``(N, C, H, W)`` from an int (square image), ``(H, W)``, ``(C, H, W)``, ``(N, C, H, W)``, or the model's
     pretrained_cfg; a channel count other than the model's is refused here, not by its first convolution."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    in_chans = model_in_chans(model) or int(cfg.get("input_size", (3,))[0])
+    declared = model_in_chans(model)  # None for a bare layer: its channels are the caller's business
+    in_chans = declared or int(cfg.get("input_size", (3,))[0])
     if input_size is None:
         input_size = tuple(cfg.get("input_size", (3, 224, 224)))
     if isinstance(input_size, int):
@@ -78,7 +79,7 @@ def _input_shape(model: nn.Module, input_size: InputSize | None) -> tuple[int, .
     if len(shape) != 4 or min(shape) < 1:
         raise ValueError(f"input_size must be an int, (H, W), (C, H, W) or (N, C, H, W) of positive sizes, got "
                          f"{input_size}")
-    if shape[1] != in_chans:
+    if declared is not None and shape[1] != declared:
         name = getattr(model, "model_name", None) or type(model).__name__
         raise ValueError(f"input_size {tuple(input_size)}: {name} takes {in_chans} input channel(s), not {shape[1]}; "
                          f"give H W, or C H W with C = {in_chans}")
