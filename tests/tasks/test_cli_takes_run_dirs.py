@@ -203,3 +203,18 @@ def test_a_class_count_or_argument_contradicting_the_run_is_refused(run, tmp_pat
                          "--model-kwargs width=0.5 contradicts", "width=0.125")
     # the same model named again is no contradiction
     assert main(["summary", "rednet26_small", "--checkpoint", str(run)]) == 0
+
+
+def test_a_relative_data_dir_is_found_from_where_the_run_started(tmp_path, monkeypatch):
+    from involution.tasks.engine.recorded import RecordedCheckpoint
+
+    run, started = tmp_path / "project" / "runs" / "a", tmp_path / "project"
+    (run / "checkpoints").mkdir(parents=True)
+    (started / "data").mkdir()
+    (run / "provenance.json").write_text(json.dumps({"cwd": str(started)}))
+    found = RecordedCheckpoint(run / "checkpoints" / "best.safetensors", "rednet26_small", {}, recorded=True,
+                               train_config={"data": "fashion-mnist", "data_dir": "data"})
+    monkeypatch.chdir(tmp_path)  # elsewhere: "data" is not here
+    assert found.data() == ("fashion-mnist", str(started / "data"))
+    (tmp_path / "data").mkdir()  # a "data" here is the one meant
+    assert found.data() == ("fashion-mnist", "data")

@@ -84,12 +84,17 @@ class RecordedCheckpoint:
         return None if spec is None else (spec["in_chans"], spec["image_size"], spec["image_size"])
 
     def data(self) -> tuple[str | None, str | None]:
-        """The run's data set and data folder (``--data``, ``--data-dir``), or None where not recorded."""
+        """The run's data set and data folder (``--data``, ``--data-dir``), or None where not recorded. A relative
+        folder that is not found from here is taken from the folder the run was started in (its provenance)."""
         config = self.train_config or {}
         name = config.get("data")
         if name is None and self.data_spec is not None:
             name = (self.checked_spec() or {}).get("dataset") or None
         data_dir = config.get("data_dir")
+        if isinstance(data_dir, str) and not Path(data_dir).is_absolute() and not Path(data_dir).exists():
+            started = _started_in(self.run_dir)
+            if started is not None and (started / data_dir).exists():
+                data_dir = str(started / data_dir)
         return (name if isinstance(name, str) else None), (data_dir if isinstance(data_dir, str) else None)
 
     def build(self) -> nn.Module:
@@ -191,6 +196,15 @@ def _read(path: Path) -> RecordedCheckpoint:
     return RecordedCheckpoint(
         path, str(state["model_name"]), dict(state["model_kwargs"]), recorded=True, data_spec=state.get("data_spec"),
         train_config=_json(config, path, "config") if isinstance(config, str) else None, state=state)
+
+
+def _started_in(run_dir: Path) -> Path | None:
+    """The working folder the run in ``run_dir`` was started in (``provenance.json``'s ``cwd``), if recorded."""
+    try:
+        cwd = json.loads((run_dir / "provenance.json").read_text()).get("cwd")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(cwd) if isinstance(cwd, str) else None
 
 
 def _training_state(path: Path) -> dict[str, Any] | None:
