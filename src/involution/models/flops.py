@@ -65,24 +65,19 @@ def _build(model: nn.Module | str, model_kwargs: Mapping[str, Any]) -> nn.Module
 
 
 def _input_shape(model: nn.Module, input_size: InputSize | None) -> tuple[int, ...]:
-    """``(N, C, H, W)`` from an int (square image), ``(H, W)``, ``(C, H, W)``, ``(N, C, H, W)``, or the model's
-    pretrained_cfg; a channel count other than the model's is refused here, not by its first convolution."""
+    """``(N, C, H, W)`` from an int or ``(H, W)`` (the model's channels), ``(C, H, W)``, ``(N, C, H, W)``, or the
+    model's pretrained_cfg; channels other than those the model declares are refused before its first convolution."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     declared = model_in_chans(model)  # None for a bare layer: its channels are the caller's business
     in_chans = declared or int(cfg.get("input_size", (3,))[0])
-    if input_size is None:
-        input_size = tuple(cfg.get("input_size", (3, 224, 224)))
-    if isinstance(input_size, int):
-        return (1, in_chans, input_size, input_size)
-    shape = tuple(int(s) for s in input_size)
+    size = input_size if input_size is not None else tuple(cfg.get("input_size", (3, 224, 224)))
+    shape = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
     shape = {2: (1, in_chans, *shape), 3: (1, *shape)}.get(len(shape), shape)
     if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"input_size must be an int, (H, W), (C, H, W) or (N, C, H, W) of positive sizes, got "
-                         f"{input_size}")
+        raise ValueError(f"input_size must be an int, (H, W), (C, H, W) or (N, C, H, W) of positive sizes, got {size}")
     if declared is not None and shape[1] != declared:
-        name = getattr(model, "model_name", None) or type(model).__name__
-        raise ValueError(f"input_size {tuple(input_size)}: {name} takes {in_chans} input channel(s), not {shape[1]}; "
-                         f"give H W, or C H W with C = {in_chans}")
+        raise ValueError(f"input_size {size}: {getattr(model, 'model_name', None) or type(model).__name__} takes "
+                         f"{declared} input channel(s), not {shape[1]}; give H W, or C H W with C = {declared}")
     return shape
 
 
