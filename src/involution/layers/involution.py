@@ -2,7 +2,7 @@
 spatial dimensions (:class:`Involution1d` for sequences, :class:`Involution2d`, :class:`Involution3d` for volumes
 and clips), one implementation for all three.
 
-The layers trace with ``torch.fx`` (the op, :func:`~involution.ops.involution_nd`, and :func:`coordinate_channels`
+The layers trace with ``torch.fx`` (the op, :func:`~involution.ops.involution_nd.involution_nd`, and :func:`coordinate_channels`
 are single nodes) and compile with ``torch.jit.script``. A traced or scripted layer checks no input shape (the
 shapes are not known while tracing; the op still checks them when the graph runs in Python) and does not recompute
 its kernels in the backward (it stores them, as ``recompute_kernel=False`` does): results are the same.
@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .._checks import check_flag, check_int
-from ..ops import involution1d, involution2d, involution3d, involution_nd
+from ..ops import involution1d, involution2d, involution3d
+from ..ops.involution_nd import involution_nd
 from ..ops._shapes import IntOrPair, SPATIAL_NAMES, ntuple
 from .conv_norm_act import BATCH_NORM, CONVS, ConvNormAct, LayerFactory, resolve_norm
 from .pool import CeilAvgPool, CeilAvgPool2d

@@ -11,7 +11,7 @@ from . import flops  # noqa: F401  (registers the ops' FLOP formulas with FlopCo
 from ._shapes import output_size
 from .backends import available_backends, backend_status, current_backends, list_backends, use_backend
 from .involution2d import involution2d
-from .involution_nd import involution1d, involution3d, involution_nd
+from .involution_nd import involution1d, involution3d
 
 __all__ = [
     "available_backends",
@@ -20,7 +20,6 @@ __all__ = [
     "involution1d",
     "involution2d",
     "involution3d",
-    "involution_nd",
     "list_backends",
     "output_size",
     "use_backend",
