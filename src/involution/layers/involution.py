@@ -2,10 +2,11 @@
 spatial dimensions (:class:`Involution1d` for sequences, :class:`Involution2d`, :class:`Involution3d` for volumes
 and clips), one implementation for all three.
 
-The layers trace with ``torch.fx`` (the op, :func:`~involution.ops.involution_nd.involution_nd`, and :func:`coordinate_channels`
-are single nodes) and compile with ``torch.jit.script``. A traced or scripted layer checks no input shape (the
-shapes are not known while tracing; the op still checks them when the graph runs in Python) and does not recompute
-its kernels in the backward (it stores them, as ``recompute_kernel=False`` does): results are the same.
+The layers trace with ``torch.fx`` (the op, :func:`~involution.ops.involution_nd.involution_nd`, and
+:func:`coordinate_channels` are single nodes) and compile with ``torch.jit.script``. A traced or scripted layer
+checks no input shape (the shapes are not known while tracing; the op still checks them when the graph runs in
+Python) and does not recompute its kernels in the backward (it stores them, as ``recompute_kernel=False`` does):
+results are the same.
 """
 
 # No `from __future__ import annotations`: torch.fx copies forward's annotations into the traced graph's code,
