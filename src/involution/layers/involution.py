@@ -64,7 +64,7 @@ class _InvolutionNd(nn.Module):
         self.kernel_size = ntuple(kernel_size, dims, "kernel_size")
         self.stride = ntuple(stride, dims, "stride")
         self.dilation = ntuple(dilation, dims, "dilation")
-        self.groups: int = _check_sizes(channels, self.kernel_size, self.stride, self.dilation, reduction_ratio,
+        self.groups = _check_sizes(channels, self.kernel_size, self.stride, self.dilation, reduction_ratio,
                                    group_channels, groups)
         self.channels = channels
         self.padding = tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
