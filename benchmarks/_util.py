@@ -173,3 +173,12 @@ def fmt_num(x: float | None, digits: int = 2) -> str:
     if abs(x) >= 100:
         return f"{x:.1f}" if digits > 1 else f"{x:.0f}"
     return f"{x:.{digits}f}"
+
+
+def write_markdown(path: str, md: str) -> None:
+    """``md`` to the file ``path``, or to stdout when ``path`` is "-" (the scripts' ``--markdown`` option)."""
+    if path == "-":
+        print("\n" + md)
+        return
+    with open(path, "w") as fh:
+        fh.write(md)

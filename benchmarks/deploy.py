@@ -37,6 +37,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -138,24 +139,22 @@ def time_group(runtime: str, batch: int, args: argparse.Namespace) -> dict[str, 
 def build_table(
     results: dict[tuple[str, int], dict[str, list[float]]], args: argparse.Namespace, markdown: bool
 ) -> str:
-    """Rows: models; columns: runtime x batch, ``median ms (ratio to the baseline)``."""
-    keys = [(rt, b) for rt in args.runtimes for b in args.batches]
-    head = ["model"] + [f"{rt} b{b} ms (÷ {args.baseline})" for rt, b in keys] + ["runs (±IQR/2)"]
+    """Rows: runtime x batch; columns: models, ``median ms (ratio to the baseline)``, and the row's spread."""
+    head = ["runtime", "batch"] + [f"{name} ms (÷ {args.baseline})" for name in args.models] + ["runs (±IQR/2)"]
     rows = []
-    for name in args.models:
-        cells = [name]
-        noise = []
-        for key in keys:
-            times = results.get(key, {})
-            med = _util.median(times.get(name, [])) * 1e3
+    for rt in args.runtimes:
+        for b in args.batches:
+            times = results.get((rt, b), {})
             base = _util.median(times.get(args.baseline, [])) * 1e3
-            ratio = med / base if base == base and base > 0 else float("nan")
-            cells.append(f"{_util.fmt_num(med, 1)} ({_util.fmt_num(ratio)}x)")
-            noise.append(_util.rel_iqr(times.get(name, [])))
-        worst = max((n for n in noise if n == n), default=float("nan"))
-        cells.append(f"{args.repeats}" + (f" (±{worst * 50:.0f}%)" if worst == worst else ""))
-        rows.append(cells)
-    return _util.render_table(head, rows, markdown, [False] + [True] * (len(head) - 1))
+            cells = [rt, str(b)]
+            for name in args.models:
+                med = _util.median(times.get(name, [])) * 1e3
+                ratio = med / base if base == base and base > 0 else float("nan")
+                cells.append(f"{_util.fmt_num(med, 1)} ({_util.fmt_num(ratio)}x)")
+            noise = [n for n in (_util.rel_iqr(times.get(name, [])) for name in args.models) if n == n]
+            cells.append(f"{args.repeats}" + (f" (±{max(noise) * 50:.0f}%)" if noise else ""))
+            rows.append(cells)
+    return _util.render_table(head, rows, markdown, [False, True] + [True] * (len(head) - 2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         md = [f"- {k}: {v}" for k, v in info]
         md += [f"- load avg at the end: {load_end}; run time {elapsed:.0f} s", ""]
         md += [build_table(results, args, markdown=True), ""]
+        raw = {f"{rt} b{b}": times for (rt, b), times in results.items()}  # seconds per run, for re-analysis
+        with open(os.path.splitext(args.out)[0] + ".json", "w") as fh:
+            json.dump(raw, fh, indent=1)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as fh:
             fh.write("\n".join(md))

@@ -5,7 +5,9 @@ The forward must read its input ``(N, C, H, W)`` and its per-pixel kernels ``(N,
 output ``(N, C, Ho, Wo)``; a kernel that moved only those bytes, at the speed of a plain tensor copy, would be as
 fast as the memory allows. Per shape, dtype and layout this script times the op (``involution.ops.involution2d``
 on the library's default backend) and ``dst.copy_(src)`` of a buffer of the same total bytes (a copy reads half and
-writes half), round-robin in one process, and reports both bandwidths (bytes / median time) and their ratio.
+writes half), round-robin in one process, and reports both bandwidths (bytes / median time), their ratio, and the
+op's arithmetic rate (2 flops per tap of every output element), which says when the op is compute- rather than
+memory-bound.
 
 The kernels are made as a RedNet makes them: a 1x1 convolution's output ``(N, G*K*K, Ho, Wo)`` in the input's
 layout, viewed as ``(N, G, K, K, Ho, Wo)`` (in channels_last that view is strided, read in place by the op).
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", metavar="PATH", help="also write the table as markdown ('-': print it)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads or _util.usable_cpus())
-    heads = ["shape", "dtype", "layout", "op ms", "op GB/s", "copy GB/s", "op / copy", "runs (±IQR/2)"]
+    heads = ["shape", "dtype", "layout", "op ms", "op GB/s", "copy GB/s", "op / copy", "op GFLOP/s", "runs (±IQR/2)"]
     rows = []
     load_start = _util.load_average()
     for spec in args.shapes.split(","):
@@ -90,23 +92,21 @@ def main(argv: list[str] | None = None) -> int:
                 op_s, copy_s = _util.median(times["op"]), _util.median(times["copy"])
                 spread = max(_util.rel_iqr(times["op"]), _util.rel_iqr(times["copy"]))
                 op_bw, copy_bw = moved / op_s / 1e9, 2 * src.numel() * src.element_size() / copy_s / 1e9
+                flops = 2 * x.numel() * args.kernel**2  # a multiply-add per tap of every output element
                 rows.append([f"C{c}@{hw}^2", dname, lname, f"{op_s * 1e3:.2f}", f"{op_bw:.1f}", f"{copy_bw:.1f}",
-                             f"{op_bw / copy_bw:.2f}", f"{args.repeats} (±{100 * spread:.0f}%)"])
+                             f"{op_bw / copy_bw:.2f}", f"{flops / op_s / 1e9:.0f}",
+                             f"{args.repeats} (±{100 * spread:.0f}%)"])
                 print(" ".join(rows[-1]), file=sys.stderr, flush=True)
     command = "python benchmarks/op_bandwidth.py" + ("" if not sys.argv[1:] else " " + shlex.join(sys.argv[1:]))
     setup = [f"command: `{command}`", f"CPU: {_util.cpu_model()} ({_util.cpu_precision_flags()})",
              f"threads: {torch.get_num_threads()}; batch {args.batch}, K={args.kernel}, "
              f"{args.group_channels} channels per group, stride 1",
              f"load avg: {load_start} (start), {_util.load_average()} (end)"]
-    right = [False, False, False] + [True] * 5
+    right = [False, False, False] + [True] * 6
     print("\n".join(setup) + "\n\n" + _util.render_table(heads, rows, False, right))
     if args.markdown:
         md = "".join(f"- {line}\n" for line in setup) + "\n" + _util.render_table(heads, rows, True, right) + "\n"
-        if args.markdown == "-":
-            print("\n" + md)
-        else:
-            with open(args.markdown, "w") as fh:
-                fh.write(md)
+        _util.write_markdown(args.markdown, md)
     return 0
 
 

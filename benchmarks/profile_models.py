@@ -143,11 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         md = f"- command: `{command}`\n- setup: {setup}\n- CPU: {_util.cpu_precision_flags()}\n\n" + _util.render_table(
             heads, rows, True, [False] + [True] * len(columns)) + "\n"
-        if args.markdown == "-":
-            print("\n" + md)
-        else:
-            with open(args.markdown, "w") as fh:
-                fh.write(md)
+        _util.write_markdown(args.markdown, md)
     return 0
 
 

@@ -158,8 +158,11 @@ def test_input_size_forms_and_features_only():
     assert count_flops(small, None).input_size == (1, 3, 32, 32)  # from pretrained_cfg
     assert count_flops(small, 16).input_size == (1, 3, 16, 16)
     assert count_flops(small, (3, 16, 16)).macs == count_flops(small, (1, 3, 16, 16)).macs
+    assert count_flops(small, (16, 16)).input_size == (1, 3, 16, 16)  # H W: with the model's channels
     with pytest.raises(ValueError, match="input_size"):
-        count_flops(small, (16, 16))
+        count_flops(small, (1, 3, 16, 16, 1))
+    with pytest.raises(ValueError, match=r"rednet26_small takes 3 input channel\(s\), not 1"):
+        count_flops(small, (1, 16, 16))  # refused before the first convolution's "Invalid channel dimensions"
     feats = count_flops("rednet26_small", (1, 3, 16, 16), features_only=True, width=0.25)
     assert feats.macs > 0 and "aten.addmm" not in feats.by_op
     with pytest.raises(TypeError, match="model name"):

@@ -146,6 +146,9 @@ FIXED_CASES = [
     dict(n=2, c=6, g=3, kernel=(7, 1), hw=(3, 4), stride=(3, 1), padding=(4, 0), dilation=(1, 3)),  # mostly padding
     dict(n=1, c=40, g=1, kernel=(3, 3), hw=(4, 13), stride=(1, 2), padding=(4, 4), dilation=(3, 3)),  # C/G = 40
     dict(n=2, c=8, g=1, kernel=(2, 4), hw=(1, 14), padding=(1, 2)),  # even kernel, single-row input
+    # C/G = 16 and 32 (whole vectors, two groups at once in the CPU kernel) with odd and even interior widths
+    dict(n=2, c=64, g=4, kernel=(3, 5), hw=(6, 19), padding=(1, 2)),
+    dict(n=1, c=64, g=2, kernel=(3, 3), hw=(5, 14), padding=(1, 1)),
 ]
 
 

@@ -123,10 +123,11 @@ def test_compiled_model_saves_plain_keys(tmp_path):
     load_model(tmp_path / "c" / "checkpoints" / "best.safetensors")
 
 
-def test_fine_tuning_starts_from_a_checkpoint(tmp_path, trained_run):
-    source = trained_run / "checkpoints" / "last.safetensors"
+@pytest.mark.parametrize("given", ["checkpoints/last.safetensors", "."], ids=["file", "run-dir"])
+def test_fine_tuning_starts_from_a_checkpoint(tmp_path, trained_run, given):
+    source = trained_run / given  # a run directory: its best weights
     result = train(tiny(checkpoint=str(source), lr=1e-9, warmup_epochs=0), out=tmp_path / "ft", progress=False)
-    start = load_model(source).state_dict()
+    start = load_model(source if source.is_file() else trained_run / "checkpoints" / "best.safetensors").state_dict()
     after = _weights(tmp_path / "ft")
     conv = "stem.0.conv.weight"
     assert torch.allclose(start[conv], after[conv], atol=1e-6), "a tiny lr keeps the loaded weights"

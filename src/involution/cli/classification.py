@@ -17,7 +17,7 @@ from .options import (
 )
 
 _CHECKPOINT_HELP = "run directory, best.safetensors, last.pt or another checkpoint"
-_MODEL_HELP = "architecture, for checkpoints that do not record it (official files)"
+_MODEL_HELP = "architecture, for checkpoints that do not record it (official files); a run's is read from it"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -40,7 +40,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     r = report.result
-    print(f"{args.data} test split, {r.count} images: top-1 {100 * r.acc:.2f}%  top-5 {100 * r.top5:.2f}%  "
+    print(f"{report.data} test split, {r.count} images: top-1 {100 * r.acc:.2f}%  top-5 {100 * r.top5:.2f}%  "
           f"loss {r.loss:.4f}")
     print(f"wrote {report.json_path} and {report.confusion_path}")
     return 0
@@ -135,8 +135,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on a data set's test split, with a confusion matrix")
     e.add_argument("--checkpoint", required=True, help=_CHECKPOINT_HELP)
-    e.add_argument("--data", required=True, choices=DATASETS)
-    e.add_argument("--data-dir")
+    e.add_argument("--data", choices=DATASETS, help="data set (default: the run's own)")
+    e.add_argument("--data-dir", help="its folder (default: the run's, when --data is the run's data set)")
     e.add_argument("--model", help=_MODEL_HELP)
     e.add_argument("--batch-size", type=positive_int, default=256)
     e.add_argument("--out", help="where to write eval-DATA.json and confusion-DATA.png (default: the run directory)")

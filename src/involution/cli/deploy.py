@@ -56,8 +56,10 @@ def _cmd_openvino(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     export = sub.add_parser("export", help="export a model to ONNX or a torch.export program (.pt2), checked")
-    export.add_argument("--model", required=True, help="registry name, e.g. rednet50")
-    export.add_argument("--checkpoint", help="weights: an official mmcls .pth or this library's safetensors")
+    export.add_argument("--model", help="registry name, e.g. rednet50 (not needed with a checkpoint that records its "
+                        "model: a run directory or this library's file)")
+    export.add_argument("--checkpoint", help="weights: a run directory (its best weights), this library's safetensors "
+                        "or last.pt, an official mmcls .pth")
     export.add_argument("--format", choices=("onnx", "exported-program", "openvino"),
                         help="default: the one --out's extension names (.onnx: onnx, .pt2: exported-program, "
                              ".xml: openvino, an OpenVINO IR with this package's C++ extension op, its weights in "
@@ -66,10 +68,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         help="output file, e.g. rednet50.onnx, rednet50.pt2 or rednet50.xml; an existing file is "
                              "replaced only if it is an export in the same format (never a checkpoint)")
     export.add_argument("--input-size", type=positive_int, nargs="+", metavar="N",
-                        help="example input C H W or H W (default: the model's pretrained_cfg input_size)")
+                        help="example input C H W or H W (default: a run's own image size, else the model's "
+                        "pretrained_cfg input_size)")
     export.add_argument("--batch", type=positive_int, default=2,
                         help="example batch (default 2; the batch stays dynamic)")
-    export.add_argument("--num-classes", type=non_negative_int, help="classifier outputs (default: the model's 1000)")
+    export.add_argument("--num-classes", type=non_negative_int,
+                        help="classifier outputs (default: the checkpoint's, else the model's 1000)")
     export.add_argument("--static", action="store_true", help="fix batch, height and width to the example's")
     export.add_argument("--opset", type=int_option(low=18), help="ONNX opset, 18 or later (default: the exporter's)")
     export.add_argument("--onnx-ops", choices=("standard", "custom"), default="standard",

@@ -92,7 +92,7 @@ def add_train_parser(sub: argparse._SubParsersAction, name: str, groups: Mapping
     return parser
 
 
-def _parse_kwargs(items: Sequence[str]) -> dict[str, object]:
+def parse_model_kwargs(items: Sequence[str]) -> dict[str, object]:
     """``["width=0.25", "drop_rate=0.1"]`` -> ``{"width": 0.25, "drop_rate": 0.1}`` (values as Python literals).
 
     A key given twice is refused: which of the two values was meant cannot be known."""
@@ -120,5 +120,5 @@ def train_options(args: argparse.Namespace) -> tuple[dict[str, object], dict[str
     run = {"out": given.pop("out", None), "resume": given.pop("resume", False),
            "overwrite": given.pop("overwrite", False), "progress": not given.pop("no_progress", False)}
     if "model_kwargs" in given:
-        given["model_kwargs"] = _parse_kwargs(given["model_kwargs"])
+        given["model_kwargs"] = parse_model_kwargs(given["model_kwargs"])
     return given, run

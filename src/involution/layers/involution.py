@@ -1,23 +1,34 @@
 """The involution layer of Li et al. (CVPR 2021): a kernel generator followed by the involution op, in 1, 2 and 3
 spatial dimensions (:class:`Involution1d` for sequences, :class:`Involution2d`, :class:`Involution3d` for volumes
-and clips), one implementation for all three."""
+and clips), one implementation for all three.
 
-from __future__ import annotations
+The layers trace with ``torch.fx`` (the op, :func:`~involution.ops.involution_nd.involution_nd`, and
+:func:`coordinate_channels` are single nodes) and compile with ``torch.jit.script``. A traced or scripted layer
+checks no input shape (the shapes are not known while tracing; the op still checks them when the graph runs in
+Python) and does not recompute its kernels in the backward (it stores them, as ``recompute_kernel=False`` does):
+results are the same.
+"""
 
+# No `from __future__ import annotations`: torch.fx copies forward's annotations into the traced graph's code,
+# and TorchScript cannot read them back as strings.
 import math
 from typing import Any
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .._checks import check_flag, check_int
 from ..ops import involution1d, involution2d, involution3d
+from ..ops.involution_nd import involution_nd
 from ..ops._shapes import IntOrPair, SPATIAL_NAMES, ntuple
 from .conv_norm_act import BATCH_NORM, CONVS, ConvNormAct, LayerFactory, resolve_norm
 from .pool import CeilAvgPool, CeilAvgPool2d
 
 _OPS = {1: involution1d, 2: involution2d, 3: involution3d}
+# One node in a torch.fx graph, wherever these layers are traced (its argument checks are Python).
+torch.fx.wrap("involution_nd")
 
 
 class _InvolutionNd(nn.Module):
@@ -57,6 +68,9 @@ class _InvolutionNd(nn.Module):
                                    group_channels, groups)
         self.channels = channels
         self.padding = tuple(d * (k - 1) // 2 for k, d in zip(self.kernel_size, self.dilation))
+        # the same as lists, as torch.fx graphs and TorchScript hand them to the op (a tuple's length is its type)
+        self._op_args = [list(self.stride), list(self.padding), list(self.dilation)]
+        self._kernel_shape = [self.groups, *self.kernel_size]  # (G, *kernel_size), what conv2's channels hold
         hidden = max(1, channels // reduction_ratio)
         norm_layer = None if norm_layer is None else resolve_norm(norm_layer, dims)
 
@@ -87,22 +101,29 @@ class _InvolutionNd(nn.Module):
         return torch.cat([pooled, coordinate_channels(pooled)], dim=1)
 
     def _kernel_from_hidden(self, hidden: Tensor) -> Tensor:
-        return self.conv2(hidden).unflatten(1, (self.groups, *self.kernel_size))
+        return self.conv2(hidden).unflatten(1, self._kernel_shape)
 
     def _aggregate(self, x: Tensor, hidden: Tensor) -> Tensor:
         return _OPS[self.dims](x, self._kernel_from_hidden(hidden), self.stride, self.padding, self.dilation)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 2 + self.dims or x.shape[1] != self.channels:
-            layout = ", ".join(SPATIAL_NAMES[self.dims])
-            raise ValueError(
-                f"{type(self).__name__} expects input (N, {self.channels}, {layout}), got {tuple(x.shape)}"
-            )
-        hidden = self.conv1(self._generator_input(x))
-        if self.recompute_kernel and torch.is_grad_enabled() and (x.requires_grad or hidden.requires_grad):
-            out = checkpoint(self._aggregate, x, hidden, use_reentrant=False)
+        if torch.jit.is_scripting() or not isinstance(x, Tensor):
+            # TorchScript, or torch.fx tracing (x is a Proxy): the sizes are unknown here, so nothing is checked
+            # (the op checks in a graph run in Python) and the kernels are stored, not recomputed
+            hidden = self.conv1(self._generator_input(x))
+            args = self._op_args
+            out = involution_nd(x, self._kernel_from_hidden(hidden), args[0], args[1], args[2])
         else:
-            out = self._aggregate(x, hidden)
+            if x.dim() != 2 + self.dims or x.shape[1] != self.channels:
+                layout = ", ".join(SPATIAL_NAMES[self.dims])
+                raise ValueError(
+                    f"{type(self).__name__} expects input (N, {self.channels}, {layout}), got {tuple(x.shape)}"
+                )
+            hidden = self.conv1(self._generator_input(x))
+            if self.recompute_kernel and torch.is_grad_enabled() and (x.requires_grad or hidden.requires_grad):
+                out = checkpoint(self._aggregate, x, hidden, use_reentrant=False)
+            else:
+                out = self._aggregate(x, hidden)
         return self.proj(out)
 
     def extra_repr(self) -> str:
@@ -224,21 +245,23 @@ class Involution3d(_InvolutionNd):
         super().__init__(channels, kernel_size, *args, **kwargs)
 
 
+@torch.fx.wrap  # one node in a traced graph: its grid's size is the input's
 def coordinate_channels(x: Tensor) -> Tensor:
     """Normalised pixel coordinates for ``x`` ``(N, C, H, W)``: ``(N, 2, H, W)``, channel 0 the row ``y`` and
     channel 1 the column ``x``, each running linearly from -1 (first pixel) to 1 (last); 0 for a size of 1.
 
     Built in ``x``'s dtype, device and memory layout, so concatenating it to ``x`` costs no layout change.
     """
-    n, _, h, w = x.shape
-
-    def axis(size: int) -> Tensor:
-        if size == 1:  # linspace would give -1; the centre of a 1-pixel axis is 0
-            return torch.zeros(1, dtype=x.dtype, device=x.device)
-        return torch.linspace(-1.0, 1.0, size, dtype=x.dtype, device=x.device)
-
-    ys, xs = torch.meshgrid(axis(h), axis(w), indexing="ij")
+    n, h, w = x.shape[0], x.shape[2], x.shape[3]
+    ys, xs = torch.meshgrid([_axis(h, x), _axis(w, x)], indexing="ij")
     grid = torch.stack([ys, xs]).unsqueeze(0).expand(n, 2, h, w)
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return grid.contiguous(memory_format=torch.channels_last)
     return grid.contiguous()
+
+
+def _axis(size: int, like: Tensor) -> Tensor:
+    """``size`` coordinates from -1 to 1 in ``like``'s dtype and device."""
+    if size == 1:  # linspace would give -1; the centre of a 1-pixel axis is 0
+        return torch.zeros(1, dtype=like.dtype, device=like.device)
+    return torch.linspace(-1.0, 1.0, size, dtype=like.dtype, device=like.device)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
+from typing import List
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-_POOLS = {2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
 class CeilAvgPool(nn.Module):
@@ -23,41 +22,65 @@ class CeilAvgPool(nn.Module):
 
     ``divisor_override`` is avoided on purpose: the ONNX exporter drops it (AveragePool has no such attribute), which
     made every exported stride-2 involution's kernel generator see a quarter of its input.
+
+    ``torch.fx`` keeps the pooling as one node (its padding depends on the input's size) and TorchScript compiles it.
     """
 
     def __init__(self, stride: tuple[int, ...]) -> None:
         super().__init__()
         self.stride = tuple(stride)
+        # the window as the 2-D or 3-D pooling takes it, a list (TorchScript types a tuple by its length)
+        self._window = [1, *self.stride] if len(self.stride) == 1 else list(self.stride)
 
     def forward(self, x: Tensor) -> Tensor:
         if len(self.stride) == 1:
             # A sequence as the width of a height-1 image, as involution1d does: torch 2.14's Inductor fails on the
             # backward of a padded avg_pool1d with dynamic shapes ("cannot determine truth value of Relational").
-            return _ceil_avg_pool(x.unsqueeze(2), (1, *self.stride)).squeeze(2)
-        return _ceil_avg_pool(x, self.stride)
+            return ceil_avg_pool(x.unsqueeze(2), self._window).squeeze(2)
+        return ceil_avg_pool(x, self._window)
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, ceil_mode=True"
 
 
-def _ceil_avg_pool(x: Tensor, stride: tuple[int, ...]) -> Tensor:
+@torch.fx.wrap  # one node in a traced graph: its padding depends on the input's size
+def ceil_avg_pool(x: Tensor, stride: List[int]) -> Tensor:
     """:class:`CeilAvgPool` over the ``len(stride)`` (2 or 3) spatial dimensions of ``x``: ``(N, C, *size) -> (N, C,
     *ceil(size / stride))``."""
-    size, pool = x.shape[2:], _POOLS[len(stride)]
+    size = x.shape[2:]
     # The padding up to a multiple of the stride, ceil(n / s) * s - n, without a modulo: a Python modulo of a
     # symbolic size under torch.compile(dynamic=True) reaches BatchNorm's numel in the backward graph, which
     # Inductor cannot turn into tensor arithmetic ("no attribute 'python_mod'").
-    pads = [(n + s - 1) // s * s - n for n, s in zip(size, stride)]
+    pads = [(size[i] + stride[i] - 1) // stride[i] * stride[i] - size[i] for i in range(len(stride))]
     # Under torch.compile take the general path for every size, so one graph serves odd and even sizes.
-    if not torch.compiler.is_compiling() and not any(pads):
-        return pool(x, stride, stride)
-    means = pool(F.pad(x, [v for p in reversed(pads) for v in (0, p)]), stride, stride)
-    counts = None  # the elements inside the input of each window (prod(stride) away from the far edges)
-    for axis, (n, s) in enumerate(zip(size, stride)):
-        inside = (n - torch.arange(means.shape[2 + axis], device=x.device) * s).clamp(max=s)
-        inside = inside.view([-1 if a == axis else 1 for a in range(len(stride))])
-        counts = inside if counts is None else counts * inside
-    return means * (math.prod(stride) / counts.to(x.dtype))
+    if not _compiling() and max(pads) == 0:
+        return _avg_pool(x, stride)
+    padding: List[int] = []
+    for p in pads[::-1]:  # F.pad lists the last dimension first
+        padding += [0, p]
+    means = _avg_pool(F.pad(x, padding), stride)
+    # the elements inside the input of each window (prod(stride) away from the far edges), and that product
+    counts = torch.ones([1] * len(stride), dtype=torch.long, device=x.device)
+    full = 1
+    for axis in range(len(stride)):
+        s = stride[axis]
+        inside = (size[axis] - torch.arange(means.shape[2 + axis], device=x.device) * s).clamp(max=s)
+        counts = counts * inside.view([-1 if a == axis else 1 for a in range(len(stride))])
+        full *= s
+    return means * (full / counts.to(x.dtype))
+
+
+def _avg_pool(x: Tensor, stride: List[int]) -> Tensor:
+    if len(stride) == 2:
+        return F.avg_pool2d(x, stride, stride)
+    return F.avg_pool3d(x, stride, stride)
+
+
+def _compiling() -> bool:
+    """Under ``torch.compile`` (never true when TorchScript runs this)."""
+    if torch.jit.is_scripting():
+        return False
+    return torch.compiler.is_compiling()
 
 
 class CeilAvgPool2d(CeilAvgPool):

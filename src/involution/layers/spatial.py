@@ -25,14 +25,17 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops import involution2d
+from ..ops.involution_nd import involution_nd
 from .conv_norm_act import LayerFactory
 from .involution import Involution1d, Involution2d, Involution3d
 from .pool import CeilAvgPool2d
+
+torch.fx.wrap("involution_nd")  # one node in a torch.fx graph (its argument checks are Python)
 
 __all__ = ["SPATIAL_KINDS", "LocalSelfAttention2d", "StaticSharedConv2d", "check_kernel_reach", "spatial_layer"]
 
@@ -89,8 +92,9 @@ class StaticSharedConv2d(nn.Module):
         return self.weight.repeat_interleave(self.channels // self.groups, dim=0).unsqueeze(1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"StaticSharedConv2d expects input (N, {self.channels}, H, W), got {tuple(x.shape)}")
+        if not torch.jit.is_scripting():  # checked in eager mode (under torch.fx, x is a Proxy of unknown shape)
+            if isinstance(x, Tensor) and (x.dim() != 4 or x.shape[1] != self.channels):
+                raise ValueError(f"StaticSharedConv2d expects input (N, {self.channels}, H, W), got {tuple(x.shape)}")
         return F.conv2d(x, self.depthwise_weight(), None, self.stride, self.padding, groups=self.channels)
 
     def extra_repr(self) -> str:
@@ -149,23 +153,28 @@ class LocalSelfAttention2d(nn.Module):
 
     def attention_weights(self, x: Tensor) -> Tensor:
         """The softmaxed attention of every output pixel over its window: ``(N, C, H, W) -> (N, G, K, K, Ho, Wo)``."""
-        n, _, h, w = x.shape
+        # sizes indexed one by one, not unpacked: under torch.fx they are Proxies
+        n, h, w = x.shape[0], x.shape[2], x.shape[3]
         k, s, p, g, d = self.kernel_size, self.stride, self.padding, self.heads, self.head_channels
         query = self.q(self.pool(x))  # (N, C, Ho, Wo)
-        ho, wo = query.shape[-2:]
+        ho, wo = query.shape[2], query.shape[3]
         keys = F.unfold(self.k(x), k, padding=p, stride=s)  # (N, C * K * K, Ho * Wo), channel-major
         logits = torch.einsum(
-            "ngdl,ngdul->ngul", query.reshape(n, g, d, ho * wo), keys.view(n, g, d, k * k, ho * wo)
+            "ngdl,ngdul->ngul", [query.reshape(n, g, d, ho * wo), keys.view(n, g, d, k * k, ho * wo)]
         ) / math.sqrt(d)
         # Which taps of each window lie inside the image: the unfold of an all-ones image (cheap: one channel).
-        inside = F.unfold(x.new_ones(1, 1, h, w), k, padding=p, stride=s).view(1, 1, k * k, ho * wo) > 0
+        inside = F.unfold(x.new_ones([1, 1, h, w]), k, padding=p, stride=s).view(1, 1, k * k, ho * wo) > 0
         logits = logits.masked_fill(~inside, float("-inf"))
         return logits.softmax(dim=2).view(n, g, k, k, ho, wo)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"LocalSelfAttention2d expects input (N, {self.channels}, H, W), got {tuple(x.shape)}")
-        return involution2d(self.v(x), self.attention_weights(x), self.stride, self.padding)
+        if not torch.jit.is_scripting():  # checked in eager mode (under torch.fx, x is a Proxy of unknown shape)
+            if isinstance(x, Tensor) and (x.dim() != 4 or x.shape[1] != self.channels):
+                raise ValueError(
+                    f"LocalSelfAttention2d expects input (N, {self.channels}, H, W), got {tuple(x.shape)}"
+                )
+        s, p = self.stride, self.padding
+        return involution_nd(self.v(x), self.attention_weights(x), [s, s], [p, p], [1, 1])
 
     def extra_repr(self) -> str:
         return f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, heads={self.heads}"

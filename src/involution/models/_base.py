@@ -2,14 +2,18 @@
 
 A model is ``stem -> layer1..layer4 -> global pool -> dropout -> fc``. With ``features_only=True`` it has no head,
 keeps only the stages up to the last one asked for, and returns the maps of the stages in ``out_indices``.
+
+The models trace with ``torch.fx`` (the involution op and the ceil-mode pooling as single nodes) and compile with
+``torch.jit.script``; traced or scripted, no shape is checked and nothing is recomputed in the backward
+(``grad_checkpointing``, ``recompute_stem`` and the layers' ``recompute_kernel`` only save memory in eager mode).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies forward's annotations into the traced graph's code,
+# and TorchScript cannot read them back as strings.
 import os
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, List, Union
 
 import torch
 from torch import Tensor, nn
@@ -302,8 +306,8 @@ class ResidualNet(nn.Module):
 
     def _in_network_layout(self, x: Tensor) -> Tensor:
         """``x`` in the memory layout the network runs in: NHWC when ``channels_last`` is set (one copy of the
-        input; every layer's output then stays NHWC), else as given."""
-        if self.channels_last and x.dim() == 4:
+        input; every layer's output then stays NHWC), else as given. (A torch.fx Proxy is taken to be 4-D.)"""
+        if self.channels_last and (not isinstance(x, Tensor) or x.dim() == 4):
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -318,7 +322,8 @@ class ResidualNet(nn.Module):
         return stages
 
     def _run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+        # (never compiled by TorchScript, see _forward_scripted; under torch.fx x is a Proxy: no recompute)
+        if self.grad_checkpointing and torch.is_grad_enabled() and isinstance(x, Tensor):
             for block in stage:
                 x = recompute(block, x)
             return x
@@ -382,10 +387,34 @@ class ResidualNet(nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+    def forward(self, x: Tensor) -> Union[Tensor, List[Tensor]]:
         """Logits ``(N, num_classes)``; with features_only, the list of the picked stages' maps."""
-        if x.dim() != 4:
-            raise ValueError(f"{type(self).__name__} expects input (N, C, H, W), got shape {tuple(x.shape)}")
-        if self.features_only:
-            return self.forward_intermediates(x, intermediates_only=True)
-        return self.forward_head(self.forward_features(x))
+        if torch.jit.is_scripting():
+            return self._forward_scripted(x)
+        else:
+            if isinstance(x, Tensor) and x.dim() != 4:  # (a torch.fx Proxy's dimensions are not known)
+                raise ValueError(f"{type(self).__name__} expects input (N, C, H, W), got shape {tuple(x.shape)}")
+            if self.features_only:
+                return self.forward_intermediates(x, intermediates_only=True)
+            return self.forward_head(self.forward_features(x))
+
+    def _forward_scripted(self, x: Tensor) -> Union[Tensor, List[Tensor]]:
+        """:meth:`forward` in the form TorchScript compiles: the stages called by name (a stage that features_only
+        or pruning dropped is a missing attribute, which ``hasattr`` tells TorchScript), no recomputation."""
+        x = self.forward_stem(x)
+        maps: List[Tensor] = []
+        if hasattr(self, "layer1"):
+            x = self.layer1(x)
+            maps.append(x)
+        if hasattr(self, "layer2"):
+            x = self.layer2(x)
+            maps.append(x)
+        if hasattr(self, "layer3"):
+            x = self.layer3(x)
+            maps.append(x)
+        if hasattr(self, "layer4"):
+            x = self.layer4(x)
+            maps.append(x)
+        if not hasattr(self, "global_pool"):  # features_only (so the head is not compiled either)
+            return [maps[i] for i in self.out_indices]
+        return self.forward_head(x)

@@ -144,6 +144,20 @@ def _extract_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
     return tensors
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str] | None:
+    """The metadata of a safetensors checkpoint, without reading its tensors (what :func:`read_checkpoint` would
+    give); None for a file of another kind (``.pth``, ``.pdparams``, a training state)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return read_safetensors(path, metadata_only=True)[1] if _is_safetensors(path) else None
+
+
+def is_torch_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a ``torch.save`` file (which may hold a training state or a state dict)."""
+    return _is_torch_file(_head(Path(path)))
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Read any supported file: ``(state_dict, metadata)`` with keys as stored (metadata empty for ``.pth``
     and ``.pdparams``).

@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..layers.pool import CeilAvgPool2d
 from ..ops.flops import FLOP_FORMULAS, register_flop_formulas
+from .checkpoint_checks import model_in_chans
 from .registry import create_model
 
 __all__ = ["FLOP_FORMULAS", "FlopReport", "count_flops", "count_params", "mmcv_style_macs", "register_flop_formulas",
@@ -64,18 +65,19 @@ def _build(model: nn.Module | str, model_kwargs: Mapping[str, Any]) -> nn.Module
 
 
 def _input_shape(model: nn.Module, input_size: InputSize | None) -> tuple[int, ...]:
-    """``(N, C, H, W)`` from an int (square image), ``(C, H, W)``, ``(N, C, H, W)``, or the model's pretrained_cfg."""
+    """``(N, C, H, W)`` from an int or ``(H, W)`` (the model's channels), ``(C, H, W)``, ``(N, C, H, W)``, or the
+    model's pretrained_cfg; channels other than those the model declares are refused before its first convolution."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    in_chans = int(cfg.get("input_size", (3,))[0])
-    if input_size is None:
-        input_size = tuple(cfg.get("input_size", (3, 224, 224)))
-    if isinstance(input_size, int):
-        return (1, in_chans, input_size, input_size)
-    shape = tuple(int(s) for s in input_size)
-    if len(shape) == 3:
-        shape = (1, *shape)
+    declared = model_in_chans(model)  # None for a bare layer: its channels are the caller's business
+    in_chans = declared or int(cfg.get("input_size", (3,))[0])
+    size = input_size if input_size is not None else tuple(cfg.get("input_size", (3, 224, 224)))
+    shape = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    shape = {2: (1, in_chans, *shape), 3: (1, *shape)}.get(len(shape), shape)
     if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"input_size must be an int, (C, H, W) or (N, C, H, W) of positive sizes, got {input_size}")
+        raise ValueError(f"input_size must be an int, (H, W), (C, H, W) or (N, C, H, W) of positive sizes, got {size}")
+    if declared is not None and shape[1] != declared:
+        raise ValueError(f"input_size {size}: {getattr(model, 'model_name', None) or type(model).__name__} takes "
+                         f"{declared} input channel(s), not {shape[1]}; give H W, or C H W with C = {declared}")
     return shape
 
 
@@ -214,8 +216,8 @@ def count_flops(
 
     Args:
         model: an ``nn.Module``, or a registry name (built on the meta device with ``model_kwargs``).
-        input_size: ``(N, C, H, W)``, ``(C, H, W)`` (batch 1), an int (square image, the model's input channels),
-            or ``None`` for the model's ``pretrained_cfg["input_size"]``. Default ``(1, 3, 224, 224)``.
+        input_size: ``(N, C, H, W)``, ``(C, H, W)`` (batch 1), ``(H, W)`` or an int (square image; both with the
+            model's input channels), or ``None`` for the model's ``pretrained_cfg["input_size"]``. Default ``(1, 3, 224, 224)``.
         backward: also count the backward pass of ``sum(outputs)`` (grads of every trainable parameter and of
             nothing else; the input does not require grad).
         device: ``"meta"`` (default): run on meta tensors standing in for the parameters, buffers and input, so

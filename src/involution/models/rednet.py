@@ -218,10 +218,13 @@ class RedNet(ResidualNet):
 
     def forward_stem(self, x: Tensor) -> Tensor:
         x = self._in_network_layout(x)
-        if self.recompute_stem and torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.stem.parameters())
-        ):
-            return self.maxpool(recompute(self.stem, x))
+        # in eager mode only: TorchScript cannot compile the recomputation, and a torch.fx Proxy's requires_grad
+        # is not known
+        if not torch.jit.is_scripting():
+            if isinstance(x, Tensor) and self.recompute_stem and torch.is_grad_enabled() and (
+                x.requires_grad or any(p.requires_grad for p in self.stem.parameters())
+            ):
+                return self.maxpool(recompute(self.stem, x))
         return self.maxpool(self.stem(x))
 
 

@@ -79,6 +79,17 @@ def why_unavailable(library_path: Callable[[], Path]) -> str | None:
     return None
 
 
+def build_status(built: Path, inputs: str) -> str:
+    """One line on a library that builds on first use, without building it: ``built`` exists, else why it cannot
+    be built, else that it will be (from ``inputs``, e.g. "headers in DIR")."""
+    if built.is_file():
+        return f"built: {built}"
+    problem = no_compiler()
+    if problem:
+        return f"unavailable: {problem}"
+    return f"not built yet ({inputs}; built on first use)"
+
+
 class BuildMemo:
     """The result of each build key in this process: the library's path, or the error its build raised."""
 

@@ -203,6 +203,48 @@ inline void accumulate_group(int64_t Cg, const W* w0, const T* s0, const Walk& w
   }
 }
 
+// P neighbouring output pixels of one group's NV vectors of channels, at stride 1 and dilation 1 along the row,
+// with every column tap inside the image: pixel p's tap b reads input column (first + p + b), so each input vector
+// loaded serves up to P pixels (P + Kw - 1 loads a kernel row instead of P * Kw). Pixel p's weights start at
+// w0 + p * w_pix (taps w_row / w_col apart); its output at dst + p * d_pix.
+template <typename T, int NV, int P, typename W>
+inline void accumulate_run(const W* w0, int64_t w_pix, int64_t w_row, int64_t w_col, const T* s0, int64_t rows,
+                           int64_t s_row, int64_t s_col, int64_t Kw, T* dst, int64_t d_pix) {
+  using L = Lanes<T>;
+  using A = typename L::A;
+  using Vec = typename L::Vec;
+  Vec acc[P][NV];
+  for (int p = 0; p < P; ++p)
+    for (int k = 0; k < NV; ++k) acc[p][k] = Vec(A(0));
+  // Column t of the input row serves pixels p with 0 <= t - p < Kw: the first P - 1 and last P - 1 columns serve
+  // some pixels, the middle ones all (Kw >= P - 1, checked by the caller), without branches.
+  auto column = [&](const W* wa, const T* sa, int64_t t, auto all_pixels) {
+    Vec xv[NV];
+#pragma GCC unroll 4
+    for (int k = 0; k < NV; ++k) xv[k] = L::load(sa + t * s_col + k * L::size());
+#pragma GCC unroll 8
+    for (int p = 0; p < P; ++p) {
+      const int64_t b = t - p;
+      if constexpr (!decltype(all_pixels)::value) {
+        if (b < 0 || b >= Kw) continue;
+      }
+      const Vec wv(static_cast<A>(wa[p * w_pix + b * w_col]));
+#pragma GCC unroll 4
+      for (int k = 0; k < NV; ++k) acc[p][k] = at::vec::fmadd(wv, xv[k], acc[p][k]);
+    }
+  };
+  for (int64_t a = 0; a < rows; ++a) {
+    const W* wa = w0 + a * w_row;
+    const T* sa = s0 + a * s_row;
+    int64_t t = 0;
+    for (; t < P - 1; ++t) column(wa, sa, t, std::false_type{});
+    for (; t < Kw; ++t) column(wa, sa, t, std::true_type{});
+    for (; t < Kw + P - 1; ++t) column(wa, sa, t, std::false_type{});
+  }
+  for (int p = 0; p < P; ++p)
+    for (int k = 0; k < NV; ++k) L::store(dst + p * d_pix + k * L::size(), acc[p][k]);
+}
+
 // The G*Kh*Kw taps of one pixel's weights (strides ws) widened into dst, contiguous in (g, u, v) order.
 template <typename T, typename A = at::opmath_type<T>>
 inline void widen_taps(const T* w, const WeightStrides& ws, const Geometry& g, A* dst) {
@@ -237,9 +279,17 @@ void forward_impl(const at::Tensor& input, const at::Tensor& weight, const at::T
   const int64_t C = g.C, Wo = g.Wo;
   const auto row_taps = forward_taps(g.H, g.Ho, g.Kh, g.sh, g.ph, g.dh);
   const auto col_taps = forward_taps(g.W, g.Wo, g.Kw, g.sw, g.pw, g.dw);
+  // 16-bit input: neighbouring pixels share input vectors (each widened once for kRun pixels, accumulate_run) at
+  // stride 1 and dilation 1 along the row, where each group's channels are whole pairs of vectors (RedNet's 16 a
+  // group). Measured 5-25% faster than pixel by pixel for bf16 at RedNet-50's stage shapes; for float32, where
+  // the loads cost no conversion, not faster (pixel by pixel, two groups at once, is kept).
+  constexpr int kRun = 4;
+  constexpr int64_t VS = Lanes<T>::size();
+  const bool runs = widened && g.sw == 1 && g.dw == 1 && g.Cg % (2 * VS) == 0 && g.Wo >= kRun && g.Kw >= kRun - 1;
+  const int64_t taps = g.G * g.Kh * g.Kw;
   at::parallel_for(0, g.N * g.Ho, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> obuf(stage_out ? g.Wo * g.C : 0);
-    std::vector<A> wpix(widened ? g.G * g.Kh * g.Kw : 0);
+    std::vector<A> wpix(widened ? kRun * taps : 0);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t n = idx / g.Ho, i = idx % g.Ho;
       const T* wrow = w + n * ws.n + i * ws.i;
@@ -261,14 +311,41 @@ void forward_impl(const at::Tensor& input, const at::Tensor& weight, const at::T
         for (; gr < g.G; ++gr)
           accumulate_group<T>(g.Cg, w0 + gr * wg, s0 + gr * g.Cg, walk, d0 + gr * g.Cg);
       };
-      for (int64_t j = 0; j < g.Wo; ++j) {
+      auto single = [&](int64_t j) {
         if constexpr (widened) {
           widen_taps<T>(wrow + j * ws.j, ws, g, wpix.data());
           pixel(j, wpix.data(), g.Kh * g.Kw, g.Kw, 1);
         } else {
           pixel(j, wrow + j * ws.j, ws.g, ws.u, ws.v);
         }
+      };
+      int64_t j = 0;
+      if (runs) {
+        // Runs of kRun pixels whose column taps are all inside the image, the rest one pixel at a time.
+        while (j < g.Wo) {
+          if (j + kRun > g.Wo || col_taps[j].count != g.Kw || col_taps[j + kRun - 1].count != g.Kw) {
+            single(j++);
+            continue;
+          }
+          const T* s0 = x + n * xs.n + r.p0 * xs.h + col_taps[j].p0 * xs.w;
+          T* d0 = orow + j * oj;
+          // The run's weights at wp: pixel p's at wp + p * w_pix, group gr's at + gr * wg, taps wu / wv apart.
+          auto run = [&](const auto* wp, int64_t w_pix, int64_t wg, int64_t wu, int64_t wv) {
+            for (int64_t gr = 0; gr < g.G; ++gr)
+              for (int64_t c0 = 0; c0 < g.Cg; c0 += 2 * VS)
+                accumulate_run<T, 2, kRun>(wp + gr * wg + r.k0 * wu, w_pix, wu, wv, s0 + gr * g.Cg + c0, r.count,
+                                           r.pstep * xs.h, xs.w, g.Kw, d0 + gr * g.Cg + c0, oj);
+          };
+          if constexpr (widened) {
+            for (int p = 0; p < kRun; ++p) widen_taps<T>(wrow + (j + p) * ws.j, ws, g, wpix.data() + p * taps);
+            run(wpix.data(), taps, g.Kh * g.Kw, g.Kw, 1);
+          } else {
+            run(wrow + j * ws.j, ws.j, ws.g, ws.u, ws.v);
+          }
+          j += kRun;
+        }
       }
+      for (; j < g.Wo; ++j) single(j);
 
       if (stage_out) {
         T* yrow = y + n * os[0] + i * os[2];

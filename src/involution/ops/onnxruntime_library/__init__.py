@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._runtime_build import why_unavailable
-from .build import build_key, library_path, no_compiler, target
+from .._runtime_build import build_status, why_unavailable
+from .build import build_key, library_path, target
 from .headers import cache_dir, fetch_headers, find_headers
 
 __all__ = [
@@ -50,13 +50,7 @@ def status() -> str:
     include = find_headers()
     if include is None:
         return "unavailable: no onnxruntime headers (involution onnxruntime fetch-headers)"
-    built = target(build_key(include))
-    if built.is_file():
-        return f"built: {built}"
-    problem = no_compiler()
-    if problem:
-        return f"unavailable: {problem}"
-    return f"not built yet (headers in {include}; built on first use)"
+    return build_status(target(build_key(include)), f"headers in {include}")
 
 
 def is_available() -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._runtime_build import no_compiler, why_unavailable
+from .._runtime_build import build_status, why_unavailable
 from ..onnxruntime_library import DOMAIN, OP_TYPE
 from .build import INSTALL_HINT, cache_dir, find_openvino, library_path, require_openvino, target
 
@@ -54,13 +54,7 @@ def status() -> str:
         install = require_openvino()
     except RuntimeError as exc:
         return f"unavailable: {exc}"
-    built = target(install.key())
-    if built.is_file():
-        return f"built: {built}"
-    problem = no_compiler()
-    if problem:
-        return f"unavailable: {problem}"
-    return f"not built yet (openvino in {install.root}; built on first use)"
+    return build_status(target(install.key()), f"openvino in {install.root}")
 
 
 def add_extension(core: Any) -> Any:

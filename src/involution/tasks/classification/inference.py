@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,51 +12,37 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ...models import create_model, load_model, read_checkpoint
-from ...models.checkpoint import FORMAT as WEIGHTS_FORMAT
-from ...models.checkpoint_checks import apply_data_spec, check_finite
+from ...models.checkpoint_checks import apply_data_spec
 from .._images import read_image
 from ..engine.distributed import DistInfo
 from ..engine.plots import plot_confusion_matrix
-from ..engine.run_dir import resolve_checkpoint, run_dir_of, write_json
+from ..engine.recorded import RecordedCheckpoint, read_recorded
+from ..engine.run_dir import run_dir_of, write_json
 from ..engine.runtime import select_device
-from ..engine.state import FORMAT as TRAIN_FORMAT
-from ..engine.state import load_training_state
 from .data import DataSpec, load_splits
 from .task import EvalResult, evaluate
 from .transforms import AugmentedDataset, build_image_transform, build_transforms
 
 
 def load_classifier(
-    checkpoint: str | os.PathLike, model: str | None = None, num_classes: int | None = None
+    checkpoint: str | os.PathLike | RecordedCheckpoint, model: str | None = None, num_classes: int | None = None
 ) -> tuple[nn.Module, DataSpec | None]:
     """A classifier in eval mode and the :class:`DataSpec` it was trained with (None if the file has none).
 
     ``checkpoint``: a run directory, its ``best.safetensors`` / ``last.pt``, or any file ``create_model(model,
-    checkpoint=...)`` reads (official mmcls files, plain state dicts), for which ``model`` names the architecture.
+    checkpoint=...)`` reads (official mmcls files, plain state dicts), for which ``model`` names the architecture;
+    or what :func:`~involution.tasks.engine.recorded.read_recorded` found. A ``model`` or ``num_classes`` that
+    contradicts what the file records is refused (ValueError).
     """
-    path = resolve_checkpoint(checkpoint)
-    if path.suffix == ".pt":
-        state = _maybe_training_state(path)
-        if state is not None:
-            if "data_spec" not in state:
-                raise ValueError(f"{path}: a training checkpoint without a data_spec entry: not a classification run's")
-            net = create_model(state["model_name"], **state["model_kwargs"])
-            check_finite(state["model"], path)
-            net.load_state_dict(state["model"])
-            return net.eval(), _recorded_spec(net, state["data_spec"], path)
-    _, metadata = read_checkpoint(path)
-    if metadata.get("format") == WEIGHTS_FORMAT:
-        net = load_model(path)
-        spec = _recorded_spec(net, metadata["data_spec"], path) if "data_spec" in metadata else None
-        return net.eval(), spec
-    if model is None:
-        raise ValueError(f"{path} does not record its architecture: pass --model NAME (e.g. rednet50)")
-    net = create_model(model, checkpoint=path, **({} if num_classes is None else {"num_classes": num_classes}))
-    return net.eval(), None
+    found = checkpoint if isinstance(checkpoint, RecordedCheckpoint) else read_recorded(checkpoint, model, num_classes)
+    if found.state is not None and found.data_spec is None:
+        raise ValueError(f"{found.path}: a training checkpoint without a data_spec entry: not a classification run's")
+    net = found.build()
+    spec = _recorded_spec(net, found.data_spec, found.path) if found.data_spec is not None else None
+    return net, spec
 
 
-def _recorded_spec(net: nn.Module, raw: str, path: Path) -> DataSpec:
+def _recorded_spec(net: nn.Module, raw: str | Mapping[str, Any], path: Path) -> DataSpec:
     """The checked data spec a checkpoint records, also given to ``net.pretrained_cfg``; its classes must be as
     many as the model's outputs (predict names each output by them)."""
     spec = DataSpec(**apply_data_spec(net, raw, path))
@@ -64,15 +51,6 @@ def _recorded_spec(net: nn.Module, raw: str, path: Path) -> DataSpec:
         raise ValueError(f"{path}: data_spec.classes lists {spec.num_classes} classes but the model has {outputs} "
                          "outputs")
     return spec
-
-
-def _maybe_training_state(path: Path) -> dict[str, Any] | None:
-    try:
-        return load_training_state(path)
-    except ValueError as err:
-        if TRAIN_FORMAT in str(err):
-            return None  # another kind of .pt file (official checkpoint, plain state dict)
-        raise
 
 
 def _model_card_spec(net: nn.Module, classes: list[str], fallback: DataSpec | None = None,
@@ -97,11 +75,12 @@ class EvalReport:
     spec: DataSpec
     json_path: Path | None
     confusion_path: Path | None
+    data: str = ""  # the data set evaluated on (the run's own by default)
 
 
 def run_eval(
     checkpoint: str | os.PathLike,
-    data: str,
+    data: str | None = None,
     data_dir: str | os.PathLike | None = None,
     model: str | None = None,
     batch_size: int = 256,
@@ -113,10 +92,16 @@ def run_eval(
     progress: bool = True,
 ) -> EvalReport:
     """Top-1/top-5 of a checkpoint on the test split of ``data``; writes ``eval-<data>.json`` and a confusion
-    matrix picture to ``out`` (default: the checkpoint's run directory, or beside the file)."""
+    matrix picture to ``out`` (default: the checkpoint's run directory, or beside the file).
+
+    ``data`` / ``data_dir``: default the data set and folder the run recorded (``data_dir`` only when ``data`` is
+    the recorded one); a checkpoint that records none (an official file) needs ``data``.
+    """
     info = DistInfo()
     dev = select_device(device, info)
-    net, spec = load_classifier(checkpoint, model)
+    found = read_recorded(checkpoint, model)
+    data, data_dir = _eval_data(found, data, data_dir)
+    net, spec = load_classifier(found)
     # the data's own split; image_size from the checkpoint so resizing matches training
     splits = load_splits(data, data_dir, spec.image_size if spec else 224, val_fraction=0.0)
     if spec is None:
@@ -140,10 +125,10 @@ def run_eval(
     result = evaluate(net, loader, dev, info, len(classes), amp, channels_last, confusion=True, progress=bar)
     if bar is not None:
         bar.close()
-    out_dir = Path(out) if out is not None else run_dir_of(Path(checkpoint))
+    out_dir = Path(out) if out is not None else found.run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {
-        "checkpoint": str(checkpoint), "data": data, "count": result.count,
+        "checkpoint": str(found.path), "data": data, "count": result.count,
         "top1": result.acc, "top5": result.top5, "loss": result.loss,
         "confusion_matrix": result.confusion.tolist() if result.confusion is not None else None, "classes": classes,
     }
@@ -152,7 +137,21 @@ def run_eval(
         result.confusion, classes, out_dir / f"confusion-{data}.png",
         title=f"{getattr(net, 'model_name', '')} on {data}: top-1 {100 * result.acc:.2f}%",
     )
-    return EvalReport(result, spec, json_path, picture)
+    return EvalReport(result, spec, json_path, picture, data)
+
+
+def _eval_data(
+    found: RecordedCheckpoint, data: str | None, data_dir: str | os.PathLike | None
+) -> tuple[str, str | os.PathLike | None]:
+    """``data`` and ``data_dir``, defaulting to what the run recorded (its folder only for its own data set)."""
+    recorded, recorded_dir = found.data()
+    if data is None:
+        if recorded is None:
+            raise ValueError(f"{found.path} records no data set: pass --data NAME (e.g. --data digits)")
+        data = recorded
+    if data_dir is None and data == recorded:
+        data_dir = recorded_dir
+    return data, data_dir
 
 
 def load_classifier_and_spec(

@@ -22,6 +22,7 @@ from .._metrics import confusion_matrix
 from ..engine.distributed import DistInfo, all_reduce_sum
 from ..engine.loop import TrainingLoop, TrainResult
 from ..engine.loop import train as train_task
+from ..engine.recorded import initial_weights
 from ..engine.run_config import resume_config as resume_task_config
 from ..engine.runtime import StopFlag, autocast, convert_sync_bn, to_device
 from ..engine.task import Task, TaskData
@@ -164,7 +165,7 @@ class ClassificationTask(Task):
     def build_model(self, config: TrainConfig, data: TaskData) -> nn.Module:
         spec = _spec(data)
         model = create_model(config.model, num_classes=spec.num_classes, in_chans=spec.in_chans,
-                             checkpoint=config.checkpoint, **config.model_kwargs)
+                             checkpoint=initial_weights(config.checkpoint), **config.model_kwargs)
         check_kernel_reach(model, (spec.image_size, spec.image_size))
         # the preprocessing this run trains with, not the family's defaults: saved with the weights (and export's
         # example input follows it)

@@ -16,11 +16,10 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ...models import load_model
-from ...models.checkpoint import read_checkpoint
 from .._images import read_image
 from ..engine.distributed import DistInfo
-from ..engine.run_dir import resolve_checkpoint, run_dir_of, write_json
+from ..engine.recorded import read_recorded
+from ..engine.run_dir import run_dir_of, write_json
 from ..engine.runtime import select_device
 from .config import DenseConfig, resolve
 from .task import DenseTask
@@ -37,17 +36,16 @@ class DenseCheckpoint:
 
 def load_dense_checkpoint(path: str | os.PathLike, task: DenseTask | None = None) -> DenseCheckpoint:
     """Rebuild the model of a dense checkpoint; refuses a file of another task (e.g. a classifier)."""
-    file = resolve_checkpoint(path, ("best.safetensors", "last.safetensors"))  # last.pt records no task
-    _, meta = read_checkpoint(file)
-    kind = meta.get("task")
+    found = read_recorded(path, names=("best.safetensors", "last.safetensors"))  # last.pt records no task
+    file, kind = found.path, found.metadata.get("task")
     if kind is None:
         raise ValueError(f"{file}: not a detection/segmentation checkpoint of this library (no task recorded); "
                          "train one with `involution detect train` or `involution segment train`")
     if task is not None and kind != task.name:
         raise ValueError(f"{file} is a {kind!r} checkpoint; use `involution {kind} ...` for it")
-    classes = json.loads(meta.get("classes", "[]"))
-    config = DenseConfig.from_dict(json.loads(meta["train_config"])) if "train_config" in meta else None
-    model = load_model(file)
+    classes = json.loads(found.metadata.get("classes", "[]"))
+    config = DenseConfig.from_dict(found.train_config) if found.train_config is not None else None
+    model = found.build()
     return DenseCheckpoint(model, classes, kind, config, file)
 
 

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from ...models import create_model
 from ..engine.loop import TrainingLoop, TrainResult
 from ..engine.loop import train as train_task
+from ..engine.recorded import initial_weights
 from ..engine.run_config import resume_config
 from ..engine.seeding import sample_seed
 from ..engine.task import Task, TaskData
@@ -75,7 +76,8 @@ class DenseTask(Task):
         kwargs = dict(config.model_kwargs)
         if config.backbone_checkpoint:
             kwargs["backbone_checkpoint"] = config.backbone_checkpoint
-        return create_model(config.model or "", num_classes=len(data.classes), checkpoint=config.checkpoint, **kwargs)
+        return create_model(config.model or "", num_classes=len(data.classes),
+                            checkpoint=initial_weights(config.checkpoint), **kwargs)
 
     def describe_data(self, run: TrainingLoop) -> str:
         return f"for {self.name} on {run.data.source}: {len(run.data.train)} train / {len(run.data.val)} val images"  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..._atomic import io_failure, write_error
 from ...layers.fuse import fuse_conv_bn_
+from ..engine.run_dir import resolve_checkpoint
 from .destination import EXTENSIONS, FORMATS, check_destination
 from .loading import load_export_model
 from .onnx_file import INSTALL_HINT, require, write_onnx
@@ -28,7 +29,7 @@ _SUFFIXES = {format: suffix for suffix, format in EXTENSIONS.items()}
 
 
 def export_model(
-    model_or_name: nn.Module | str, out: str | os.PathLike, format: str | None = None,
+    model_or_name: nn.Module | str | None, out: str | os.PathLike, format: str | None = None,
     checkpoint: str | os.PathLike | None = None, input_size: Sequence[int] | None = None, batch_size: int = 2,
     dynamic: bool = True, num_classes: int | None = None, verify: bool = True, rtol: float = 1e-4,
     opset: int | None = None, onnx_ops: str = "standard", fuse: bool = True, log: Callable[[str], None] | None = None,
@@ -37,7 +38,8 @@ def export_model(
     """Export a model for deployment and check the result; returns the path written.
 
     Args:
-        model_or_name: a registry name (``"rednet50"``) or a module.
+        model_or_name: a registry name (``"rednet50"``), a module, or None: the model ``checkpoint`` records
+            (a run directory, or a file this library wrote). A name contradicting the recorded one is refused.
         out: the file to write; its folder is created. It is written under a temporary name beside it, checked
             (``verify``), then renamed: a failed export leaves ``out`` as it was. An existing ``out`` is replaced
             only if it is an export in the same format: never a checkpoint, nor any other file.
@@ -45,13 +47,16 @@ def export_model(
             of :mod:`involution.ops.openvino_library`, its weights in the ``.bin`` beside the ``.xml``; run it with
             :func:`openvino_model`); default: the one ``out``'s extension names (``.onnx``, ``.pt2``, ``.xml``).
             Given, it must agree with such an extension.
-        checkpoint: weights to load first (official mmcls ``.pth`` or this library's safetensors).
-        input_size: the example input's ``(C, H, W)`` or ``(H, W)``; default ``model.pretrained_cfg["input_size"]``.
+        checkpoint: weights to load first: a run directory (its best weights), this library's safetensors or
+            training state, an official mmcls ``.pth``. This library's files rebuild their recorded model.
+        input_size: the example input's ``(C, H, W)`` or ``(H, W)``; default ``model.pretrained_cfg["input_size"]``:
+            for a run's checkpoint, the image size it trained at.
         batch_size: the example's batch (default 2: torch.export specialises a batch of 1 to a constant).
         dynamic: batch, height and width dynamic (default); else fixed to the example's shape. Height and width
             are fixed anyway when the example makes a feature map 1 pixel wide, and the batch when it is 1
             (torch.export would specialise the program to those sizes); the log says so.
-        num_classes: classifier outputs (a name only; default the model's 1000, 0: pooled features).
+        num_classes: classifier outputs (a name only; default the recorded count, else the model's 1000; 0:
+            pooled features).
         verify: run the exported model (onnxruntime for ONNX, if installed; OpenVINO for an IR; the loaded
             program otherwise) on a
             random input of another batch and size (if dynamic) and compare with eager PyTorch.
@@ -74,11 +79,12 @@ def export_model(
         IsADirectoryError: ``out`` is a directory.
         involution._atomic.WriteError: ``out`` cannot be written (a file where a folder should be, a folder that
             refuses new files, a full disk), naming ``out`` and the cause.
-        FileNotFoundError: missing checkpoint.
+        FileNotFoundError: missing checkpoint (or a folder without one).
         ImportError: onnx / onnxscript (/ openvino) missing for ONNX (OpenVINO) export (naming the pip install).
         RuntimeError: the exported model disagrees with eager PyTorch; a runtime library cannot be built.
     """
     out = Path(out)
+    checkpoint = None if checkpoint is None else resolve_checkpoint(checkpoint)  # a run directory: its best weights
     format = check_destination(out, format, checkpoint)
     _check_request(format, opset, onnx_ops, verify)
     say = log or (lambda _msg: None)

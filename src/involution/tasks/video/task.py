@@ -19,6 +19,7 @@ from ..classification.task import ClassificationTask
 from ..engine.distributed import DistInfo
 from ..engine.loop import TrainingLoop, TrainResult
 from ..engine.loop import train as train_task
+from ..engine.recorded import initial_weights
 from ..engine.run_config import resume_config as resume_task_config
 from ..engine.runtime import StopFlag, convert_sync_bn
 from ..engine.task import TaskData
@@ -68,7 +69,7 @@ class VideoTask(ClassificationTask):
 
     def build_model(self, config: VideoConfig, data: TaskData) -> nn.Module:  # type: ignore[override]
         return create_model(config.model, num_classes=len(data.classes), in_chans=1,  # type: ignore[arg-type]
-                            checkpoint=config.checkpoint, **config.model_kwargs)
+                            checkpoint=initial_weights(config.checkpoint), **config.model_kwargs)
 
     def prepare_model(self, model: nn.Module, config: VideoConfig, device: torch.device,  # type: ignore[override]
                       info: DistInfo) -> nn.Module:
