@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from ..layers.conv_norm_act import LayerFactory
-from ._base import scaled_channels
+from ._args import scaled_channels
 
 # Blocks per stage of each registered depth (RedNet-26/38 and their ResNet twins, and the ResNet depths).
 STAGE_DEPTHS: dict[int, tuple[int, int, int, int]] = {
