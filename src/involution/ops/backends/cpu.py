@@ -45,7 +45,8 @@ from .base import Backend, register_backend
 
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _SOURCE = _CSRC / "involution_cpu.cpp"
-_KERNELS = _CSRC / "involution_nchw.h"  # included by _SOURCE
+_SOURCE_3D = _CSRC / "involution3d_cpu.cpp"  # the 3-D op's kernels, in the same extension
+_HEADERS = (_CSRC / "involution_nchw.h", _CSRC / "involution_cpu_common.h")  # included by the sources
 
 
 def _openmp_flags() -> list[str]:
@@ -103,8 +104,8 @@ class CpuBackend(Backend):
 
             flags = _compile_flags()
             cpp_extension.load(
-                name=extension_name(_SOURCE.read_bytes() + _KERNELS.read_bytes(), flags),
-                sources=[str(_SOURCE)],
+                name=extension_name(b"".join(f.read_bytes() for f in (_SOURCE, _SOURCE_3D, *_HEADERS)), flags),
+                sources=[str(_SOURCE), str(_SOURCE_3D)],
                 extra_cflags=flags,
                 extra_ldflags=_openmp_flags(),
                 extra_include_paths=[str(_CSRC)],
