@@ -58,10 +58,14 @@ def _depth_slice(v: Tensor, t: int, sd: int, dd: int, do: int) -> Tensor:
     return v[:, :, t * dd : t * dd + (do - 1) * sd + 1 : sd]
 
 
-def forward(x: Tensor, w: Tensor, stride: List[int], padding: List[int], dilation: List[int], out: Tensor) -> None:
-    """``out`` (N, C, Do, H, W), allocated by the op = the involution of ``x`` with ``w``."""
+def depth_tap_sum(
+    x: Tensor, w: Tensor, stride: List[int], padding: List[int], dilation: List[int], in_place: bool = True
+) -> Tensor:
+    """The involution of ``x`` (N, C, D, H, W) with ``w``: (N, C, Do, Ho, Wo), in float32 for 16-bit inputs (a NDHWC
+    view of the sum). Written with the 2-D op alone, so it is also the 3-D op's decomposition (ONNX export), which
+    must be functional: ``in_place=False`` sums out of place."""
     sd, pd, dd = stride[0], padding[0], dilation[0]
-    n, do = x.shape[0], out.shape[2]
+    n, do = x.shape[0], w.shape[5]
     acc = _acc_dtype(x.dtype)
     padded = _padded(x, pd, acc)
     total = torch.empty(0)
@@ -71,8 +75,13 @@ def forward(x: Tensor, w: Tensor, stride: List[int], padding: List[int], dilatio
             # less is alive at the peak
             y = involution2d_op(_images(_depth_slice(padded, t, sd, dd, do)), _tap_kernels(w, t, acc),
                                 stride[1:], padding[1:], dilation[1:])
-            total = y if t == 0 else total.add_(y)
-    out.copy_(_volumes(total, n))
+            total = y if t == 0 else total.add_(y) if in_place else total + y
+    return _volumes(total, n)
+
+
+def forward(x: Tensor, w: Tensor, stride: List[int], padding: List[int], dilation: List[int], out: Tensor) -> None:
+    """``out`` (N, C, Do, Ho, Wo), allocated by the op = the involution of ``x`` with ``w``, rounded once."""
+    out.copy_(depth_tap_sum(x, w, stride, padding, dilation))
 
 
 def backward_input(grad_output: Tensor, w: Tensor, stride: List[int], padding: List[int], dilation: List[int],
