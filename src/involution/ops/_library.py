@@ -94,51 +94,53 @@ def _backward_weight_fake(grad_output: Tensor, input: Tensor, weight: Tensor, *c
 
 
 # ----------------------------------------------------------------------------------------------- autograd
-_fwd = torch.ops.involution.involution2d
-_bwd_in = torch.ops.involution.involution2d_backward_input
-_bwd_w = torch.ops.involution.involution2d_backward_weight
+def register_adjoint_autograd(forward, backward_input, backward_weight) -> None:
+    """The autograd formulas of a (forward, backward_input, backward_weight) triple of custom ops, each bilinear and
+    adjoint to the other two, written with the other two (double backward included). Shared by the 2-D and 3-D ops,
+    whose signatures are the same: two tensors first (the ones their gradients read), then (an input size for
+    backward_input,) stride, padding, dilation."""
+    fwd, bwd_in, bwd_w = (getattr(torch.ops.involution, op._name) for op in (forward, backward_input, backward_weight))
+
+    def setup(ctx, inputs, output) -> None:
+        """All three ops: save the two tensors their gradients read (the first two inputs) and the conv arguments."""
+        ctx.save_for_backward(*inputs[:2])
+        ctx.conv_args = tuple(inputs[-3:])  # (stride, padding, dilation)
+
+    def grad_forward(ctx, grad_out: Tensor):
+        input, weight = ctx.saved_tensors
+        args = ctx.conv_args
+        grad_input = bwd_in(grad_out, weight, input.shape, *args) if ctx.needs_input_grad[0] else None
+        grad_weight = bwd_w(grad_out, input, weight, *args) if ctx.needs_input_grad[1] else None
+        return grad_input, grad_weight, None, None, None
+
+    def grad_backward_input(ctx, ggx: Tensor):
+        # grad_input = A(weight)^T grad_output, bilinear in (grad_output, weight).
+        grad_output, weight = ctx.saved_tensors
+        args = ctx.conv_args
+        g_gy = fwd(ggx, weight, *args) if ctx.needs_input_grad[0] else None
+        g_w = bwd_w(grad_output, ggx, weight, *args) if ctx.needs_input_grad[1] else None
+        return g_gy, g_w, None, None, None, None
+
+    def grad_backward_weight(ctx, ggw: Tensor):
+        # grad_weight is bilinear in (grad_output, input); `weight` only fixes the layout.
+        grad_output, input = ctx.saved_tensors
+        args = ctx.conv_args
+        g_gy = fwd(input, ggw, *args) if ctx.needs_input_grad[0] else None
+        g_x = bwd_in(grad_output, ggw, input.shape, *args) if ctx.needs_input_grad[1] else None
+        return g_gy, g_x, None, None, None, None
+
+    forward.register_autograd(grad_forward, setup_context=setup)
+    backward_input.register_autograd(grad_backward_input, setup_context=setup)
+    backward_weight.register_autograd(grad_backward_weight, setup_context=setup)
 
 
-def _setup(ctx, inputs, output) -> None:
-    """All three ops: save the two tensors their gradients read (the first two inputs) and the conv arguments."""
-    ctx.save_for_backward(*inputs[:2])
-    ctx.conv_args = tuple(inputs[-3:])  # (stride, padding, dilation)
-
-
-def _grad_forward(ctx, grad_out: Tensor):
-    input, weight = ctx.saved_tensors
-    args = ctx.conv_args
-    grad_input = _bwd_in(grad_out, weight, input.shape, *args) if ctx.needs_input_grad[0] else None
-    grad_weight = _bwd_w(grad_out, input, weight, *args) if ctx.needs_input_grad[1] else None
-    return grad_input, grad_weight, None, None, None
-
-
-def _grad_backward_input(ctx, ggx: Tensor):
-    # grad_input = A(weight)^T grad_output, bilinear in (grad_output, weight).
-    grad_output, weight = ctx.saved_tensors
-    args = ctx.conv_args
-    g_gy = _fwd(ggx, weight, *args) if ctx.needs_input_grad[0] else None
-    g_w = _bwd_w(grad_output, ggx, weight, *args) if ctx.needs_input_grad[1] else None
-    return g_gy, g_w, None, None, None, None
-
-
-def _grad_backward_weight(ctx, ggw: Tensor):
-    # grad_weight is bilinear in (grad_output, input); `weight` only fixes the layout.
-    grad_output, input = ctx.saved_tensors
-    args = ctx.conv_args
-    g_gy = _fwd(input, ggw, *args) if ctx.needs_input_grad[0] else None
-    g_x = _bwd_in(grad_output, ggw, input.shape, *args) if ctx.needs_input_grad[1] else None
-    return g_gy, g_x, None, None, None, None
-
-
-involution2d_op.register_autograd(_grad_forward, setup_context=_setup)
-involution2d_backward_input_op.register_autograd(_grad_backward_input, setup_context=_setup)
-involution2d_backward_weight_op.register_autograd(_grad_backward_weight, setup_context=_setup)
+register_adjoint_autograd(involution2d_op, involution2d_backward_input_op, involution2d_backward_weight_op)
 
 
 # ----------------------------------------------------------------------------------------------- autocast
-def _register_autocast(device_type: str) -> None:
-    """Under autocast, cast input and weight to the autocast dtype in effect, then run the op with autocast off.
+def register_autocast(op_name: str, device_type: str) -> None:
+    """Under autocast, cast input and weight of ``involution::<op_name>`` to the autocast dtype in effect, then run
+    the op with autocast off.
 
     ``torch.library.register_autocast`` fixes one cast dtype per device at registration; AMP users pick float16 or
     bfloat16 at run time, so this rule reads ``torch.get_autocast_dtype`` instead and otherwise does the same.
@@ -146,7 +148,7 @@ def _register_autocast(device_type: str) -> None:
     key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
     key = getattr(torch._C.DispatchKey, key_name)
     excluded = torch._C.DispatchKeySet(key)
-    op = _fwd.default
+    op = getattr(torch.ops.involution, op_name).default
 
     def cast_and_call(input, weight, stride, padding, dilation):
         dtype = torch.get_autocast_dtype(device_type)
@@ -161,9 +163,9 @@ def _register_autocast(device_type: str) -> None:
     if op.has_kernel_for_dispatch_key(key):  # re-import (e.g. importlib.reload): replace, do not stack
         op.py_kernels.pop(key, None)
     op.py_impl(key)(cast_and_call)  # used while tracing (torch.compile / torch.export)
-    _AUTOCAST_LIB.impl("involution2d", lambda _keyset, *args: cast_and_call(*args), key_name, with_keyset=True)
+    _AUTOCAST_LIB.impl(op_name, lambda _keyset, *args: cast_and_call(*args), key_name, with_keyset=True)
 
 
 _AUTOCAST_LIB = torch.library.Library(_NAMESPACE, "FRAGMENT")
 for _device_type in ("cpu", "cuda"):
-    _register_autocast(_device_type)
+    register_autocast("involution2d", _device_type)

@@ -58,6 +58,17 @@ def empty_features(ref: Tensor, shape: Sequence[int]) -> Tensor:
     return torch.empty(tuple(shape), dtype=ref.dtype, device=ref.device, memory_format=fmt)
 
 
+def is_channels_last_3d(t: Tensor) -> bool:
+    """True when a 5-D tensor is laid out NDHWC (and not also plain contiguous, as for C == 1)."""
+    return t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous()
+
+
+def empty_volumes(ref: Tensor, shape: Sequence[int]) -> Tensor:
+    """An uninitialised ``(N, C, D, H, W)`` tensor laid out like ``ref`` (NDHWC stays NDHWC, anything else NCDHW)."""
+    fmt = torch.channels_last_3d if is_channels_last_3d(ref) else torch.contiguous_format
+    return torch.empty(tuple(shape), dtype=ref.dtype, device=ref.device, memory_format=fmt)
+
+
 def empty_weight_grad(weight: Tensor) -> Tensor:
     """An uninitialised gradient for ``weight``, keeping its strides when they are dense (e.g. a NHWC generator)."""
     return torch.empty_like(weight)

@@ -217,14 +217,31 @@ def conv3d_onnx(
     return _op.Conv(input, weight, bias, **attrs)
 
 
+def _involution3d_decomposition(input, weight, stride, padding, dilation):
+    """``involution::involution3d`` as 2-D ops (summed over depth taps), each then lowered by the table below."""
+    from ._depth_taps import depth_tap_sum
+
+    return depth_tap_sum(input, weight, list(stride), list(padding), list(dilation), in_place=False).to(input.dtype)
+
+
+def _register_involution3d_decomposition() -> None:
+    """The ONNX exporter decomposes every op it cannot lower with torch's decomposition table, so the 3-D op, which
+    has no ONNX form of its own, reaches ONNX as the 2-D op's taps. Added here, on the way to ONNX only."""
+    from . import _library3d  # noqa: F401  (defines torch.ops.involution.involution3d)
+
+    table = torch._decomp.decomposition_table
+    table[torch.ops.involution.involution3d.default] = _involution3d_decomposition
+
+
 def onnx_translation_table(onnx_ops: str = "standard") -> dict[Callable[..., torch.Tensor], Callable[..., Any]]:
-    """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``: the involution op -> ONNX (the 1-D and
-    3-D ops are traced into the 2-D one), and ``aten.conv3d`` without onnxscript 0.7's bias bug.
+    """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``: the involution op -> ONNX (the 1-D op is
+    traced into the 2-D one, the 3-D op decomposed into it), and ``aten.conv3d`` without onnxscript 0.7's bias bug.
 
     Args:
         onnx_ops: ``"standard"`` (standard operators, :func:`involution2d_onnx`) or ``"custom"`` (one custom node,
             :func:`involution2d_onnx_custom`).
     """
     check_onnx_ops(onnx_ops)
+    _register_involution3d_decomposition()
     lowering = involution2d_onnx if onnx_ops == "standard" else involution2d_onnx_custom
     return {torch.ops.involution.involution2d.default: lowering, torch.ops.aten.conv3d.default: conv3d_onnx}

@@ -13,6 +13,8 @@ from torch import Tensor
 
 from .._shapes import FLOATING_DTYPES, Pair
 
+Triple = tuple[int, int, int]
+
 
 class Backend:
     """A set of kernels for the op. Tensors are ``(N, C, H, W)`` features and ``(N, G, Kh, Kw, Ho, Wo)`` weights.
@@ -25,6 +27,8 @@ class Backend:
     name: str = ""
     #: dtypes the kernels accept (a backend may compute the half-precision ones in float32).
     dtypes: tuple[torch.dtype, ...] = FLOATING_DTYPES
+    #: Whether it has 3-D kernels of its own (``forward3d``, ...); without them the 3-D op sums 2-D taps.
+    native_3d: bool = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # guards the one-time load
@@ -67,6 +71,20 @@ class Backend:
         self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
         """Write d(loss)/d(weight) into ``grad_weight``."""
+        raise NotImplementedError
+
+    # The 3-D kernels of a backend with ``native_3d``: features (N, C, D, H, W), weights (N, G, Kd, Kh, Kw, Do, Ho,
+    # Wo), the three arguments (d, h, w) triples; the same contracts as the 2-D kernels.
+    def forward3d(self, input: Tensor, weight: Tensor, out: Tensor, stride: Triple, padding: Triple,
+                  dilation: Triple) -> None:
+        raise NotImplementedError
+
+    def backward_input3d(self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Triple,
+                         padding: Triple, dilation: Triple) -> None:
+        raise NotImplementedError
+
+    def backward_weight3d(self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Triple,
+                          padding: Triple, dilation: Triple) -> None:
         raise NotImplementedError
 
 

@@ -40,12 +40,13 @@ import torch
 from torch import Tensor
 
 from .._native import simd_flags
-from .._shapes import Pair, is_channels_last
-from .base import Backend, register_backend
+from .._shapes import Pair, is_channels_last, is_channels_last_3d
+from .base import Backend, Triple, register_backend
 
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _SOURCE = _CSRC / "involution_cpu.cpp"
-_KERNELS = _CSRC / "involution_nchw.h"  # included by _SOURCE
+_SOURCE_3D = _CSRC / "involution3d_cpu.cpp"  # the 3-D op's kernels, in the same extension
+_HEADERS = (_CSRC / "involution_nchw.h", _CSRC / "involution_cpu_common.h")  # included by the sources
 
 
 def _openmp_flags() -> list[str]:
@@ -77,6 +78,7 @@ def _is_pixel_major(w: Tensor) -> bool:
 
 class CpuBackend(Backend):
     name = "cpu"
+    native_3d = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -103,8 +105,8 @@ class CpuBackend(Backend):
 
             flags = _compile_flags()
             cpp_extension.load(
-                name=extension_name(_SOURCE.read_bytes() + _KERNELS.read_bytes(), flags),
-                sources=[str(_SOURCE)],
+                name=extension_name(b"".join(f.read_bytes() for f in (_SOURCE, _SOURCE_3D, *_HEADERS)), flags),
+                sources=[str(_SOURCE), str(_SOURCE_3D)],
                 extra_cflags=flags,
                 extra_ldflags=_openmp_flags(),
                 extra_include_paths=[str(_CSRC)],
@@ -195,6 +197,44 @@ class CpuBackend(Backend):
             self._run(ops.backward_weight, grad_output, input, grad_weight, "pixel_major", conv)
         else:
             self._run(ops.backward_weight_nchw, grad_output.contiguous(), input, grad_weight, "nchw", conv)
+
+    # ---------------------------------------------------------------------------------------------- 3-D kernels
+    # involution3d_cpu.cpp: the NDHWC family for channels_last_3d features (all of them with channel stride 1), the
+    # NCDHW family for any others (any strides). Both read the weight, and write the weight gradient, through its
+    # strides, so a channels_last_3d generator's output is used in place; the op allocates every result in the
+    # layout its family writes (empty_volumes, empty_weight_grad), so nothing is copied.
+    def _ndhwc(self, kernel_pass: str, features: Tensor) -> bool:
+        """Whether the NDHWC kernels run ``kernel_pass`` (they do for channels_last_3d ``features``); counted."""
+        ndhwc = is_channels_last_3d(features)
+        self.kernel_calls[kernel_pass, "ndhwc" if ndhwc else "ncdhw"] += 1
+        return ndhwc
+
+    @staticmethod
+    def _channels_inner(t: Tensor) -> Tensor:
+        """``t`` with channel stride 1 (a no-op for the channels_last_3d grad_output autograd hands over)."""
+        return t if t.stride(1) == 1 or t.shape[1] == 1 else t.contiguous(memory_format=torch.channels_last_3d)
+
+    def forward3d(self, input: Tensor, weight: Tensor, out: Tensor, stride: Triple, padding: Triple,
+                  dilation: Triple) -> None:
+        ops = torch.ops.involution_cpu
+        kernel = ops.forward3d if self._ndhwc("forward3d", input) else ops.forward3d_ncdhw
+        kernel(input, weight, out, stride, padding, dilation)
+
+    def backward_input3d(self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Triple,
+                         padding: Triple, dilation: Triple) -> None:
+        ops = torch.ops.involution_cpu
+        if self._ndhwc("backward_input3d", grad_input):
+            ops.backward_input3d(self._channels_inner(grad_output), weight, grad_input, stride, padding, dilation)
+        else:
+            ops.backward_input3d_ncdhw(grad_output, weight, grad_input, stride, padding, dilation)
+
+    def backward_weight3d(self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Triple,
+                          padding: Triple, dilation: Triple) -> None:
+        ops = torch.ops.involution_cpu
+        if self._ndhwc("backward_weight3d", input):
+            ops.backward_weight3d(self._channels_inner(grad_output), input, grad_weight, stride, padding, dilation)
+        else:
+            ops.backward_weight3d_ncdhw(grad_output, input, grad_weight, stride, padding, dilation)
 
 
 register_backend(CpuBackend())

@@ -32,43 +32,12 @@
 #include <type_traits>
 #include <vector>
 
+#include "involution_cpu_common.h"
 #include "involution_nchw.h"
 
 namespace {
 
-using at::vec::Vectorized;
-
-// Vectors of T's accumulator type A (float32 for bfloat16/float16, T otherwise) read from and written to T memory:
-// 16-bit values are widened when loaded and rounded to nearest even when stored; float32/float64 pass as they are.
-template <typename T>
-struct Lanes {
-  using A = at::opmath_type<T>;
-  using Vec = Vectorized<A>;
-  static constexpr int64_t size() { return Vec::size(); }
-
-  static Vec load(const T* p) {
-    if constexpr (std::is_same_v<T, A>) {
-      return Vec::loadu(p);
-    } else {
-      Vec v;
-      at::vec::load_to_float(p, v);
-      return v;
-    }
-  }
-
-  static void store(T* p, const Vec& v) {
-    if constexpr (std::is_same_v<T, A>) {
-      v.store(p);
-    } else {
-#if defined(CPU_CAPABILITY_AVX2)
-      const __m128i h = std::is_same_v<T, at::BFloat16> ? at::vec::cvtfp32_bf16(__m256(v)) : at::vec::cvtfp32_fp16(__m256(v));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
-#else
-      at::vec::convert_from_float<T>(v, v).store(p, size());
-#endif
-    }
-  }
-};
+using namespace involution_cpu;  // Lanes, Taps (involution_cpu_common.h)
 
 struct Geometry {
   int64_t N, C, G, Cg, H, W, Kh, Kw, Ho, Wo;
@@ -95,58 +64,6 @@ struct WeightStrides {
   explicit WeightStrides(const at::Tensor& t)
       : n(t.stride(0)), g(t.stride(1)), u(t.stride(2)), v(t.stride(3)), i(t.stride(4)), j(t.stride(5)) {}
 };
-
-// The taps of one output position along one axis that read inside the input, as an arithmetic progression:
-// kernel offsets k0, k0 + kstep, ... and the positions they pair with, p0, p0 + pstep, ... (count of them).
-// Forward: for output o, positions read are o * stride - pad + k * dil (kstep 1, pstep dil).
-// Backward (input gradient): for input position h, the outputs o with o * stride - pad + k * dil == h; the k that
-// solve this are spaced by stride / gcd(stride, dil), the matching o by -dil / gcd(stride, dil).
-struct Taps {
-  int64_t k0 = 0, kstep = 1, p0 = 0, pstep = 0, count = 0;
-};
-
-std::vector<Taps> forward_taps(int64_t size_in, int64_t size_out, int64_t K, int64_t stride, int64_t pad,
-                               int64_t dil) {
-  std::vector<Taps> taps(size_out);
-  for (int64_t o = 0; o < size_out; ++o) {
-    Taps t;
-    t.kstep = 1;
-    t.pstep = dil;
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t p = o * stride - pad + k * dil;
-      if (p < 0 || p >= size_in) continue;
-      if (t.count == 0) {
-        t.k0 = k;
-        t.p0 = p;
-      }
-      ++t.count;  // valid taps are contiguous in k: p grows with k
-    }
-    taps[o] = t;
-  }
-  return taps;
-}
-
-std::vector<Taps> backward_taps(int64_t size_in, int64_t size_out, int64_t K, int64_t stride, int64_t pad,
-                                int64_t dil) {
-  std::vector<Taps> taps(size_in);
-  const int64_t gcd = std::gcd(stride, dil);
-  for (int64_t h = 0; h < size_in; ++h) {
-    Taps t;
-    t.kstep = stride / gcd;
-    t.pstep = -dil / gcd;
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t num = h + pad - k * dil;
-      if (num < 0 || num % stride != 0 || num / stride >= size_out) continue;
-      if (t.count == 0) {
-        t.k0 = k;
-        t.p0 = num / stride;
-      }
-      ++t.count;  // solutions are exactly every kstep-th k, until o leaves [0, size_out)
-    }
-    taps[h] = t;
-  }
-  return taps;
-}
 
 // A 2-D walk over taps: `rows` x `cols` steps; moving one row tap advances the weight pointer by w_row and the
 // source pointer by s_row, one column tap by w_col and s_col.
