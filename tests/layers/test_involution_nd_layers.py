@@ -131,11 +131,11 @@ def test_torch_export_matches_eager_at_other_sizes(dims):
 def test_onnx_with_standard_operators_matches_eager_at_other_sizes(dims, tmp_path):
     require_or_skip("onnxscript")
     ort = require_or_skip("onnxruntime")
-    from involution.ops.onnx import onnx_translation_table
+    from involution.ops.onnx import onnx_decompositions, onnx_translation_table
 
     net, program = _exported(dims)
-    onnx_program = torch.onnx.export(program, dynamo=True, custom_translation_table=onnx_translation_table(),
-                                     optimize=False, verbose=False)
+    onnx_program = torch.onnx.export(program.run_decompositions(onnx_decompositions()), dynamo=True,
+                                     custom_translation_table=onnx_translation_table(), optimize=False, verbose=False)
     assert all(node.domain in ("", "ai.onnx") for node in onnx_program.model_proto.graph.node)
     path = tmp_path / "net.onnx"
     onnx_program.save(str(path))

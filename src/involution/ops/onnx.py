@@ -224,24 +224,24 @@ def _involution3d_decomposition(input, weight, stride, padding, dilation):
     return depth_tap_sum(input, weight, list(stride), list(padding), list(dilation), in_place=False).to(input.dtype)
 
 
-def _register_involution3d_decomposition() -> None:
-    """The ONNX exporter decomposes every op it cannot lower with torch's decomposition table, so the 3-D op, which
-    has no ONNX form of its own, reaches ONNX as the 2-D op's taps. Added here, on the way to ONNX only."""
+def onnx_decompositions() -> dict[Callable[..., torch.Tensor], Callable[..., Any]]:
+    """What an exported program must be decomposed with before ONNX (``ExportedProgram.run_decompositions``): the
+    3-D op, which has no ONNX form of its own, as the 2-D op's depth taps, each then lowered by
+    :func:`onnx_translation_table`. Applied to the program being exported only; torch's tables are not touched."""
     from . import _library3d  # noqa: F401  (defines torch.ops.involution.involution3d)
 
-    table = torch._decomp.decomposition_table
-    table[torch.ops.involution.involution3d.default] = _involution3d_decomposition
+    return {torch.ops.involution.involution3d.default: _involution3d_decomposition}
 
 
 def onnx_translation_table(onnx_ops: str = "standard") -> dict[Callable[..., torch.Tensor], Callable[..., Any]]:
     """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``: the involution op -> ONNX (the 1-D op is
-    traced into the 2-D one, the 3-D op decomposed into it), and ``aten.conv3d`` without onnxscript 0.7's bias bug.
+    traced into the 2-D one, the 3-D op decomposed into it first by :func:`onnx_decompositions`), and
+    ``aten.conv3d`` without onnxscript 0.7's bias bug.
 
     Args:
         onnx_ops: ``"standard"`` (standard operators, :func:`involution2d_onnx`) or ``"custom"`` (one custom node,
             :func:`involution2d_onnx_custom`).
     """
     check_onnx_ops(onnx_ops)
-    _register_involution3d_decomposition()
     lowering = involution2d_onnx if onnx_ops == "standard" else involution2d_onnx_custom
     return {torch.ops.involution.involution2d.default: lowering, torch.ops.aten.conv3d.default: conv3d_onnx}

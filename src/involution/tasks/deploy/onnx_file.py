@@ -41,11 +41,11 @@ def write_onnx(
     import onnx
     import onnxscript.optimizer
 
-    from ...ops.onnx import onnx_translation_table
+    from ...ops.onnx import onnx_decompositions, onnx_translation_table
 
     kwargs = {} if opset is None else {"opset_version": opset}
     onnx_program = torch.onnx.export(
-        program,
+        program.run_decompositions(onnx_decompositions()),
         (example,),
         dynamo=True,
         custom_translation_table=onnx_translation_table(onnx_ops),
