@@ -39,13 +39,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..layers.pool import CeilAvgPool2d
 from ..ops.flops import FLOP_FORMULAS, register_flop_formulas
-from .checkpoint_checks import model_in_chans
+from .input_shape import InputSize, input_shape
 from .registry import create_model
 
 __all__ = ["FLOP_FORMULAS", "FlopReport", "count_flops", "count_params", "mmcv_style_macs", "register_flop_formulas",
            "summary"]
 
-InputSize = int | Sequence[int]
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -64,21 +63,12 @@ def _build(model: nn.Module | str, model_kwargs: Mapping[str, Any]) -> nn.Module
         return create_model(model, **model_kwargs)
 
 
-def _input_shape(model: nn.Module, input_size: InputSize | None) -> tuple[int, ...]:
-    """``(N, C, H, W)`` from an int or ``(H, W)`` (the model's channels), ``(C, H, W)``, ``(N, C, H, W)``, or the
-    model's pretrained_cfg; channels other than those the model declares are refused before its first convolution."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    declared = model_in_chans(model)  # None for a bare layer: its channels are the caller's business
-    in_chans = declared or int(cfg.get("input_size", (3,))[0])
-    size = input_size if input_size is not None else tuple(cfg.get("input_size", (3, 224, 224)))
-    shape = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
-    shape = {2: (1, in_chans, *shape), 3: (1, *shape)}.get(len(shape), shape)
-    if len(shape) != 4 or min(shape) < 1:
-        raise ValueError(f"input_size must be an int, (H, W), (C, H, W) or (N, C, H, W) of positive sizes, got {size}")
-    if declared is not None and shape[1] != declared:
-        raise ValueError(f"input_size {size}: {getattr(model, 'model_name', None) or type(model).__name__} takes "
-                         f"{declared} input channel(s), not {shape[1]}; give H W, or C H W with C = {declared}")
-    return shape
+#: The forward involution ops, as FlopCounterMode names them in ``by_op``.
+INVOLUTION_OPS = ("involution.involution2d", "involution.involution3d")
+
+
+def _involution_total(by_op: Mapping[str, int]) -> int:
+    return sum(by_op.get(name, 0) for name in INVOLUTION_OPS)
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype:
@@ -141,7 +131,7 @@ class FlopReport:
     @property
     def involution_macs(self) -> int:
         """Forward MACs of the involution aggregations alone (their kernel generators are convolutions)."""
-        return self.by_op.get("involution.involution2d", 0)
+        return _involution_total(self.by_op)
 
     def __str__(self) -> str:
         ops = ", ".join(f"{k} {v / 1e9:.4f}" for k, v in sorted(self.by_op.items(), key=lambda kv: -kv[1]))
@@ -230,7 +220,7 @@ def count_flops(
         ``2 * report.macs``.
     """
     model = _build(model, model_kwargs)
-    shape = _input_shape(model, input_size)
+    shape = input_shape(model, input_size)
     dtype = _float_dtype(model)
     on_meta = device is not None and torch.device(device).type == "meta"
     if device is not None and not on_meta:
@@ -276,7 +266,7 @@ def mmcv_style_macs(
     sum, what mmcv reports) and ``involution`` (the aggregation MACs that mmcv leaves out, not in ``total``).
     """
     model = _build(model, model_kwargs)
-    shape = _input_shape(model, input_size)
+    shape = input_shape(model, input_size)
     counts = dict.fromkeys(("conv", "conv_bias", "linear", "norm", "act", "pool"), 0)
     pools = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, CeilAvgPool2d)
     norms = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d, nn.BatchNorm1d)
@@ -303,7 +293,7 @@ def mmcv_style_macs(
     counts_by_op = _meta_forward(model, shape, lambda: [m.register_forward_hook(hook) for m in model.modules()])
     by_op, _ = _split_counts(counts_by_op)
     counts["total"] = sum(counts.values())
-    counts["involution"] = by_op.get("involution.involution2d", 0)
+    counts["involution"] = _involution_total(by_op)
     return counts
 
 
@@ -368,7 +358,7 @@ def summary(
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     model = _build(model_name_or_model, model_kwargs)
-    shape = _input_shape(model, input_size)
+    shape = input_shape(model, input_size)
     names = {m: n for n, m in model.named_modules() if n and n.count(".") < depth}
     out_shapes: dict[str, tuple[int, ...]] = {}
 
@@ -378,8 +368,8 @@ def summary(
 
     counts = _meta_forward(model, shape, lambda: [m.register_forward_hook(hook) for m in names])
     by_op, by_module = _split_counts(counts)
-    inv_op = torch.ops.involution.involution2d
-    inv = {_strip_root(k): ops.get(inv_op, 0) // 2 for k, ops in counts.items() if k != "Global"}
+    inv_ops = (torch.ops.involution.involution2d, torch.ops.involution.involution3d)
+    inv = {_strip_root(k): sum(ops.get(op, 0) for op in inv_ops) // 2 for k, ops in counts.items() if k != "Global"}
     rows = [
         (
             "  " * name.count(".") + name,
@@ -393,7 +383,7 @@ def summary(
     ]
     params, macs = count_params(model), sum(by_op.values())
     header = ("module", "type", "params", "MMACs", "of which inv.", "output (C x H x W)")
-    footer = ("total", "", f"{params:,}", _mmacs(macs), _mmacs(by_op.get("involution.involution2d", 0), True), "")
+    footer = ("total", "", f"{params:,}", _mmacs(macs), _mmacs(_involution_total(by_op), True), "")
     title = getattr(model, "model_name", None) or type(model).__name__
     lines = [f"{title}, input {tuple(shape)}", *_table(header, rows, footer), *_notes(model, params, macs, by_op)]
     return "\n".join(lines)

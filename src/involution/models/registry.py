@@ -115,9 +115,10 @@ def model_entrypoint(name: str) -> Callable[..., nn.Module]:
     return _ENTRYPOINTS[name]
 
 
-def channel_stats(rgb: Sequence[float], in_chans: int) -> tuple[float, ...]:
-    """Per-channel normalisation for ``in_chans`` inputs: the RGB values, or their mean for every channel."""
-    return tuple(rgb) if in_chans == 3 else (round(sum(rgb) / 3, 4),) * in_chans
+def channel_stats(stats: Sequence[float], in_chans: int) -> tuple[float, ...]:
+    """Per-channel normalisation for ``in_chans`` inputs: ``stats`` (RGB values, or a model's own per-channel ones)
+    when they are that many, else their mean for every channel."""
+    return tuple(stats) if len(stats) == in_chans else (round(sum(stats) / len(stats), 4),) * in_chans
 
 
 def check_placement(device: Any, dtype: Any) -> tuple[torch.device | None, torch.dtype | None]:
@@ -169,8 +170,8 @@ def build_model(
     cfg["architecture"] = name
     cfg["num_classes"] = getattr(model, "num_classes", cfg.get("num_classes"))
     cfg["first_conv"] = getattr(model, "first_conv", cfg.get("first_conv"))
-    in_chans = kwargs.get("in_chans", 3)
-    if in_chans != 3:
+    in_chans = kwargs.get("in_chans", getattr(model, "in_chans", None)) or cfg.get("input_size", (3,))[0]
+    if "input_size" in cfg and in_chans != cfg["input_size"][0]:
         for key in ("input_size", "min_input_size"):
             if key in cfg:
                 cfg[key] = (in_chans, *cfg[key][1:])
@@ -200,7 +201,7 @@ def create_model(
         num_classes: classifier outputs (0: no classifier; ``forward`` gives pooled features); None: the
             model's own default (1000 for the ImageNet classifiers, 80 object classes for the COCO detectors,
             19 (Cityscapes) for the segmentors).
-        in_chans: input channels.
+        in_chans: input channels (the clip models' ``pretrained_cfg`` follows: pass 1 for grey clips).
         features_only: build a backbone returning the stage maps (``feature_info`` describes them).
         out_indices: the stages (0..3, strides 4/8/16/32) returned when ``features_only``.
         checkpoint: a file to load: official mmcls ``.pth``, a plain state dict, or this library's safetensors
