@@ -3,7 +3,8 @@
 Without a GPU the kernels run on CPU tensors in Triton's interpreter. Triton reads ``TRITON_INTERPRET`` when it
 is first imported (and ``torch.compile`` imports it), so setting the variable inside a test process that may have
 imported Triton already does not work: without a GPU, :func:`test_kernels_in_the_triton_interpreter` runs this
-file again in a child process with ``TRITON_INTERPRET=1``, where the other tests run (they skip in the parent).
+file again in a child process with ``TRITON_INTERPRET=1`` (``triton_interpreter.py``), where the other tests run
+(they skip in the parent).
 Setting ``TRITON_INTERPRET=1`` yourself runs them in-process. The interpreter costs milliseconds per kernel
 statement, so the shapes are tiny, chosen to hit the edges of its single 64-pixel x 8-channel tile: ragged
 channel blocks, several pixel blocks, taps in the padding. With a GPU the same tests run on CUDA tensors with the
@@ -13,10 +14,7 @@ compiled, autotuned kernels, and so do the GPU-only tests at the end (they skip 
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,38 +22,26 @@ import torch
 import involution
 from involution.ops import backend_status, use_backend
 from involution.ops.backends import get_backend, select_backend
-from involution.ops.backends.triton_impl import TritonBackend, _interpret_requested, shape_class
+from involution.ops.backends.triton_impl import TritonBackend, shape_class
 from backend_requirements import skip_or_fail
 from op_helpers import assert_matches_reference, assert_op_accumulates_in_float32, is_channels_last, make_case
 from reference import involution2d_reference, reference_grads
+from triton_interpreter import DEVICE, IN_PROCESS, ON_GPU, in_process, not_in_process, run_in_interpreter
 
 if importlib.util.find_spec("triton") is None:  # not imported here: the child process must import it first
     skip_or_fail("the test dependency 'triton' is not installed (it comes with torch on Linux)")
 
-ON_GPU = torch.cuda.is_available()
-IN_PROCESS = ON_GPU or _interpret_requested()  # else the child process runs the kernel tests
 BACKEND = get_backend("triton")
 if IN_PROCESS and not BACKEND.is_available():
     skip_or_fail(f"the triton backend cannot run here: {BACKEND.unavailable_reason()}")
 
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-in_process = pytest.mark.skipif(
-    not IN_PROCESS, reason="run by test_kernels_in_the_triton_interpreter in a child process (TRITON_INTERPRET=1)"
-)
 needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
 
 
-@pytest.mark.skipif(IN_PROCESS, reason="the kernel tests run in this process")
+@not_in_process
 def test_kernels_in_the_triton_interpreter() -> None:
     """Without a GPU: every test below, on CPU tensors, in a fresh process with Triton's interpreter on."""
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__).resolve())]
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    report = f"{proc.stdout[-12000:]}\n{proc.stderr[-4000:]}"
-    assert proc.returncode == 0, f"the interpreter run failed:\n{report}"
-    if " passed" not in proc.stdout:  # e.g. a Triton that fails on import: the child skipped the whole module
-        skip_or_fail(f"the interpreter run skipped every test:\n{report[-2000:]}")
+    run_in_interpreter(__file__)
 
 
 # ------------------------------------------------------------------------------------------------- helpers

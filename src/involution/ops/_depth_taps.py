@@ -1,5 +1,5 @@
 """The 3-D involution and its two gradients as sums over depth taps of the 2-D op: what the 3-D op runs on a backend
-without 3-D kernels of its own (``"torch"``, ``"triton"``).
+without 3-D kernels of its own (``"torch"``; ``"cpu"`` and ``"triton"`` have theirs), and its ONNX decomposition.
 
 For each depth tap ``t`` the output depths ``z`` read input depth ``z * sd - pd + t * dd``, so the depth axis joins
 the batch and one 2-D involution per (sample, tap) aggregates the ``Kh x Kw`` window of every output depth at once:

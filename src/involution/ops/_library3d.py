@@ -7,7 +7,7 @@ Three ops, the 2-D ones' counterparts (:mod:`._library`), with (d, h, w) triples
 * ``involution::involution3d_backward_weight(grad_output, input, weight, stride, padding, dilation)``
 
 So ``opcheck``, ``torch.compile`` and ``torch.export`` see one op per pass, whatever runs it: a backend's own 3-D
-kernels where it has them (``native_3d``: the ``"cpu"`` backend), else the sums of 2-D taps of
+kernels where it has them (``native_3d``: the ``"cpu"`` and ``"triton"`` backends), else the sums of 2-D taps of
 :mod:`._depth_taps`. Features keep their layout (NDHWC stays NDHWC, anything else NCDHW; a grad_input takes
 grad_output's), a weight gradient the weight's strides when they are dense; the kernels write them in place.
 """

@@ -4,8 +4,10 @@ Triton is imported lazily, on the first question asked of this backend that need
 works without Triton (or with a broken install): the backend then reports itself unavailable with the reason and
 CUDA tensors fall back to the ``"torch"`` backend.
 
-The kernels read and write every tensor through its strides (NCHW, channels_last, a channels_last generator's
-output viewed as 6-D, sliced or permuted weights: no copies) and accumulate in float32 (float64 for float64).
+The 2-D and 3-D kernels (``triton_kernels.py``, ``triton_kernels3d.py``: :attr:`TritonBackend.native_3d`) read and
+write every tensor through its strides (NCHW, channels_last, a channels_last generator's
+output viewed as 6-D, sliced or permuted weights; NCDHW, NDHWC and a channels_last_3d generator's output viewed as
+8-D in 3-D: no copies) and accumulate in float32 (float64 for float64).
 They are autotuned per shape class (:func:`shape_class`: powers of two of the pixel counts, the layouts), not per
 exact size, and every sum is taken in an order that does not depend on the tuned tile, so results are
 bit-identical whichever tile a process picked.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 from types import ModuleType
 
@@ -27,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .._shapes import Pair
-from .base import Backend, register_backend
+from .base import Backend, Triple, register_backend
 
 
 def _interpret_requested() -> bool:
@@ -56,20 +59,32 @@ def _innermost(t: Tensor) -> int:
 def shape_class(a: Tensor, w: Tensor, b: Tensor) -> dict[str, int]:
     """The kernels' shape-class arguments, which stand in the autotuner's key for the exact image size and strides:
     ``a`` is the input-sized (N, C, H, W) tensor, ``w`` the (N, G, Kh, Kw, Ho, Wo) one, ``b`` the output-sized
-    (N, C, Ho, Wo) one."""
+    (N, C, Ho, Wo) one; in 3-D (N, C, D, H, W), (N, G, Kd, Kh, Kw, Do, Ho, Wo) and (N, C, Do, Ho, Wo), the pixel
+    counts then counting voxels."""
     return {
-        "IN_PIX_CLASS": _pixel_class(a.shape[2] * a.shape[3]),
-        "OUT_PIX_CLASS": _pixel_class(b.shape[2] * b.shape[3]),
+        "IN_PIX_CLASS": _pixel_class(math.prod(a.shape[2:])),
+        "OUT_PIX_CLASS": _pixel_class(math.prod(b.shape[2:])),
         "LAYOUT_CLASS": _innermost(a) + 8 * _innermost(w) + 64 * _innermost(b),
     }
 
 
+#: The kernel of each pass, by number of spatial dimensions; the 3-D ones live in ``triton_kernels3d``.
+_KERNEL_NAMES = {
+    2: {"fwd": "involution_fwd_kernel", "bwd_input": "involution_bwd_input_kernel",
+        "bwd_weight": "involution_bwd_weight_kernel"},
+    3: {"fwd": "involution3d_fwd_kernel", "bwd_input": "involution3d_bwd_input_kernel",
+        "bwd_weight": "involution3d_bwd_weight_kernel"},
+}  # fmt: skip
+
+
 class TritonBackend(Backend):
     name = "triton"
+    native_3d = True
 
     def __init__(self) -> None:
         super().__init__()
         self._kernels: ModuleType | None = None
+        self._kernels3d: ModuleType | None = None
 
     # ------------------------------------------------------------------------------------------ loading
     def _load(self) -> ModuleType | None:
@@ -78,6 +93,7 @@ class TritonBackend(Backend):
             if self._kernels is None and not self._error:
                 try:
                     triton_kernels = importlib.import_module(f"{__package__}.triton_kernels")
+                    self._kernels3d = importlib.import_module(f"{__package__}.triton_kernels3d")
                 except Exception as exc:  # not installed, or an install that fails on import: fall back, say why
                     self._error = f"could not load the Triton kernels: {type(exc).__name__}: {str(exc).strip()[-500:]}"
                 else:
@@ -110,22 +126,22 @@ class TritonBackend(Backend):
     # ------------------------------------------------------------------------------------------- kernels
     def _launch(
         self,
-        kernel_name: str,
-        loop_over_channels: bool,
+        kernel_pass: str,
         a: Tensor,
         w: Tensor,
         b: Tensor,
         ptrs: tuple[Tensor, Tensor, Tensor],
-        stride: Pair,
-        padding: Pair,
-        dilation: Pair,
+        stride: Pair | Triple,
+        padding: Pair | Triple,
+        dilation: Pair | Triple,
     ) -> None:
-        """Run one kernel. ``a`` is the input-sized (N, C, H, W) tensor, ``w`` the (N, G, Kh, Kw, Ho, Wo) one, ``b``
-        the output-sized (N, C, Ho, Wo) one; ``ptrs`` the kernel's three tensor arguments in its own order.
+        """Run one kernel, ``kernel_pass`` ("fwd", "bwd_input" or "bwd_weight"), 2-D or 3-D as ``a`` is. ``a`` is
+        the input-sized (N, C, H, W) tensor, ``w`` the (N, G, Kh, Kw, Ho, Wo) one, ``b`` the output-sized
+        (N, C, Ho, Wo) one (in 3-D: (N, C, D, H, W), (N, G, Kd, Kh, Kw, Do, Ho, Wo), (N, C, Do, Ho, Wo)); ``ptrs``
+        the kernel's three tensor arguments in its own order.
 
-        ``loop_over_channels``: one program per (sample, group, pixel block) that loops over the group's channels
-        (grad_weight); otherwise one per channel block too. The pixel blocks cover ``a`` for grad_input, ``b``
-        otherwise."""
+        grad_weight runs one program per (sample, group, pixel block) that loops over the group's channels; the
+        others one per channel block too. The pixel blocks cover ``a`` for grad_input, ``b`` otherwise."""
         kernels = self._load()
         if kernels is None:
             raise RuntimeError(f"the triton involution backend is unavailable: {self._error}")
@@ -141,46 +157,63 @@ class TritonBackend(Backend):
                     f"the triton involution backend needs each sample of a tensor to span < 2**31 elements, got "
                     f"shape {tuple(t.shape)} with strides {t.stride()}; use the 'torch' backend for it"
                 )
-        n, c, h, wd = a.shape
-        _, g, kh, kw, ho, wo = w.shape
+        dims = a.dim() - 2
+        n, c, *in_size = a.shape
+        g, kernel_size, out_size = w.shape[1], w.shape[2 : 2 + dims], w.shape[2 + dims :]
         cg = c // g
         if a.numel() == 0 or b.numel() == 0:
-            if kernel_name != "involution_fwd_kernel" and ptrs[2].numel():
+            if kernel_pass != "fwd" and ptrs[2].numel():
                 ptrs[2].zero_()  # nothing reads these pixels: their gradient is zero
             return
-        n_pix = h * wd if kernel_name == "involution_bwd_input_kernel" else ho * wo
+        n_pix = math.prod(in_size if kernel_pass == "bwd_input" else out_size)
         acc = kernels.tl.float64 if a.dtype == torch.float64 else kernels.tl.float32
+        module = kernels if dims == 2 else self._kernels3d
 
         def grid(meta: dict) -> tuple[int]:
-            channel_blocks = 1 if loop_over_channels else kernels.triton.cdiv(cg, meta["BLOCK_C"])
+            channel_blocks = 1 if kernel_pass == "bwd_weight" else kernels.triton.cdiv(cg, meta["BLOCK_C"])
             return (n * g * channel_blocks * kernels.triton.cdiv(n_pix, meta["BLOCK_P"]),)
 
         device = contextlib.nullcontext() if a.device.type != "cuda" else torch.cuda.device(a.device)
         with device:
-            getattr(kernels, kernel_name)[grid](
+            getattr(module, _KERNEL_NAMES[dims][kernel_pass])[grid](
                 *ptrs,
-                g, cg, h, wd, ho, wo,
+                g, cg, *in_size, *out_size,
                 *_strides(a), *_strides(w), *_strides(b),
                 *stride, *padding, *dilation,
                 **shape_class(a, w, b),
-                KH=kh, KW=kw, ACC=acc,
+                **dict(zip(("KD", "KH", "KW")[-dims:], kernel_size)), ACC=acc,
             )  # fmt: skip
 
     def forward(self, input: Tensor, weight: Tensor, out: Tensor, stride: Pair, padding: Pair, dilation: Pair) -> None:
         conv = (stride, padding, dilation)
-        self._launch("involution_fwd_kernel", False, input, weight, out, (input, weight, out), *conv)
+        self._launch("fwd", input, weight, out, (input, weight, out), *conv)
 
     def backward_input(
         self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
         ptrs, conv = (grad_output, weight, grad_input), (stride, padding, dilation)
-        self._launch("involution_bwd_input_kernel", False, grad_input, weight, grad_output, ptrs, *conv)
+        self._launch("bwd_input", grad_input, weight, grad_output, ptrs, *conv)
 
     def backward_weight(
         self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
         ptrs, conv = (grad_output, input, grad_weight), (stride, padding, dilation)
-        self._launch("involution_bwd_weight_kernel", True, input, grad_weight, grad_output, ptrs, *conv)
+        self._launch("bwd_weight", input, grad_weight, grad_output, ptrs, *conv)
+
+    # The 3-D kernels: the same launches with (d, h, w) triples; features and weights read through their strides.
+    def forward3d(self, input: Tensor, weight: Tensor, out: Tensor, stride: Triple, padding: Triple,
+                  dilation: Triple) -> None:
+        self._launch("fwd", input, weight, out, (input, weight, out), stride, padding, dilation)
+
+    def backward_input3d(self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Triple,
+                         padding: Triple, dilation: Triple) -> None:
+        ptrs, conv = (grad_output, weight, grad_input), (stride, padding, dilation)
+        self._launch("bwd_input", grad_input, weight, grad_output, ptrs, *conv)
+
+    def backward_weight3d(self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Triple,
+                          padding: Triple, dilation: Triple) -> None:
+        ptrs, conv = (grad_output, input, grad_weight), (stride, padding, dilation)
+        self._launch("bwd_weight", input, grad_weight, grad_output, ptrs, *conv)
 
 
 register_backend(TritonBackend())

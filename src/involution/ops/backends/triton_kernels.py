@@ -73,8 +73,13 @@ def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> 
     return kept or configs
 
 
+def _tuned(fn: triton.JITFunction, key: list[str]) -> triton.runtime.Autotuner:
+    """``fn`` autotuned over the tiles above, keyed on the argument names ``key`` (the 3-D kernels add theirs)."""
+    return triton.autotune(configs=_configs(), key=key, prune_configs_by={"early_config_prune": _prune})(fn)
+
+
 def _autotuned(fn: triton.JITFunction) -> triton.runtime.Autotuner:
-    return triton.autotune(configs=_configs(), key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune})(fn)
+    return _tuned(fn, _TUNE_KEY)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
