@@ -190,3 +190,18 @@ def test_summary_table():
     assert "input (1, 3, 32, 32)" in deep and "layer1.0" in deep and "Bottleneck" in deep
     with pytest.raises(ValueError, match="depth"):
         summary("rednet26", depth=0)
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_clip_models_are_measured_at_their_clip_size_and_count_the_3d_op(in_chans):
+    """A clip model's summary runs at its cfg's (C, T, H, W), which follows the channels it was built with, and its
+    Involution3d aggregation is counted (N * C * T * H * W * 27 per layer at stride 1), not left out."""
+    model = create_model("video_rednet_tiny", in_chans=in_chans)
+    assert model.pretrained_cfg["input_size"] == (in_chans, 8, 32, 32)
+    assert len(model.pretrained_cfg["mean"]) == in_chans
+    text = summary(model)
+    assert f"input {(1, in_chans, 8, 32, 32)}" in text and "involution.involution3d" in text
+    report = count_flops(model, input_size=None)  # None: the model's cfg input size
+    assert report.involution_macs > 0 and report.by_op["involution.involution3d"] == report.involution_macs
+    with pytest.raises(ValueError, match=f"takes {in_chans} input channel"):
+        summary(model, input_size=(in_chans + 1, 8, 32, 32))

@@ -28,7 +28,7 @@ def input_shape(model: nn.Module, input_size: InputSize | None) -> tuple[int, ..
         raise ValueError(f"input_size must be an int, ({axes}), (C, {axes}) or (N, C, {axes}) of positive sizes, "
                          f"got {size}")
     if declared is not None and shape[1] != declared:
+        sizes = "H W" if dims == 2 else "T H W"
         raise ValueError(f"input_size {size}: {getattr(model, 'model_name', None) or type(model).__name__} takes "
-                         f"{declared} input channel(s), not {shape[1]}; give the sizes alone, or C first with "
-                         f"C = {declared}")
+                         f"{declared} input channel(s), not {shape[1]}; give {sizes}, or C {sizes} with C = {declared}")
     return shape
