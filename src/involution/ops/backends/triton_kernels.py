@@ -109,6 +109,23 @@ def _reader_index(t, S, size_out):
     return o, (t >= 0) & (o * S == t) & (o < size_out)
 
 
+@triton.jit
+def _channel_dot(gy_at, x_at, b_sc, a_sc, g, CG, ok, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                 ACC: tl.constexpr):
+    """(BLOCK_P,) sums over group g's CG channels of gy * x at the positions gy_at / x_at (channel strides b_sc /
+    a_sc), masked by ok: the channels added one by one in channel order, so the bits do not depend on BLOCK_C
+    (it only unrolls the loop; the channels past CG it pads with add exact zeros). grad_weight's reduction."""
+    acc = tl.zeros([BLOCK_P], dtype=ACC)
+    for c0 in range(0, CG, BLOCK_C):
+        for i in tl.static_range(BLOCK_C):
+            chan = g * CG + c0 + i
+            m = ok & (c0 + i < CG)
+            gys = tl.load(gy_at + chan * b_sc, mask=m, other=0.0)
+            xs = tl.load(x_at + chan * a_sc, mask=m, other=0.0)
+            acc += gys.to(ACC) * xs.to(ACC)
+    return acc
+
+
 # ------------------------------------------------------------------------------------------------- forward
 @_autotuned
 @triton.jit
@@ -224,14 +241,6 @@ def involution_bwd_weight_kernel(
         for v in range(KW):
             q = col0 + v * DW
             ok = r_ok & (q >= 0) & (q < W)
-            x_pix = x_row + q * a_sw
-            acc = tl.zeros([BLOCK_P], dtype=ACC)
             # gy's pixels are the same for every tap; after the first tap they come from L1/L2, not DRAM
-            for c0 in range(0, CG, BLOCK_C):
-                for i in tl.static_range(BLOCK_C):
-                    chan = g * CG + c0 + i
-                    m = ok & (c0 + i < CG)
-                    gys = tl.load(gy_base + chan * b_sc, mask=m, other=0.0)
-                    xs = tl.load(x_pix + chan * a_sc, mask=m, other=0.0)
-                    acc += gys.to(ACC) * xs.to(ACC)
+            acc = _channel_dot(gy_base, x_row + q * a_sw, b_sc, a_sc, g, CG, ok, BLOCK_P, BLOCK_C, ACC)
             tl.store(gw_base + u * w_su + v * w_sv, acc.to(gw_ptr.dtype.element_ty), mask=p_ok)

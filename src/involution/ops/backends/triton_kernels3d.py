@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_kernels import _program_tile, _reader_index, _tuned
+from .triton_kernels import _channel_dot, _program_tile, _reader_index, _tuned
 
 # The 2-D key with the depth axis; the *_CLASS arguments count voxels instead of pixels.
 _TUNE_KEY_3D = ["CG", "KD", "KH", "KW", "SD", "SH", "SW", "IN_PIX_CLASS", "OUT_PIX_CLASS", "LAYOUT_CLASS"]
@@ -165,13 +165,5 @@ def involution3d_bwd_weight_kernel(
             for v in range(KW):
                 q = col0 + v * DW
                 ok = r_ok & (q >= 0) & (q < W)
-                x_vox = x_row + q * a_sw
-                acc = tl.zeros([BLOCK_P], dtype=ACC)
-                for c0 in range(0, CG, BLOCK_C):
-                    for i in tl.static_range(BLOCK_C):
-                        chan = g * CG + c0 + i
-                        m = ok & (c0 + i < CG)
-                        gys = tl.load(gy_base + chan * b_sc, mask=m, other=0.0)
-                        xs = tl.load(x_vox + chan * a_sc, mask=m, other=0.0)
-                        acc += gys.to(ACC) * xs.to(ACC)
+                acc = _channel_dot(gy_base, x_row + q * a_sw, b_sc, a_sc, g, CG, ok, BLOCK_P, BLOCK_C, ACC)
                 tl.store(gw_base + t * w_st + u * w_su + v * w_sv, acc.to(gw_ptr.dtype.element_ty), mask=p_ok)
