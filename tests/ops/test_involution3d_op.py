@@ -87,6 +87,38 @@ def test_native_low_precision_accumulates_in_float32(geometry, dtype, layout, we
     assert_op_accumulates_in_float32(results, x, w, gy, conv, msg=f"{dtype} {layout} {weight_layout}")
 
 
+# Wider rows and taller slices than GEOMETRIES, for the NCDHW forward's blocking: rows of several register blocks
+# with a remainder of more and of less than half a block, slices split into row blocks (several tasks per slice, and
+# rows staged in several chunks), a width stride with dilation.
+WIDE = [
+    (8, 2, (3, 24, 40), (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
+    (32, 1, (3, 30, 70), (3, 3, 5), (1, 1, 2), (1, 1, 2), (1, 1, 1)),
+    (12, 3, (4, 17, 45), (2, 5, 3), (2, 1, 1), (1, 2, 2), (1, 1, 2)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("input_layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("geometry", WIDE, ids=lambda g: "x".join(map(str, g[2])))
+def test_ncdhw_forward_blocks(geometry, input_layout, dtype):
+    """The NCDHW forward on rows of several blocks and slices of several tasks, on a contiguous input and on a
+    strided one (every other column of a wider tensor), against the float64 reference (low precision: within the
+    float32-accumulation bound)."""
+    x, w, gy, conv = case_tensors(geometry, dtype, "ncdhw", "contiguous")
+    if input_layout == "strided":
+        wide = torch.zeros(*x.shape[:-1], 2 * x.shape[-1], dtype=dtype)
+        wide[..., ::2] = x
+        x = wide[..., ::2]
+        assert not x.is_contiguous()
+    results = op_results(x, w, gy, conv)
+    if dtype == torch.float64:
+        ref = involution_nd_reference_and_grads(x, w, gy, *conv)
+        for name, got, expected in zip(("forward", "grad_input", "grad_weight"), results, ref):
+            assert_matches_reference(got, expected, msg=name)
+    else:
+        assert_op_accumulates_in_float32(results, x, w, gy, conv, msg=f"{dtype} {input_layout}")
+
+
 @pytest.mark.parametrize("backend_name", ["cpu", "torch"])
 @pytest.mark.parametrize("layout", ["ncdhw", "ndhwc"])
 def test_opcheck(backend_name, layout):

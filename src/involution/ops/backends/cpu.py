@@ -46,7 +46,7 @@ from .base import Backend, Triple, register_backend
 _CSRC = Path(__file__).resolve().parent.parent / "csrc"
 _SOURCE = _CSRC / "involution_cpu.cpp"
 _SOURCE_3D = _CSRC / "involution3d_cpu.cpp"  # the 3-D op's kernels, in the same extension
-_HEADERS = (_CSRC / "involution_nchw.h", _CSRC / "involution_cpu_common.h")  # included by the sources
+_HEADERS = (_CSRC / "involution_nchw.h", _CSRC / "involution_ncdhw.h", _CSRC / "involution_cpu_common.h")  # included by the sources
 
 
 def _openmp_flags() -> list[str]:

@@ -7,9 +7,10 @@
 //   A group's Cg channels are contiguous, so each kernel weight is broadcast into a vector and multiplied with a
 //   vector of channels; a voxel's accumulators stay in registers over all its Kd*Kh*Kw taps (as the 2-D NHWC
 //   kernels of involution_cpu.cpp do for Kh*Kw).
-// * NCDHW (forward3d_ncdhw, ...): feature maps of any strides, vectorised along output rows: each task stages the
-//   input rows it reads, zero-padded along the width and widened to the accumulator type, in a small buffer of its
-//   own (so borders need no branches), and sums whole rows.
+// * NCDHW (forward3d_ncdhw, ...): feature maps of any strides, vectorised along output rows. The forward is
+//   involution_ncdhw.h's (the 2-D NCHW register blocks over all Kd*Kh*Kw taps); the gradients stage the rows they
+//   read, zero-padded along the width and widened to the accumulator type, in small buffers of their own (so
+//   borders need no branches), and sum whole rows.
 //
 // Both read the weight (N, G, Kd, Kh, Kw, Do, Ho, Wo) in place through its strides, contiguous or the view of a
 // channels_last_3d generator output, and write their results through the result's strides. Every kernel is a
@@ -24,10 +25,11 @@
 #include <vector>
 
 #include "involution_cpu_common.h"
+#include "involution_ncdhw.h"
 
 namespace {
 
-using namespace involution_cpu;  // Lanes, Taps, forward_taps, backward_taps
+using namespace involution_cpu;  // Lanes, Taps, forward_taps, backward_taps, nchw_data, AtenParallelFor
 
 struct Geometry3d {
   int64_t N, C, G, Cg;
@@ -274,43 +276,25 @@ inline void row_fma(A* __restrict acc, const A* __restrict wv, const A* __restri
   }
 }
 
-// forward: each task is an output row (n, g, z, i) of every channel of group g; each tap row of kernel weights is
-// staged once and used for the group's Cg channels.
+// forward: the register-blocked kernel of involution_ncdhw.h (each output row contiguous: `out` is written through a
+// contiguous buffer when it is not).
 template <typename T>
 void forward_ncdhw(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& out, const Geometry3d& g) {
-  using A = at::opmath_type<T>;
-  const T* x = input.data_ptr<T>();
-  const T* w = weight.data_ptr<T>();
-  T* y = out.data_ptr<T>();
-  const Feat5 xs(input), ys(out);
-  const Weight8 ws(weight);
-  const AxisTaps taps(g, /*backward=*/false);
-  const int64_t Kh = g.kernel[1], Kw = g.kernel[2], Wo = g.out[2], Wp = g.size[2] + 2 * g.pad[2];
-  const int64_t sw = g.stride[2], dw = g.dil[2];
-  at::parallel_for(0, g.N * g.G * g.out[0] * g.out[1], 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> wbuf(g.kernel[0] * Kh * Kw * Wo), acc(g.Cg * Wo), row(Wp);
-    for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t i = idx % g.out[1], z = idx / g.out[1] % g.out[0];
-      const int64_t gr = idx / (g.out[0] * g.out[1]) % g.G, n = idx / (g.out[0] * g.out[1] * g.G);
-      const Taps& td = taps.axis[0][z];
-      const Taps& th = taps.axis[1][i];
-      for (int64_t a = 0; a < td.count; ++a)
-        for (int64_t b = 0; b < th.count; ++b)
-          stage_weights(w, ws, n, gr, td.k0 + a, th.k0 + b, z, i, Kw, Wo, wbuf.data() + (a * Kh + b) * Kw * Wo);
-      std::fill(acc.begin(), acc.end(), A(0));
-      for (int64_t cg = 0; cg < g.Cg; ++cg) {
-        const int64_t c = gr * g.Cg + cg;
-        for (int64_t a = 0; a < td.count; ++a)
-          for (int64_t b = 0; b < th.count; ++b) {
-            stage_row(x, xs, n, c, td.p0 + a * td.pstep, th.p0 + b * th.pstep, g.size[2], g.pad[2], row.data());
-            const A* wr = wbuf.data() + (a * Kh + b) * Kw * Wo;
-            for (int64_t v = 0; v < Kw; ++v) row_fma(acc.data() + cg * Wo, wr + v * Wo, row.data() + v * dw, sw, Wo);
-          }
-        T* dst = y + n * ys.n + c * ys.c + z * ys.d[0] + i * ys.d[1];
-        for (int64_t j = 0; j < Wo; ++j) dst[j * ys.d[2]] = static_cast<T>(acc[cg * Wo + j]);
-      }
-    }
-  });
+  involution_nchw::Geometry3d n3{};
+  involution_nchw::Geometry& p = n3.plane;
+  p.N = g.N, p.C = g.C, p.G = g.G, p.H = g.size[1], p.W = g.size[2], p.Kh = g.kernel[1], p.Kw = g.kernel[2];
+  p.Ho = g.out[1], p.Wo = g.out[2], p.sh = g.stride[1], p.sw = g.stride[2], p.ph = g.pad[1], p.pw = g.pad[2];
+  p.dh = g.dil[1], p.dw = g.dil[2];
+  p.finish();
+  n3.D = g.size[0], n3.Kd = g.kernel[0], n3.Do = g.out[0], n3.sd = g.stride[0], n3.pd = g.pad[0], n3.dd = g.dil[0];
+  const at::Tensor y = out.stride(4) == 1 || g.out[2] == 1 ? out : at::empty_like(out, at::MemoryFormat::Contiguous);
+  const int64_t xs[5] = {input.stride(0), input.stride(1), input.stride(2), input.stride(3), input.stride(4)};
+  const int64_t ys[5] = {y.stride(0), y.stride(1), y.stride(2), y.stride(3), 1};
+  int64_t ws[8];
+  for (int k = 0; k < 8; ++k) ws[k] = weight.stride(k);
+  involution_nchw::forward3d(n3, nchw_data<T>(input), xs, nchw_data<T>(weight), ws, nchw_data<T>(y), ys,
+                             AtenParallelFor{});
+  if (!y.is_same(out)) out.copy_(y);
 }
 
 // grad_input: each task is an input row (n, g, z, h) of every channel of group g, gathering the output rows

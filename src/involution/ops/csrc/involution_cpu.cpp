@@ -661,35 +661,6 @@ void backward_weight(const at::Tensor& grad_out, const at::Tensor& input, const 
 }
 
 // ------------------------------------------------------------------------------------------------ NCHW family
-// The header's parallel_for(count, body) on ATen's thread pool.
-struct AtenParallelFor {
-  template <typename Body>
-  void operator()(int64_t count, Body&& body) const {
-    at::parallel_for(0, count, 1, body);
-  }
-};
-
-// The header's scalar type for an ATen one: its own 16-bit types for c10's (the same bits), others as they are.
-template <typename T>
-struct NchwScalar {
-  using type = T;
-};
-template <>
-struct NchwScalar<at::BFloat16> {
-  using type = involution_nchw::bfloat16;
-};
-template <>
-struct NchwScalar<at::Half> {
-  using type = involution_nchw::float16;
-};
-static_assert(sizeof(at::BFloat16) == sizeof(involution_nchw::bfloat16) && sizeof(at::Half) == sizeof(involution_nchw::float16),
-              "16-bit types differ in size");
-
-template <typename T>
-typename NchwScalar<T>::type* nchw_data(const at::Tensor& t) {
-  return reinterpret_cast<typename NchwScalar<T>::type*>(t.data_ptr<T>());
-}
-
 involution_nchw::Geometry nchw_geometry(const Geometry& g) {
   involution_nchw::Geometry n{};
   n.N = g.N, n.C = g.C, n.G = g.G, n.H = g.H, n.W = g.W, n.Kh = g.Kh, n.Kw = g.Kw, n.Ho = g.Ho, n.Wo = g.Wo;

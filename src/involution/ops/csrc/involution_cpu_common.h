@@ -1,15 +1,19 @@
 // What the 2-D (involution_cpu.cpp) and 3-D (involution3d_cpu.cpp) ATen kernels share: vectors of a type's
-// accumulator read from and written to its memory, and the taps of one output position along one axis.
+// accumulator read from and written to its memory, the taps of one output position along one axis, and the bridge
+// to the framework-free kernels of involution_nchw.h (their scalar types and parallel_for).
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <numeric>
 #include <type_traits>
 #include <vector>
+
+#include "involution_nchw.h"
 
 namespace involution_cpu {
 
@@ -99,4 +103,34 @@ inline std::vector<Taps> backward_taps(int64_t size_in, int64_t size_out, int64_
   return taps;
 }
 
+// The NCHW header's parallel_for(count, body) on ATen's thread pool.
+struct AtenParallelFor {
+  template <typename Body>
+  void operator()(int64_t count, Body&& body) const {
+    at::parallel_for(0, count, 1, body);
+  }
+};
+
+// The NCHW header's scalar type for an ATen one: its own 16-bit types for c10's (the same bits), others as they are.
+template <typename T>
+struct NchwScalar {
+  using type = T;
+};
+template <>
+struct NchwScalar<at::BFloat16> {
+  using type = involution_nchw::bfloat16;
+};
+template <>
+struct NchwScalar<at::Half> {
+  using type = involution_nchw::float16;
+};
+static_assert(sizeof(at::BFloat16) == sizeof(involution_nchw::bfloat16) && sizeof(at::Half) == sizeof(involution_nchw::float16),
+              "16-bit types differ in size");
+
+template <typename T>
+typename NchwScalar<T>::type* nchw_data(const at::Tensor& t) {
+  return reinterpret_cast<typename NchwScalar<T>::type*>(t.data_ptr<T>());
+}
+
 }  // namespace involution_cpu
+
