@@ -127,19 +127,32 @@ def test_torch_export_matches_eager_at_other_sizes(dims):
     assert_every_involution_matters(net, lambda m: m(x), rtol=1.3e-6, atol=1e-5)  # assert_close's tolerance
 
 
+@pytest.mark.parametrize("onnx_ops", ["standard", "custom"])
 @pytest.mark.parametrize("dims", [1, 3])
-def test_onnx_with_standard_operators_matches_eager_at_other_sizes(dims, tmp_path):
+def test_onnx_matches_eager_at_other_sizes(dims, onnx_ops, tmp_path, request):
+    """Standard operators only, or one custom node per layer (``Involution2d`` for the 1-D layers, traced into the
+    2-D op; ``Involution3d`` for the 3-D ones) run by onnxruntime with the custom-op library."""
     require_or_skip("onnxscript")
     ort = require_or_skip("onnxruntime")
+    from involution.ops import onnxruntime_library
     from involution.ops.onnx import onnx_decompositions, onnx_translation_table
 
+    custom = onnx_ops == "custom"
+    if custom:
+        request.getfixturevalue("ort_library")  # skips, saying why, where the library cannot be built
     net, program = _exported(dims)
-    onnx_program = torch.onnx.export(program.run_decompositions(onnx_decompositions()), dynamo=True,
-                                     custom_translation_table=onnx_translation_table(), optimize=False, verbose=False)
-    assert all(node.domain in ("", "ai.onnx") for node in onnx_program.model_proto.graph.node)
+    onnx_program = torch.onnx.export(program.run_decompositions(onnx_decompositions(onnx_ops)), dynamo=True,
+                                     custom_translation_table=onnx_translation_table(onnx_ops), optimize=False,
+                                     verbose=False)
+    nodes = onnx_program.model_proto.graph.node
+    custom_nodes = [n.op_type for n in nodes if n.domain == onnxruntime_library.DOMAIN]
+    assert all(n.domain in ("", "ai.onnx", onnxruntime_library.DOMAIN) for n in nodes)
+    expected = {1: onnxruntime_library.OP_TYPE, 3: onnxruntime_library.OP_TYPE_3D}[dims]
+    assert custom_nodes == ([expected] * 2 if custom else [])  # one node per layer
     path = tmp_path / "net.onnx"
     onnx_program.save(str(path))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), onnxruntime_library.session_options(register_library=custom),
+                                   providers=["CPUExecutionProvider"])
     x = clip(3, 16, dims, 11, seed=6)
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():

@@ -15,7 +15,7 @@ require_or_skip("onnxscript")
 ort = require_or_skip("onnxruntime")
 
 from involution.ops import involution2d, onnxruntime_library  # noqa: E402
-from involution.ops.onnx import ONNX_OPS, onnx_translation_table  # noqa: E402
+from involution.ops.onnx import ONNX_OPS, onnx_decompositions, onnx_translation_table  # noqa: E402
 
 
 class _Op(torch.nn.Module):
@@ -85,8 +85,14 @@ def test_onnxruntime_matches_eager_at_another_shape(case, onnx_ops, tmp_path, re
 
 
 def test_translation_table_names_the_op():
-    for onnx_ops in ONNX_OPS:
-        table = onnx_translation_table(onnx_ops)
-        assert list(table) == [torch.ops.involution.involution2d.default, torch.ops.aten.conv3d.default]
+    ops = torch.ops.involution
+    assert list(onnx_translation_table("standard")) == [ops.involution2d.default, torch.ops.aten.conv3d.default]
+    assert list(onnx_decompositions("standard")) == [ops.involution3d.default]  # the 3-D op as 2-D depth taps
+    assert list(onnx_translation_table("custom")) == [
+        ops.involution2d.default, torch.ops.aten.conv3d.default, ops.involution3d.default]
+    assert not onnx_decompositions("custom")  # its own node
+    assert list(onnx_translation_table("custom", custom_3d=False)) == [
+        ops.involution2d.default, torch.ops.aten.conv3d.default]
+    assert list(onnx_decompositions("custom", custom_3d=False)) == [ops.involution3d.default]
     with pytest.raises(ValueError, match="unknown onnx_ops 'fancy'; choose one of standard, custom"):
         onnx_translation_table("fancy")

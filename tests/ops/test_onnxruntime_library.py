@@ -26,9 +26,9 @@ from involution.ops.onnxruntime_library import build as ort_build  # noqa: E402
 from involution.ops.onnxruntime_library import headers as ort_headers  # noqa: E402
 
 
-def _single_node_model(**attrs) -> bytes:
-    """A graph of one ``involution::Involution2d`` node with unknown input shapes (so onnxruntime checks none)."""
-    node = helper.make_node(lib.OP_TYPE, ["X", "W"], ["Y"], domain=lib.DOMAIN, **attrs)
+def _single_node_model(op_type: str = lib.OP_TYPE, **attrs) -> bytes:
+    """A graph of one ``involution::<op_type>`` node with unknown input shapes (so onnxruntime checks none)."""
+    node = helper.make_node(op_type, ["X", "W"], ["Y"], domain=lib.DOMAIN, **attrs)
     graph = helper.make_graph(
         [node], "one_involution",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("X", "W")],
@@ -51,6 +51,37 @@ def test_all_ones_sums_the_taps_inside_the_image(ort_library):
     rows = np.array([2, 3, 3, 2], np.float32)[:, None]
     cols = np.array([2, 3, 3, 3, 2], np.float32)[None, :]
     np.testing.assert_array_equal(y, np.broadcast_to(rows * cols, (1, 2, 4, 5)))
+
+
+def test_3d_all_ones_sums_the_taps_inside_the_volume(ort_library):
+    model = _single_node_model(lib.OP_TYPE_3D, strides=[1, 1, 1], pads=[1, 1, 1], dilations=[1, 1, 1])
+    y = _run(model, (1, 2, 3, 4, 5), (1, 1, 3, 3, 3, 3, 4, 5))
+    # Each output counts the taps of its 3x3x3 window that fall inside the volume.
+    depth = np.array([2, 3, 2], np.float32)[:, None, None]
+    rows = np.array([2, 3, 3, 2], np.float32)[None, :, None]
+    cols = np.array([2, 3, 3, 3, 2], np.float32)[None, None, :]
+    np.testing.assert_array_equal(y, np.broadcast_to(depth * rows * cols, (1, 2, 3, 4, 5)))
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "message"),
+    [
+        ((2, 4, 3, 8, 8), (2, 2, 3, 3, 3, 3, 7, 8),
+         r"Involution3d: weight shape \(2, 2, 3, 3, 3, 3, 7, 8\) does not match .* \(Do, Ho, Wo\) = \(3, 8, 8\)"),
+        ((2, 4, 8, 8), (2, 2, 3, 3, 3, 3, 8, 8), r"Involution3d: input must be \(N, C, D, H, W\)"),
+        ((2, 4, 3, 8, 8), (2, 2, 3, 3, 8, 8), r"weight must be \(N, G, Kd, Kh, Kw, Do, Ho, Wo\)"),
+    ],
+)
+def test_3d_bad_shapes_are_errors_that_name_them(ort_library, x_shape, w_shape, message):
+    model = _single_node_model(lib.OP_TYPE_3D, strides=[1, 1, 1], pads=[1, 1, 1], dilations=[1, 1, 1])
+    with pytest.raises(Exception, match=message):
+        _run(model, x_shape, w_shape)
+
+
+def test_3d_attributes_need_three_values(ort_library):
+    model = _single_node_model(lib.OP_TYPE_3D, strides=[1, 1], pads=[1, 1, 1], dilations=[1, 1, 1])
+    with pytest.raises(Exception, match=r"Involution3d: attribute strides needs 3 values \(d, h, w\), got 2"):
+        _run(model, (1, 2, 3, 4, 5), (1, 1, 3, 3, 3, 3, 4, 5))
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,13 @@ from pathlib import Path
 from .._atomic import atomic_path
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-# The NCHW kernels every library includes, shared with the PyTorch extension (backends/cpu.py).
-KERNELS = CSRC / "involution_nchw.h"
+# The NCHW / NCDHW kernels every library includes, shared with the PyTorch extension (backends/cpu.py).
+KERNELS = (CSRC / "involution_nchw.h", CSRC / "involution_ncdhw.h")
+
+
+def kernels_source() -> bytes:
+    """The text of :data:`KERNELS`, part of every library's build key."""
+    return b"".join(path.read_bytes() for path in KERNELS)
 
 
 def cache_root() -> Path:

@@ -3,9 +3,10 @@
 Two forms (``onnx_translation_table(onnx_ops=...)``):
 
 * ``"standard"``: standard ONNX operators only (:func:`involution2d_onnx`, below); runs in any ONNX runtime.
-* ``"custom"``: one ``involution::Involution2d`` node per layer (:func:`involution2d_onnx_custom`), which
-  onnxruntime runs with this package's C++ custom-op library (:mod:`involution.ops.onnxruntime_library`); faster
-  than the standard form (docs/benchmarks.md), but onnxruntime only.
+* ``"custom"``: one ``involution::Involution2d`` node per layer (:func:`involution2d_onnx_custom`; a 3-D layer,
+  ``involution::Involution3d``), which onnxruntime runs with this package's C++ custom-op library
+  (:mod:`involution.ops.onnxruntime_library`); faster than the standard form (docs/benchmarks.md), but onnxruntime
+  only.
 
 The CPU/GPU kernels behind the op are not ONNX, so a portable file needs the op rewritten in standard ONNX
 operators. :func:`involution2d_onnx` does it as a sum over the Kh*Kw taps, grouped by kernel column, memory-light
@@ -39,7 +40,7 @@ from typing import Any
 
 import torch
 
-from .onnxruntime_library import DOMAIN, OP_TYPE
+from .onnxruntime_library import DOMAIN, OP_TYPE, OP_TYPE_3D
 
 try:
     import onnx.defs
@@ -51,39 +52,50 @@ except ImportError as exc:  # pragma: no cover - exercised only without the opti
         "pip install 'involution[export]' (or: pip install onnx onnxscript onnxruntime)"
     ) from exc
 
-__all__ = ["ONNX_OPS", "check_onnx_ops", "involution2d_onnx", "involution2d_onnx_custom", "onnx_translation_table"]
+__all__ = [
+    "ONNX_OPS",
+    "check_onnx_ops",
+    "involution2d_onnx",
+    "involution2d_onnx_custom",
+    "involution3d_onnx_custom",
+    "onnx_decompositions",
+    "onnx_translation_table",
+]
 
 # How the op is written in ONNX: "standard" operators only (runs anywhere), or one "custom" node that onnxruntime
 # runs with the library of involution.ops.onnxruntime_library.
 ONNX_OPS = ("standard", "custom")
 
 
-def _register_custom_schema() -> None:
-    """Make ``involution::Involution2d`` known to onnx (and so to onnxscript and onnx.checker): its inputs, output
-    and attributes, as ``ops/csrc/involution_ort.cpp`` implements them."""
-    if onnx.defs.has(OP_TYPE, 1, DOMAIN):
+def _register_custom_schema(op_type: str, axes: str) -> None:
+    """Make ``involution::<op_type>`` known to onnx (and so to onnxscript and onnx.checker): its inputs, output and
+    attributes, as ``ops/csrc/involution_ort.cpp`` implements them. ``axes``: the spatial axes, "hw" or "dhw"."""
+    if onnx.defs.has(op_type, 1, DOMAIN):
         return
+    spatial = ", ".join(axes.upper())
+    kernel, out = ", ".join(f"K{a}" for a in axes), ", ".join(f"{a.upper()}o" for a in axes)
     schema = onnx.defs.OpSchema(
-        OP_TYPE,
+        op_type,
         DOMAIN,
         1,
-        doc="Involution (Li et al., CVPR 2021): Y[n, c, i, j] = sum_{u,v} W[n, c // (C/G), u, v, i, j] * "
-        "X[n, c, i*sh - ph + u*dh, j*sw - pw + v*dw], zero padding.",
+        doc=f"Involution (Li et al., CVPR 2021) over ({spatial}): each output position's kernel ({kernel}) of group "
+        "g = c // (C/G) weighs the zero-padded window its channel reads.",
         inputs=[
-            onnx.defs.OpSchema.FormalParameter("X", "T", "features (N, C, H, W)"),
-            onnx.defs.OpSchema.FormalParameter("W", "T", "kernels (N, G, Kh, Kw, Ho, Wo)"),
+            onnx.defs.OpSchema.FormalParameter("X", "T", f"features (N, C, {spatial})"),
+            onnx.defs.OpSchema.FormalParameter("W", "T", f"kernels (N, G, {kernel}, {out})"),
         ],
-        outputs=[onnx.defs.OpSchema.FormalParameter("Y", "T", "(N, C, Ho, Wo)")],
+        outputs=[onnx.defs.OpSchema.FormalParameter("Y", "T", f"(N, C, {out})")],
         type_constraints=[("T", ["tensor(float)"], "float32 only")],
         attributes=[
-            onnx.defs.OpSchema.Attribute(name, onnx.defs.OpSchema.AttrType.INTS, f"{name} (h, w)")
+            onnx.defs.OpSchema.Attribute(name, onnx.defs.OpSchema.AttrType.INTS, f"{name} ({', '.join(axes)})")
             for name in ("strides", "pads", "dilations")
         ],
     )
     onnx.defs.register_schema(schema)
 
 
-_register_custom_schema()
+_register_custom_schema(OP_TYPE, "hw")
+_register_custom_schema(OP_TYPE_3D, "dhw")
 # The custom node's domain (ops/csrc/involution_ort.cpp registers the same).
 _CUSTOM = Opset(DOMAIN, 1)
 
@@ -191,6 +203,17 @@ def involution2d_onnx_custom(
     )
 
 
+def involution3d_onnx_custom(
+    input: Any, weight: Any, stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]
+) -> Any:
+    """One ``involution::Involution3d`` node: ``(N, C, D, H, W)`` features and ``(N, G, Kd, Kh, Kw, Do, Ho, Wo)``
+    kernels to ``(N, C, Do, Ho, Wo)``, attributes as the op's arguments; onnxruntime with the custom-op library."""
+    return _CUSTOM.Involution3d(  # OP_TYPE_3D
+        input, weight, strides=[int(v) for v in stride], pads=[int(v) for v in padding],
+        dilations=[int(v) for v in dilation],
+    )
+
+
 def check_onnx_ops(onnx_ops: str) -> None:
     """Raise ValueError naming the choices unless ``onnx_ops`` is one of :data:`ONNX_OPS`."""
     if onnx_ops not in ONNX_OPS:
@@ -224,24 +247,42 @@ def _involution3d_decomposition(input, weight, stride, padding, dilation):
     return depth_tap_sum(input, weight, list(stride), list(padding), list(dilation), in_place=False).to(input.dtype)
 
 
-def onnx_decompositions() -> dict[Callable[..., torch.Tensor], Callable[..., Any]]:
+def onnx_decompositions(
+    onnx_ops: str = "standard", custom_3d: bool = True
+) -> dict[Callable[..., torch.Tensor], Callable[..., Any]]:
     """What an exported program must be decomposed with before ONNX (``ExportedProgram.run_decompositions``): the
-    3-D op, which has no ONNX form of its own, as the 2-D op's depth taps, each then lowered by
-    :func:`onnx_translation_table`. Applied to the program being exported only; torch's tables are not touched."""
+    3-D op as the 2-D op's depth taps, each then lowered by :func:`onnx_translation_table`, unless it becomes one
+    custom node (``onnx_ops="custom"`` with ``custom_3d``). Applied to the program being exported only; torch's
+    tables are not touched."""
     from . import _library3d  # noqa: F401  (defines torch.ops.involution.involution3d)
 
+    check_onnx_ops(onnx_ops)
+    if onnx_ops == "custom" and custom_3d:
+        return {}
     return {torch.ops.involution.involution3d.default: _involution3d_decomposition}
 
 
-def onnx_translation_table(onnx_ops: str = "standard") -> dict[Callable[..., torch.Tensor], Callable[..., Any]]:
+def onnx_translation_table(
+    onnx_ops: str = "standard", custom_3d: bool = True
+) -> dict[Callable[..., torch.Tensor], Callable[..., Any]]:
     """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``: the involution op -> ONNX (the 1-D op is
-    traced into the 2-D one, the 3-D op decomposed into it first by :func:`onnx_decompositions`), and
-    ``aten.conv3d`` without onnxscript 0.7's bias bug.
+    traced into the 2-D one; the 3-D op is decomposed into it first by :func:`onnx_decompositions`, or with
+    ``onnx_ops="custom"`` and ``custom_3d`` becomes one ``Involution3d`` node), and ``aten.conv3d`` without
+    onnxscript 0.7's bias bug.
 
     Args:
-        onnx_ops: ``"standard"`` (standard operators, :func:`involution2d_onnx`) or ``"custom"`` (one custom node,
-            :func:`involution2d_onnx_custom`).
+        onnx_ops: ``"standard"`` (standard operators, :func:`involution2d_onnx`) or ``"custom"`` (one custom node
+            per layer, :func:`involution2d_onnx_custom`, :func:`involution3d_onnx_custom`).
+        custom_3d: with ``"custom"``, whether 3-D layers get their own node (onnxruntime's library has it; the
+            OpenVINO extension runs the 2-D node only, so its files keep the depth taps).
     """
     check_onnx_ops(onnx_ops)
-    lowering = involution2d_onnx if onnx_ops == "standard" else involution2d_onnx_custom
-    return {torch.ops.involution.involution2d.default: lowering, torch.ops.aten.conv3d.default: conv3d_onnx}
+    if onnx_ops == "standard":
+        return {torch.ops.involution.involution2d.default: involution2d_onnx, torch.ops.aten.conv3d.default: conv3d_onnx}
+    table = {torch.ops.involution.involution2d.default: involution2d_onnx_custom,
+             torch.ops.aten.conv3d.default: conv3d_onnx}
+    if custom_3d:
+        from . import _library3d  # noqa: F401  (defines torch.ops.involution.involution3d)
+
+        table[torch.ops.involution.involution3d.default] = involution3d_onnx_custom
+    return table

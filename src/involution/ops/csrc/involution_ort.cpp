@@ -1,4 +1,4 @@
-// ONNX Runtime custom-operator library: involution::Involution2d on the CPU execution provider.
+// ONNX Runtime custom-operator library: involution::Involution2d and Involution3d on the CPU execution provider.
 //
 // The portable ONNX lowering (ops/onnx.py) spells involution as Kh*Kw standard Slice/Gather/Mul/Add nodes, each a
 // full pass over memory. This library runs it as one kernel instead, so a deployed RedNet costs what its FLOPs say.
@@ -12,16 +12,22 @@
 //                                                                                   j*sw - pw + v*dw]
 //     attributes: strides, pads, dilations (2 ints each, (h, w)); zero padding.
 //
+//   Involution3d(X, W) -> Y                        the same for volumes (clips), float32
+//     X: (N, C, D, H, W); W: (N, G, Kd, Kh, Kw, Do, Ho, Wo); Y: (N, C, Do, Ho, Wo)
+//     attributes: strides, pads, dilations (3 ints each, (d, h, w)).
+//
 // The kernel is the NCHW forward of involution_nchw.h, shared with the PyTorch extension: each task, a block of
 // output rows of one group, zero-pads the input rows it reads into scratch rows (so every tap reads in bounds and
 // the inner loop has no branches), then keeps a block of CB channels x NJ pixels of accumulators in registers
 // across all Kh*Kw taps; each tap loads NJ weights once and uses them for CB channels. Tasks run on onnxruntime's
-// intra-op thread pool (KernelContext::ParallelFor), so intra_op_num_threads is respected.
+// intra-op thread pool (KernelContext::ParallelFor), so intra_op_num_threads is respected. The 3-D node runs the
+// NCDHW forward of involution_ncdhw.h, the same register blocks over all Kd*Kh*Kw taps.
 
 #define ORT_API_MANUAL_INIT
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -29,7 +35,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "involution_nchw.h"
+#include "involution_ncdhw.h"
 
 namespace {
 
@@ -41,8 +47,8 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return out + ")";
 }
 
-[[noreturn]] void fail(const std::string& what) {
-  throw Ort::Exception("involution::Involution2d: " + what, ORT_INVALID_ARGUMENT);
+[[noreturn]] void fail(const char* op, const std::string& what) {
+  throw Ort::Exception(std::string("involution::") + op + ": " + what, ORT_INVALID_ARGUMENT);
 }
 
 // The header's parallel_for(count, body) on onnxruntime's intra-op thread pool: one call of body per index.
@@ -59,15 +65,18 @@ struct OrtParallelFor {
   }
 };
 
-std::vector<int64_t> pair_attribute(const Ort::ConstKernelInfo& info, const char* name, int64_t fallback) {
+// Attribute `name` of `dims` ints, `fallback` each when absent.
+std::vector<int64_t> int_attribute(const char* op, const Ort::ConstKernelInfo& info, const char* name, int dims,
+                                   int64_t fallback) {
   std::vector<int64_t> values;
   try {
     values = info.GetAttributes<int64_t>(name);
   } catch (const Ort::Exception&) {
-    return {fallback, fallback};
+    return std::vector<int64_t>(static_cast<size_t>(dims), fallback);
   }
-  if (values.size() != 2) fail(std::string("attribute ") + name + " needs 2 values (h, w), got " +
-                               std::to_string(values.size()));
+  if (values.size() != static_cast<size_t>(dims))
+    fail(op, std::string("attribute ") + name + " needs " + std::to_string(dims) + " values (" +
+                 (dims == 2 ? "h, w" : "d, h, w") + "), got " + std::to_string(values.size()));
   return values;
 }
 
@@ -77,16 +86,19 @@ OrtStatusPtr to_status(const std::exception& exc) {
   return Ort::GetApi().CreateStatus(ort ? ort->GetOrtErrorCode() : ORT_FAIL, exc.what());
 }
 
+// The kernel of the node with Dims = 2 (Involution2d) or 3 (Involution3d) spatial axes.
+template <int Dims>
 struct InvolutionKernel {
-  int64_t sh, sw, ph, pw, dh, dw;
+  static constexpr const char* kName = Dims == 2 ? "Involution2d" : "Involution3d";
+  std::vector<int64_t> stride, pad, dil;  // one per spatial axis
 
   explicit InvolutionKernel(const OrtKernelInfo* raw_info) {
     Ort::ConstKernelInfo info(raw_info);
-    const auto s = pair_attribute(info, "strides", 1), p = pair_attribute(info, "pads", 0),
-               d = pair_attribute(info, "dilations", 1);
-    sh = s[0], sw = s[1], ph = p[0], pw = p[1], dh = d[0], dw = d[1];
-    if (sh < 1 || sw < 1 || dh < 1 || dw < 1 || ph < 0 || pw < 0)
-      fail("strides and dilations must be >= 1 and pads >= 0");
+    stride = int_attribute(kName, info, "strides", Dims, 1);
+    pad = int_attribute(kName, info, "pads", Dims, 0);
+    dil = int_attribute(kName, info, "dilations", Dims, 1);
+    for (int a = 0; a < Dims; ++a)
+      if (stride[a] < 1 || dil[a] < 1 || pad[a] < 0) fail(kName, "strides and dilations must be >= 1 and pads >= 0");
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) noexcept {
@@ -104,43 +116,65 @@ struct InvolutionKernel {
     const auto w = context.GetInput(1);
     const auto xs = x.GetTensorTypeAndShapeInfo().GetShape();
     const auto ws = w.GetTensorTypeAndShapeInfo().GetShape();
-    if (xs.size() != 4) fail("input must be (N, C, H, W), got shape " + shape_str(xs));
-    if (ws.size() != 6) fail("weight must be (N, G, Kh, Kw, Ho, Wo), got shape " + shape_str(ws));
-    involution_nchw::Geometry g{};
-    g.N = xs[0], g.C = xs[1], g.H = xs[2], g.W = xs[3];
-    g.G = ws[1], g.Kh = ws[2], g.Kw = ws[3], g.Ho = ws[4], g.Wo = ws[5];
-    g.sh = sh, g.sw = sw, g.ph = ph, g.pw = pw, g.dh = dh, g.dw = dw;
-    if (ws[0] != g.N) fail("input batch " + std::to_string(g.N) + " != weight batch " + std::to_string(ws[0]));
-    if (g.G < 1 || g.C % g.G != 0)
-      fail("channels C=" + std::to_string(g.C) + " are not a multiple of groups G=" + std::to_string(g.G));
-    const int64_t ho = (g.H + 2 * ph - dh * (g.Kh - 1) - 1) / sh + 1;
-    const int64_t wo = (g.W + 2 * pw - dw * (g.Kw - 1) - 1) / sw + 1;
-    if (g.Ho != ho || g.Wo != wo)
-      fail("weight shape " + shape_str(ws) + " does not match input " + shape_str(xs) + ": expected (Ho, Wo) = (" +
-           std::to_string(ho) + ", " + std::to_string(wo) + ")");
-    g.finish();
-
-    auto y = context.GetOutput(0, {g.N, g.C, g.Ho, g.Wo});
-    if (g.N * g.C * g.Ho * g.Wo == 0) return;
+    if (xs.size() != 2 + Dims)
+      fail(kName, std::string("input must be ") + (Dims == 2 ? "(N, C, H, W)" : "(N, C, D, H, W)") + ", got shape " +
+                      shape_str(xs));
+    if (ws.size() != 2 + 2 * Dims)
+      fail(kName, std::string("weight must be ") +
+                      (Dims == 2 ? "(N, G, Kh, Kw, Ho, Wo)" : "(N, G, Kd, Kh, Kw, Do, Ho, Wo)") + ", got shape " +
+                      shape_str(ws));
+    const int64_t N = xs[0], C = xs[1], G = ws[1];
+    if (ws[0] != N) fail(kName, "input batch " + std::to_string(N) + " != weight batch " + std::to_string(ws[0]));
+    if (G < 1 || C % G != 0)
+      fail(kName, "channels C=" + std::to_string(C) + " are not a multiple of groups G=" + std::to_string(G));
+    std::vector<int64_t> out_shape{N, C}, expected;
+    for (int a = 0; a < Dims; ++a)
+      expected.push_back((xs[2 + a] + 2 * pad[a] - dil[a] * (ws[2 + a] - 1) - 1) / stride[a] + 1);
+    if (!std::equal(expected.begin(), expected.end(), ws.begin() + 2 + Dims))
+      fail(kName, "weight shape " + shape_str(ws) + " does not match input " + shape_str(xs) + ": expected " +
+                      (Dims == 2 ? "(Ho, Wo)" : "(Do, Ho, Wo)") + " = " + shape_str(expected));
+    out_shape.insert(out_shape.end(), expected.begin(), expected.end());
+    auto y = context.GetOutput(0, out_shape);
+    int64_t count = 1;
+    for (int64_t d : out_shape) count *= d;
+    if (count == 0) return;
     const float* xd = x.GetTensorData<float>();
     const float* wd = w.GetTensorData<float>();
     float* yd = y.GetTensorMutableData<float>();
 
-    const int64_t x_strides[4] = {g.C * g.H * g.W, g.H * g.W, g.W, 1};
-    involution_nchw::forward<float>(g, xd, x_strides, wd, yd, OrtParallelFor{context});
+    involution_nchw::Geometry g{};  // the (H, W) part
+    g.N = N, g.C = C, g.G = G, g.H = xs[Dims], g.W = xs[Dims + 1], g.Kh = ws[Dims], g.Kw = ws[Dims + 1];
+    g.Ho = out_shape[Dims], g.Wo = out_shape[Dims + 1];
+    g.sh = stride[Dims - 2], g.sw = stride[Dims - 1], g.ph = pad[Dims - 2], g.pw = pad[Dims - 1];
+    g.dh = dil[Dims - 2], g.dw = dil[Dims - 1];
+    g.finish();
+    const auto strides_of = [](const std::vector<int64_t>& shape) {  // of a contiguous tensor
+      std::vector<int64_t> st(shape.size(), 1);
+      for (size_t k = shape.size() - 1; k > 0; --k) st[k - 1] = st[k] * shape[k];
+      return st;
+    };
+    const auto x_strides = strides_of(xs);
+    if constexpr (Dims == 2) {
+      involution_nchw::forward<float>(g, xd, x_strides.data(), wd, yd, OrtParallelFor{context});
+    } else {
+      involution_nchw::Geometry3d g3{g, xs[2], ws[2], out_shape[2], stride[0], pad[0], dil[0]};
+      involution_nchw::forward3d<float>(g3, xd, x_strides.data(), wd, strides_of(ws).data(), yd,
+                                        strides_of(out_shape).data(), OrtParallelFor{context});
+    }
   }
 };
 
-struct InvolutionOp : Ort::CustomOpBase<InvolutionOp, InvolutionKernel, /*WithStatus=*/true> {
+template <int Dims>
+struct InvolutionOp : Ort::CustomOpBase<InvolutionOp<Dims>, InvolutionKernel<Dims>, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const noexcept {
     try {
-      *kernel = new InvolutionKernel(info);
+      *kernel = new InvolutionKernel<Dims>(info);
     } catch (const std::exception& exc) {
       return to_status(exc);
     }
     return nullptr;
   }
-  const char* GetName() const { return "Involution2d"; }
+  const char* GetName() const { return InvolutionKernel<Dims>::kName; }
   size_t GetInputTypeCount() const { return 2; }
   ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
   size_t GetOutputTypeCount() const { return 1; }
@@ -155,14 +189,16 @@ struct InvolutionOp : Ort::CustomOpBase<InvolutionOp, InvolutionKernel, /*WithSt
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api) {
   Ort::InitApi(api->GetApi(ORT_API_VERSION));
-  static InvolutionOp op;
+  static InvolutionOp<2> op2d;
+  static InvolutionOp<3> op3d;
   static std::mutex mutex;
   static std::vector<Ort::CustomOpDomain> domains;
   try {
     std::lock_guard<std::mutex> lock(mutex);
     if (domains.empty()) {
       domains.emplace_back(kDomain);
-      domains.back().Add(&op);
+      domains.back().Add(&op2d);
+      domains.back().Add(&op3d);
     }
     Ort::UnownedSessionOptions(options).Add(domains.back());
   } catch (const std::exception& exc) {

@@ -1,6 +1,7 @@
 """The onnxruntime custom-operator library for involution (``ops/csrc/involution_ort.cpp``): headers, build, load.
 
-An ONNX file exported with ``onnx_ops="custom"`` holds ``involution::Involution2d`` nodes, which onnxruntime runs
+An ONNX file exported with ``onnx_ops="custom"`` holds ``involution::Involution2d`` nodes (``Involution3d`` for 3-D
+layers), which onnxruntime runs
 once this library is registered with the session::
 
     from involution.ops.onnxruntime_library import session_options
@@ -25,6 +26,7 @@ from .headers import cache_dir, fetch_headers, find_headers
 __all__ = [
     "DOMAIN",
     "OP_TYPE",
+    "OP_TYPE_3D",
     "cache_dir",
     "fetch_headers",
     "find_headers",
@@ -35,9 +37,10 @@ __all__ = [
     "unavailable_reason",
 ]
 
-# The custom node's domain and type, as ops/csrc/involution_ort.cpp registers them.
+# The custom nodes' domain and types, as ops/csrc/involution_ort.cpp registers them.
 DOMAIN = "involution"
 OP_TYPE = "Involution2d"
+OP_TYPE_3D = "Involution3d"
 
 
 def unavailable_reason() -> str | None:

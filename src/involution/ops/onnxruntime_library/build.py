@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._native import simd_flags
-from .._runtime_build import CSRC, KERNELS, BuildMemo, compile_library, no_compiler
+from .._runtime_build import CSRC, BuildMemo, compile_library, kernels_source, no_compiler
 from .._runtime_build import build_key as _hash
 from .headers import cache_dir, require_headers
 
@@ -27,7 +27,7 @@ def _flags() -> list[str]:
 
 def build_key(include: Path) -> str:
     """The hash naming the build of the library against the headers in ``include``."""
-    return _hash(_SOURCE.read_bytes(), KERNELS.read_bytes(), " ".join(_flags()),
+    return _hash(_SOURCE.read_bytes(), kernels_source(), " ".join(_flags()),
                  (include / "onnxruntime_c_api.h").read_bytes())
 
 

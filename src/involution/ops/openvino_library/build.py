@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._native import simd_flags
-from .._runtime_build import CSRC, KERNELS, BuildMemo, build_key, cache_root, compile_library
+from .._runtime_build import CSRC, BuildMemo, build_key, cache_root, compile_library, kernels_source
 
 __all__ = ["OpenVINOInstall", "cache_dir", "find_openvino", "library_path", "require_openvino", "target"]
 
@@ -49,7 +49,7 @@ class OpenVINOInstall:
 
     def key(self) -> str:
         """The hash naming the extension's build against this install."""
-        return build_key(_SOURCE.read_bytes(), KERNELS.read_bytes(), " ".join(self.flags()),
+        return build_key(_SOURCE.read_bytes(), kernels_source(), " ".join(self.flags()),
                          (self.include / "openvino/core/version.hpp").read_bytes(),
                          " ".join(map(str, self.libraries)))
 

@@ -75,7 +75,8 @@ def write_openvino(program: torch.export.ExportedProgram, example: Tensor, out: 
 
     onnx_tmp = out.with_suffix(".onnx")
     try:
-        write_onnx(program, example, onnx_tmp, opset, "custom")
+        # The extension implements the 2-D node only: 3-D layers go through as their depth taps' 2-D nodes.
+        write_onnx(program, example, onnx_tmp, opset, "custom", custom_3d=False)
         ov.save_model(_core().read_model(str(onnx_tmp)), str(out), compress_to_fp16=False)
     finally:
         onnx_tmp.unlink(missing_ok=True)
