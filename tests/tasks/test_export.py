@@ -218,6 +218,32 @@ def test_small_model_exports_at_its_smallest_input(fmt, tmp_path):
     _every_involution_matters(model, (5, 3, 8, 8))
 
 
+@pytest.mark.parametrize("fmt, onnx_ops", [("onnx", "standard"), ("onnx", "custom"), ("exported-program", "standard")])
+def test_clip_model_exports_with_dynamic_frames(fmt, onnx_ops, tmp_path, request):
+    """A video model (input (N, C, T, H, W)) exports at its cfg's clip size with batch, frames, height and width
+    dynamic, and matches eager on other clips; with the custom form each 3-D layer is one Involution3d node."""
+    if onnx_ops == "custom":
+        request.getfixturevalue("ort_library")  # skips, saying why, where the library cannot be built
+    shapes = [(3, 3, 10, 40, 48), (1, 3, 8, 32, 32)]
+    model = _weights_matter(create_model("video_rednet_tiny", num_classes=7), 11, shapes[0])
+    lines: list[str] = []
+    out = export_model(model, tmp_path / f"clip.{fmt}", format=fmt, onnx_ops=onnx_ops, log=lines.append)
+    assert "(2, 3, 8, 32, 32) (dynamic batch, frames, height, width)" in "\n".join(lines), lines
+    check = check_onnx if fmt == "onnx" else check_exported_program
+    for shape in shapes:
+        result = check(out, model, shape)
+        assert _within_tolerance(result), (fmt, onnx_ops, result)
+    if fmt == "onnx":
+        import onnx
+
+        proto = onnx.load(str(out))
+        assert [tuple(d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim)] == [
+            ("batch", 3, "frames", "height", "width")]
+        types = {n.op_type for n in proto.graph.node if n.domain == onnxruntime_library.DOMAIN}
+        assert types == ({onnxruntime_library.OP_TYPE_3D} if onnx_ops == "custom" else set())
+    _every_involution_matters(model, shapes[0])
+
+
 def test_segmenter_and_detector_backbone_with_trained_weights_export(tmp_path):
     """Dense models export at a fixed size (torch.export's solver cannot yet prove the FPN's size constraints for
     dynamic shapes): the Semantic FPN with an involution neck, and a detector's backbone + involution FPN."""

@@ -68,8 +68,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         help="output file, e.g. rednet50.onnx, rednet50.pt2 or rednet50.xml; an existing file is "
                              "replaced only if it is an export in the same format (never a checkpoint)")
     export.add_argument("--input-size", type=positive_int, nargs="+", metavar="N",
-                        help="example input C H W or H W (default: a run's own image size, else the model's "
-                        "pretrained_cfg input_size)")
+                        help="example input C H W or H W, a video model's C T H W or T H W (default: a run's "
+                        "own image size, else the model's pretrained_cfg input_size)")
     export.add_argument("--batch", type=positive_int, default=2,
                         help="example batch (default 2; the batch stays dynamic)")
     export.add_argument("--num-classes", type=non_negative_int,

@@ -21,7 +21,7 @@ from .destination import EXTENSIONS, FORMATS, check_destination
 from .loading import load_export_model
 from .onnx_file import INSTALL_HINT, require, write_onnx
 from .openvino_file import check_openvino, prepare_openvino_export, weights_file, write_openvino
-from .shapes import DIM_NAMES, check_shape, dynamic_dims, dynamic_shapes, example_shape, random_input
+from .shapes import check_shape, dim_names, dynamic_dims, dynamic_shapes, example_shape, random_input
 from .verify import assert_close, check_exported_program, check_onnx
 
 __all__ = ["FORMATS", "export_model"]
@@ -49,7 +49,8 @@ def export_model(
             Given, it must agree with such an extension.
         checkpoint: weights to load first: a run directory (its best weights), this library's safetensors or
             training state, an official mmcls ``.pth``. This library's files rebuild their recorded model.
-        input_size: the example input's ``(C, H, W)`` or ``(H, W)``; default ``model.pretrained_cfg["input_size"]``:
+        input_size: the example input's ``(C, H, W)`` or ``(H, W)`` (a clip model's ``(C, T, H, W)`` or ``(T, H,
+            W)``); default ``model.pretrained_cfg["input_size"]``:
             for a run's checkpoint, the image size it trained at.
         batch_size: the example's batch (default 2: torch.export specialises a batch of 1 to a constant).
         dynamic: batch, height and width dynamic (default); else fixed to the example's shape. Height and width
@@ -124,7 +125,7 @@ def _trace(
         say(f"folded {fuse_conv_bn_(traced)} BatchNorms into the convolutions before them")
     shape = tuple(example.shape)
     say(f"tracing {getattr(model, 'model_name', type(model).__name__)} with torch.export on input {shape}"
-        + (f" (dynamic {', '.join(DIM_NAMES[d] for d in dims)})" if dims else " (static shape)"))
+        + (f" (dynamic {', '.join(str(dim_names(example.dim())[d]) for d in dims)})" if dims else " (static shape)"))
     with torch.inference_mode(False), torch.no_grad():
         return torch.export.export(traced, (example,), dynamic_shapes=dynamic_shapes(dims))
 
@@ -147,7 +148,7 @@ def _write_checked(
         if checked:
             say(f"exported ({size}), {what}; comparing with eager PyTorch before writing {out}")
             check = {"onnx": check_onnx, "openvino": check_openvino}.get(format, check_exported_program)
-            say(str(assert_close(check(tmp, model, check_shape(tuple(example.shape), dims)), rtol)))
+            say(str(assert_close(check(tmp, model, check_shape(example.shape, dims)), rtol)))
         try:
             for written, final in weights:  # the weights first: the graph file names the finished export
                 os.replace(written, final)

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .shapes import dim_names
+
 INSTALL_HINT = "pip install 'involution[export]' (or: pip install onnx onnxscript onnxruntime)"
-# Names given to the symbolic input dimensions of an ONNX file (torch.export calls them s0, s1, ...).
-_DIM_NAMES = ("batch", None, "height", "width")
 
 
 def require(module: str, what: str) -> None:
@@ -22,9 +22,10 @@ def require(module: str, what: str) -> None:
 
 
 def _rename_input_dims(proto: Any) -> None:
-    """Give the input's symbolic dimensions readable names (batch, height, width) wherever they appear."""
+    """Give the input's symbolic dimensions readable names (batch, frames, height, width) wherever they appear
+    (torch.export calls them s0, s1, ...)."""
     dims = proto.graph.input[0].type.tensor_type.shape.dim
-    names = {d.dim_param: new for d, new in zip(dims, _DIM_NAMES) if new and d.dim_param}
+    names = {d.dim_param: new for d, new in zip(dims, dim_names(len(dims))) if new and d.dim_param}
     values = [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]
     for value in values:
         for d in value.type.tensor_type.shape.dim:
