@@ -91,8 +91,5 @@ def test_translation_table_names_the_op():
     assert list(onnx_translation_table("custom")) == [
         ops.involution2d.default, torch.ops.aten.conv3d.default, ops.involution3d.default]
     assert not onnx_decompositions("custom")  # its own node
-    assert list(onnx_translation_table("custom", custom_3d=False)) == [
-        ops.involution2d.default, torch.ops.aten.conv3d.default]
-    assert list(onnx_decompositions("custom", custom_3d=False)) == [ops.involution3d.default]
     with pytest.raises(ValueError, match="unknown onnx_ops 'fancy'; choose one of standard, custom"):
         onnx_translation_table("fancy")

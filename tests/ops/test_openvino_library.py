@@ -16,7 +16,7 @@ pytest.importorskip("onnx")
 
 from onnx import TensorProto, helper  # noqa: E402
 from op_helpers import assert_float32_accumulated  # noqa: E402
-from reference import involution2d_reference  # noqa: E402
+from reference import involution2d_reference, involution_nd_reference  # noqa: E402
 
 from involution.cli import main  # noqa: E402
 from involution.ops import openvino_library as lib  # noqa: E402
@@ -26,10 +26,10 @@ _ONNX_TYPES = {torch.float32: TensorProto.FLOAT, torch.bfloat16: TensorProto.BFL
                torch.float16: TensorProto.FLOAT16}
 
 
-def _node_model(tmp_path, x_dims, w_dims, dtype=torch.float32, **attrs):
-    """An ONNX file of one ``involution::Involution2d`` node; ``x_dims``/``w_dims`` give each input dimension as a
+def _node_model(tmp_path, x_dims, w_dims, dtype=torch.float32, op_type=lib.OP_TYPE, **attrs):
+    """An ONNX file of one ``involution::<op_type>`` node; ``x_dims``/``w_dims`` give each input dimension as a
     size or a name (dynamic)."""
-    node = helper.make_node(lib.OP_TYPE, ["X", "W"], ["Y"], domain=lib.DOMAIN, **attrs)
+    node = helper.make_node(op_type, ["X", "W"], ["Y"], domain=lib.DOMAIN, **attrs)
     kind = _ONNX_TYPES[dtype]
     graph = helper.make_graph(
         [node], "one_involution",
@@ -136,6 +136,59 @@ def test_16_bit_tensors_are_summed_in_float32_and_rounded_once(core, tmp_path, d
     expected = involution2d_reference(x, w, stride, pad, dil)
     magnitudes = involution2d_reference(x.abs(), w.abs(), stride, pad, dil)
     assert_float32_accumulated(y, expected, magnitudes, k[0] * k[1], msg=str(dtype))
+
+
+GEOMETRIES_3D = [  # (n, c, g, (d, h, w), (kd, kh, kw), stride, padding, dilation)
+    (2, 16, 4, (5, 9, 21), (3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1)),
+    (1, 6, 2, (7, 8, 9), (3, 5, 3), (2, 1, 2), (0, 2, 1), (1, 1, 2)),
+]
+
+
+def _case3d(seed, n, c, g, size, k, stride, pad, dil, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    out = [(size[a] + 2 * pad[a] - dil[a] * (k[a] - 1) - 1) // stride[a] + 1 for a in range(3)]
+    x = torch.randn(n, c, *size, generator=gen).to(dtype)
+    w = torch.randn(n, g, *k, *out, generator=gen).to(dtype)
+    return x, w
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES_3D)
+def test_3d_node_matches_the_oracle_at_several_sizes(core, tmp_path, geometry):
+    """One ``involution::Involution3d`` node with dynamic batch and sizes, f32 within 1e-5 of the output scale."""
+    n, c, g, size, k, stride, pad, dil = geometry
+    path = _node_model(tmp_path, ["n", c, "d", "h", "w"], ["n", g, *k, "do", "ho", "wo"], op_type=lib.OP_TYPE_3D,
+                       strides=list(stride), pads=list(pad), dilations=list(dil))
+    for seed, grown in enumerate([size, (size[0] + 2, size[1] + 3, size[2] + 1)]):
+        x, w = _case3d(seed, n + seed, c, g, grown, k, stride, pad, dil)
+        y = _run(core, path, x, w)
+        expected = involution_nd_reference(x, w, stride, pad, dil)
+        assert float((y.double() - expected).abs().max()) <= 1e-5 * float(expected.abs().max()), (geometry, grown)
+
+
+def test_3d_bf16_tensors_are_summed_in_float32_and_rounded_once(core, tmp_path):
+    n, c, g, size, k, stride, pad, dil = GEOMETRIES_3D[0]
+    path = _node_model(tmp_path, ["n", c, "d", "h", "w"], ["n", g, *k, "do", "ho", "wo"], torch.bfloat16,
+                       lib.OP_TYPE_3D, strides=list(stride), pads=list(pad), dilations=list(dil))
+    x, w = _case3d(0, n, c, g, size, k, stride, pad, dil, torch.bfloat16)
+    y = _run(core, path, x, w)
+    assert y.dtype == torch.bfloat16
+    expected = involution_nd_reference(x, w, stride, pad, dil)
+    magnitudes = involution_nd_reference(x.abs(), w.abs(), stride, pad, dil)
+    assert_float32_accumulated(y, expected, magnitudes, k[0] * k[1] * k[2], msg="bf16 3-D")
+
+
+@pytest.mark.parametrize(
+    ("x_dims", "w_dims", "attrs", "message"),
+    [
+        ([2, 8, 5, 9, 9], [2, 2, 3, 3, 3, 4, 9, 9], {}, "the weight's Do 4 does not match the input .* expected 5"),
+        ([2, 8, 9, 9], [2, 2, 3, 3, 3, 5, 9, 9], {}, r"input must be \(N, C, D, H, W\)"),
+        (["n", 8, "d", "h", "w"], ["n", 2, 3, 3, 3, "do", "ho", "wo"], {"pads": [1, 1]}, r"need 3 values \(d, h, w\)"),
+    ],
+)
+def test_3d_bad_shapes_and_attributes_are_errors_that_name_them(core, tmp_path, x_dims, w_dims, attrs, message):
+    attrs = {"strides": [1, 1, 1], "pads": [1, 1, 1], "dilations": [1, 1, 1], **attrs}
+    with pytest.raises(Exception, match=message):
+        core.read_model(str(_node_model(tmp_path, x_dims, w_dims, op_type=lib.OP_TYPE_3D, **attrs)))
 
 
 def _output_shape(core, tmp_path, x_dims, w_dims, **attrs):

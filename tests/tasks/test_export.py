@@ -20,10 +20,11 @@ ort = require_or_skip("onnxruntime")
 from model_weights import assert_every_involution_matters, weights_matter  # noqa: E402
 
 from involution.cli import main  # noqa: E402
-from involution.layers import Involution2d  # noqa: E402
+from involution.layers import Involution2d, Involution3d  # noqa: E402
 from involution.models import create_model, save_checkpoint  # noqa: E402
 from involution.ops import onnxruntime_library  # noqa: E402
-from involution.tasks.deploy import ExportCheck, check_exported_program, check_onnx, export_model  # noqa: E402
+from involution.tasks.deploy import (  # noqa: E402
+    ExportCheck, check_exported_program, check_onnx, check_openvino, export_model)
 from involution.tasks.deploy import export as export_task  # noqa: E402
 from involution.tasks.deploy.shapes import random_input  # noqa: E402
 
@@ -218,18 +219,21 @@ def test_small_model_exports_at_its_smallest_input(fmt, tmp_path):
     _every_involution_matters(model, (5, 3, 8, 8))
 
 
-@pytest.mark.parametrize("fmt, onnx_ops", [("onnx", "standard"), ("onnx", "custom"), ("exported-program", "standard")])
+@pytest.mark.parametrize("fmt, onnx_ops", [("onnx", "standard"), ("onnx", "custom"), ("exported-program", "standard"),
+                                           ("openvino", "custom")])
 def test_clip_model_exports_with_dynamic_frames(fmt, onnx_ops, tmp_path, request):
     """A video model (input (N, C, T, H, W)) exports at its cfg's clip size with batch, frames, height and width
-    dynamic, and matches eager on other clips; with the custom form each 3-D layer is one Involution3d node."""
-    if onnx_ops == "custom":
-        request.getfixturevalue("ort_library")  # skips, saying why, where the library cannot be built
+    dynamic, and matches eager on other clips; with the custom form (and in OpenVINO) each 3-D layer is one
+    Involution3d node."""
+    if onnx_ops == "custom":  # skips, saying why, where the library cannot be built
+        request.getfixturevalue("ov_library" if fmt == "openvino" else "ort_library")
     shapes = [(3, 3, 10, 40, 48), (1, 3, 8, 32, 32)]
     model = _weights_matter(create_model("video_rednet_tiny", num_classes=7), 11, shapes[0])
     lines: list[str] = []
-    out = export_model(model, tmp_path / f"clip.{fmt}", format=fmt, onnx_ops=onnx_ops, log=lines.append)
+    suffix = {"onnx": "onnx", "exported-program": "pt2", "openvino": "xml"}[fmt]
+    out = export_model(model, tmp_path / f"clip.{suffix}", onnx_ops=onnx_ops, log=lines.append)
     assert "(2, 3, 8, 32, 32) (dynamic batch, frames, height, width)" in "\n".join(lines), lines
-    check = check_onnx if fmt == "onnx" else check_exported_program
+    check = {"onnx": check_onnx, "exported-program": check_exported_program, "openvino": check_openvino}[fmt]
     for shape in shapes:
         result = check(out, model, shape)
         assert _within_tolerance(result), (fmt, onnx_ops, result)
@@ -241,6 +245,14 @@ def test_clip_model_exports_with_dynamic_frames(fmt, onnx_ops, tmp_path, request
             ("batch", 3, "frames", "height", "width")]
         types = {n.op_type for n in proto.graph.node if n.domain == onnxruntime_library.DOMAIN}
         assert types == ({onnxruntime_library.OP_TYPE_3D} if onnx_ops == "custom" else set())
+    if fmt == "openvino":
+        import openvino as ov
+
+        from involution.ops import openvino_library
+
+        ir = openvino_library.add_extension(ov.Core()).read_model(str(out))
+        layers = sum(isinstance(m, Involution3d) for m in model.modules())
+        assert layers > 0 and sum(op.get_type_name() == "Involution3d" for op in ir.get_ordered_ops()) == layers
     _every_involution_matters(model, shapes[0])
 
 

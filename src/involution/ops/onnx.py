@@ -247,42 +247,34 @@ def _involution3d_decomposition(input, weight, stride, padding, dilation):
     return depth_tap_sum(input, weight, list(stride), list(padding), list(dilation), in_place=False).to(input.dtype)
 
 
-def onnx_decompositions(
-    onnx_ops: str = "standard", custom_3d: bool = True
-) -> dict[Callable[..., torch.Tensor], Callable[..., Any]]:
-    """What an exported program must be decomposed with before ONNX (``ExportedProgram.run_decompositions``): the
-    3-D op as the 2-D op's depth taps, each then lowered by :func:`onnx_translation_table`, unless it becomes one
-    custom node (``onnx_ops="custom"`` with ``custom_3d``). Applied to the program being exported only; torch's
-    tables are not touched."""
+def onnx_decompositions(onnx_ops: str = "standard") -> dict[Callable[..., torch.Tensor], Callable[..., Any]]:
+    """What an exported program must be decomposed with before ONNX (``ExportedProgram.run_decompositions``): for
+    the standard form, the 3-D op as the 2-D op's depth taps, each then lowered by :func:`onnx_translation_table`
+    (the custom form has a node of its own for it). Applied to the program being exported only; torch's tables are
+    not touched."""
     from . import _library3d  # noqa: F401  (defines torch.ops.involution.involution3d)
 
     check_onnx_ops(onnx_ops)
-    if onnx_ops == "custom" and custom_3d:
+    if onnx_ops == "custom":
         return {}
     return {torch.ops.involution.involution3d.default: _involution3d_decomposition}
 
 
-def onnx_translation_table(
-    onnx_ops: str = "standard", custom_3d: bool = True
-) -> dict[Callable[..., torch.Tensor], Callable[..., Any]]:
+def onnx_translation_table(onnx_ops: str = "standard") -> dict[Callable[..., torch.Tensor], Callable[..., Any]]:
     """``custom_translation_table`` for ``torch.onnx.export(dynamo=True)``: the involution op -> ONNX (the 1-D op is
     traced into the 2-D one; the 3-D op is decomposed into it first by :func:`onnx_decompositions`, or with
-    ``onnx_ops="custom"`` and ``custom_3d`` becomes one ``Involution3d`` node), and ``aten.conv3d`` without
-    onnxscript 0.7's bias bug.
+    ``onnx_ops="custom"`` becomes one ``Involution3d`` node), and ``aten.conv3d`` without onnxscript 0.7's bias bug.
 
     Args:
         onnx_ops: ``"standard"`` (standard operators, :func:`involution2d_onnx`) or ``"custom"`` (one custom node
-            per layer, :func:`involution2d_onnx_custom`, :func:`involution3d_onnx_custom`).
-        custom_3d: with ``"custom"``, whether 3-D layers get their own node (onnxruntime's library has it; the
-            OpenVINO extension runs the 2-D node only, so its files keep the depth taps).
+            per layer, :func:`involution2d_onnx_custom`, :func:`involution3d_onnx_custom`; run by onnxruntime with
+            :mod:`involution.ops.onnxruntime_library`, or OpenVINO with :mod:`involution.ops.openvino_library`).
     """
     check_onnx_ops(onnx_ops)
     if onnx_ops == "standard":
         return {torch.ops.involution.involution2d.default: involution2d_onnx, torch.ops.aten.conv3d.default: conv3d_onnx}
-    table = {torch.ops.involution.involution2d.default: involution2d_onnx_custom,
-             torch.ops.aten.conv3d.default: conv3d_onnx}
-    if custom_3d:
-        from . import _library3d  # noqa: F401  (defines torch.ops.involution.involution3d)
+    from . import _library3d  # noqa: F401  (defines torch.ops.involution.involution3d)
 
-        table[torch.ops.involution.involution3d.default] = involution3d_onnx_custom
-    return table
+    return {torch.ops.involution.involution2d.default: involution2d_onnx_custom,
+            torch.ops.aten.conv3d.default: conv3d_onnx,
+            torch.ops.involution.involution3d.default: involution3d_onnx_custom}

@@ -1,7 +1,8 @@
 """The OpenVINO extension for involution (``ops/csrc/involution_ov.cpp``): build, load.
 
-The extension adds the operation ``Involution2d`` (opset ``involution``) to OpenVINO and maps the ONNX custom node
-``involution::Involution2d`` (what ``export_model(..., onnx_ops="custom")`` writes) to it, so that with it loaded
+The extension adds the operations ``Involution2d`` and ``Involution3d`` (opset ``involution``) to OpenVINO and maps
+the ONNX custom nodes ``involution::Involution2d`` / ``Involution3d`` (what ``export_model(..., onnx_ops="custom")``
+writes) to them, so that with it loaded
 OpenVINO reads such an ONNX file, or an IR (``.xml``) holding the op, and runs it on the CPU::
 
     import openvino as ov
@@ -21,13 +22,14 @@ from __future__ import annotations
 from typing import Any
 
 from .._runtime_build import build_status, why_unavailable
-from ..onnxruntime_library import DOMAIN, OP_TYPE
+from ..onnxruntime_library import DOMAIN, OP_TYPE, OP_TYPE_3D
 from .build import INSTALL_HINT, cache_dir, find_openvino, library_path, require_openvino, target
 
 __all__ = [
     "DOMAIN",
     "INSTALL_HINT",
     "OP_TYPE",
+    "OP_TYPE_3D",
     "add_extension",
     "cache_dir",
     "find_openvino",

@@ -34,11 +34,10 @@ def _rename_input_dims(proto: Any) -> None:
 
 
 def write_onnx(
-    program: torch.export.ExportedProgram, example: Tensor, out: Path, opset: int | None, onnx_ops: str,
-    custom_3d: bool = True,
+    program: torch.export.ExportedProgram, example: Tensor, out: Path, opset: int | None, onnx_ops: str
 ) -> None:
     """Convert ``program`` (traced on ``example``) to ONNX and save it at ``out``, checked by ``onnx.checker``
-    (``onnx_ops``, ``custom_3d``: as :func:`involution.ops.onnx.onnx_translation_table` takes them)."""
+    (``onnx_ops``: as :func:`involution.ops.onnx.onnx_translation_table` takes it)."""
     require("onnx", "ONNX export")
     require("onnxscript", "ONNX export")
     import onnx
@@ -48,10 +47,10 @@ def write_onnx(
 
     kwargs = {} if opset is None else {"opset_version": opset}
     onnx_program = torch.onnx.export(
-        program.run_decompositions(onnx_decompositions(onnx_ops, custom_3d)),
+        program.run_decompositions(onnx_decompositions(onnx_ops)),
         (example,),
         dynamo=True,
-        custom_translation_table=onnx_translation_table(onnx_ops, custom_3d),
+        custom_translation_table=onnx_translation_table(onnx_ops),
         input_names=["input"],
         # The exporter's own optimizer runs pattern rewrites whose cost grows steeply with the graph (minutes for
         # a RedNet-50, whose involutions are 49 taps each); folding constants and dropping dead nodes is what

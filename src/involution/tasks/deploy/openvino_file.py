@@ -2,7 +2,7 @@
 extension (:mod:`involution.ops.openvino_library`), and such a file compiled for the CPU with the extension loaded.
 
 The IR is two files: ``NAME.xml`` (the graph; the path given and returned) and ``NAME.bin`` beside it (the weights,
-kept in float32). It is made from the ONNX form with one ``involution::Involution2d`` node per layer, which OpenVINO
+kept in float32). It is made from the ONNX form with one ``involution::Involution2d`` (``Involution3d``) node per layer, which OpenVINO
 reads through the extension's ONNX conversion; batch, height and width stay dynamic as in the ONNX file.
 """
 
@@ -75,8 +75,7 @@ def write_openvino(program: torch.export.ExportedProgram, example: Tensor, out: 
 
     onnx_tmp = out.with_suffix(".onnx")
     try:
-        # The extension implements the 2-D node only: 3-D layers go through as their depth taps' 2-D nodes.
-        write_onnx(program, example, onnx_tmp, opset, "custom", custom_3d=False)
+        write_onnx(program, example, onnx_tmp, opset, "custom")
         ov.save_model(_core().read_model(str(onnx_tmp)), str(out), compress_to_fp16=False)
     finally:
         onnx_tmp.unlink(missing_ok=True)
@@ -128,8 +127,10 @@ def _involutions_in_bf16(model: Any) -> None:
     import openvino as ov
     from openvino import opset13
 
+    from ...ops.openvino_library import OP_TYPE, OP_TYPE_3D
+
     for node in model.get_ordered_ops():
-        if node.get_type_name() != "Involution2d":
+        if node.get_type_name() not in (OP_TYPE, OP_TYPE_3D):
             continue
         for port in node.inputs():
             port.replace_source_output(opset13.convert(port.get_source_output(), ov.Type.bf16).output(0))
