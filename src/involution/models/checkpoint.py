@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -272,18 +272,6 @@ class LoadReport:
     head_reinitialised: bool = False
 
 
-class LoadsItself(Protocol):
-    """A model whose ``load_checkpoint(path)`` reads its own files (the segmentors': they have other parts)."""
-
-    def load_checkpoint(self, path: str | os.PathLike) -> LoadReport: ...
-
-
-class AppliesStateDict(Protocol):
-    """A model whose ``apply_state_dict`` checks the keys itself (models with several heads)."""
-
-    def apply_state_dict(self, state_dict: Mapping[str, Tensor], source: str = ...) -> LoadReport: ...
-
-
 def apply_state_dict(
     model: nn.Module,
     state_dict: Mapping[str, Tensor],
@@ -351,7 +339,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     loads itself.
     """
     if callable(getattr(type(model), "load_checkpoint", None)):
-        return cast(LoadsItself, model).load_checkpoint(path)
+        loads_itself: Callable[[str | os.PathLike], LoadReport] = getattr(model, "load_checkpoint")
+        return loads_itself(path)
     state_dict, metadata = read_checkpoint(path)
     state_dict, report = to_model_keys(model, state_dict, metadata, str(path))
     applied = apply_state_dict(model, state_dict, source=str(path))

@@ -19,12 +19,12 @@ import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from .checkpoint import FORMAT, AppliesStateDict, apply_state_dict, load_checkpoint, read_checkpoint
+from .checkpoint import FORMAT, LoadReport, apply_state_dict, load_checkpoint, read_checkpoint
 from .checkpoint_checks import apply_recorded_preprocessing
 
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
@@ -252,7 +252,8 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
         raise ValueError(f"{path}: model_kwargs metadata is not JSON ({err})") from None
     model = create_model(name, **{**kwargs, **overrides})
     if callable(getattr(type(model), "apply_state_dict", None)):  # models with several heads check keys themselves
-        cast(AppliesStateDict, model).apply_state_dict(state_dict, source=str(path))
+        applies_itself: Callable[..., LoadReport] = getattr(model, "apply_state_dict")
+        applies_itself(state_dict, source=str(path))
     else:
         apply_state_dict(model, state_dict, source=str(path))
     apply_recorded_preprocessing(model, metadata, path)

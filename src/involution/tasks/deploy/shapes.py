@@ -29,7 +29,7 @@ def random_input(shape: Sequence[int], seed: int = 0) -> Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def check_shape(shape: tuple[int, int, int, int], dims: Sequence[int]) -> tuple[int, int, int, int]:
+def check_shape(shape: Sequence[int], dims: Sequence[int]) -> tuple[int, int, int, int]:
     """A different input than the example along the dynamic dimensions ``dims``, to show that they really are."""
     n, c, h, w = shape
     return (n + (0 in dims), c, h + 32 * (2 in dims), w + 16 * (3 in dims))
