@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from backend_requirements import require_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
