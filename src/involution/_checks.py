@@ -35,9 +35,10 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
     ValueError, both naming ``name`` and the accepted range."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be {accepted_int(low, high)}, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
+    number = int(value)  # numbers.Integral declares no order; an Integral's int() is the same number
+    if (low is not None and number < low) or (high is not None and number > high):
         raise ValueError(f"{name} must be {accepted_int(low, high)}, got {value!r}")
-    return int(value)
+    return number
 
 
 def check_number(

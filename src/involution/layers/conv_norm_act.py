@@ -67,6 +67,7 @@ class ConvNormAct(nn.Module):
         conv = CONVS[dims]
         self.conv = conv(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
         self.bn = norm_layer(out_channels) if norm_layer is not None else nn.Identity()
+        self.act: nn.Module
         if act_layer is None:
             self.act = nn.Identity()
         else:

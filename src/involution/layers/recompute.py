@@ -19,11 +19,17 @@ from torch.utils.checkpoint import checkpoint
 __all__ = ["recompute"]
 
 
+def _batches_tracked(norm: nn.modules.batchnorm._BatchNorm) -> Tensor:
+    """The batch counter of a norm that tracks running statistics (a buffer then: None only without them)."""
+    assert norm.num_batches_tracked is not None
+    return norm.num_batches_tracked
+
+
 @contextlib.contextmanager
 def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
     norms = [m for m in module.modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    saved = [(m.momentum, _batches_tracked(m).clone()) for m in norms]
     for m in norms:
         m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
     try:
@@ -31,7 +37,7 @@ def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
     finally:
         for m, (momentum, tracked) in zip(norms, saved):
             m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
+            _batches_tracked(m).copy_(tracked)
 
 
 def recompute(module: nn.Module, *args: Any) -> Tensor:

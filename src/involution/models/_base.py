@@ -13,7 +13,7 @@ The models trace with ``torch.fx`` (the involution op and the ceil-mode pooling 
 import os
 import re
 from collections.abc import Sequence
-from typing import Any, List, Union
+from typing import TYPE_CHECKING, Any, List, Literal, Union, overload
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +45,11 @@ class ResidualNet(nn.Module):
 
     classifier_name = "fc"
     first_conv = "conv1"
+    if TYPE_CHECKING:  # the stages subclasses add (_stages.add_stages); features_only and pruning delete some
+        layer1: nn.Sequential
+        layer2: nn.Sequential
+        layer3: nn.Sequential
+        layer4: nn.Sequential
 
     def __init__(self) -> None:
         super().__init__()
@@ -257,7 +262,7 @@ class ResidualNet(nn.Module):
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _present_stages(self) -> list[nn.Module]:
+    def _present_stages(self) -> list[nn.Sequential]:
         """The stages this model still has, in order (features_only and pruning drop them from the end)."""
         stages = []
         for name in STAGE_NAMES:
@@ -267,13 +272,25 @@ class ResidualNet(nn.Module):
             stages.append(stage)
         return stages
 
-    def _run_stage(self, stage: nn.Module, x: Tensor) -> Tensor:
+    def _run_stage(self, stage: nn.Sequential, x: Tensor) -> Tensor:
         # (never compiled by TorchScript, see _forward_scripted; under torch.fx x is a Proxy: no recompute)
         if self.grad_checkpointing and torch.is_grad_enabled() and isinstance(x, Tensor):
             for block in stage:
                 x = recompute(block, x)
             return x
         return stage(x)
+
+    @overload
+    def forward_intermediates(
+        self, x: Tensor, indices: int | Sequence[int] | None = ..., norm: bool = ..., stop_early: bool = ...,
+        output_fmt: str = ..., *, intermediates_only: Literal[True]
+    ) -> list[Tensor]: ...
+
+    @overload
+    def forward_intermediates(
+        self, x: Tensor, indices: int | Sequence[int] | None = ..., norm: bool = ..., stop_early: bool = ...,
+        output_fmt: str = ..., intermediates_only: bool = ...
+    ) -> tuple[Tensor, list[Tensor]] | list[Tensor]: ...
 
     def forward_intermediates(
         self,

@@ -7,7 +7,7 @@ an int ``n`` means the last ``n`` levels, a sequence names levels (negative ones
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from .._checks import check_int
 
@@ -77,4 +77,4 @@ def take_indices(indices: int | Sequence[int] | None, default: Sequence[int], nu
     if isinstance(indices, int) and not isinstance(indices, bool):
         n = check_int("indices (the last n stages)", indices, low=1, high=num_stages)
         return tuple(range(num_stages - n, num_stages))
-    return check_out_indices(indices, num_stages)
+    return check_out_indices(cast(Sequence[int], indices), num_stages)  # (a bool: check_out_indices' TypeError)

@@ -303,8 +303,8 @@ def apply_state_dict(
         ckpt = {k: v for k, v in ckpt.items() if not k.startswith(bad)}
         if reinit is not None:
             reinit(list(bad))
-        elif callable(getattr(model, "init_classifier", None)):
-            model.init_classifier()
+        elif callable(init_classifier := getattr(model, "init_classifier", None)):
+            init_classifier()
         report.head_reinitialised = True
     model.load_state_dict(ckpt, strict=False)
     report.loaded = sorted(ckpt)
@@ -339,7 +339,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     loads itself.
     """
     if callable(getattr(type(model), "load_checkpoint", None)):
-        return model.load_checkpoint(path)
+        loads_itself: Callable[[str | os.PathLike], LoadReport] = getattr(model, "load_checkpoint")
+        return loads_itself(path)
     state_dict, metadata = read_checkpoint(path)
     state_dict, report = to_model_keys(model, state_dict, metadata, str(path))
     applied = apply_state_dict(model, state_dict, source=str(path))

@@ -146,7 +146,7 @@ def apply_data_spec(model: nn.Module, raw: str | Mapping[str, Any], source: str 
     cfg = getattr(model, "pretrained_cfg", None)
     if not isinstance(cfg, dict):
         cfg = {}
-        model.pretrained_cfg = cfg
+        setattr(model, "pretrained_cfg", cfg)  # (nn.Module's stubs type attribute assignment for tensors and modules)
     cfg.update(spec_cfg(spec, cfg.get("input_size")))
     return spec
 

@@ -30,7 +30,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -187,7 +187,8 @@ def _run(
                 if not outs or not weights:
                     raise ValueError("backward=True, but the model has no output that requires grad")
                 # autograd.grad, not .backward(): nothing is accumulated into the parameters' .grad
-                torch.autograd.grad(sum(t.float().sum() for t in outs), weights, allow_unused=True)
+                total = cast(Tensor, sum(t.float().sum() for t in outs))  # a tensor: outs is not empty
+                torch.autograd.grad(total, weights, allow_unused=True)
         counts = counter.get_flop_counts()
     finally:
         for m, flag in recomputing:
@@ -226,7 +227,8 @@ def count_flops(
     if device is not None and not on_meta:
         raise ValueError(f"device must be 'meta' or None (the model's own device), got {device!r}")
     model_on_meta = _model_device(model).type == "meta"
-    forward_counts = backward_counts = None
+    forward_counts: dict | None = None
+    backward_counts: dict = {}  # set together with forward_counts (by _run)
     if on_meta or model_on_meta:
         try:
             x = torch.empty(shape, dtype=dtype, device="meta")
@@ -308,7 +310,7 @@ def _mmacs(macs: int, dash_if_zero: bool = False) -> str:
     return "-" if dash_if_zero and not macs else f"{macs / 1e6:.1f}"
 
 
-def _table(header: Sequence[str], rows: list[Sequence[str]], footer: Sequence[str]) -> list[str]:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], footer: Sequence[str]) -> list[str]:
     """Aligned lines: the first two columns to the left, the others to the right, rules around the rows."""
     widths = [max(len(r[i]) for r in (header, *rows, footer)) for i in range(len(header))]
     align = ["<", "<", *[">"] * (len(header) - 2)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import TypedDict, cast
 
 import torch
 from torch import Tensor, nn
@@ -101,6 +102,15 @@ class RedNetBottleneck(nn.Module):
     def conv_bn_pairs(self) -> list[tuple[str, str]]:
         """The BatchNorms that directly follow a convolution (``bn2`` too when ``conv2`` is a depthwise conv)."""
         return [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")]
+
+
+class _InvolutionArgs(TypedDict):
+    """What the stem's involution and the blocks' share."""
+
+    group_channels: int
+    reduction_ratio: int
+    norm_layer: LayerFactory
+    recompute_kernel: bool
 
 
 class RedNet(ResidualNet):
@@ -189,8 +199,8 @@ class RedNet(ResidualNet):
         self.recompute_stem = recompute_stem
         half = max(1, stem_channels // 2)
         # what the stem's involution and the blocks' share
-        involution_args = {"group_channels": group_channels, "reduction_ratio": reduction_ratio,
-                           "norm_layer": norm_layer, "recompute_kernel": recompute_kernel}
+        involution_args: _InvolutionArgs = {"group_channels": group_channels, "reduction_ratio": reduction_ratio,
+                                            "norm_layer": norm_layer, "recompute_kernel": recompute_kernel}
         self.stem = nn.Sequential(
             ConvNormAct(in_chans, half, 3, stride=stem_stride, padding=1, norm_layer=norm_layer),
             Involution2d(half, kernel_size=stem_kernel_size, **involution_args),
@@ -214,7 +224,7 @@ class RedNet(ResidualNet):
     def _zero_init_residual(self) -> None:
         for m in self.modules():
             if isinstance(m, RedNetBottleneck):
-                nn.init.zeros_(m.bn3.weight)
+                nn.init.zeros_(cast(Tensor, m.bn3.weight))  # (the norm's affine weight)
 
     def forward_stem(self, x: Tensor) -> Tensor:
         x = self._in_network_layout(x)

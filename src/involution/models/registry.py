@@ -24,13 +24,14 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .checkpoint import FORMAT, apply_state_dict, load_checkpoint, read_checkpoint
+from .checkpoint import FORMAT, LoadReport, apply_state_dict, load_checkpoint, read_checkpoint
 from .checkpoint_checks import apply_recorded_preprocessing
 
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _MODULES: dict[str, str] = {}
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
+M = TypeVar("M", bound=nn.Module)
 
 # Normalisation of the official mmcls pipelines (0-255 pixel scale, applied after BGR -> RGB), and the same
 # numbers on the 0-1 scale of ``ToTensor`` (timm's convention for ``mean``/``std``).
@@ -140,12 +141,12 @@ def check_placement(device: Any, dtype: Any) -> tuple[torch.device | None, torch
 
 
 def build_model(
-    model_cls: Callable[..., nn.Module],
+    model_cls: Callable[..., M],
     name: str,
     model_args: dict[str, Any],
     kwargs: dict[str, Any],
     pretrained_cfg: dict[str, Any],
-) -> nn.Module:
+) -> M:
     """Build ``model_cls(**model_args, **kwargs)`` and attach ``model_name``, ``model_kwargs``, ``pretrained_cfg``.
 
     ``model_args`` are the variant's fixed arguments (stage depths ...); ``kwargs`` the caller's, recorded in
@@ -178,10 +179,11 @@ def build_model(
         for key in ("mean", "std", "mean_255", "std_255"):
             if key in cfg:
                 cfg[key] = channel_stats(cfg[key], in_chans)
-    model.pretrained_cfg = cfg
-    model.default_cfg = cfg  # timm's older name
-    model.model_name = name
-    model.model_kwargs = kwargs
+    # setattr: nn.Module's stubs type attribute assignment for tensors and modules only
+    setattr(model, "pretrained_cfg", cfg)
+    setattr(model, "default_cfg", cfg)  # timm's older name
+    setattr(model, "model_name", name)
+    setattr(model, "model_kwargs", kwargs)
     return model
 
 
@@ -250,7 +252,8 @@ def load_model(path: str | os.PathLike, **overrides: Any) -> nn.Module:
         raise ValueError(f"{path}: model_kwargs metadata is not JSON ({err})") from None
     model = create_model(name, **{**kwargs, **overrides})
     if callable(getattr(type(model), "apply_state_dict", None)):  # models with several heads check keys themselves
-        model.apply_state_dict(state_dict, source=str(path))
+        applies_itself: Callable[..., LoadReport] = getattr(model, "apply_state_dict")
+        applies_itself(state_dict, source=str(path))
     else:
         apply_state_dict(model, state_dict, source=str(path))
     apply_recorded_preprocessing(model, metadata, path)

@@ -34,10 +34,11 @@ __all__ = ["involutionizable", "involutionize"]
 
 IncludeFilter = Callable[[str, nn.Module], bool] | str | Iterable[str] | None
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
 _INVOLUTIONS = {1: Involution1d, 2: Involution2d, 3: Involution3d}
 
 
-def _dims(conv: nn.Module) -> int:
+def _dims(conv: _Conv) -> int:
     return len(conv.kernel_size)
 
 
@@ -107,7 +108,7 @@ def _named_modules(model: nn.Module) -> list[tuple[nn.Module, list[str]]]:
     return list(names_of.values())
 
 
-def _involution_like(conv: nn.Module, kernel_size: int | None, **layer_kwargs: Any) -> nn.Module:
+def _involution_like(conv: _Conv, kernel_size: int | None, **layer_kwargs: Any) -> nn.Module:
     """An involution of ``conv``'s dimension with its channels, stride, dilation (and kernel size, if
     ``kernel_size`` is None), on its device, in its dtype and train/eval mode."""
     dims = _dims(conv)

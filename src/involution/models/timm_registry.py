@@ -21,7 +21,7 @@ and re-initialises the classifier.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 from timm.models import (
     PretrainedCfg,
@@ -79,6 +79,11 @@ def _weights_file(name: str, pretrained_cfg: Any, overlay: dict[str, Any]) -> st
     )
 
 
+def _pretrained_cfg(model: nn.Module) -> dict[str, Any]:
+    """``model.pretrained_cfg``: a dict on every model of the registry and of timm (nn.Module types no such field)."""
+    return cast(dict[str, Any], model.pretrained_cfg)
+
+
 def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     """``build_model_with_cfg`` over this library's entry point ``name``; see the module docstring."""
     pretrained_cfg = kwargs.pop("pretrained_cfg", None)
@@ -91,7 +96,7 @@ def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
 
     def build(**model_kwargs: Any) -> nn.Module:
         model = involution_entrypoint(name)(**model_kwargs)
-        ours.update(model.pretrained_cfg)  # before timm replaces it
+        ours.update(_pretrained_cfg(model))  # before timm replaces it
         return model
 
     model = build_model_with_cfg(
@@ -106,7 +111,7 @@ def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
     # timm replaced our pretrained_cfg by its fields; keep ours beside them (resize, mean_255 ..., the model card)
     for key, value in ours.items():
         if key not in _TIMM_KEYS:
-            model.pretrained_cfg.setdefault(key, value)
+            _pretrained_cfg(model).setdefault(key, value)
     return model
 
 

@@ -17,7 +17,7 @@ torch.Size([2, 8])
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -57,6 +57,7 @@ class VideoBottleneck(nn.Module):
         self.middle = _middle_layer(spatial, mid, stride, group_channels, reduction_ratio, recompute_kernel)
         self.bn2 = nn.BatchNorm3d(mid)
         self.conv3 = ConvNormAct(mid, out_channels, 1, norm_layer=nn.BatchNorm3d, act_layer=None, dims=3)
+        assert isinstance(self.conv3.bn, nn.BatchNorm3d)
         nn.init.zeros_(self.conv3.bn.weight)  # each block starts as its shortcut (as RedNet's zero_init_residual)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut: nn.Module = nn.Identity()
@@ -116,7 +117,8 @@ class VideoNet(nn.Module):
         for width, depth, stride in zip(widths, depths, strides):
             blocks = []
             for i in range(check_int("depth", depth, low=1)):
-                blocks.append(VideoBottleneck(channels, width, tuple(stride) if i == 0 else (1, 1, 1), spatial,
+                first = cast(Stride, tuple(stride))  # (three ints: the layers check)
+                blocks.append(VideoBottleneck(channels, width, first if i == 0 else (1, 1, 1), spatial,
                                               group_channels=group_channels, reduction_ratio=reduction_ratio,
                                               recompute_kernel=recompute_kernel))
                 channels = width
@@ -144,7 +146,7 @@ def _cfg(**overrides: Any) -> dict[str, Any]:
 
 
 def _create(name: str, spatial: str, kwargs: dict[str, Any]) -> VideoNet:
-    return build_model(VideoNet, name, {"spatial": spatial}, kwargs, _cfg())  # type: ignore[return-value]
+    return build_model(VideoNet, name, {"spatial": spatial}, kwargs, _cfg())
 
 
 @register_model

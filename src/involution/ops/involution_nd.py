@@ -13,6 +13,7 @@ chosen by ``len(stride)``, with list arguments; the helpers below it are written
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import List
 
 import torch
@@ -27,9 +28,9 @@ from .involution2d import involution2d
 def involution1d(
     input: Tensor,
     weight: Tensor,
-    stride: int | tuple[int] = 1,
-    padding: int | tuple[int] = 0,
-    dilation: int | tuple[int] = 1,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
 ) -> Tensor:
     r"""Involution along a sequence: every output position aggregates its K-tap window with a kernel of its own.
 
@@ -70,9 +71,9 @@ def _op2d(x: Tensor, w: Tensor, stride: List[int], padding: List[int], dilation:
 def involution3d(
     input: Tensor,
     weight: Tensor,
-    stride: int | tuple[int, int, int] = 1,
-    padding: int | tuple[int, int, int] = 0,
-    dilation: int | tuple[int, int, int] = 1,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
 ) -> Tensor:
     r"""Involution over volumes or clips: every output voxel aggregates its ``Kd x Kh x Kw`` neighbourhood.
 

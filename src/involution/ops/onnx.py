@@ -36,7 +36,7 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -189,6 +189,7 @@ def _aggregate(
         for u in range(kh):
             term = _op.Mul(_op.Gather(column, rows[u], axis=3), taps[u * kw + v])
             acc = term if acc is None else _op.Add(acc, term)
+    assert acc is not None  # a kernel has at least one tap
     return _op.Reshape(acc, _op.Concat(batch, _ints([channels]), out_hw, axis=0))
 
 
@@ -220,6 +221,15 @@ def check_onnx_ops(onnx_ops: str) -> None:
         raise ValueError(f"unknown onnx_ops {onnx_ops!r}; choose one of {', '.join(ONNX_OPS)}")
 
 
+class _ConvAttributes(TypedDict):
+    """The attributes of the ``Conv`` node :func:`conv3d_onnx` writes."""
+
+    strides: list[int]
+    pads: list[int]
+    dilations: list[int]
+    group: int
+
+
 def conv3d_onnx(
     input: Any,
     weight: Any,
@@ -233,8 +243,8 @@ def conv3d_onnx(
     ``(C_out, 2)``, which onnxruntime refuses, so every bias-free ``nn.Conv3d`` (Involution3d's kernel generator
     among them) failed to run once exported."""
     pads = [int(v) for v in padding] * 2
-    attrs = {"strides": [int(v) for v in stride], "pads": pads, "dilations": [int(v) for v in dilation],
-             "group": int(groups)}
+    attrs: _ConvAttributes = {"strides": [int(v) for v in stride], "pads": pads,
+                              "dilations": [int(v) for v in dilation], "group": int(groups)}
     if bias is None:
         return _op.Conv(input, weight, **attrs)
     return _op.Conv(input, weight, bias, **attrs)

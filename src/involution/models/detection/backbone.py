@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -26,6 +26,7 @@ from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 
 from ...layers import Involution2d
+from .._features import FeatureInfo
 from ..registry import create_model
 
 NECKS = ("convolution", "involution")
@@ -96,6 +97,7 @@ class P6P7(ExtraFPNBlock):
         self.relu_before_p7 = relu_before_p7
         for conv in (self.p6, self.p7):
             nn.init.kaiming_uniform_(conv.weight, a=1)
+            assert conv.bias is not None  # built with one
             nn.init.zeros_(conv.bias)
 
     def forward(self, results: list[Tensor], x: list[Tensor], names: list[str]) -> tuple[list[Tensor], list[str]]:
@@ -134,7 +136,7 @@ class RedNetFPN(nn.Module):
                 f"frozen_stages must be in -1..4 (-1: none, 0: stem, k: stem + layer1..k), got {frozen_stages}"
             )
         self.body = body
-        channels = list(body.feature_info.channels())
+        channels = list(cast(FeatureInfo, body.feature_info).channels())
         extra_block = LastLevelMaxPool() if extra == "pool" else P6P7(channels[-1], fpn_channels)
         self.fpn = FeaturePyramidNetwork(channels, fpn_channels, extra_blocks=extra_block)
         if neck == "involution":
@@ -149,7 +151,7 @@ class RedNetFPN(nn.Module):
         """The stem (with its max-pool) and the first ``frozen_stages`` stages."""
         if self.frozen_stages < 0:
             return []
-        mods = [self.body.stem, self.body.maxpool]
+        mods = [self.body.get_submodule("stem"), self.body.get_submodule("maxpool")]
         mods += [getattr(self.body, f"layer{i}") for i in range(1, self.frozen_stages + 1)]
         return mods
 

@@ -18,7 +18,7 @@ resized so the shorter side is ``min_size`` (longer side at most ``max_size``); 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
@@ -155,7 +155,7 @@ def _assemble(
     if kind == "retinanet":
         anchors = detector_kwargs.pop("anchor_generator", None) or retina_anchor_generator()
         retina_head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes + 1)
-        model: nn.Module = RedNetRetinaNet(
+        model: RedNetRetinaNet | FasterRCNN = RedNetRetinaNet(
             backbone, num_classes + 1, anchor_generator=anchors, head=retina_head, **common, **detector_kwargs
         )
     else:
@@ -276,7 +276,7 @@ def retinanet_rednet50_fpn(
     Arguments as for :func:`fasterrcnn_rednet50_fpn`; ``detector_kwargs`` go to torchvision's ``RetinaNet``
     (``detections_per_img`` defaults to the official 100).
     """
-    return _build("retinanet", "retinanet_rednet50_fpn", checkpoint, backbone_checkpoint, kwargs)
+    return cast(RedNetRetinaNet, _build("retinanet", "retinanet_rednet50_fpn", checkpoint, backbone_checkpoint, kwargs))
 
 
 __all__ = [

@@ -41,6 +41,7 @@ import re
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -158,8 +159,9 @@ def mmdet_to_ours(state_dict: Mapping[str, Tensor], model: nn.Module) -> tuple[d
     the backbone's keys are passed through for the strict check).
     """
     kind = _detector_kind(model)
-    num_levels = len(model.backbone.fpn.inner_blocks)
-    num_anchors = model.anchor_generator.num_anchors_per_location()[0] if kind == "retinanet" else 0
+    detector: Any = model  # a torchvision detector (torchvision ships no type information)
+    num_levels = len(detector.backbone.fpn.inner_blocks)
+    num_anchors = detector.anchor_generator.num_anchors_per_location()[0] if kind == "retinanet" else 0
     own = model.state_dict()
     out: dict[str, Tensor] = {}
     skipped: list[str] = []
@@ -211,7 +213,7 @@ def load_detector_checkpoint(model: nn.Module, path: str | os.PathLike) -> Detec
     state_dict, metadata = read_checkpoint(path)
     report = LoadReport(path=str(path), layout="involution" if metadata.get("format") == FORMAT else "plain")
     skipped: list[str] = []
-    lenient = CLASS_DEPENDENT
+    lenient: tuple[str, ...] = CLASS_DEPENDENT
     if is_mmdet_layout(state_dict):
         report.layout = "mmdet"
         state_dict, skipped = mmdet_to_ours(state_dict, model)

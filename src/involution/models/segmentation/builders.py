@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
 from ...layers.conv_norm_act import LayerFactory, resolve_norm
 from ..backbone_init import load_backbone_checkpoint
+from ..rednet import RedNet
 from ..registry import build_model, create_model, default_cfg, register_model
 from ._common import norm_name
 from .fpn_neck import FPN, check_neck
@@ -56,7 +57,7 @@ def build_backbone(
     in_chans: int = 3,
     norm_layer: LayerFactory = nn.BatchNorm2d,
     backbone_kwargs: Mapping[str, Any] | None = None,
-) -> nn.Module:
+) -> RedNet:
     """``create_model("rednet50", stem_kernel_size=7, features_only=True, ...)``: the official seg backbone."""
     kwargs = dict(backbone_kwargs or {})
     reserved = sorted(set(kwargs) & set(_RESERVED_BACKBONE_KWARGS))
@@ -66,7 +67,8 @@ def build_backbone(
             "backbone_checkpoint to the segmentation model instead)"
         )
     kwargs = {"stem_kernel_size": 7, **kwargs}
-    return create_model(BACKBONE, in_chans=in_chans, features_only=True, norm_layer=norm_layer, **kwargs)
+    backbone = create_model(BACKBONE, in_chans=in_chans, features_only=True, norm_layer=norm_layer, **kwargs)
+    return cast(RedNet, backbone)  # (BACKBONE is a RedNet)
 
 
 def _head_args(num_classes: int, dropout_ratio: float, align_corners: bool, norm: LayerFactory) -> dict[str, Any]:

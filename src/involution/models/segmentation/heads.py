@@ -46,6 +46,7 @@ class DecodeHead(nn.Module):
 
     def init_classifier(self) -> None:
         nn.init.normal_(self.conv_seg.weight, 0.0, 0.01)
+        assert self.conv_seg.bias is not None  # built with one
         nn.init.zeros_(self.conv_seg.bias)
 
     def cls_seg(self, x: Tensor) -> Tensor:

@@ -11,11 +11,13 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 from torch import Tensor, nn
 
 from ..checkpoint import LoadReport, apply_state_dict, read_checkpoint
 from ._common import resize
+from .heads import DecodeHead
 
 MMSEG_PARTS = ("backbone.", "neck.", "decode_head.", "auxiliary_head.")
 
@@ -46,9 +48,9 @@ class Segmentor(nn.Module):
     def __init__(
         self,
         backbone: nn.Module,
-        decode_head: nn.Module,
+        decode_head: DecodeHead,
         neck: nn.Module | None = None,
-        auxiliary_head: nn.Module | None = None,
+        auxiliary_head: DecodeHead | None = None,
         aux_in_index: int = 2,
         aux_loss_weight: float = 0.4,
         align_corners: bool = False,
@@ -128,7 +130,7 @@ class Segmentor(nn.Module):
 
     def _reinit_heads(self, prefixes: list[str]) -> None:
         for prefix in prefixes:
-            self.get_submodule(prefix.split(".")[0]).init_classifier()
+            cast(DecodeHead, self.get_submodule(prefix.split(".")[0])).init_classifier()  # a head's prefix
 
 
 def _looks_mmseg(state_dict: Mapping[str, Tensor]) -> bool:

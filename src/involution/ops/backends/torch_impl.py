@@ -10,6 +10,8 @@ compiled backend is available, and a second, independent implementation for the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -25,7 +27,7 @@ def tap_range(size_in: int, size_out: int, stride: int, padding: int, offset: in
     return o0, o1, o0 * stride - padding + offset
 
 
-def _taps(weight: Tensor, in_hw: tuple[int, int], stride: Pair, padding: Pair, dilation: Pair):
+def _taps(weight: Tensor, in_hw: Sequence[int], stride: Pair, padding: Pair, dilation: Pair):
     """Yield (u, v, out-slices, in-slices) for every tap that touches the image."""
     kh, kw, ho, wo = weight.shape[2:]
     for u in range(kh):

@@ -91,7 +91,9 @@ def _extract_headers(deb: bytes, dest: Path) -> None:
                     continue
                 target = tmp / member.name[len(_DEB_INCLUDE):]
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(tar.extractfile(member).read())
+                source = tar.extractfile(member)
+                assert source is not None  # a regular file's member (isfile above) always has its data
+                target.write_bytes(source.read())
         if not (tmp / HEADER).is_file():
             raise ValueError(f"the package holds no {HEADER}")
         if dest.exists():

@@ -85,7 +85,8 @@ def _locate() -> tuple[OpenVINOInstall | None, str | None]:
     absent = [stem for stem, path in found.items() if path is None]
     if absent:
         return None, f"openvino at {root} has no {libs / absent[0]}.so.* to link the extension with"
-    return OpenVINOInstall(root, include, tuple(found.values()), _cxx11_abi(root)), None
+    libraries = tuple(path for path in found.values() if path is not None)  # all of them: none is absent
+    return OpenVINOInstall(root, include, libraries, _cxx11_abi(root)), None
 
 
 def _cxx11_abi(root: Path) -> str:

@@ -45,7 +45,7 @@ def write_onnx(
 
     from ...ops.onnx import onnx_decompositions, onnx_translation_table
 
-    kwargs = {} if opset is None else {"opset_version": opset}
+    kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
     onnx_program = torch.onnx.export(
         program.run_decompositions(onnx_decompositions(onnx_ops)),
         (example,),
@@ -59,6 +59,7 @@ def write_onnx(
         verbose=False,
         **kwargs,
     )
+    assert onnx_program is not None  # (None only without dynamo=True, for a file written by the exporter itself)
     model = onnx_program.model
     onnxscript.optimizer.fold_constants(model)
     onnxscript.optimizer.remove_unused_nodes(model)

@@ -138,8 +138,8 @@ def comparisons(summary: Sequence[dict[str, Any]], reference_of: ReferenceOf | N
             diff = 100 * (arm["acc_mean"] - ref["acc_mean"])
             out.append({"reference": False, "diff": diff, "test": difference(arm, ref)})
     tested = [c for c in out if c and c.get("test") is not None]
-    for c, p_holm in zip(tested, holm([c["test"]["p"] for c in tested])):
-        c["p_holm"] = p_holm
+    for entry, p_holm in zip(tested, holm([c["test"]["p"] for c in tested])):
+        entry["p_holm"] = p_holm
     for c in out:
         if c and not c["reference"]:
             test = c["test"]
@@ -229,10 +229,10 @@ def plot_summary(summary: Sequence[dict[str, Any]], path: str | os.PathLike, tit
         groups = list(dict.fromkeys(group_label(a["group"]) for a in summary))
         width = 0.8 / len(variants)
         for i, v in enumerate(variants):
-            arms = {group_label(a["group"]): a for a in summary if a["variant"] == v}
-            xs = [j + i * width for j, g in enumerate(groups) if g in arms]
-            ys = [100 * arms[g]["acc_mean"] for g in groups if g in arms]
-            err = [100 * np.nan_to_num(arms[g]["acc_std"]) for g in groups if g in arms]
+            by_group = {group_label(a["group"]): a for a in summary if a["variant"] == v}
+            xs = [j + i * width for j, g in enumerate(groups) if g in by_group]
+            ys = [100 * by_group[g]["acc_mean"] for g in groups if g in by_group]
+            err = [100 * np.nan_to_num(by_group[g]["acc_std"]) for g in groups if g in by_group]
             ax.bar(xs, ys, width, yerr=err, capsize=3, label=v)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], groups, rotation=15, ha="right")
         lows = [100 * (a["acc_mean"] - np.nan_to_num(a["acc_std"])) for a in summary]
