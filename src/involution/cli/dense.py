@@ -31,12 +31,13 @@ def _task(name: str) -> Any:
 
 
 def _cmd_dense_train(args: argparse.Namespace) -> int:
-    from ..tasks.dense import DenseConfig, resume_dense_config, train_dense
+    from ..tasks.dense import DenseConfig, resume_dense_config
+    from ..tasks.engine.loop import train
 
     given, run = train_options(args)
     given["task"] = args.command
     config = resume_dense_config(run["out"], given) if run["resume"] and run["out"] is not None else DenseConfig.from_dict(given)
-    return train_dense(_task(args.command), config, **run).exit_code
+    return train(_task(args.command), config, **run).exit_code
 
 
 def _cmd_dense_eval(args: argparse.Namespace) -> int:
