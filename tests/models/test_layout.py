@@ -67,3 +67,10 @@ def test_training_in_channels_last_matches_nchw() -> None:
         assert (p.grad - q.grad).abs().max() <= 1e-3 * q.grad.abs().max(), name
     # every involution moves the training-mode logits the gradients come from (one forward a layer, no backward)
     assert_every_involution_matters(plain, lambda m: m(x), rtol_max=1e-3)
+
+
+def test_the_builder_lays_out_image_models_only() -> None:
+    """A clip model's 5-D weights have no NHWC layout: the video trainer's channels_last gives them NDHWC."""
+    assert not create_model("video_rednet_tiny", num_classes=3).model_kwargs.get("channels_last")
+    with pytest.raises(ValueError, match="channels_last_3d"):
+        create_model("video_rednet_tiny", num_classes=3, channels_last=True)
