@@ -4,7 +4,8 @@
 Five configurations, timed round-robin (the order reversed every other round) at one batch size, 224x224, float32:
 
 * ``rednet50`` with an NCHW input and ``channels_last=False``: NCHW throughout, the op on its NCHW kernels;
-* ``rednet50`` with an NCHW input as built (``channels_last=True``: the input is converted once, at the stem);
+* ``rednet50`` with an NCHW input as built (NHWC weights, ``channels_last=True``: the stem's first convolution
+  converts the input once);
 * ``rednet50`` with model and input channels_last;
 * ``resnet50`` with an NCHW input (as built, like torchvision's) and with model and input channels_last.
 

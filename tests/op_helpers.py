@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
+from torch.profiler import ProfilerActivity, profile
 
 import involution  # noqa: F401  (registers torch.ops.involution.*)
 from involution.ops import available_backends, output_size
@@ -13,6 +17,31 @@ from involution.ops.backends import get_backend
 from reference import involution_nd_reference_and_grads
 
 CPU = torch.device("cpu")
+
+
+def cpu_kernel(event: str) -> tuple[str, str] | None:
+    """``(pass, family)`` of a profiler event naming one of the compiled cpu backend's kernels, e.g.
+    ``involution_cpu::forward_nchw`` -> ``("forward", "nchw")``, ``involution_cpu::backward_input3d`` ->
+    ``("backward_input3d", "ndhwc")``; None for any other event."""
+    op = event.removeprefix("involution_cpu::")
+    if op == event:
+        return None
+    for suffix in ("_nchw", "_ncdhw"):
+        if op.endswith(suffix):
+            return op.removesuffix(suffix), suffix[1:]
+    return op, "ndhwc" if op.endswith("3d") else "nhwc"
+
+
+@contextmanager
+def cpu_kernel_calls() -> Iterator[Counter]:
+    """Count the compiled cpu backend's kernels run in the block, by ``(pass, family)`` (:func:`cpu_kernel`).
+
+    Read from a profile of the block (every kernel is a dispatcher op, ``torch.ops.involution_cpu.*``), so the
+    backend keeps no count of its own; the counter is filled when the block exits."""
+    calls: Counter = Counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        yield calls
+    calls.update(k for k in map(cpu_kernel, (e.name for e in prof.events())) if k is not None)
 
 #: Every available backend that runs CPU tensors: "torch" always, "cpu" once the compiled backend builds here.
 CPU_BACKENDS: list[str] = [name for name in available_backends() if get_backend(name).supports(CPU)]

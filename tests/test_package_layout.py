@@ -106,6 +106,34 @@ def test_no_import_cycles():
     assert import_cycles(GRAPH) == []
 
 
+def private_imports(modules: dict[str, tuple[Path, ast.Module]]) -> list[str]:
+    """``importer -> name`` for each of the library's private modules or names (a dotted part starting with ``_``)
+    imported from outside the package that holds it: ``involution.ops._shapes`` is the ops package's own,
+    ``involution._checks`` the whole library's, a module's ``_helper`` its package's (its sibling modules share it)."""
+    found = []
+    for name, (path, tree) in modules.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            for imported in _imported_names(node, package):
+                parts = imported.split(".")
+                private = next((i for i, part in enumerate(parts) if part.startswith("_")), None)
+                if parts[0] != "involution" or private is None or parts[private].startswith("__"):  # (dunders)
+                    continue
+                owner = ".".join(parts[:private])
+                if owner in modules and modules[owner][0].name != "__init__.py":  # a module's name: its package's
+                    owner = owner.rpartition(".")[0]
+                if name != owner and not name.startswith(owner + "."):
+                    found.append(f"{name} -> {imported}")
+    return sorted(found)
+
+
+def test_no_package_imports_another_ones_private_parts():
+    """What another package needs has a public name (issue 30): private modules and names stay in their package."""
+    assert private_imports(MODULES) == []
+
+
 def test_every_name_of_a_from_import_is_an_edge():
     """``from . import a, b, c`` imports three modules: the command line's package imports each of its families."""
     families = {"classification", "deploy", "dense", "info", "models", "study", "video"}

@@ -19,7 +19,7 @@ from involution.models import (
     read_checkpoint,
     save_checkpoint,
 )
-from involution.models._safetensors import read_safetensors
+from involution.models import read_safetensors
 from model_weights import assert_every_involution_matters, randomise_weights, weights_matter
 
 SMALL = {"num_classes": 10, "width": 0.25, "zero_init_residual": False}

@@ -234,8 +234,8 @@ def test_features_only_gives_our_maps(tmp_path, feature_cls, out_indices):
     with torch.no_grad():
         got, want = net(x), backbone(x)
     assert len(got) == len(want) == len(picked)
-    # the getter runs our forward_intermediates: the same maps exactly; FeatureListNet calls the stages itself,
-    # without our stem's switch to channels_last, and the kernels then sum in another order (float rounding)
+    # the getter runs our forward_intermediates: the same maps exactly; FeatureListNet calls the stages itself
+    # (float rounding allowed)
     tol = {"rtol": 0, "atol": 0} if feature_cls == "getter" else {"rtol": 1e-5, "atol": 1e-6}
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, **tol)

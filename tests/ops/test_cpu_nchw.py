@@ -1,5 +1,5 @@
 """The compiled backend's two kernel families: NCHW kernels for NCHW (and other non-channels_last) feature maps,
-NHWC kernels for channels_last ones (issue 17). Each case checks the family that ran (``kernel_calls``) and the
+NHWC kernels for channels_last ones (issue 17). Each case checks the family that ran (``cpu_kernel_calls``) and the
 forward, grad_input and grad_weight against the float64 reference."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import torch
 
 import involution
 from involution.ops import output_size, use_backend
-from involution.ops.backends import get_backend
-from op_helpers import CPU_BACKENDS, assert_matches_reference, is_channels_last, make_case
+from op_helpers import CPU_BACKENDS, assert_matches_reference, cpu_kernel_calls, is_channels_last, make_case
 from reference import involution2d_reference, reference_grads
 
 pytestmark = pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the compiled cpu backend is not available here")
@@ -20,14 +19,9 @@ pytestmark = pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="the compiled 
 PASSES = ("forward", "backward_input", "backward_weight")
 
 
-def _calls() -> dict:
-    return dict(get_backend("cpu").kernel_calls)
-
-
-def _ran(before: dict, family: str) -> set[str]:
-    """The passes whose ``family`` kernels ran since ``before``."""
-    after = _calls()
-    return {p for p in PASSES if after.get((p, family), 0) > before.get((p, family), 0)}
+def _ran(calls: dict, family: str) -> set[str]:
+    """The passes whose ``family`` kernels ran, as ``calls`` (a :func:`cpu_kernel_calls` counter) counted them."""
+    return {p for p in PASSES if calls.get((p, family), 0) > 0}
 
 
 def _format(t: torch.Tensor) -> torch.memory_format:
@@ -48,16 +42,15 @@ def _check(case: dict, dtype: torch.dtype, input_layout: str, weight_layout: str
     geo = (case["stride"], case["padding"], case["dilation"])
     x = (x0.contiguous(memory_format=torch.channels_last) if input_layout == "nhwc" else x0.clone()).requires_grad_()
     w = _generator_weight(w0)[1] if weight_layout == "pixel_major" else w0.clone().requires_grad_()
-    before = _calls()
-    with use_backend("cpu"):
+    with use_backend("cpu"), cpu_kernel_calls() as calls:
         out = involution.involution2d(x, w, *geo)
         gy = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(dtype)
         # laid out like the output, as autograd's own gradients are (grad_input takes grad_output's layout)
         gx, gw = torch.autograd.grad(out, (x, w), gy.contiguous(memory_format=_format(out)))
     family, other = ("nhwc", "nchw") if input_layout == "nhwc" else ("nchw", "nhwc")
     if x.shape[1] > 1 or input_layout == "nchw":  # (a one-channel "channels_last" tensor is also NCHW)
-        assert _ran(before, family) == set(PASSES), (family, _calls())
-        assert _ran(before, other) == set(), (other, _calls())
+        assert _ran(calls, family) == set(PASSES), (family, calls)
+        assert _ran(calls, other) == set(), (other, calls)
     assert is_channels_last(out) == is_channels_last(x) and is_channels_last(gx) == is_channels_last(x)
     assert gw.stride() == w.stride()
 
@@ -147,11 +140,10 @@ def test_direct_ops_follow_the_feature_layout() -> None:
     gy = torch.randn(1, 8, 7, 7, generator=gen)
     ref_gx, ref_gw = reference_grads(x, w, gy, *geo)
     for fmt, family in ((torch.contiguous_format, "nchw"), (torch.channels_last, "nhwc")):
-        before = _calls()
-        with use_backend("cpu"):
+        with use_backend("cpu"), cpu_kernel_calls() as calls:
             gx = torch.ops.involution.involution2d_backward_input(gy.contiguous(memory_format=fmt), w, x.shape, *geo)
             gw = torch.ops.involution.involution2d_backward_weight(gy, x.contiguous(memory_format=fmt), w, *geo)
-        assert _ran(before, family) == {"backward_input", "backward_weight"}
+        assert _ran(calls, family) == {"backward_input", "backward_weight"}
         assert is_channels_last(gx) == (fmt == torch.channels_last)
         assert_matches_reference(gx, ref_gx)
         assert_matches_reference(gw, ref_gw)
@@ -160,11 +152,10 @@ def test_direct_ops_follow_the_feature_layout() -> None:
 def test_low_precision_runs_the_nchw_kernels_in_float32() -> None:
     gen = torch.Generator().manual_seed(5)
     x, w = make_case(1, 12, 3, (5, 5), (9, 18), padding=(2, 2), dtype=torch.bfloat16, generator=gen)
-    before = _calls()
-    with use_backend("cpu"):
+    with use_backend("cpu"), cpu_kernel_calls() as calls:
         out = involution.involution2d(x, w, 1, 2, 1)
     assert out.dtype == torch.bfloat16 and out.is_contiguous()
-    assert _ran(before, "nchw") == {"forward"}
+    assert _ran(calls, "nchw") == {"forward"}
     assert_matches_reference(out, involution2d_reference(x, w, 1, 2, 1))
 
 
@@ -178,14 +169,13 @@ def test_gradcheck_float64(input_layout: str) -> None:
     x.requires_grad_()
     w.requires_grad_()
     geo = ((2, 1), (1, 2), (1, 2))
-    before = _calls()
-    with use_backend("cpu"):
+    with use_backend("cpu"), cpu_kernel_calls() as calls:
         assert torch.autograd.gradcheck(lambda x, w: involution.involution2d(x, w, *geo), (x, w))
         assert torch.autograd.gradgradcheck(lambda x, w: involution.involution2d(x, w, *geo), (x, w))
     # gradcheck's output gradients are contiguous, so grad_input always runs the NCHW kernel
     expected = set(PASSES) if input_layout == "nchw" else {"forward", "backward_weight"}
-    assert _ran(before, input_layout) == expected
-    assert "backward_input" in _ran(before, "nchw")
+    assert _ran(calls, input_layout) == expected
+    assert "backward_input" in _ran(calls, "nchw")
 
 
 @pytest.mark.parametrize("input_layout", ["nchw", "nhwc"])

@@ -13,8 +13,12 @@ import torch
 
 from involution import Involution3d
 from involution.ops import involution3d, output_size, use_backend
-from involution.ops.backends import get_backend
-from op_helpers import NON_TORCH_CPU_BACKENDS, assert_matches_reference, assert_op_accumulates_in_float32
+from op_helpers import (
+    NON_TORCH_CPU_BACKENDS,
+    assert_matches_reference,
+    assert_op_accumulates_in_float32,
+    cpu_kernel_calls,
+)
 from reference import involution_nd_reference_and_grads
 
 pytestmark = pytest.mark.skipif("cpu" not in NON_TORCH_CPU_BACKENDS, reason="the cpu backend does not build here")
@@ -61,16 +65,15 @@ def op_results(x, w, gy, conv):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=IDS)
 def test_native_kernels_match_the_reference(geometry, dtype, layout, weight_layout):
-    cpu = get_backend("cpu")
-    cpu.kernel_calls.clear()
     x, w, gy, conv = case_tensors(geometry, dtype, layout, weight_layout)
-    y, gx, gw = op_results(x, w, gy, conv)
+    with cpu_kernel_calls() as calls:
+        y, gx, gw = op_results(x, w, gy, conv)
     ref = involution_nd_reference_and_grads(x, w, gy, *conv)
     for name, got, expected in zip(("forward", "grad_input", "grad_weight"), (y, gx, gw), ref):
         assert got.dtype == dtype
         assert_matches_reference(got, expected, msg=f"{name} {layout} {weight_layout}")
     family = layout if x.shape[1] > 1 else "ncdhw"
-    assert set(cpu.kernel_calls) == {(p, family) for p in ("forward3d", "backward_input3d", "backward_weight3d")}
+    assert set(calls) == {(p, family) for p in ("forward3d", "backward_input3d", "backward_weight3d")}
     assert y.is_contiguous(memory_format=torch.channels_last_3d if layout == "ndhwc" else torch.contiguous_format)
     assert gw.stride() == w.stride()  # the weight's layout, generator view included
 

@@ -14,7 +14,8 @@ from conftest import StopAfter
 
 from involution.cli import main
 from involution.layers import Involution2d
-from involution.tasks.dense import DenseConfig, resume_dense_config, train_dense
+from involution.tasks.dense import DenseConfig, resume_dense_config
+from involution.tasks.engine.loop import train
 from involution.tasks.dense.inference import evaluate_checkpoint, load_dense_checkpoint, predict_files
 from involution.tasks.detection import DetectionTask
 from involution.tasks.segmentation import SegmentationTask
@@ -41,7 +42,7 @@ def _weights(run):
 
 
 def test_detection_run_directory_and_checkpoint(tmp_path, scenes):
-    result = train_dense(DetectionTask(), tiny_config("detect", scenes), out=tmp_path / "run", progress=False)
+    result = train(DetectionTask(), tiny_config("detect", scenes), out=tmp_path / "run", progress=False)
     run = result.run_dir
     assert result.status == "finished"
     for name in ("config.json", "provenance.json", "metrics.json", "metrics.csv", "curves.png",
@@ -67,11 +68,11 @@ def test_detection_run_directory_and_checkpoint(tmp_path, scenes):
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, scenes, task):
     kind = DetectionTask() if task == "detect" else SegmentationTask()
     config = tiny_config(task, scenes, epochs=2)
-    full = train_dense(kind, config, out=tmp_path / "full", progress=False)
-    part = train_dense(kind, config, out=tmp_path / "part", progress=False, stop_flag=StopAfter(1))
+    full = train(kind, config, out=tmp_path / "full", progress=False)
+    part = train(kind, config, out=tmp_path / "part", progress=False, stop_flag=StopAfter(1))
     assert part.status == "interrupted"
     assert load_training_state(part.run_dir / "checkpoints" / "last.pt")["step_in_epoch"] == 1
-    resumed = train_dense(kind, resume_dense_config(part.run_dir), out=part.run_dir, resume=True, progress=False)
+    resumed = train(kind, resume_dense_config(part.run_dir), out=part.run_dir, resume=True, progress=False)
     assert resumed.status == "finished"
     a, b = _weights(full.run_dir), _weights(resumed.run_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resume is not exact"
@@ -80,18 +81,18 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, scenes, task
 
 
 def test_resume_refuses_other_settings(tmp_path, scenes):
-    part = train_dense(SegmentationTask(), tiny_config("segment", scenes, epochs=1), out=tmp_path / "run",
+    part = train(SegmentationTask(), tiny_config("segment", scenes, epochs=1), out=tmp_path / "run",
                        progress=False, stop_flag=StopAfter(1))
     with pytest.raises(ValueError, match="lr"):
         resume_dense_config(part.run_dir, {"lr": 0.5})
     with pytest.raises(FileExistsError, match="--resume"):
-        train_dense(SegmentationTask(), tiny_config("segment", scenes, epochs=1), out=part.run_dir, progress=False)
+        train(SegmentationTask(), tiny_config("segment", scenes, epochs=1), out=part.run_dir, progress=False)
 
 
 def test_mask_rcnn_with_involution_neck_and_head_reports_mask_ap(tmp_path, scenes):
     kwargs = {**TINY_DET, "neck": "involution", "head": "involution"}
     config = tiny_config("detect", scenes, model="maskrcnn_rednet50_fpn", model_kwargs=kwargs, epochs=1)
-    result = train_dense(DetectionTask(), config, out=tmp_path / "mask", progress=False)
+    result = train(DetectionTask(), config, out=tmp_path / "mask", progress=False)
     last = result.metrics["history"][-1]
     assert 0.0 <= last["val_segm_AP"] <= 1.0 and "train_loss_mask" in last
     model = load_dense_checkpoint(result.run_dir).model
@@ -104,7 +105,7 @@ def test_mask_rcnn_with_involution_neck_and_head_reports_mask_ap(tmp_path, scene
 def test_segmentation_upernet_trains_with_aux_and_evaluates(tmp_path, scenes):
     kwargs = {"backbone_kwargs": {"width": 0.125}, "head_channels": 8, "aux_channels": 8}
     config = tiny_config("segment", scenes, model="upernet_rednet50", model_kwargs=kwargs, epochs=1)
-    result = train_dense(SegmentationTask(), config, out=tmp_path / "uper", progress=False)
+    result = train(SegmentationTask(), config, out=tmp_path / "uper", progress=False)
     last = result.metrics["history"][-1]
     assert math.isfinite(last["train_loss_aux"]) and 0.0 <= last["val_mIoU"] <= 1.0
     assert result.metrics["classes"][0] == "background" and len(result.metrics["classes"]) == 11
@@ -180,7 +181,7 @@ def test_every_variant_trains_and_evaluates_on_scenes(tmp_path, scenes, task, mo
     if model == "upernet_rednet50":
         kwargs.pop("neck_channels")
     config = tiny_config(task, scenes, model=model, model_kwargs=kwargs, epochs=1)
-    result = train_dense(kind, config, out=tmp_path / model, progress=False)
+    result = train(kind, config, out=tmp_path / model, progress=False)
     value = result.metrics["history"][-1][f"val_{kind.metric}"]
     assert result.status == "finished" and 0.0 <= value <= 1.0
     model = load_dense_checkpoint(result.run_dir).model

@@ -20,7 +20,7 @@ from conftest import tiny
 from involution import _atomic
 from involution.cli import main
 from involution.models import create_model, load_model, ours_to_official, save_checkpoint
-from involution.models._safetensors import read_safetensors
+from involution.models import read_safetensors
 from involution.tasks.classification import NonFiniteLossError, predict, resume_config, train
 from involution.tasks.engine.state import load_training_state, save_training_state
 

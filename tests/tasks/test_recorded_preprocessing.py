@@ -14,7 +14,7 @@ import torch
 
 from involution.cli import main
 from involution.models import create_model, load_model
-from involution.models._safetensors import read_safetensors
+from involution.models import read_safetensors
 from involution.tasks.classification import load_classifier, predict
 
 UMASK = 0o022

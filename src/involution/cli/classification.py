@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..tasks.engine.run_config import AMP_MODES, DEVICES
 from .options import (
     OwnOption,
     add_train_parser,
@@ -140,8 +141,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--model", help=_MODEL_HELP)
     e.add_argument("--batch-size", type=positive_int, default=256)
     e.add_argument("--out", help="where to write eval-DATA.json and confusion-DATA.png (default: the run directory)")
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    e.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    e.add_argument("--device", choices=DEVICES, default="auto")
+    e.add_argument("--amp", choices=AMP_MODES, default="none")
     e.add_argument("--channels-last", action="store_true")
     e.add_argument("--workers", type=non_negative_int, default=0)
     e.add_argument("--no-progress", action="store_true")

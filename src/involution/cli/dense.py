@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..tasks.engine.run_config import DEVICES
 from .options import (
     OwnOption,
     add_train_parser,
@@ -31,12 +32,13 @@ def _task(name: str) -> Any:
 
 
 def _cmd_dense_train(args: argparse.Namespace) -> int:
-    from ..tasks.dense import DenseConfig, resume_dense_config, train_dense
+    from ..tasks.dense import DenseConfig, resume_dense_config
+    from ..tasks.engine.loop import train
 
     given, run = train_options(args)
     given["task"] = args.command
     config = resume_dense_config(run["out"], given) if run["resume"] and run["out"] is not None else DenseConfig.from_dict(given)
-    return train_dense(_task(args.command), config, **run).exit_code
+    return train(_task(args.command), config, **run).exit_code
 
 
 def _cmd_dense_eval(args: argparse.Namespace) -> int:
@@ -103,7 +105,7 @@ def _add_inference_parsers(actions: argparse._SubParsersAction, datasets: tuple[
     e.add_argument("--batch-size", type=positive_int, default=4)
     e.add_argument("--pictures", type=non_negative_int, default=8, help="validation images to draw (predictions/)")
     e.add_argument("--out", help="where eval-DATA.json and predictions/ go (default: the run directory)")
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--device", choices=DEVICES, default="auto")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=_cmd_dense_eval)
 
@@ -112,7 +114,7 @@ def _add_inference_parsers(actions: argparse._SubParsersAction, datasets: tuple[
     r.add_argument("images", nargs="+", metavar="IMAGE")
     r.add_argument("--threshold", type=fraction_in_0_1, default=0.5, help="detections scoring below it are not drawn")
     r.add_argument("--out", help="folder for the pictures (default RUN/predictions)")
-    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    r.add_argument("--device", choices=DEVICES, default="auto")
     r.set_defaults(func=_cmd_dense_predict)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._checks import accepted_int, accepted_number, check_int, check_number
+from ..tasks.engine.run_config import AMP_MODES, DEVICES, SCHEDULES
 
 
 def _option(check: Callable[[str], Any], accepted: str) -> Callable[[str], Any]:
@@ -60,9 +61,9 @@ SHARED_TRAINING_OPTIONS: dict[str, dict[str, Any]] = {
     **{key: {"type": non_negative_float} for key in ("--weight-decay", "--warmup-epochs")},
     "--momentum": {"type": fraction_below_1},
     "--seed": {"type": seed_int},
-    "--schedule": {"choices": ("cosine", "constant")},
-    "--amp": {"choices": ("none", "bf16", "fp16")},
-    "--device": {"choices": ("auto", "cpu", "cuda")},
+    "--schedule": {"choices": SCHEDULES},
+    "--amp": {"choices": AMP_MODES},
+    "--device": {"choices": DEVICES},
     "--out": {"help": "run directory (default: a new folder under runs/)"},
     "--resume": {"action": "store_true", "help": "continue the run in --out from its last checkpoint"},
     "--overwrite": {"action": "store_true",

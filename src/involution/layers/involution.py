@@ -20,9 +20,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .._checks import check_flag, check_int
-from ..ops import involution1d, involution2d, involution3d
+from ..ops import SPATIAL_NAMES, IntOrPair, involution1d, involution2d, involution3d, is_channels_last, ntuple
 from ..ops.involution_nd import involution_nd
-from ..ops._shapes import IntOrPair, SPATIAL_NAMES, ntuple
 from .conv_norm_act import BATCH_NORM, CONVS, ConvNormAct, LayerFactory, resolve_norm
 from .pool import CeilAvgPool, CeilAvgPool2d
 
@@ -255,7 +254,7 @@ def coordinate_channels(x: Tensor) -> Tensor:
     n, h, w = x.shape[0], x.shape[2], x.shape[3]
     ys, xs = torch.meshgrid([_axis(h, x), _axis(w, x)], indexing="ij")
     grid = torch.stack([ys, xs]).unsqueeze(0).expand(n, 2, h, w)
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if x.dim() == 4 and is_channels_last(x):  # the op's own rule for NHWC
         return grid.contiguous(memory_format=torch.channels_last)
     return grid.contiguous()
 

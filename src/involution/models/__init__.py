@@ -13,6 +13,7 @@ import warnings
 
 from . import detection, rednet, resnet, segmentation, video  # noqa: F401  (registers the models; the dense ones after rednet, which they build on)
 from ._base import FeatureInfo, ResidualNet
+from ._safetensors import read_safetensors  # public: the trainer reads its own files' metadata with it
 from .checkpoint import LoadReport, apply_state_dict, load_checkpoint, read_checkpoint, save_checkpoint
 from .flops import FlopReport, count_flops, count_params, mmcv_style_macs, summary
 from .rednet import RedNet, RedNetBottleneck
@@ -55,6 +56,7 @@ __all__ = [
     "paddleclas_to_ours",
     "read_pdparams",
     "read_checkpoint",
+    "read_safetensors",
     "register_model",
     "save_checkpoint",
     "FlopReport",

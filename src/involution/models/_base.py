@@ -54,7 +54,6 @@ class ResidualNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.grad_checkpointing = False
-        self.channels_last = False
         self.pretrained_cfg: dict[str, Any] = {}
         self.model_name: str | None = None
         self.model_kwargs: dict[str, Any] = {}
@@ -69,15 +68,14 @@ class ResidualNet(nn.Module):
         small_input: bool,
         stem_stride: int | None,
         zero_init_residual: bool,
-        channels_last: bool,
         **flags: bool,
     ) -> tuple[tuple[int, ...], int, int]:
         """Check and record the arguments every family shares (and check the family's own ``flags``); returns the
         stage depths, the stem's width and its first stride. Subclasses call it first in their ``__init__``."""
         self.layers = check_stage_args(layers, width, in_chans)
         self.in_chans = int(in_chans)
-        check_flags(small_input=small_input, zero_init_residual=zero_init_residual, channels_last=channels_last, **flags)
-        self.channels_last, self.zero_init_residual, self.small_input = channels_last, zero_init_residual, small_input
+        check_flags(small_input=small_input, zero_init_residual=zero_init_residual, **flags)
+        self.zero_init_residual, self.small_input = zero_init_residual, small_input
         return self.layers, scaled_channels(64, width), stem_stride_for(stem_stride, small_input)
 
     def _finish(
@@ -254,13 +252,6 @@ class ResidualNet(nn.Module):
     # -- forward ---------------------------------------------------------------------------------------------
     def forward_stem(self, x: Tensor) -> Tensor:
         raise NotImplementedError
-
-    def _in_network_layout(self, x: Tensor) -> Tensor:
-        """``x`` in the memory layout the network runs in: NHWC when ``channels_last`` is set (one copy of the
-        input; every layer's output then stays NHWC), else as given. (A torch.fx Proxy is taken to be 4-D.)"""
-        if self.channels_last and (not isinstance(x, Tensor) or x.dim() == 4):
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
 
     def _present_stages(self) -> list[nn.Sequential]:
         """The stages this model still has, in order (features_only and pruning drop them from the end)."""

@@ -25,7 +25,6 @@ from .checkpoint import LoadReport, apply_state_dict, read_checkpoint, to_model_
 # Keys whose shape depends on the stem involution's kernel size: they may differ between checkpoint and backbone.
 KERNEL_SIZE_DEPENDENT = ("stem.1.conv2.",)
 DETECTOR_BODY = "backbone.body."  # the RedNet inside this library's torchvision detectors
-BackboneLoadReport = LoadReport  # ``reinitialised`` lists the keys of another stem kernel size
 
 
 def load_backbone_checkpoint(

@@ -116,6 +116,12 @@ class _InvolutionArgs(TypedDict):
 class RedNet(ResidualNet):
     """RedNet classifier / backbone.
 
+    The network runs in the layout of its input and weights; it never converts either. The registered variants
+    (``create_model("rednet50")``) are built with channels_last (NHWC) weights, the layout the involution kernels
+    and oneDNN's convolutions are fastest in: an NCHW input is then converted by the stem's first convolution and
+    every map after it is NHWC (on 2 CPU cores RedNet-50 at batch 8 in NCHW ran 1.13x ResNet-50's time, about 0.8x
+    in NHWC; docs/benchmarks.md). ``create_model(..., channels_last=False)`` keeps the caller's layout throughout.
+
     Args:
         layers: blocks per stage, e.g. ``(3, 4, 6, 3)`` for RedNet-50.
         num_classes: classifier outputs; 0 keeps no classifier (``forward`` returns pooled features).
@@ -138,11 +144,6 @@ class RedNet(ResidualNet):
             (default True): its activations at half the input resolution are the largest of the model (about
             110 MiB for RedNet-50 at batch 8, 224x224), for about 9% of the forward's multiply-adds. Results and
             BatchNorm statistics are identical either way.
-        channels_last: run the network in channels_last (NHWC) memory format whatever the input's layout
-            (default True): an NCHW input is converted once, at the stem, and every feature map after it is NHWC
-            (values unchanged). The involution kernels and oneDNN's convolutions are fastest there: on 2 CPU cores
-            RedNet-50 at batch 8 in NCHW ran 1.13x ResNet-50's time without this, about 0.8x with it
-            (docs/benchmarks.md). False keeps the caller's layout throughout.
         spatial: the bottlenecks' K x K layer, one of :data:`~involution.layers.SPATIAL_KINDS`: ``"involution"``
             (default, the official RedNet), ``"dynamic"`` (per-channel generated kernels), ``"static_shared"``
             (one learned kernel per group), ``"depthwise"`` (depthwise convolution) or ``"attention"`` (local
@@ -178,7 +179,6 @@ class RedNet(ResidualNet):
         avg_down: bool = False,
         recompute_kernel: bool = True,
         recompute_stem: bool = True,
-        channels_last: bool = True,
         spatial: str = "involution",
         coord_channels: bool = False,
         zero_init_residual: bool = True,
@@ -192,7 +192,7 @@ class RedNet(ResidualNet):
         super().__init__()
         norm_layer = resolve_norm(norm_layer)  # a name from --model-kwargs, or a factory
         layers, stem_channels, stem_stride = self._configure(
-            layers, width, in_chans, small_input, stem_stride, zero_init_residual, channels_last,
+            layers, width, in_chans, small_input, stem_stride, zero_init_residual,
             avg_down=avg_down, recompute_kernel=recompute_kernel, recompute_stem=recompute_stem,
             coord_channels=coord_channels,
         )
@@ -227,7 +227,6 @@ class RedNet(ResidualNet):
                 nn.init.zeros_(cast(Tensor, m.bn3.weight))  # (the norm's affine weight)
 
     def forward_stem(self, x: Tensor) -> Tensor:
-        x = self._in_network_layout(x)
         # in eager mode only: TorchScript cannot compile the recomputation, and a torch.fx Proxy's requires_grad
         # is not known
         if not torch.jit.is_scripting():
@@ -280,7 +279,7 @@ def _create(depth: int, small: bool, kwargs: dict) -> RedNet:
     args = {"layers": STAGE_DEPTHS[depth]}
     if small:
         kwargs = {"small_input": True, **kwargs}
-    return build_model(RedNet, name, args, kwargs, _rednet_cfg(depth, small))
+    return build_model(RedNet, name, args, kwargs, _rednet_cfg(depth, small), channels_last=True)
 
 
 @register_model

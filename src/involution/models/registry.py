@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from .._checks import check_flag
 from .checkpoint import FORMAT, LoadReport, apply_state_dict, load_checkpoint, read_checkpoint
 from .checkpoint_checks import apply_recorded_preprocessing
 
@@ -140,12 +141,25 @@ def check_placement(device: Any, dtype: Any) -> tuple[torch.device | None, torch
     return device, dtype
 
 
+def place_channels_last(model: nn.Module) -> nn.Module:
+    """Lay out ``model``'s 4-D parameters and buffers channels_last (NHWC), in place; returns ``model``.
+
+    Convolutions with NHWC weights give NHWC outputs whatever their input's layout, so an NCHW batch is converted
+    once, by the first convolution, and every feature map after it stays NHWC (values unchanged, to float32
+    rounding). The builder applies it (``channels_last=True``); the model itself never picks a layout."""
+    if any(t.dim() == 5 for t in model.parameters()):
+        raise ValueError("channels_last lays out image models (4-D weights); clip models run channels_last_3d "
+                         "through the video trainer's channels_last option")
+    return model.to(memory_format=torch.channels_last)
+
+
 def build_model(
     model_cls: Callable[..., M],
     name: str,
     model_args: dict[str, Any],
     kwargs: dict[str, Any],
     pretrained_cfg: dict[str, Any],
+    channels_last: bool = False,
 ) -> M:
     """Build ``model_cls(**model_args, **kwargs)`` and attach ``model_name``, ``model_kwargs``, ``pretrained_cfg``.
 
@@ -157,9 +171,16 @@ def build_model(
     ``with torch.device(device)``, so ``"meta"`` allocates nothing), and the floating-point ones are then cast to
     ``dtype`` (initialised in float32 first, so one seed gives the same weights, rounded, in every dtype; integer
     buffers such as BatchNorm's ``num_batches_tracked`` stay int64).
+
+    ``kwargs`` may hold ``channels_last`` too (not recorded either): the memory layout of the model's 4-D
+    parameters (:func:`place_channels_last`); ``channels_last`` here is the variant's default (the RedNets'
+    involution kernels and oneDNN's convolutions are fastest in NHWC, so RedNets default to it).
     """
     kwargs = dict(kwargs)
     device, dtype = check_placement(kwargs.pop("device", None), kwargs.pop("dtype", None))
+    # the one place a model's layout is decided (trainers may convert it again); None: the variant's default
+    layout = kwargs.pop("channels_last", None)
+    layout = channels_last if layout is None else check_flag("channels_last", layout)
     fixed = set(model_args) & set(kwargs)
     if fixed:
         raise TypeError(f"{name} fixes {sorted(fixed)}; pass them to the model class instead")
@@ -167,6 +188,8 @@ def build_model(
         model = model_cls(**model_args, **kwargs)
     if dtype is not None:
         model.to(dtype=dtype)
+    if layout:
+        place_channels_last(model)
     cfg = copy.deepcopy(pretrained_cfg)
     cfg["architecture"] = name
     cfg["num_classes"] = getattr(model, "num_classes", cfg.get("num_classes"))
@@ -212,7 +235,9 @@ def create_model(
             themselves (the detectors, whose files have other layouts) are given it instead.
         **kwargs: passed to the model class (``width``, ``stem_kernel_size``, ``grad_checkpointing``,
             ``drop_rate``, ``zero_init_residual`` ...), except ``device`` and ``dtype``, which say where the
-            parameters and buffers are created and in which floating-point dtype (see :func:`build_model`).
+            parameters and buffers are created and in which floating-point dtype, and ``channels_last``, the
+            memory layout of the 4-D parameters (default: the variant's, True for the RedNets: an NCHW input is
+            then converted once, by the first convolution, and the network runs NHWC; see :func:`build_model`).
 
     Raises:
         ValueError: unknown name (with close matches), unreadable checkpoint (naming the path).

@@ -31,8 +31,6 @@ class ResNet(ResidualNet):
         small_input: for 8x8 to 32x32 images: a 3x3 stride-1 first conv and no max-pool (reductions 1/2/4/8).
         stem_stride: stride of the first conv (default 1 with ``small_input``, else 2), as for :class:`RedNet`.
         zero_init_residual: zero the last BN of every block (default True, as for RedNet, so both start alike).
-        channels_last: run in channels_last whatever the input's layout, as :class:`RedNet` does by default
-            (default False: the caller's layout, as torchvision's ResNet).
         drop_rate, grad_checkpointing, features_only, out_indices, norm_layer, global_pool: as for :class:`RedNet`.
 
     Shapes: ``(N, in_chans, H, W) -> (N, num_classes)``.
@@ -50,7 +48,6 @@ class ResNet(ResidualNet):
         small_input: bool = False,
         stem_stride: int | None = None,
         zero_init_residual: bool = True,
-        channels_last: bool = False,
         drop_rate: float = 0.0,
         grad_checkpointing: bool = False,
         features_only: bool = False,
@@ -61,7 +58,7 @@ class ResNet(ResidualNet):
         super().__init__()
         norm_layer = resolve_norm(norm_layer)  # a name from --model-kwargs, or a factory
         layers, stem_channels, stem_stride = self._configure(
-            layers, width, in_chans, small_input, stem_stride, zero_init_residual, channels_last
+            layers, width, in_chans, small_input, stem_stride, zero_init_residual
         )
         if small_input:
             self.conv1 = nn.Conv2d(in_chans, stem_channels, 3, stride=stem_stride, padding=1, bias=False)
@@ -90,7 +87,6 @@ class ResNet(ResidualNet):
         return [("conv1", "bn1")]
 
     def forward_stem(self, x: Tensor) -> Tensor:
-        x = self._in_network_layout(x)
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
 

@@ -8,19 +8,24 @@ torch.Size([2, 32, 16, 16])
 """
 
 from . import flops  # noqa: F401  (registers the ops' FLOP formulas with FlopCounterMode)
-from ._shapes import output_size
+# argument rules the layers share with the op (public here, so no package imports ops' private modules)
+from ._shapes import SPATIAL_NAMES, IntOrPair, is_channels_last, ntuple, output_size
 from .backends import available_backends, backend_status, current_backends, list_backends, use_backend
 from .involution2d import involution2d
 from .involution_nd import involution1d, involution3d
 
 __all__ = [
+    "IntOrPair",
+    "SPATIAL_NAMES",
     "available_backends",
     "backend_status",
     "current_backends",
     "involution1d",
     "involution2d",
     "involution3d",
+    "is_channels_last",
     "list_backends",
+    "ntuple",
     "output_size",
     "use_backend",
 ]

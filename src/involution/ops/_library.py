@@ -142,8 +142,10 @@ def register_autocast(op_name: str, device_type: str) -> None:
     """Under autocast, cast input and weight of ``involution::<op_name>`` to the autocast dtype in effect, then run
     the op with autocast off.
 
-    ``torch.library.register_autocast`` fixes one cast dtype per device at registration; AMP users pick float16 or
-    bfloat16 at run time, so this rule reads ``torch.get_autocast_dtype`` instead and otherwise does the same.
+    ``torch.library.register_autocast`` fixes one cast dtype per device at registration (so in every torch this
+    package supports, 2.11 to 2.14); AMP users pick float16 or bfloat16 at run time, so this rule reads
+    ``torch.get_autocast_dtype`` instead and otherwise does the same, through the dispatcher internals the public
+    function uses (``test_autocast_mixed_dtypes`` holds the run-time choice).
     """
     key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
     key = getattr(torch._C.DispatchKey, key_name)
@@ -160,8 +162,6 @@ def register_autocast(op_name: str, device_type: str) -> None:
         with torch._C._ExcludeDispatchKeyGuard(excluded):
             return op(cast(input), cast(weight), stride, padding, dilation)
 
-    if op.has_kernel_for_dispatch_key(key):  # re-import (e.g. importlib.reload): replace, do not stack
-        op.py_kernels.pop(key, None)
     op.py_impl(key)(cast_and_call)  # used while tracing (torch.compile / torch.export)
     _AUTOCAST_LIB.impl(op_name, lambda _keyset, *args: cast_and_call(*args), key_name, with_keyset=True)
 

@@ -37,11 +37,6 @@ def ntuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     raise TypeError(f"{name} must be {what}, got {value!r}")
 
 
-def pair(value: IntOrPair, name: str) -> Pair:
-    """Turn an int or a length-2 sequence of ints into a ``(h, w)`` tuple, naming ``name`` on error."""
-    return ntuple(value, 2, name)  # type: ignore[return-value]
-
-
 def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
     """Output length of one spatial dimension, as for a convolution: floor((H + 2p - d(K-1) - 1) / s) + 1."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1

@@ -62,7 +62,7 @@ FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
 def register_flop_formulas() -> None:
     """Register :data:`FLOP_FORMULAS` in torch's global registry (done on import; idempotent)."""
     for op, formula in FLOP_FORMULAS.items():
-        if op not in flop_registry:  # a reload must not register twice (torch refuses duplicates)
+        if op not in flop_registry:  # called again (public, idempotent): torch refuses a second registration
             register_flop_formula(op)(formula)
 
 

@@ -18,13 +18,12 @@ from .builders import (
     retina_anchor_generator,
     retinanet_rednet50_fpn,
 )
-from .checkpoint import DetectorLoadReport, is_mmdet_layout, load_detector_checkpoint, mmdet_to_ours
+from .checkpoint import is_mmdet_layout, load_detector_checkpoint, mmdet_to_ours
 from .heads import RedNetRetinaNet, mask_head, rpn_head
 
 __all__ = [
     "CARDS",
     "P6P7",
-    "DetectorLoadReport",
     "RedNetFPN",
     "RedNetRetinaNet",
     "build_rednet_body",

@@ -57,11 +57,6 @@ CLASS_DEPENDENT = (
 )
 
 
-# What load_detector_checkpoint did: the layout read ("mmdet", "plain" or "involution"), our keys loaded,
-# checkpoint keys skipped and model keys left freshly initialised.
-DetectorLoadReport = LoadReport
-
-
 def is_mmdet_layout(state_dict: Mapping[str, Tensor]) -> bool:
     """mmdet keys: ``backbone.`` without our ``backbone.body.``, or any of ``neck.``/``rpn_head.``/... prefixes."""
     if any(k.startswith("backbone.body.") for k in state_dict):
@@ -198,11 +193,15 @@ def mmdet_to_ours(state_dict: Mapping[str, Tensor], model: nn.Module) -> tuple[d
 # -- loading -------------------------------------------------------------------------------------------------------
 
 
-def load_detector_checkpoint(model: nn.Module, path: str | os.PathLike) -> DetectorLoadReport:
+def load_detector_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     """Load an official mmdet checkpoint, or one of this library's detector state dicts, into ``model`` (in place).
 
     See the module docstring for the key map and the rules. BatchNorm ``num_batches_tracked`` entries are optional
     on both sides (frozen BNs have none).
+
+    Returns:
+        a :class:`~involution.models.LoadReport`: the layout read (``"mmdet"``, ``"plain"`` or ``"involution"``),
+        our keys loaded, checkpoint keys skipped and model keys left freshly initialised.
 
     Raises:
         FileNotFoundError / ValueError: missing or unreadable file.

@@ -22,9 +22,8 @@ copy), summed in float32 and rounded once when stored:
   (a pixel-major or otherwise strided weight, and an expanded or strided grad_output, are made contiguous first).
 
 Both run on torch's intra-op threads (``at::parallel_for``; the extension is built with ``-fopenmp`` where torch's
-is OpenMP) and are deterministic: each task writes its own part of a result.
-
-:attr:`CpuBackend.kernel_calls` counts the kernels run, by ``(pass, family)``, so tests can see which family ran.
+is OpenMP) and are deterministic: each task writes its own part of a result. Each kernel is a dispatcher op
+(``involution_cpu::forward``, ``...::forward_nchw`` ...), so a ``torch.profiler`` profile shows which family ran.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ import hashlib
 import logging
 import os
 import sys
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -83,8 +81,6 @@ class CpuBackend(Backend):
     def __init__(self) -> None:
         super().__init__()
         self._loaded: bool | None = None
-        #: Kernels run, by (pass, family): ("forward" | "backward_input" | "backward_weight", "nchw" | "nhwc").
-        self.kernel_calls: Counter[tuple[str, str]] = Counter()
 
     # ------------------------------------------------------------------------------------------ building
     def _load(self) -> bool:
@@ -165,17 +161,11 @@ class CpuBackend(Backend):
         kernel(a, b, target, *conv)
         out.copy_(target)
 
-    def _nhwc(self, kernel_pass: str, features: Tensor) -> bool:
-        """Whether the NHWC kernels run ``kernel_pass`` (they do for channels_last ``features``); counted."""
-        nhwc = is_channels_last(features)
-        self.kernel_calls[kernel_pass, "nhwc" if nhwc else "nchw"] += 1
-        return nhwc
-
     # Every tensor reaches the kernels in its own dtype (the op gives input and weight one dtype); the input is read
     # through its strides (NHWC: channel stride 1 already; NCHW: any).
     def forward(self, input: Tensor, weight: Tensor, out: Tensor, stride: Pair, padding: Pair, dilation: Pair) -> None:
         ops, conv = torch.ops.involution_cpu, (stride, padding, dilation)
-        if self._nhwc("forward", input):  # the NHWC kernel writes NCHW or NHWC outputs itself
+        if is_channels_last(input):  # the NHWC kernel writes NCHW or NHWC outputs itself
             self._run(ops.forward, input, self._pixel_major(weight), out, "any", conv)
         else:
             self._run(ops.forward_nchw, input, weight.contiguous(), out, "nchw", conv)
@@ -184,7 +174,7 @@ class CpuBackend(Backend):
         self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
         ops, conv = torch.ops.involution_cpu, (stride, padding, dilation)
-        if self._nhwc("backward_input", grad_input):  # the NHWC kernel reads grad_output in any layout
+        if is_channels_last(grad_input):  # the NHWC kernel reads grad_output in any layout
             self._run(ops.backward_input, grad_output, self._pixel_major(weight), grad_input, "nhwc", conv)
         else:
             self._run(ops.backward_input_nchw, grad_output.contiguous(), weight.contiguous(), grad_input, "nchw", conv)
@@ -193,7 +183,7 @@ class CpuBackend(Backend):
         self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Pair, padding: Pair, dilation: Pair
     ) -> None:
         ops, conv = torch.ops.involution_cpu, (stride, padding, dilation)
-        if self._nhwc("backward_weight", input):  # written pixel by pixel: computed pixel-major
+        if is_channels_last(input):  # written pixel by pixel: computed pixel-major
             self._run(ops.backward_weight, grad_output, input, grad_weight, "pixel_major", conv)
         else:
             self._run(ops.backward_weight_nchw, grad_output.contiguous(), input, grad_weight, "nchw", conv)
@@ -203,12 +193,6 @@ class CpuBackend(Backend):
     # NCDHW family for any others (any strides). Both read the weight, and write the weight gradient, through its
     # strides, so a channels_last_3d generator's output is used in place; the op allocates every result in the
     # layout its family writes (empty_volumes, empty_weight_grad), so nothing is copied.
-    def _ndhwc(self, kernel_pass: str, features: Tensor) -> bool:
-        """Whether the NDHWC kernels run ``kernel_pass`` (they do for channels_last_3d ``features``); counted."""
-        ndhwc = is_channels_last_3d(features)
-        self.kernel_calls[kernel_pass, "ndhwc" if ndhwc else "ncdhw"] += 1
-        return ndhwc
-
     @staticmethod
     def _channels_inner(t: Tensor) -> Tensor:
         """``t`` with channel stride 1 (a no-op for the channels_last_3d grad_output autograd hands over)."""
@@ -217,13 +201,13 @@ class CpuBackend(Backend):
     def forward3d(self, input: Tensor, weight: Tensor, out: Tensor, stride: Triple, padding: Triple,
                   dilation: Triple) -> None:
         ops = torch.ops.involution_cpu
-        kernel = ops.forward3d if self._ndhwc("forward3d", input) else ops.forward3d_ncdhw
+        kernel = ops.forward3d if is_channels_last_3d(input) else ops.forward3d_ncdhw
         kernel(input, weight, out, stride, padding, dilation)
 
     def backward_input3d(self, grad_output: Tensor, weight: Tensor, grad_input: Tensor, stride: Triple,
                          padding: Triple, dilation: Triple) -> None:
         ops = torch.ops.involution_cpu
-        if self._ndhwc("backward_input3d", grad_input):
+        if is_channels_last_3d(grad_input):
             ops.backward_input3d(self._channels_inner(grad_output), weight, grad_input, stride, padding, dilation)
         else:
             ops.backward_input3d_ncdhw(grad_output, weight, grad_input, stride, padding, dilation)
@@ -231,7 +215,7 @@ class CpuBackend(Backend):
     def backward_weight3d(self, grad_output: Tensor, input: Tensor, grad_weight: Tensor, stride: Triple,
                           padding: Triple, dilation: Triple) -> None:
         ops = torch.ops.involution_cpu
-        if self._ndhwc("backward_weight3d", input):
+        if is_channels_last_3d(input):
             ops.backward_weight3d(self._channels_inner(grad_output), input, grad_weight, stride, padding, dilation)
         else:
             ops.backward_weight3d_ncdhw(grad_output, input, grad_weight, stride, padding, dilation)

@@ -105,13 +105,13 @@ class Subset(Dataset):
 def load_splits(name: str, data_dir: str | os.PathLike | None, image_size: int, val_fraction: float) -> Splits:
     """The raw train / val / test splits of data set ``name``; ``val`` is held out of train (fixed, stratified)."""
     if name == "digits":
-        train, test, classes = _digits()
+        train, test, classes = digits_splits()
     elif name == "fashion-mnist":
-        train, test, classes = _fashion_mnist(_need_dir(name, data_dir))
+        train, test, classes = fashion_mnist_splits(need_data_dir(name, data_dir))
     elif name == "cifar10":
-        train, test, classes = _cifar10(_need_dir(name, data_dir))
+        train, test, classes = _cifar10(need_data_dir(name, data_dir))
     elif name == "imagefolder":
-        return _image_folder(_need_dir(name, data_dir), image_size, val_fraction)
+        return _image_folder(need_data_dir(name, data_dir), image_size, val_fraction)
     else:
         raise ValueError(f"unknown data set {name!r}")
     targets = train.labels.numpy()
@@ -150,7 +150,8 @@ def stratified_split(targets: np.ndarray, fraction: float, seed: int = 0) -> tup
     return np.sort(kept), np.sort(held)
 
 
-def _need_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
+def need_data_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
+    """``data_dir`` of the file-based data set ``name`` as a Path; errors say which layout is expected there."""
     if data_dir is None:
         raise ValueError(f"--data {name} reads files: pass --data-dir (expected layout: {_LAYOUTS[name]})")
     path = Path(data_dir).expanduser()
@@ -182,7 +183,8 @@ def _not_found(name: str, path: Path) -> FileNotFoundError:
     )
 
 
-def _digits() -> tuple[TensorImages, TensorImages, list[str]]:
+def digits_splits() -> tuple[TensorImages, TensorImages, list[str]]:
+    """scikit-learn's 8x8 digits: the fixed train and test splits (20% of each class held out) and class names."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -198,7 +200,8 @@ def _digits() -> tuple[TensorImages, TensorImages, list[str]]:
     )
 
 
-def _fashion_mnist(path: Path) -> tuple[TensorImages, TensorImages, list[str]]:
+def fashion_mnist_splits(path: Path) -> tuple[TensorImages, TensorImages, list[str]]:
+    """Fashion-MNIST's train and test sets read from ``path`` (as torchvision lays them out), and class names."""
     from torchvision.datasets import FashionMNIST
 
     # accept the root, the FashionMNIST folder or its raw folder

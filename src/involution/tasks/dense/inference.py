@@ -1,7 +1,7 @@
 """Evaluate a trained detector / segmenter and draw its predictions on image files.
 
 A checkpoint is a run directory (its ``checkpoints/best.safetensors``, else ``last.safetensors``) or one of this
-library's safetensors files written by :func:`~involution.tasks.dense.train_dense`: they record the model, its
+library's safetensors files written by :func:`~involution.tasks.engine.loop.train`: they record the model, its
 classes and the training configuration, so evaluation finds the run's own validation data by default.
 """
 

@@ -163,12 +163,12 @@ def _check_root(root: Path, config: SceneConfig) -> None:
 
 def _load_source(source: str, data_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """uint8 images (N, h, w) and int labels (N,) of the source's train and test splits, and its class names."""
-    from ..classification.data import _digits, _fashion_mnist, _need_dir
+    from ..classification.data import digits_splits, fashion_mnist_splits, need_data_dir
 
     if source == "digits":
-        train, test, classes = _digits()
+        train, test, classes = digits_splits()
     else:
-        train, test, classes = _fashion_mnist(_need_dir(source, data_dir))
+        train, test, classes = fashion_mnist_splits(need_data_dir(source, data_dir))
 
     def arrays(split: Any) -> tuple[np.ndarray, np.ndarray]:
         images = split.images[:, 0].numpy()

@@ -1,5 +1,5 @@
 """The dense tasks (detection, segmentation) as a :class:`~involution.tasks.engine.task.Task`, trained by the
-shared engine (``train_dense``). ``metrics.json`` holds per epoch ``train_loss`` and each named loss term, and the
+shared engine (:func:`~involution.tasks.engine.loop.train`). ``metrics.json`` holds per epoch ``train_loss`` and each named loss term, and the
 task's ``val_*`` metrics; ``best.safetensors`` is the epoch with the best ``val_<task.metric>``."""
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ...models import create_model
-from ..engine.loop import TrainingLoop, TrainResult
-from ..engine.loop import train as train_task
+from ..engine.loop import TrainingLoop
 from ..engine.recorded import initial_weights
 from ..engine.run_config import resume_config
 from ..engine.seeding import sample_seed
@@ -29,19 +28,11 @@ from .scenes import scenes_root
 # drawing its random numbers from g (a PairedTransform of ..detection / ..segmentation)
 Augment = Callable[..., tuple[Tensor, Any]]
 
-DenseData = TaskData  # train, val, classes, source (a folder), info (recorded with the weights)
-DenseResult = TrainResult  # run_dir, status (finished | interrupted), metrics
 
 
 def resume_dense_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> DenseConfig:
     """The config of the run in ``run_dir`` with ``overrides`` applied; refuses changes that break resumption."""
     return resume_config(DenseConfig, run_dir, overrides)
-
-
-# train_dense(task, config, out=None, resume=False, progress=True, stop_flag=None, quiet=False, overwrite=False):
-# the engine's train with a DenseTask (``DetectionTask()``, ``SegmentationTask()``); ``out`` defaults to a new
-# ``runs/<task>-<time>``
-train_dense = train_task
 
 
 class DenseTask(Task):

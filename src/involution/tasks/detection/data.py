@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .._images import read_image
-from ..dense._paired import PairedDataset, PairedTransform
+from ..dense.paired import PairedDataset, PairedTransform
 from ..dense.scenes import scene_paths
 
 __all__ = ["CocoDetectionDataset", "RandomHorizontalFlip", "coco_scene_dataset", "detection_collate", "flip_target",
@@ -61,7 +61,7 @@ class CocoDetectionDataset(PairedDataset):
     fit for training; evaluation reads the full ground truth from :attr:`coco`. Images without objects are kept
     (``n = 0``).
 
-    ``transforms(image, target) -> (image, target)`` runs last; a :class:`~involution.tasks.dense._paired.PairedTransform`
+    ``transforms(image, target) -> (image, target)`` runs last; a :class:`~involution.tasks.dense.paired.PairedTransform`
     (e.g. :class:`RandomHorizontalFlip`) also gets the sample index, for per-sample seeding.
     """
 
@@ -151,7 +151,7 @@ def flip_target(target: Target, width: int) -> Target:
 class RandomHorizontalFlip(PairedTransform):
     """Mirror ``(image (C, H, W), target)`` left-right with probability ``p``; boxes and masks follow.
 
-    Seeded: a sample's draw comes from ``(seed, epoch, index)`` (see :mod:`involution.tasks.dense._paired`).
+    Seeded: a sample's draw comes from ``(seed, epoch, index)`` (see :mod:`involution.tasks.dense.paired`).
     """
 
     def __init__(self, p: float = 0.5, seed: int | None = 0) -> None:

@@ -16,11 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from ..dense.config import DenseConfig
-from ..dense.task import DenseData, DenseTask
+from ..dense.task import DenseTask
 from ..engine.distributed import DistInfo, all_gather_objects
 from ..engine.plots import PALETTE
 from ..engine.runtime import autocast, to_device
 from ..engine.state import unwrap_model
+from ..engine.task import TaskData
 from .data import CocoDetectionDataset, RandomHorizontalFlip, detection_collate
 from .metrics import coco_evaluate
 
@@ -44,14 +45,14 @@ class DetectionTask(DenseTask):
     metric = "bbox_AP"
     metric_label = "box AP (%)"
 
-    def load_data(self, config: DenseConfig, log: Callable[[str], None]) -> DenseData:
+    def load_data(self, config: DenseConfig, log: Callable[[str], None]) -> TaskData:
         root = self.data_root(config, log)
         masks = has_masks(config.model or "")
         sets = [CocoDetectionDataset(*coco_split(root, split), masks=masks) for split in ("train", "val")]
         classes = sets[0].category_names
         if sets[1].category_ids != sets[0].category_ids:
             raise ValueError(f"{root}: the train and val annotation files list different categories")
-        return DenseData(sets[0], sets[1], classes, str(root), info={"masks": masks})
+        return TaskData(sets[0], sets[1], classes, str(root), info={"masks": masks})
 
     def augment(self, config: DenseConfig) -> Callable[..., Any]:
         return RandomHorizontalFlip(0.5)
@@ -67,7 +68,7 @@ class DetectionTask(DenseTask):
         return total, {k: float(v.detach()) for k, v in losses.items()}, 1.0  # type: ignore[return-value]
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: DenseData,
+    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: TaskData,
                  amp: str = "none", progress: bool = False) -> dict[str, float]:
         predictions = predict_batches(unwrap_model(model), loader, device, amp, progress)
         gathered = all_gather_objects(predictions, info)

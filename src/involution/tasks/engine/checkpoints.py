@@ -9,8 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ...models import save_checkpoint
-from ...models._safetensors import read_safetensors
+from ...models import read_safetensors, save_checkpoint
 from .distributed import all_gather_objects
 from .state import capture_rng, clean_state_dict, load_training_state, restore_rng, save_training_state, unwrap_model
 

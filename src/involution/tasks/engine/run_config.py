@@ -12,6 +12,11 @@ from typing import Any, TypeVar
 
 from ..._checks import check_int, check_number
 
+# What --schedule, --amp and --device accept: the configs check values against these, the command lines offer them.
+SCHEDULES = ("cosine", "constant")
+AMP_MODES = ("none", "bf16", "fp16")  # autocast off, bfloat16, float16 (with a GradScaler)
+DEVICES = ("auto", "cpu", "cuda")
+
 C = TypeVar("C", bound="RunConfig")
 
 
@@ -80,9 +85,8 @@ def check_run_options(config: Any) -> None:
         check_int("--threads", config.threads, low=1)
     check_int("--eval-every", config.eval_every, low=1)
     check_int("--log-every", config.log_every, low=1)
-    for name, value, choices in (("--schedule", config.schedule, ("cosine", "constant")),
-                                 ("--amp", config.amp, ("none", "bf16", "fp16")),
-                                 ("--device", config.device, ("auto", "cpu", "cuda"))):
+    for name, value, choices in (("--schedule", config.schedule, SCHEDULES), ("--amp", config.amp, AMP_MODES),
+                                 ("--device", config.device, DEVICES)):
         if value not in choices:
             raise ValueError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
     if not isinstance(config.model_kwargs, dict):

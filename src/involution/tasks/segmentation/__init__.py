@@ -13,7 +13,7 @@ from .data import (
     SegmentationFolderDataset,
     segmentation_collate,
 )
-from .metrics import ConfusionMatrix, SegmentationMetric
+from .metrics import ConfusionMatrix
 from .task import SegmentationTask, draw_label_map
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "LAYOUTS",
     "SegmentationAugment",
     "SegmentationFolderDataset",
-    "SegmentationMetric",
     "SegmentationTask",
     "draw_label_map",
     "segmentation_collate",

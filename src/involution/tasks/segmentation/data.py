@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .._images import open_image, read_image
-from ..dense._paired import PairedDataset, PairedTransform
+from ..dense.paired import PairedDataset, PairedTransform
 
 __all__ = ["CITYSCAPES_CLASSES", "IGNORE_INDEX", "SegmentationAugment", "SegmentationFolderDataset",
            "segmentation_collate"]
@@ -144,7 +144,7 @@ class SegmentationAugment(PairedTransform):
     ``scale``: (min, max) factor drawn uniformly, image resized bilinearly and label by nearest neighbour (None:
     no scaling). ``crop_size``: (h, w) or an int: a random crop, padding first where the image is smaller (image
     with 0, label with ``ignore_index``). ``flip``: probability of a left-right flip. Seeded per sample from
-    ``(seed, epoch, index)`` (see :mod:`involution.tasks.dense._paired`).
+    ``(seed, epoch, index)`` (see :mod:`involution.tasks.dense.paired`).
     """
 
     def __init__(

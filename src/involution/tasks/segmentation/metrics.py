@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .._metrics import confusion_matrix
 
-__all__ = ["ConfusionMatrix", "SegmentationMetric"]
+__all__ = ["ConfusionMatrix"]
 
 
 class ConfusionMatrix:
@@ -96,5 +96,3 @@ class ConfusionMatrix:
             "iou": iou.tolist(),
         }
 
-
-SegmentationMetric = ConfusionMatrix

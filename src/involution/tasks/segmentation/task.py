@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..dense.config import DenseConfig
-from ..dense.task import DenseData, DenseTask
+from ..dense.task import DenseTask
 from ..engine.distributed import DistInfo
 from ..engine.plots import PALETTE
 from ..engine.runtime import autocast, to_device
 from ..engine.state import unwrap_model
+from ..engine.task import TaskData
 from .data import IGNORE_INDEX, SegmentationAugment, SegmentationFolderDataset, segmentation_collate
 from .metrics import ConfusionMatrix
 
@@ -39,12 +40,12 @@ class SegmentationTask(DenseTask):
     metric = "mIoU"
     metric_label = "mIoU (%)"
 
-    def load_data(self, config: DenseConfig, log: Callable[[str], None]) -> DenseData:
+    def load_data(self, config: DenseConfig, log: Callable[[str], None]) -> TaskData:
         root = self.data_root(config, log)
         train, val = (SegmentationFolderDataset(root, split) for split in ("train", "val"))
         if train.classes != val.classes:
             raise ValueError(f"{root}: the train and val splits list different classes")
-        return DenseData(train, val, list(train.classes), str(root), info={"layout": train.layout})
+        return TaskData(train, val, list(train.classes), str(root), info={"layout": train.layout})
 
     def augment(self, config: DenseConfig) -> Callable[..., Any]:
         scale = (0.5, 2.0) if config.data == "folder" else None  # mmseg's ratio range for real scenes
@@ -67,7 +68,7 @@ class SegmentationTask(DenseTask):
         return total, parts, 1.0
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: DenseData,
+    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: TaskData,
                  amp: str = "none", progress: bool = False) -> dict[str, float]:
         net = unwrap_model(model)
         was_training = net.training
