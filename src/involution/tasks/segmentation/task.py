@@ -18,10 +18,11 @@ from torch import Tensor, nn
 
 from ..dense.config import DenseConfig
 from ..dense.task import DenseData, DenseTask
-from ..engine.distributed import DistInfo
+from ..engine.capabilities import Predicts
 from ..engine.plots import PALETTE
 from ..engine.runtime import autocast, to_device
 from ..engine.state import unwrap_model
+from ..engine.task import EvalContext, RunContext
 from .data import IGNORE_INDEX, SegmentationAugment, SegmentationFolderDataset, segmentation_collate
 from .metrics import ConfusionMatrix
 
@@ -34,7 +35,7 @@ def normalize(images: Tensor, model: nn.Module) -> Tensor:
     return (images - mean) / std
 
 
-class SegmentationTask(DenseTask):
+class SegmentationTask(DenseTask, Predicts):
     name = "segment"
     metric = "mIoU"
     metric_label = "mIoU (%)"
@@ -53,10 +54,11 @@ class SegmentationTask(DenseTask):
     def collate(self, items: Sequence[tuple[Tensor, Any]]) -> Any:
         return segmentation_collate(items)
 
-    def loss(self, model: nn.Module, batch: Any, device: torch.device,
-             config: DenseConfig) -> tuple[Tensor, dict[str, float], float]:
-        images, labels = to_device(batch, device)
-        outputs = model(normalize(images, model))
+    def loss(self, net: nn.Module, batch: Any,
+             run: RunContext[DenseConfig]) -> tuple[Tensor, dict[str, float], float]:
+        config = run.config
+        images, labels = to_device(batch, run.device)
+        outputs = net(normalize(images, net))
         main = F.cross_entropy(outputs["out"].float(), labels, ignore_index=IGNORE_INDEX)
         parts = {"loss_seg": float(main.detach())}
         total = main
@@ -67,8 +69,8 @@ class SegmentationTask(DenseTask):
         return total, parts, 1.0
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: DenseData,
-                 amp: str = "none", progress: bool = False) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: Any, context: EvalContext) -> dict[str, float]:
+        device, info, data, amp, progress = context.device, context.info, context.data, context.amp, context.progress
         net = unwrap_model(model)
         was_training = net.training
         net.eval()
