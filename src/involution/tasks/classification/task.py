@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import replace
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +33,12 @@ from .data import DataSpec, load_splits, subsample_train
 from .transforms import AugmentedDataset, build_transforms
 
 ClassifierConfigT = TypeVar("ClassifierConfigT", bound=ClassifierConfig)
+
+
+class Progress(Protocol):
+    """A progress bar (tqdm's): advanced once per batch."""
+
+    def update(self, n: int = 1) -> object: ...
 
 
 def resume_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -84,7 +90,7 @@ def evaluate(
     amp: str = "none",
     channels_last: bool = False,
     confusion: bool = False,
-    progress: object | None = None,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """Loss, top-1 and top-5 accuracy of ``model`` over ``loader``, summed over all processes (each sample once).
 
@@ -109,7 +115,7 @@ def evaluate(
         if confusion:
             matrix += confusion_matrix(labels.cpu(), top[:, 0].cpu(), num_classes)
         if progress is not None:
-            progress.update(1)  # type: ignore[attr-defined]
+            progress.update(1)
     loss_sum, correct, correct5, count = all_reduce_sum([loss_sum, correct, correct5, count], info, device)
     result_matrix = None
     if confusion:

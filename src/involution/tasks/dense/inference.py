@@ -81,7 +81,8 @@ def evaluate_checkpoint(
     metrics = task.evaluate(model, loader, EvalContext(dev, DistInfo(), data, progress=progress))
     out = Path(out_dir) if out_dir else run_dir_of(ckpt.path)
     drawn = []
-    for index in range(min(pictures, dataset_size(data.val)) if drawer is not None else 0):
+    for index in range(min(pictures, dataset_size(data.val))):
+        assert drawer is not None  # pictures > 0
         image, _ = data.val[index]
         picture = drawer.draw(image, drawer.predict(model, image), ckpt.classes)
         drawn.append(str(save_picture(picture, out / "predictions" / f"val-{index:04d}.png")))

@@ -336,7 +336,7 @@ class TrainingLoop(Generic[ConfigT]):
                 p.sums[key] = p.sums.get(key, 0.0) + value
             p.step_in_epoch += 1
             p.global_step += 1
-            lr = self.parts.scheduler.get_last_lr()[0]
+            lr = float(self.parts.scheduler.get_last_lr()[0])  # LambdaLR's lrs are floats
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{p.sums['loss'] / max(p.sums['count'], 1.0):.4f}", lr=f"{lr:.3g}")

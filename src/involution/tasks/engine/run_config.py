@@ -45,7 +45,7 @@ class RunConfig:
     log_every: int = 10
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        return dataclasses.asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -53,7 +53,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls: type[C], values: dict[str, Any]) -> C:
         """The config of ``values``; unknown keys are an error that lists the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")

@@ -93,7 +93,7 @@ class SegmentationTask(DenseTask, Predicts):
         if info.enabled:
             matrix.all_reduce()
         result = matrix.compute()
-        return {k: float(v) for k, v in result.items() if k != "iou"}  # type: ignore[arg-type]
+        return {k: float(v) for k, v in result.items() if not isinstance(v, list)}  # not the per-class "iou"
 
     def predict(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:
         net = unwrap_model(model)
