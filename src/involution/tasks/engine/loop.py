@@ -30,14 +30,14 @@ from torch.utils.data import DataLoader, Dataset
 from ...models import count_params
 from .checkpoints import RunCheckpoints, RunProgress, TrainedParts
 from .context import ConfigT, RunContext, RunRecord, TaskData, dataset_size
-from .distributed import (DistInfo, ResumableSampler, ShardSampler, all_gather_objects, all_reduce_sum,
-    init_distributed, shutdown_distributed)
+from .distributed import DistInfo, ResumableSampler, ShardSampler, all_gather_objects, all_reduce_sum
+from .distributed import init_distributed, shutdown_distributed
 from .plots import plot_curves
 from .run_config import RunPlan
-from .run_dir import (TensorBoard, describe_outputs, earlier_run, new_run_dir, own_run_dir, provenance,
-    remove_outputs, remove_stale_temp_files, write_csv, write_json)
-from .runtime import (NonFiniteLossError, StopFlag, TrainResult, autocast, compile_module, detach_worker,
-    make_optimizer, make_scaler, make_scheduler, seed_everything, select_device)
+from .run_dir import TensorBoard, describe_outputs, earlier_run, new_run_dir, own_run_dir, provenance
+from .run_dir import remove_outputs, remove_stale_temp_files, write_csv, write_json
+from .runtime import NonFiniteLossError, StopFlag, TrainResult, autocast, compile_module, detach_worker
+from .runtime import make_optimizer, make_scaler, make_scheduler, seed_everything, select_device
 from .state import unwrap_model
 from .task import Task
 
