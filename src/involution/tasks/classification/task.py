@@ -183,7 +183,7 @@ class ClassifierTask(Task[ClassifierConfigT]):
         count = max(totals.get("count", 0.0), 1.0)
         return {"train_loss": totals.get("loss", 0.0) / count, "train_acc": totals.get("correct", 0.0) / count}
 
-    def evaluate(self, model: nn.Module, loader: Any, context: EvalContext) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: DataLoader, context: EvalContext) -> dict[str, float]:
         result = evaluate(model, loader, context.device, context.info, _spec(context.data).num_classes, context.amp,
                           context.channels_last)
         return {"loss": result.loss, "acc": result.acc, "top5": result.top5}

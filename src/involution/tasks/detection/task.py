@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from ..dense.config import DenseConfig
 from ..dense.task import DenseData, DenseTask
@@ -72,7 +73,7 @@ class DetectionTask(DenseTask, Predicts):
         return total, {k: float(v.detach()) for k, v in losses.items()}, 1.0
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Any, context: EvalContext) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: DataLoader, context: EvalContext) -> dict[str, float]:
         data, info = context.data, context.info
         predictions = predict_batches(unwrap_model(model), loader, context.device, context.amp, context.progress)
         gathered = all_gather_objects(predictions, info)

@@ -16,6 +16,7 @@ first lives (:func:`~.run_dir.lock_run_dir`), and a fresh run refuses to write o
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -211,7 +212,7 @@ class TrainingLoop(Generic[ConfigT]):
             return flag
         return all_reduce_sum([float(flag)], self.info, self.device)[0] > 0
 
-    def autocast(self) -> Any:
+    def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.config.amp)
 
     def optimise(self, loss: torch.Tensor) -> float:

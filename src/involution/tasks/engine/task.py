@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Generic
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .context import ConfigT, EvalContext, ModelSetup, RunContext, RunRecord, TaskData
 from .distributed import DistInfo
@@ -86,7 +86,7 @@ class Task(ABC, Generic[ConfigT]):
         return {f"train_{k}": v / count for k, v in totals.items()}
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, loader: Any, context: EvalContext) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: DataLoader, context: EvalContext) -> dict[str, float]:
         """Validation metrics over ``loader`` (this process's shard), combined over all processes."""
 
     def no_validation(self) -> dict[str, float]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from ..dense.config import DenseConfig
 from ..dense.task import DenseData, DenseTask
@@ -69,7 +70,7 @@ class SegmentationTask(DenseTask, Predicts):
         return total, parts, 1.0
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Any, context: EvalContext) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: DataLoader, context: EvalContext) -> dict[str, float]:
         device, info, data, amp, progress = context.device, context.info, context.data, context.amp, context.progress
         net = unwrap_model(model)
         was_training = net.training

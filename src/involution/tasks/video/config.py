@@ -64,8 +64,11 @@ def check(config: VideoConfig) -> None:
     check_run_options(config)
     if config.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"--optimizer must be sgd or adamw, got {config.optimizer!r}")
-    for name in ("frames", "image_size", "item_size", "directions", "train_clips", "val_clips", "test_clips"):
-        check_int(f"--{name.replace('_', '-')}", getattr(config, name), low=1)
+    for option, value in (("--frames", config.frames), ("--image-size", config.image_size),
+                          ("--item-size", config.item_size), ("--directions", config.directions),
+                          ("--train-clips", config.train_clips), ("--val-clips", config.val_clips),
+                          ("--test-clips", config.test_clips)):
+        check_int(option, value, low=1)
     check_int("--jitter", config.jitter, low=0)
     check_number("--label-smoothing", config.label_smoothing or 0.0, low=0.0, high=1.0, high_open=True)
     config.clip_spec().check()
