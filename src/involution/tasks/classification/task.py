@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
@@ -132,8 +131,8 @@ def evaluate(
 
 def _macs_per_image(cfg: TrainConfig, spec: DataSpec) -> int | None:
     """Forward multiply-adds per image, counted on a meta-device copy (the trained model is never run for it)."""
-    size = required("--image-size", cfg.image_size)
     try:
+        size = required("--image-size", cfg.image_size)
         return count_flops(required("--model", cfg.model), (1, spec.in_chans, size, size),
                            num_classes=spec.num_classes, in_chans=spec.in_chans, **cfg.model_kwargs).macs
     except (NotImplementedError, RuntimeError, TypeError, ValueError):
