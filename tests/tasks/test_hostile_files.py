@@ -218,12 +218,12 @@ def quick(**overrides):
 
 def test_best_weights_are_on_disk_before_last_pt_records_them(tmp_path, monkeypatch):
     """A crash while writing best.safetensors must not leave a last.pt that records the new best."""
-    import involution.tasks.engine.loop as loop
+    from involution.tasks.engine.checkpoints import RunCheckpoints
 
     def crash(self, name, extra):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(loop.TrainingLoop, "save_weights", crash)
+    monkeypatch.setattr(RunCheckpoints, "save_weights", crash)
     run = tmp_path / "run"
     with pytest.raises(OSError):
         train(quick(epochs=1), out=run, progress=False, quiet=True)

@@ -17,7 +17,21 @@ DATASETS = ("digits", "fashion-mnist", "cifar10", "imagefolder")
 
 
 @dataclass
-class TrainConfig(RunConfig):
+class ClassifierConfig(RunConfig):
+    """The options of every classifier's run (images or clips): how the model is optimised, laid out, compiled and
+    synchronised (:meth:`~.task.ClassifierTask.prepare_model` reads them)."""
+
+    optimizer: str | None = None  # sgd | adamw
+    nesterov: bool | None = None
+    label_smoothing: float | None = None
+    channels_last: bool | None = None  # channels_last (images) or channels_last_3d (clips)
+    compile: bool = False
+    compile_backend: str = "inductor"
+    sync_bn: bool = False
+
+
+@dataclass
+class TrainConfig(ClassifierConfig):
     """Everything a training run depends on; written to ``config.json`` in the run directory. ``lr`` None:
     ``base_lr * batch_size / base_batch``."""
 
@@ -25,16 +39,9 @@ class TrainConfig(RunConfig):
     recipe: str | None = None  # None: the data set's recipe
     base_lr: float | None = None
     base_batch: int | None = None
-    optimizer: str | None = None  # sgd | adamw
-    nesterov: bool | None = None
-    label_smoothing: float | None = None
     val_fraction: float | None = None  # held out of the training split when the data set has no validation split
     train_fraction: float = 1.0  # of the (remaining) training split, stratified, fixed per seed: data-regime studies
     augment: bool = True
-    channels_last: bool | None = None
-    compile: bool = False
-    compile_backend: str = "inductor"
-    sync_bn: bool = False
 
 
 # Shared by every recipe: SGD with Nesterov momentum, cosine schedule, label smoothing (as the paper's).

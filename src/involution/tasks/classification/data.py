@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from ...models.checkpoint_checks import check_data_spec
 from ...models.registry import IMAGENET_MEAN, IMAGENET_STD
+from ..engine.context import dataset_size
 from .._images import open_image
 
 
@@ -88,7 +89,7 @@ class TensorImages(Dataset):
 
 
 class Subset(Dataset):
-    def __init__(self, base: Dataset, indices: Sequence[int]) -> None:
+    def __init__(self, base: Dataset, indices: Sequence[int] | np.ndarray) -> None:
         self.base = base
         self.indices = np.asarray(indices, dtype=np.int64)
 
@@ -99,7 +100,10 @@ class Subset(Dataset):
         return self.base[int(self.indices[index])]
 
     def take(self, indices: np.ndarray) -> tuple[Tensor, Tensor]:
-        return self.base.take(self.indices[np.asarray(indices, dtype=np.int64)])  # type: ignore[attr-defined]
+        base = self.base
+        if not isinstance(base, (TensorImages, Subset)):
+            raise TypeError(f"take() needs images in memory, not a {type(base).__name__}")
+        return base.take(self.indices[np.asarray(indices, dtype=np.int64)])
 
 
 def load_splits(name: str, data_dir: str | os.PathLike | None, image_size: int, val_fraction: float) -> Splits:
@@ -129,7 +133,7 @@ def subsample_train(splits: Splits, fraction: float, seed: int) -> Splits:
     """``splits`` with only ``fraction`` of its training samples, stratified by class and fixed for ``seed``."""
     if fraction >= 1:
         return splits
-    indices = np.arange(len(splits.train))
+    indices = np.arange(dataset_size(splits.train))
     try:
         _, kept = stratified_split(splits.train_targets, fraction, seed=seed)
     except ValueError as err:
@@ -273,5 +277,5 @@ def _image_folder(path: Path, image_size: int, val_fraction: float) -> Splits:
     if val_fraction <= 0:
         raise FileNotFoundError(f"no val folder: {path / 'val'}; add one or pass --val-fraction 0.1 to hold out images")
     train_idx, val_idx = stratified_split(train.targets, val_fraction)
-    val = Subset(train, val_idx)
-    return Splits(Subset(train, train_idx), val, val, spec, train.targets[train_idx])
+    held_out = Subset(train, val_idx)
+    return Splits(Subset(train, train_idx), held_out, held_out, spec, train.targets[train_idx])

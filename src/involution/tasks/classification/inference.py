@@ -17,7 +17,7 @@ from .._images import read_image
 from ..engine.distributed import DistInfo
 from ..engine.plots import plot_confusion_matrix
 from ..engine.recorded import RecordedCheckpoint, read_recorded
-from ..engine.run_dir import run_dir_of, write_json
+from ..engine.run_dir import write_json
 from ..engine.runtime import select_device
 from .data import DataSpec, load_splits
 from .task import EvalResult, evaluate
@@ -133,6 +133,7 @@ def run_eval(
         "confusion_matrix": result.confusion.tolist() if result.confusion is not None else None, "classes": classes,
     }
     json_path = write_json(out_dir / f"eval-{data}.json", summary)
+    assert result.confusion is not None  # asked for (confusion=True)
     picture = plot_confusion_matrix(
         result.confusion, classes, out_dir / f"confusion-{data}.png",
         title=f"{getattr(net, 'model_name', '')} on {data}: top-1 {100 * result.acc:.2f}%",

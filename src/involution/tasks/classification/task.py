@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -20,15 +20,24 @@ from ...models import count_flops, create_model
 from ...models.checkpoint_checks import apply_data_spec
 from .._metrics import confusion_matrix
 from ..engine.distributed import DistInfo, all_reduce_sum
-from ..engine.loop import TrainingLoop, TrainResult
+from ..engine.loop import TrainResult
 from ..engine.loop import train as train_task
 from ..engine.recorded import initial_weights
+from ..engine.run_config import required
 from ..engine.run_config import resume_config as resume_task_config
 from ..engine.runtime import StopFlag, autocast, convert_sync_bn, to_device
-from ..engine.task import Task, TaskData
-from .config import TrainConfig, resolve
+from ..engine.task import EvalContext, ModelSetup, RunContext, RunRecord, Task, TaskData
+from .config import ClassifierConfig, TrainConfig, resolve
 from .data import DataSpec, load_splits, subsample_train
 from .transforms import AugmentedDataset, build_transforms
+
+ClassifierConfigT = TypeVar("ClassifierConfigT", bound=ClassifierConfig)
+
+
+class Progress(Protocol):
+    """A progress bar (tqdm's): advanced once per batch."""
+
+    def update(self, n: int = 1) -> object: ...
 
 
 def resume_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -80,7 +89,7 @@ def evaluate(
     amp: str = "none",
     channels_last: bool = False,
     confusion: bool = False,
-    progress: object | None = None,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """Loss, top-1 and top-5 accuracy of ``model`` over ``loader``, summed over all processes (each sample once).
 
@@ -105,7 +114,7 @@ def evaluate(
         if confusion:
             matrix += confusion_matrix(labels.cpu(), top[:, 0].cpu(), num_classes)
         if progress is not None:
-            progress.update(1)  # type: ignore[attr-defined]
+            progress.update(1)
     loss_sum, correct, correct5, count = all_reduce_sum([loss_sum, correct, correct5, count], info, device)
     result_matrix = None
     if confusion:
@@ -123,33 +132,104 @@ def evaluate(
 def _macs_per_image(cfg: TrainConfig, spec: DataSpec) -> int | None:
     """Forward multiply-adds per image, counted on a meta-device copy (the trained model is never run for it)."""
     try:
-        return count_flops(cfg.model, (1, spec.in_chans, cfg.image_size, cfg.image_size),
+        size = required("--image-size", cfg.image_size)
+        return count_flops(required("--model", cfg.model), (1, spec.in_chans, size, size),
                            num_classes=spec.num_classes, in_chans=spec.in_chans, **cfg.model_kwargs).macs
     except (NotImplementedError, RuntimeError, TypeError, ValueError):
         return None
 
 
 def _spec(data: TaskData) -> DataSpec:
-    return data.info["spec"]
+    spec = data.info["spec"]
+    assert isinstance(spec, DataSpec)  # what load_data recorded
+    return spec
 
 
-class ClassificationTask(Task):
-    """Image classification: cross-entropy (label smoothing), top-1 / top-5 accuracy, a test split at the end."""
+class ClassifierTask(Task[ClassifierConfigT]):
+    """What every classifier's task shares (of images, :class:`ClassificationTask`, or of clips,
+    :class:`~involution.tasks.video.task.VideoTask`): one preparation of the model (memory format, SyncBatchNorm,
+    optimizer, compilation), cross-entropy with label smoothing, top-1 / top-5 accuracy, a test split scored at
+    the end, and the run's reports. ``data.info["spec"]`` is the run's :class:`~.data.DataSpec`."""
 
-    name = "classify"
     metric = "acc"
     metric_label = "top-1 accuracy (%)"
+    memory_format: ClassVar[torch.memory_format] = torch.channels_last  # what --channels-last gives the model
+
+    def prepare_model(self, setup: ModelSetup, config: ClassifierConfigT, device: torch.device,
+                      info: DistInfo) -> ModelSetup:
+        model, channels_last = setup.model, bool(config.channels_last)
+        if channels_last:  # its batches follow (to_device: 4-D ones channels_last, 5-D ones channels_last_3d)
+            model = model.to(memory_format=self.memory_format)
+        if config.sync_bn and info.enabled:
+            if device.type != "cuda":
+                raise ValueError("--sync-bn needs GPUs: SyncBatchNorm does not run on CPU tensors (drop --sync-bn)")
+            model = convert_sync_bn(model)
+        return replace(setup, model=model, channels_last=channels_last, optimizer=config.optimizer or "sgd",
+                       nesterov=bool(config.nesterov),
+                       compile_backend=config.compile_backend if config.compile else None,
+                       criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing or 0.0))
+
+    def loss(self, net: nn.Module, batch: Any,
+             run: RunContext[ClassifierConfigT]) -> tuple[Tensor, dict[str, float], float]:
+        images, labels = to_device(batch, run.device, run.setup.channels_last)
+        logits = net(images)
+        assert run.setup.criterion is not None  # prepare_model made it
+        loss = run.setup.criterion(logits.float(), labels)
+        correct = (logits.detach().argmax(dim=1) == labels).sum().item()
+        return loss, {"correct": float(correct)}, float(labels.numel())
+
+    def epoch_row(self, totals: dict[str, float]) -> dict[str, Any]:
+        count = max(totals.get("count", 0.0), 1.0)
+        return {"train_loss": totals.get("loss", 0.0) / count, "train_acc": totals.get("correct", 0.0) / count}
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, context: EvalContext) -> dict[str, float]:
+        result = evaluate(model, loader, context.device, context.info, _spec(context.data).num_classes, context.amp,
+                          context.channels_last)
+        return {"loss": result.loss, "acc": result.acc, "top5": result.top5}
+
+    def no_validation(self) -> dict[str, float]:
+        return dict.fromkeys(("val_loss", "val_acc", "val_top5"), float("nan"))
+
+    def epoch_scores(self, row: dict[str, Any]) -> str:
+        return f"  train acc {100 * row['train_acc']:.2f}%  val acc {100 * row['val_acc']:.2f}%"
+
+    def final_metrics(self, run: RunContext[ClassifierConfigT], record: RunRecord) -> dict[str, Any]:
+        test = evaluate(run.net, run.test_loader, run.device, run.info, _spec(run.data).num_classes, run.config.amp,
+                        run.setup.channels_last)
+        return {"test_acc": test.acc, "test_top5": test.top5, "test_loss": test.loss, "test_count": test.count}
+
+    def weights_metadata(self, config: ClassifierConfigT, data: TaskData) -> dict[str, Any]:
+        return {"data_spec": _spec(data).to_dict(), "train_config": config.to_dict()}
+
+    def metrics_fields(self, run: RunContext[ClassifierConfigT], record: RunRecord) -> dict[str, Any]:
+        return {"model": run.config.model, "data": run.config.data,
+                "macs": run.setup.macs,  # forward multiply-adds per sample
+                "best_val_acc": record.best if record.best > -1.0 else -1.0}
+
+    def extra_state(self, data: TaskData) -> dict[str, Any]:
+        return {"data_spec": json.dumps(_spec(data).to_dict())}
+
+
+class ClassificationTask(ClassifierTask[TrainConfig]):
+    """Image classification: digits / Fashion-MNIST / CIFAR-10 / image folders."""
+
+    name = "classify"
     config_class = TrainConfig
-    command = "train"  # type: ignore[assignment]
-    run_prefix = "train"  # type: ignore[assignment]
-    channels_last = False  # the memory format prepare_model gave the model; its batches follow
-    macs: int | None = None
+
+    @property
+    def command(self) -> str:
+        return "train"
+
+    @property
+    def run_prefix(self) -> str:
+        return "train"
 
     def resolve(self, config: TrainConfig) -> TrainConfig:
         return resolve(config)
 
     def load_data(self, config: TrainConfig, log: Callable[[str], None]) -> TaskData:
-        splits = subsample_train(load_splits(config.data, config.data_dir, config.image_size, config.val_fraction),
+        splits = subsample_train(load_splits(config.data, config.data_dir, required("--image-size", config.image_size),
+                                             required("--val-fraction", config.val_fraction)),
                                  config.train_fraction, config.seed)
         test = None if splits.test is splits.val else splits.test
         return TaskData(splits.train, splits.val, splits.spec.classes, config.data, {"spec": splits.spec}, test)
@@ -162,71 +242,20 @@ class ClassificationTask(Task):
         _, eval_tf = build_transforms(_spec(data), config.augment)
         return AugmentedDataset(split, eval_tf)
 
-    def build_model(self, config: TrainConfig, data: TaskData) -> nn.Module:
+    def build_model(self, config: TrainConfig, data: TaskData) -> ModelSetup:
         spec = _spec(data)
-        model = create_model(config.model, num_classes=spec.num_classes, in_chans=spec.in_chans,
+        model = create_model(required("--model", config.model), num_classes=spec.num_classes, in_chans=spec.in_chans,
                              checkpoint=initial_weights(config.checkpoint), **config.model_kwargs)
         check_kernel_reach(model, (spec.image_size, spec.image_size))
         # the preprocessing this run trains with, not the family's defaults: saved with the weights (and export's
         # example input follows it)
         apply_data_spec(model, spec.to_dict(), f"--data {config.data}")
-        self.macs = _macs_per_image(config, spec)
-        return model
+        return ModelSetup(model, macs=_macs_per_image(config, spec))
 
-    def prepare_model(self, model: nn.Module, config: TrainConfig, device: torch.device, info: DistInfo) -> nn.Module:
-        self.channels_last = bool(config.channels_last)
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if config.sync_bn and info.enabled:
-            if device.type != "cuda":
-                raise ValueError("--sync-bn needs GPUs: SyncBatchNorm does not run on CPU tensors (drop --sync-bn)")
-            model = convert_sync_bn(model)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        return model
+    def describe_data(self, run: RunContext[TrainConfig]) -> str:
+        return f"on {run.config.data}: {run.train_size} train images"
 
-    def loss(self, model: nn.Module, batch: Any, device: torch.device,
-             config: TrainConfig) -> tuple[Tensor, dict[str, float], float]:
-        images, labels = to_device(batch, device, self.channels_last)
-        logits = model(images)
-        loss = self.criterion(logits.float(), labels)
-        correct = (logits.detach().argmax(dim=1) == labels).sum().item()
-        return loss, {"correct": float(correct)}, float(labels.numel())
-
-    def epoch_row(self, totals: dict[str, float]) -> dict[str, Any]:
-        count = max(totals.get("count", 0.0), 1.0)
-        return {"train_loss": totals.get("loss", 0.0) / count, "train_acc": totals.get("correct", 0.0) / count}
-
-    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: TaskData,
-                 amp: str = "none", progress: bool = False) -> dict[str, float]:
-        result = evaluate(model, loader, device, info, _spec(data).num_classes, amp, self.channels_last)
-        return {"loss": result.loss, "acc": result.acc, "top5": result.top5}
-
-    def no_validation(self) -> dict[str, float]:
-        return dict.fromkeys(("val_loss", "val_acc", "val_top5"), float("nan"))
-
-    def describe_data(self, run: TrainingLoop) -> str:
-        return f"on {run.config.data}: {len(run.sampler.dataset)} train images"
-
-    def epoch_scores(self, row: dict[str, Any]) -> str:
-        return f"  train acc {100 * row['train_acc']:.2f}%  val acc {100 * row['val_acc']:.2f}%"
-
-    def final_metrics(self, run: TrainingLoop) -> dict[str, Any]:
-        test = evaluate(run.net, run.test_loader, run.device, run.info, _spec(run.data).num_classes, run.config.amp,
-                        self.channels_last)
-        return {"test_acc": test.acc, "test_top5": test.top5, "test_loss": test.loss, "test_count": test.count}
-
-    def final_message(self, run: TrainingLoop, final: dict[str, Any]) -> str:
+    def final_message(self, run: RunContext[TrainConfig], record: RunRecord, final: dict[str, Any]) -> str:
         return (f"test accuracy {100 * final['test_acc']:.2f}% (top-5 {100 * final['test_top5']:.2f}%, "
-                f"{final['test_count']} images); best val {100 * run.best:.2f}% at epoch {run.best_epoch}; "
-                f"run written to {run.run_dir}")
-
-    def weights_metadata(self, config: TrainConfig, data: TaskData) -> dict[str, Any]:
-        return {"data_spec": _spec(data).to_dict(), "train_config": config.to_dict()}
-
-    def metrics_fields(self, run: TrainingLoop) -> dict[str, Any]:
-        return {"model": run.config.model, "data": run.config.data,
-                "macs": self.macs,  # forward multiply-adds per image
-                "best_val_acc": run.best if run.best > -1.0 else -1.0}
-
-    def extra_state(self, data: TaskData) -> dict[str, Any]:
-        return {"data_spec": json.dumps(_spec(data).to_dict())}
+                f"{final['test_count']} images); best val {100 * record.best:.2f}% at epoch {record.best_epoch}; "
+                f"run written to {record.run_dir}")

@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .._images import to_mode
+from ..engine.context import dataset_size
 from ..engine.seeding import sample_hashes, sample_seed
 from .data import DataSpec, Subset, TensorImages
 
@@ -84,21 +85,23 @@ class AugmentedDataset(Dataset):
         self.base = base
         self.transform = transform
         self.seed = seed
-        self.batched = getattr(transform, "batched", False) and _in_memory(base)
+        # the batched path: a ShiftFlip over tensors in memory (None: one sample at a time)
+        self.batched: ShiftFlip | None = transform if isinstance(transform, ShiftFlip) and _in_memory(base) else None
 
     def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
+        return dataset_size(self.base)
 
     def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> list[tuple[Tensor, int]]:
-        if not self.batched:
+        base = self.base
+        if self.batched is None or not isinstance(base, (TensorImages, Subset)):  # Subset: of TensorImages here
             return [self[key] for key in keys]
         if keys and isinstance(keys[0], tuple):
             epochs, indices = (np.asarray(column, dtype=np.int64) for column in zip(*keys))
             hashes = sample_hashes(self.seed, epochs, indices)
         else:
             indices, hashes = np.asarray(keys, dtype=np.int64), None
-        images, labels = self.base.take(indices)  # type: ignore[attr-defined]
-        return list(zip(self.transform(images, hashes).unbind(0), labels.tolist()))
+        images, labels = base.take(indices)
+        return list(zip(self.batched(images, hashes).unbind(0), labels.tolist()))
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int]:
         if self.batched:

@@ -46,11 +46,13 @@ class InvolutionLayerInfo:
 
     @property
     def kernel_size(self) -> tuple[int, int]:
-        return tuple(self.module.kernel_size)
+        kh, kw = self.module.kernel_size
+        return kh, kw
 
     @property
     def stride(self) -> tuple[int, int]:
-        return tuple(self.module.stride)
+        sh, sw = self.module.stride
+        return sh, sw
 
     def describe(self) -> str:
         """``"layer1.0.conv2  C=16 G=1 K=7x7 stride 1 out 8x8"``."""
@@ -151,7 +153,8 @@ def check_pixel(pixel: Sequence[int] | None, height: int, width: int) -> tuple[i
 
 def pixel_to_grid(pixel: tuple[int, int], image_size: tuple[int, int], grid_size: tuple[int, int]) -> tuple[int, int]:
     """The cell of a ``grid_size`` map (a layer's output) that covers ``pixel`` of an ``image_size`` image."""
-    return tuple(min(g - 1, p * g // s) for p, s, g in zip(pixel, image_size, grid_size))  # type: ignore[return-value]
+    (py, px), (sy, sx), (gy, gx) = pixel, image_size, grid_size
+    return min(gy - 1, py * gy // sy), min(gx - 1, px * gx // sx)
 
 
 def plot_kernels(

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .._images import read_image
+from ..engine.capabilities import predictor
+from ..engine.context import EvalContext, dataset_size
 from ..engine.distributed import DistInfo
 from ..engine.recorded import read_recorded
 from ..engine.run_dir import run_dir_of, write_json
@@ -74,16 +76,18 @@ def evaluate_checkpoint(
                          f"{data.classes[:5]}...; evaluate on data with the same classes")
     dev = select_device(device, DistInfo())
     model = ckpt.model.to(dev)
-    loader = DataLoader(data.val, batch_size=batch_size, collate_fn=task.collate)  # type: ignore[arg-type]
-    metrics = task.evaluate(model, loader, dev, DistInfo(), data, progress=progress)
+    drawer = predictor(task) if pictures > 0 else None  # before the evaluation: a task that cannot draw says so
+    loader = DataLoader(data.val, batch_size=batch_size, collate_fn=task.collate)
+    metrics = task.evaluate(model, loader, EvalContext(dev, DistInfo(), data, progress=progress))
     out = Path(out_dir) if out_dir else run_dir_of(ckpt.path)
     drawn = []
-    for index in range(min(pictures, len(data.val))):  # type: ignore[arg-type]
+    for index in range(min(pictures, dataset_size(data.val))):
+        assert drawer is not None  # pictures > 0
         image, _ = data.val[index]
-        picture = task.draw(image, task.predict(model, image), ckpt.classes)
+        picture = drawer.draw(image, drawer.predict(model, image), ckpt.classes)
         drawn.append(str(save_picture(picture, out / "predictions" / f"val-{index:04d}.png")))
     report = {"checkpoint": str(ckpt.path), "task": task.name, "data": config.data, "data_source": data.source,
-              "images": len(data.val), "metrics": metrics, "pictures": drawn}  # type: ignore[arg-type]
+              "images": dataset_size(data.val), "metrics": metrics, "pictures": drawn}
     report["json"] = str(write_json(out / f"eval-{config.data}.json", report))
     return report
 
@@ -98,14 +102,15 @@ def predict_files(
 ) -> list[tuple[Path, dict[str, Tensor]]]:
     """Draw the predictions on each image file into ``out_dir`` (default ``RUN/predictions``); returns the
     written pictures with the raw outputs."""
+    drawer = predictor(task)
     ckpt = load_dense_checkpoint(checkpoint, task)
     model = ckpt.model.to(select_device(device, DistInfo()))
     out = Path(out_dir) if out_dir else run_dir_of(ckpt.path) / "predictions"
     results = []
     for item in images:
         image = read_image(item)
-        output = task.predict(model, image)
-        picture = task.draw(image, output, ckpt.classes, threshold)
+        output = drawer.predict(model, image)
+        picture = drawer.draw(image, output, ckpt.classes, threshold)
         results.append((save_picture(picture, out / f"{Path(item).stem}.png"), output))
     return results
 

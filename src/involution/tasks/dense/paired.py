@@ -56,8 +56,9 @@ class PairedDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Forward the epoch to seeded transforms (call before each epoch)."""
-        if hasattr(self.transforms, "set_epoch"):
-            self.transforms.set_epoch(epoch)
+        set_epoch = getattr(self.transforms, "set_epoch", None)  # only seeded transforms have one
+        if set_epoch is not None:
+            set_epoch(epoch)
 
     def apply_transforms(self, image: Any, target: Any, index: int) -> tuple[Any, Any]:
         """``transforms(image, target)``, passing ``key=index`` to keyed transforms."""

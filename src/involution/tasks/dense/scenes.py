@@ -191,7 +191,7 @@ def _background(rng: np.random.Generator, size: int, noise: float) -> np.ndarray
         return np.zeros((size, size, 3), np.float32)
     cells = int(rng.integers(2, 6))
     coarse = (rng.uniform(0.0, 70.0, size=(cells, cells, 3)) * noise).clip(0, 255).astype(np.uint8)
-    smooth = np.asarray(Image.fromarray(coarse, "RGB").resize((size, size), Image.BILINEAR), np.float32)
+    smooth = np.asarray(Image.fromarray(coarse, "RGB").resize((size, size), Image.Resampling.BILINEAR), np.float32)
     grain = rng.normal(0.0, 6.0 * noise, size=(size, size, 1)).astype(np.float32)
     return np.clip(smooth + grain, 0, 255)
 
@@ -209,7 +209,7 @@ def _draw_object(
     aspect = rng.uniform(0.8, 1.25)  # width / height
     h = int(np.clip(round(side / max(aspect, 1.0)), 4, size))
     w = int(np.clip(round(side * min(aspect, 1.0)), 4, size))
-    gray = np.asarray(Image.fromarray(images[index], "L").resize((w, h), Image.BILINEAR), np.float32)
+    gray = np.asarray(Image.fromarray(images[index], "L").resize((w, h), Image.Resampling.BILINEAR), np.float32)
     mask = gray > config.threshold
     top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
     colour = rng.uniform(0.35, 1.0, size=3) if config.tint else np.ones(3)
@@ -247,12 +247,12 @@ def make_scene(rng: np.random.Generator, pool: tuple[np.ndarray, np.ndarray], co
             visible[i] = v
             covered |= full[i]
     objects = []
-    for (cls, patch, mask, (top, left)), v in zip(drawn, visible):
-        if v is None:
+    for (cls, patch, mask, (top, left)), seen in zip(drawn, visible):
+        if seen is None:
             continue
         region = canvas[top : top + mask.shape[0], left : left + mask.shape[1]]
         region[mask] = patch[mask]
-        objects.append((cls, v))
+        objects.append((cls, seen))
     return np.round(canvas).clip(0, 255).astype(np.uint8), objects
 
 
@@ -267,7 +267,8 @@ def _write_split(
     image_dir, label_dir, ann_file = scene_paths(root, split)
     image_dir.mkdir(parents=True, exist_ok=True)
     label_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     indices: Any = range(count)
     if progress:
         from tqdm import tqdm

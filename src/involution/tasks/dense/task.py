@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from ...models import create_model
-from ..engine.loop import TrainingLoop
+from ..engine.context import dataset_size
 from ..engine.recorded import initial_weights
-from ..engine.run_config import resume_config
+from ..engine.run_config import required, resume_config
 from ..engine.seeding import sample_seed
-from ..engine.task import Task, TaskData
+from ..engine.task import ModelSetup, RunContext, RunRecord, Task, TaskData
 from .config import DenseConfig, resolve
 from .scenes import scenes_root
 
@@ -35,7 +35,7 @@ def resume_dense_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | 
     return resume_config(DenseConfig, run_dir, overrides)
 
 
-class DenseTask(Task):
+class DenseTask(Task[DenseConfig]):
     """One dense task: images with per-object or per-pixel targets, a loss made of named terms (per-step means),
     and a validation metric computed by the task over the whole set."""
 
@@ -60,27 +60,29 @@ class DenseTask(Task):
     @abstractmethod
     def collate(self, items: Sequence[tuple[Tensor, Any]]) -> Any: ...
 
-    def build_model(self, config: DenseConfig, data: TaskData) -> nn.Module:
+    def build_model(self, config: DenseConfig, data: TaskData) -> ModelSetup:
         """The registry model of ``config`` for the data's classes, with the run's initial weights loaded. The
         backbone's weight file is an argument of its own, left out of ``model_kwargs``: a saved checkpoint already
         holds the weights, and rebuilding it must not need the original files."""
         kwargs = dict(config.model_kwargs)
         if config.backbone_checkpoint:
             kwargs["backbone_checkpoint"] = config.backbone_checkpoint
-        return create_model(config.model or "", num_classes=len(data.classes),
-                            checkpoint=initial_weights(config.checkpoint), **kwargs)
+        return ModelSetup(create_model(required("--model", config.model), num_classes=len(data.classes),
+                                       checkpoint=initial_weights(config.checkpoint), **kwargs))
 
-    def describe_data(self, run: TrainingLoop) -> str:
-        return f"for {self.name} on {run.data.source}: {len(run.data.train)} train / {len(run.data.val)} val images"  # type: ignore[arg-type]
+    def describe_data(self, run: RunContext[DenseConfig]) -> str:
+        data = run.data
+        return (f"for {self.name} on {data.source}: {dataset_size(data.train)} train / {dataset_size(data.val)} val "
+                "images")
 
     def weights_metadata(self, config: DenseConfig, data: TaskData) -> dict[str, Any]:
         return {"task": self.name, "classes": data.classes, "train_config": config.to_dict(), **data.info}
 
-    def metrics_fields(self, run: TrainingLoop) -> dict[str, Any]:
+    def metrics_fields(self, run: RunContext[DenseConfig], record: RunRecord) -> dict[str, Any]:
         cfg = run.config
         return {"task": self.name, "model": cfg.model, "data": cfg.data, "data_source": run.data.source,
                 "classes": run.data.classes, "metric": self.metric,
-                "best_val": run.best if run.best > -math.inf else None}
+                "best_val": record.best if record.best > -math.inf else None}
 
 
 class KeyedDataset(Dataset):
@@ -92,7 +94,7 @@ class KeyedDataset(Dataset):
         self.base, self.augment, self.seed = base, augment, seed
 
     def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
+        return dataset_size(self.base)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Any]:
         if isinstance(key, tuple):

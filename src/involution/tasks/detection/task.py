@@ -10,18 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from ..dense.config import DenseConfig
 from ..dense.task import DenseTask
-from ..engine.distributed import DistInfo, all_gather_objects
+from ..engine.capabilities import Predicts
+from ..engine.distributed import all_gather_objects
 from ..engine.plots import PALETTE
 from ..engine.runtime import autocast, to_device
 from ..engine.state import unwrap_model
-from ..engine.task import TaskData
+from ..engine.task import EvalContext, RunContext, TaskData
 from .data import CocoDetectionDataset, RandomHorizontalFlip, detection_collate
 from .metrics import coco_evaluate
 
@@ -40,7 +42,7 @@ def coco_split(root: Path, split: str) -> tuple[Path, Path]:
     return root / "images" / split, root / "annotations" / f"instances_{split}.json"
 
 
-class DetectionTask(DenseTask):
+class DetectionTask(DenseTask, Predicts):
     name = "detect"
     metric = "bbox_AP"
     metric_label = "box AP (%)"
@@ -60,27 +62,31 @@ class DetectionTask(DenseTask):
     def collate(self, items: Sequence[tuple[Tensor, Any]]) -> Any:
         return detection_collate(items)
 
-    def loss(self, model: nn.Module, batch: Any, device: torch.device,
-             config: DenseConfig) -> tuple[Tensor, dict[str, float], float]:
-        images, targets = to_device(batch, device)
-        losses = model(images, targets)
-        total = sum(losses.values())
-        return total, {k: float(v.detach()) for k, v in losses.items()}, 1.0  # type: ignore[return-value]
+    def loss(self, net: nn.Module, batch: Any,
+             run: RunContext[DenseConfig]) -> tuple[Tensor, dict[str, float], float]:
+        images, targets = to_device(batch, run.device)
+        losses: dict[str, Tensor] = net(images, targets)
+        terms = list(losses.values())
+        total = terms[0]
+        for term in terms[1:]:  # summed in order, as Python's sum() did
+            total = total + term
+        return total, {k: float(v.detach()) for k, v in losses.items()}, 1.0
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: TaskData,
-                 amp: str = "none", progress: bool = False) -> dict[str, float]:
-        predictions = predict_batches(unwrap_model(model), loader, device, amp, progress)
+    def evaluate(self, model: nn.Module, loader: DataLoader, context: EvalContext) -> dict[str, float]:
+        data, info = context.data, context.info
+        predictions = predict_batches(unwrap_model(model), loader, context.device, context.amp, context.progress)
         gathered = all_gather_objects(predictions, info)
         metrics: dict[str, float] = {}
         if info.is_main:
-            merged = [p for part in gathered for p in part]  # type: ignore[union-attr]
-            dataset: CocoDetectionDataset = data.val  # type: ignore[assignment]
+            merged = [p for part in gathered for p in cast(list[dict[str, Any]], part)]  # each process's list
+            dataset = data.val
+            assert isinstance(dataset, CocoDetectionDataset)  # what load_data made
             iou_types = ("bbox", "segm") if data.info.get("masks") else ("bbox",)
             result = coco_evaluate(dataset.coco, merged, dataset.label_to_category, iou_types=iou_types,
                                    image_ids=dataset.ids)
             metrics = {f"{t}_{n}": float(result[f"{t}_{n}"]) for t in iou_types for n in REPORTED}
-        return all_gather_objects(metrics, info)[0]  # type: ignore[return-value]
+        return cast(dict[str, float], all_gather_objects(metrics, info)[0])  # rank 0's
 
     @torch.no_grad()
     def predict(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:

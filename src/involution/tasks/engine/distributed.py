@@ -82,7 +82,7 @@ class ResumableSampler(DistributedSampler):
     def set_start(self, start: int) -> None:
         self.start = start
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # (epoch, index) keys: ResumableSampler's own
         for i, index in enumerate(super().__iter__()):
             if i >= self.start:
                 yield (self.epoch, index)

@@ -133,7 +133,7 @@ def write_weights(found: RecordedCheckpoint, dst: str | os.PathLike) -> Path:
     from ...models import save_checkpoint
 
     refuse_same_file(found.path, dst)
-    keep = {k: v for k, v in found.metadata.items() if k not in _OWN_KEYS}
+    keep: dict[str, Any] = {k: v for k, v in found.metadata.items() if k not in _OWN_KEYS}
     if found.state is not None:
         keep.update({k: v for k, v in (("data_spec", found.data_spec), ("train_config", found.train_config))
                      if v is not None})

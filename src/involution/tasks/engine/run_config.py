@@ -18,6 +18,7 @@ AMP_MODES = ("none", "bf16", "fp16")  # autocast off, bfloat16, float16 (with a 
 DEVICES = ("auto", "cpu", "cuda")
 
 C = TypeVar("C", bound="RunConfig")
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,7 +50,7 @@ class RunConfig:
     log_every: int = 10
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        return dataclasses.asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -57,18 +58,48 @@ class RunConfig:
     @classmethod
     def from_dict(cls: type[C], values: dict[str, Any]) -> C:
         """The config of ``values``; unknown keys are an error that lists the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
         return cls(**values)
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """The numbers of a resolved :class:`RunConfig` that the recipe may leave open (``None``) until a task's
+    ``resolve`` fills them in: what the engine trains by, typed as the values they are."""
+
+    epochs: int
+    batch_size: int  # global
+    lr: float
+    momentum: float
+    weight_decay: float
+    warmup_epochs: float
+    schedule: str  # cosine | constant
+
+    @classmethod
+    def of(cls, config: RunConfig) -> RunPlan:
+        """``config``'s plan; ``ValueError`` naming the option a task's ``resolve`` left open."""
+        return cls(epochs=required("--epochs", config.epochs), batch_size=required("--batch-size", config.batch_size),
+                   lr=required("--lr", config.lr), momentum=required("--momentum", config.momentum),
+                   weight_decay=required("--weight-decay", config.weight_decay),
+                   warmup_epochs=required("--warmup-epochs", config.warmup_epochs),
+                   schedule=required("--schedule", config.schedule))
+
+
+def required(option: str, value: T | None) -> T:
+    """``value`` of a resolved config's ``option``, which the recipe may leave ``None`` until ``resolve``."""
+    if value is None:
+        raise ValueError(f"{option} was left open: the task's resolve() must fill it in before training")
+    return value
+
+
 # model arguments the training run sets itself (from the data set, or --checkpoint), not --model-kwargs
 RUN_SET_MODEL_KWARGS = ("num_classes", "in_chans", "checkpoint", "features_only", "out_indices")
 
 
-def check_run_options(config: Any) -> None:
+def check_run_options(config: RunConfig) -> None:
     """Reject values of the options every training run has that cannot work, naming each option as it is typed on
     the command line (``--epochs must be an integer >= 1, got 0``): the API gets the checks the parser makes."""
     check_int("--epochs", config.epochs, low=1)

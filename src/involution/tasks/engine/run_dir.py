@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import importlib
 import io
 import json
 import os
@@ -34,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import torch
@@ -42,9 +44,9 @@ from ..._atomic import write_text_atomic
 from .distributed import DistInfo, all_gather_objects
 
 try:
-    import fcntl
+    fcntl: ModuleType | None = importlib.import_module("fcntl")
 except ImportError:  # pragma: no cover - Windows: no flock; runs there are not protected from each other
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None
 
 LOCK_NAME = ".lock"
 T = TypeVar("T")
@@ -295,9 +297,9 @@ def on_main_rank(work: Callable[[], T], info: DistInfo) -> T | None:
             result = work()
         except (OSError, RuntimeError) as err:
             error = err
-    error = all_gather_objects(error, info)[0]
-    if error is not None:
-        raise error  # type: ignore[misc]
+    raised = all_gather_objects(error, info)[0]  # rank 0's error, on every process
+    if isinstance(raised, BaseException):
+        raise raised
     return result
 
 
@@ -308,6 +310,8 @@ def own_run_dir(run_dir: Path, info: DistInfo) -> RunDirLock | None:
 
 
 def _flock_or_refuse(fd: int, run_dir: Path) -> None:
+    if fcntl is None:  # no flock on this system: nothing to take
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:

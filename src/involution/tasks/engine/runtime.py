@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .distributed import DistInfo
+from .run_config import RunPlan
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -56,23 +57,22 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: nn.Module, config: Any) -> torch.optim.Optimizer:
-    """SGD (Nesterov momentum where the config asks for it) or AdamW (``config.optimizer``; SGD without one)."""
+def make_optimizer(model: nn.Module, plan: RunPlan, name: str = "sgd", nesterov: bool = False) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum if ``nesterov`` and the plan has momentum) or AdamW (``name``)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if getattr(config, "optimizer", "sgd") == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    nesterov = bool(getattr(config, "nesterov", False)) and config.momentum > 0
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=nesterov,
-                           weight_decay=config.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay)
+    return torch.optim.SGD(params, lr=plan.lr, momentum=plan.momentum, nesterov=nesterov and plan.momentum > 0,
+                           weight_decay=plan.weight_decay)
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: Any, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer, plan: RunPlan, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step schedule (:func:`lr_factor`); its state is the step count, so it resumes exactly."""
-    total = config.epochs * steps_per_epoch
-    warmup = round(config.warmup_epochs * steps_per_epoch)
-    schedule = config.schedule
+    total = plan.epochs * steps_per_epoch
+    warmup = round(plan.warmup_epochs * steps_per_epoch)
+    schedule = plan.schedule
 
     def factor(step: int) -> float:
         return lr_factor(step, total, warmup, schedule)
@@ -157,6 +157,13 @@ def detach_worker(worker_id: int) -> None:
     with its parent."""
     if hasattr(os, "setpgid"):
         os.setpgid(0, 0)
+
+
+def compile_module(module: nn.Module, backend: str) -> nn.Module:
+    """``module`` compiled by ``torch.compile`` with ``backend`` (an ``OptimizedModule``, itself a module)."""
+    compiled = torch.compile(module, backend=backend)
+    assert isinstance(compiled, nn.Module)  # torch.compile of a module is a module (its stub says a callable)
+    return compiled
 
 
 def convert_sync_bn(model: nn.Module) -> nn.Module:

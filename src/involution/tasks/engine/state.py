@@ -30,8 +30,9 @@ _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DistributedDataP
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain model inside DistributedDataParallel and/or torch.compile wrappers."""
     while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if isinstance(inner, nn.Module):
+            model = inner
         elif isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         else:
@@ -53,7 +54,9 @@ def clean_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def capture_rng() -> dict[str, Any]:
     """The torch (CPU and CUDA), numpy and Python RNG states, as tensors and numbers."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state(legacy=True)
+    assert isinstance(legacy, tuple)  # the MT19937 legacy state: never the dict form
+    kind, keys, pos, has_gauss, cached = legacy
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),

@@ -15,14 +15,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from ..dense.config import DenseConfig
 from ..dense.task import DenseTask
-from ..engine.distributed import DistInfo
+from ..engine.capabilities import Predicts
 from ..engine.plots import PALETTE
 from ..engine.runtime import autocast, to_device
 from ..engine.state import unwrap_model
-from ..engine.task import TaskData
+from ..engine.task import EvalContext, RunContext, TaskData
 from .data import IGNORE_INDEX, SegmentationAugment, SegmentationFolderDataset, segmentation_collate
 from .metrics import ConfusionMatrix
 
@@ -35,7 +36,7 @@ def normalize(images: Tensor, model: nn.Module) -> Tensor:
     return (images - mean) / std
 
 
-class SegmentationTask(DenseTask):
+class SegmentationTask(DenseTask, Predicts):
     name = "segment"
     metric = "mIoU"
     metric_label = "mIoU (%)"
@@ -54,10 +55,11 @@ class SegmentationTask(DenseTask):
     def collate(self, items: Sequence[tuple[Tensor, Any]]) -> Any:
         return segmentation_collate(items)
 
-    def loss(self, model: nn.Module, batch: Any, device: torch.device,
-             config: DenseConfig) -> tuple[Tensor, dict[str, float], float]:
-        images, labels = to_device(batch, device)
-        outputs = model(normalize(images, model))
+    def loss(self, net: nn.Module, batch: Any,
+             run: RunContext[DenseConfig]) -> tuple[Tensor, dict[str, float], float]:
+        config = run.config
+        images, labels = to_device(batch, run.device)
+        outputs = net(normalize(images, net))
         main = F.cross_entropy(outputs["out"].float(), labels, ignore_index=IGNORE_INDEX)
         parts = {"loss_seg": float(main.detach())}
         total = main
@@ -68,8 +70,8 @@ class SegmentationTask(DenseTask):
         return total, parts, 1.0
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: Any, device: torch.device, info: DistInfo, data: TaskData,
-                 amp: str = "none", progress: bool = False) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, loader: DataLoader, context: EvalContext) -> dict[str, float]:
+        device, info, data, amp, progress = context.device, context.info, context.data, context.amp, context.progress
         net = unwrap_model(model)
         was_training = net.training
         net.eval()
@@ -92,7 +94,7 @@ class SegmentationTask(DenseTask):
         if info.enabled:
             matrix.all_reduce()
         result = matrix.compute()
-        return {k: float(v) for k, v in result.items() if k != "iou"}  # type: ignore[arg-type]
+        return {k: float(v) for k, v in result.items() if not isinstance(v, list)}  # not the per-class "iou"
 
     def predict(self, model: nn.Module, image: Tensor) -> dict[str, Tensor]:
         net = unwrap_model(model)

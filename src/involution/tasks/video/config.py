@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..._checks import check_int, check_number
-from ..engine.run_config import RunConfig, check_run_options
+from ..classification.config import ClassifierConfig
+from ..engine.run_config import check_run_options, required
 from .data import SOURCES, ClipSpec
 
 
 @dataclass
-class VideoConfig(RunConfig):
+class VideoConfig(ClassifierConfig):
     """Everything a video run depends on; written to ``config.json``. ``None``: the recipe's value."""
 
     data: str = "digits"  # the images that move: digits (no files needed) or fashion-mnist (--data-dir)
@@ -25,17 +26,14 @@ class VideoConfig(RunConfig):
     val_clips: int | None = None
     test_clips: int | None = None
     still: bool = False  # the control: every frame of a clip is its first (the label can only be guessed)
-    optimizer: str | None = None  # sgd | adamw
-    nesterov: bool | None = None
-    label_smoothing: float | None = None
-    channels_last: bool | None = None  # channels_last_3d, the layout Involution3d is fastest in
-    compile: bool = False
-    compile_backend: str = "inductor"
-    sync_bn: bool = False
+    # channels_last (ClassifierConfig) is channels_last_3d here, the layout Involution3d is fastest in
 
     def clip_spec(self) -> ClipSpec:
-        return ClipSpec(self.frames, self.image_size, self.item_size, self.directions,  # type: ignore[arg-type]
-                        self.min_speed, self.max_speed, self.jitter, self.still)  # type: ignore[arg-type]
+        """How this run's clips are made (of a resolved config: no field left open)."""
+        return ClipSpec(required("--frames", self.frames), required("--image-size", self.image_size),
+                        required("--item-size", self.item_size), required("--directions", self.directions),
+                        required("--min-speed", self.min_speed), required("--max-speed", self.max_speed),
+                        required("--jitter", self.jitter), self.still)
 
 
 # Sized for 2 CPU cores: video_rednet_tiny trains 5 epochs of 4,000 clips in about 4 minutes (docs/video.md).
@@ -66,8 +64,11 @@ def check(config: VideoConfig) -> None:
     check_run_options(config)
     if config.optimizer not in ("sgd", "adamw"):
         raise ValueError(f"--optimizer must be sgd or adamw, got {config.optimizer!r}")
-    for name in ("frames", "image_size", "item_size", "directions", "train_clips", "val_clips", "test_clips"):
-        check_int(f"--{name.replace('_', '-')}", getattr(config, name), low=1)
+    for option, value in (("--frames", config.frames), ("--image-size", config.image_size),
+                          ("--item-size", config.item_size), ("--directions", config.directions),
+                          ("--train-clips", config.train_clips), ("--val-clips", config.val_clips),
+                          ("--test-clips", config.test_clips)):
+        check_int(option, value, low=1)
     check_int("--jitter", config.jitter, low=0)
     check_number("--label-smoothing", config.label_smoothing or 0.0, low=0.0, high=1.0, high_open=True)
     config.clip_spec().check()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..classification.data import load_splits
+from ..classification.data import TensorImages, load_splits
 from ..engine.seeding import sample_hashes
 
 DIRECTION_NAMES = {4: ["right", "up", "left", "down"],
@@ -145,6 +145,13 @@ class ClipSplits:
     std: float
 
 
+def _in_memory(split: Dataset) -> TensorImages:
+    """``split`` of a built-in source: its images are one tensor in memory."""
+    if not isinstance(split, TensorImages):
+        raise TypeError(f"clips are made from images in memory, not a {type(split).__name__}")
+    return split
+
+
 def load_clips(source: str, data_dir: str | os.PathLike | None, spec: ClipSpec, counts: tuple[int, int, int],
                seed: int, val_items: float = 0.1, data_seed: int = 0) -> ClipSplits:
     """Train / val / test clips of ``source``'s images; ``counts``: clips per split; ``seed``: the training draws.
@@ -155,8 +162,8 @@ def load_clips(source: str, data_dir: str | os.PathLike | None, spec: ClipSpec, 
         raise ValueError(f"unknown clip source {source!r}; choose one of {', '.join(SOURCES)}")
     spec.check()
     splits = load_splits(source, data_dir, spec.item_size, 0.0)
-    train_images = shrink(splits.train.images, spec.item_size)  # type: ignore[attr-defined]
-    test_images = shrink(splits.test.images, spec.item_size)  # type: ignore[attr-defined]
+    train_images = shrink(_in_memory(splits.train).images, spec.item_size)
+    test_images = shrink(_in_memory(splits.test).images, spec.item_size)
     order = torch.from_numpy(np.random.default_rng(data_seed).permutation(len(train_images)))
     n_val = max(1, round(val_items * len(order)))
     train_items, val_items_t = train_images[order[:-n_val]], train_images[order[-n_val:]]
