@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from ...layers import Involution2d
 from .._images import read_image
 from ..engine.plots import pyplot, save_figure
-from .inference import load_classifier_and_spec, run_dir_of
+from ..engine.run_dir import run_dir_of
+from .inference import load_classifier_and_spec
 from .transforms import build_image_transform
 
 REDUCTIONS = ("sum", "norm")
