@@ -42,7 +42,7 @@ def configurations(batch: int) -> dict[str, tuple[torch.nn.Module, torch.Tensor]
 
     return {
         "rednet50, NCHW input, channels_last=False (NCHW kernels)": (build("rednet50", channels_last=False), x),
-        "rednet50, NCHW input, as built (channels_last inside)": (build("rednet50"), x),
+        "rednet50, NCHW input, as built (create_model's NHWC weights)": (build("rednet50"), x),
         "rednet50, model and input channels_last": (build("rednet50").to(memory_format=CL), xcl),
         "resnet50, NCHW input, as built": (build("resnet50"), x),
         "resnet50, model and input channels_last": (build("resnet50").to(memory_format=CL), xcl),
