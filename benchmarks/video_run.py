@@ -52,6 +52,13 @@ def macs_per_clip(model_name: str, frames: int = 8, size: int = 32) -> int:
     return counter.get_total_flops() // 2
 
 
+def _mean_sd(values: np.ndarray, digits: int) -> str:
+    """``mean ± sd`` (the mean alone for one value)."""
+    if len(values) < 2:
+        return f"{values.mean():.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
 def table(runs: dict[str, list[dict]]) -> str:
     from involution.models import count_params, create_model
     from involution.tasks.studies.report import holm, welch
@@ -67,9 +74,11 @@ def table(runs: dict[str, list[dict]]) -> str:
         layer = "Involution3d" if "rednet" in name else "Conv3d"
         params = count_params(create_model(name, num_classes=8, in_chans=1))
         lines.append(f"| {name} | {layer} | {params:,} | {macs_per_clip(name) / 1e6:.1f} M | {len(rows)} "
-                     f"| {acc.mean():.2f} ± {acc.std(ddof=1):.2f} | {val.mean():.2f} ± {val.std(ddof=1):.2f} "
-                     f"| {sec.mean():.0f} ± {sec.std(ddof=1):.0f} |")
+                     f"| {_mean_sd(acc, 2)} | {_mean_sd(val, 2)} | {_mean_sd(sec, 0)} |")
     a, b = (runs[m] for m in MODELS)
+    if min(len(a), len(b)) < 2:  # one seed (a check run): the runs, no test
+        lines += ["", f"(Welch's test needs two runs a side, got {len(a)} and {len(b)}: give two --seeds or more)"]
+        return "\n".join(lines)
     tests = {"test accuracy (points)": welch([100 * r["test_acc"] for r in a], [100 * r["test_acc"] for r in b]),
              "train time (s)": welch([r["train_time_s"] for r in a], [r["train_time_s"] for r in b])}
     adjusted = holm([t["p"] for t in tests.values()])
