@@ -130,4 +130,36 @@ void forward3d(const Geometry3d& g3, const T* x, const int64_t* xs, const T* w, 
   });
 }
 
+// Strides of a contiguous tensor of `shape` (sizes of any integer type).
+template <typename Shape>
+std::vector<int64_t> contiguous_strides(const Shape& shape) {
+  std::vector<int64_t> st(shape.size(), 1);
+  for (size_t k = shape.size(); k-- > 1;) st[k - 1] = st[k] * static_cast<int64_t>(shape[k]);
+  return st;
+}
+
+// The forward on contiguous tensors with Dims (2 or 3) spatial axes: x (N, C, *size), w (N, G, *kernel, *out) and
+// y (N, C, *out) of shapes xs, ws, ys (already checked against each other), stride / pad / dil one per axis; the
+// 2-D kernel of involution_nchw.h or the 3-D one above. What the runtime adapters (onnxruntime, OpenVINO) run.
+template <int Dims, typename T, typename Shape, typename Ints, typename ParallelFor>
+void forward_contiguous(const Shape& xs, const Shape& ws, const Shape& ys, const Ints& stride, const Ints& pad,
+                        const Ints& dil, const T* x, const T* w, T* y, ParallelFor&& parallel_for) {
+  static_assert(Dims == 2 || Dims == 3, "2-D or 3-D involution");
+  const auto at = [](const auto& v, int k) { return static_cast<int64_t>(v[static_cast<size_t>(k)]); };
+  Geometry g{};  // the (H, W) part: the last two spatial axes
+  g.N = at(xs, 0), g.C = at(xs, 1), g.G = at(ws, 1), g.H = at(xs, Dims), g.W = at(xs, Dims + 1);
+  g.Kh = at(ws, Dims), g.Kw = at(ws, Dims + 1), g.Ho = at(ys, Dims), g.Wo = at(ys, Dims + 1);
+  g.sh = at(stride, Dims - 2), g.sw = at(stride, Dims - 1), g.ph = at(pad, Dims - 2), g.pw = at(pad, Dims - 1);
+  g.dh = at(dil, Dims - 2), g.dw = at(dil, Dims - 1);
+  g.finish();
+  const std::vector<int64_t> x_strides = contiguous_strides(xs);
+  if constexpr (Dims == 2) {
+    forward<T>(g, x, x_strides.data(), w, y, parallel_for);
+  } else {
+    const Geometry3d g3{g, at(xs, 2), at(ws, 2), at(ys, 2), at(stride, 0), at(pad, 0), at(dil, 0)};
+    forward3d<T>(g3, x, x_strides.data(), w, contiguous_strides(ws).data(), y, contiguous_strides(ys).data(),
+                 parallel_for);
+  }
+}
+
 }  // namespace involution_nchw

@@ -142,25 +142,8 @@ struct InvolutionKernel {
     const float* wd = w.GetTensorData<float>();
     float* yd = y.GetTensorMutableData<float>();
 
-    involution_nchw::Geometry g{};  // the (H, W) part
-    g.N = N, g.C = C, g.G = G, g.H = xs[Dims], g.W = xs[Dims + 1], g.Kh = ws[Dims], g.Kw = ws[Dims + 1];
-    g.Ho = out_shape[Dims], g.Wo = out_shape[Dims + 1];
-    g.sh = stride[Dims - 2], g.sw = stride[Dims - 1], g.ph = pad[Dims - 2], g.pw = pad[Dims - 1];
-    g.dh = dil[Dims - 2], g.dw = dil[Dims - 1];
-    g.finish();
-    const auto strides_of = [](const std::vector<int64_t>& shape) {  // of a contiguous tensor
-      std::vector<int64_t> st(shape.size(), 1);
-      for (size_t k = shape.size() - 1; k > 0; --k) st[k - 1] = st[k] * shape[k];
-      return st;
-    };
-    const auto x_strides = strides_of(xs);
-    if constexpr (Dims == 2) {
-      involution_nchw::forward<float>(g, xd, x_strides.data(), wd, yd, OrtParallelFor{context});
-    } else {
-      involution_nchw::Geometry3d g3{g, xs[2], ws[2], out_shape[2], stride[0], pad[0], dil[0]};
-      involution_nchw::forward3d<float>(g3, xd, x_strides.data(), wd, strides_of(ws).data(), yd,
-                                        strides_of(out_shape).data(), OrtParallelFor{context});
-    }
+    involution_nchw::forward_contiguous<Dims>(xs, ws, out_shape, stride, pad, dil, xd, wd, yd,
+                                              OrtParallelFor{context});
   }
 };
 

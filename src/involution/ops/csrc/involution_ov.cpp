@@ -70,13 +70,6 @@ int64_t out_length(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
   return span < 0 ? -1 : span / s + 1;
 }
 
-// Strides of a contiguous tensor of `shape`.
-std::vector<int64_t> contiguous_strides(const ov::Shape& shape) {
-  std::vector<int64_t> st(shape.size(), 1);
-  for (size_t k = shape.size(); k-- > 1;) st[k - 1] = st[k] * static_cast<int64_t>(shape[k]);
-  return st;
-}
-
 // What the 2-D and 3-D ops share, Dims their spatial axes: attributes, shape inference and evaluation. Derived
 // (the final class, which declares its OPENVINO_OP type) is what clone_with_new_inputs makes.
 template <typename Derived, int Dims>
@@ -119,8 +112,6 @@ class InvolutionOp : public ov::op::Op {
   ov::Dimension out_dim(int axis, const ov::PartialShape& x, const ov::PartialShape& w) const;
   // The output shape of static input and weight shapes; throws naming the mismatch.
   ov::Shape output_shape(const ov::Shape& xs, const ov::Shape& ws) const;
-  template <typename T>
-  void forward(const ov::Shape& xs, const ov::Shape& ws, const ov::Shape& ys, const T* x, const T* w, T* y) const;
 
   std::vector<int64_t> m_strides = std::vector<int64_t>(Dims, 1), m_pads = std::vector<int64_t>(Dims, 0),
                        m_dilations = std::vector<int64_t>(Dims, 1);
@@ -197,29 +188,6 @@ ov::Shape InvolutionOp<Derived, Dims>::output_shape(const ov::Shape& xs, const o
   return ys;
 }
 
-// y = involution(x, w), all tensors contiguous; 16-bit types (the header's bfloat16, float16) read and written in
-// their own type, the sums accumulated in float32 and each result rounded once.
-template <typename Derived, int Dims>
-template <typename T>
-void InvolutionOp<Derived, Dims>::forward(const ov::Shape& xs, const ov::Shape& ws, const ov::Shape& ys, const T* x,
-                                          const T* w, T* y) const {
-  involution_nchw::Geometry g{};  // the (H, W) part
-  g.N = xs[0], g.C = xs[1], g.G = ws[1], g.H = xs[Dims], g.W = xs[Dims + 1], g.Kh = ws[Dims], g.Kw = ws[Dims + 1];
-  g.Ho = ys[Dims], g.Wo = ys[Dims + 1];
-  g.sh = m_strides[Dims - 2], g.sw = m_strides[Dims - 1], g.ph = m_pads[Dims - 2], g.pw = m_pads[Dims - 1];
-  g.dh = m_dilations[Dims - 2], g.dw = m_dilations[Dims - 1];
-  g.finish();
-  const auto x_strides = contiguous_strides(xs);
-  if constexpr (Dims == 2) {
-    involution_nchw::forward<T>(g, x, x_strides.data(), w, y, TbbParallelFor{});
-  } else {
-    const involution_nchw::Geometry3d g3{g, static_cast<int64_t>(xs[2]), static_cast<int64_t>(ws[2]),
-                                         static_cast<int64_t>(ys[2]), m_strides[0], m_pads[0], m_dilations[0]};
-    involution_nchw::forward3d<T>(g3, x, x_strides.data(), w, contiguous_strides(ws).data(), y,
-                                  contiguous_strides(ys).data(), TbbParallelFor{});
-  }
-}
-
 template <typename Derived, int Dims>
 bool InvolutionOp<Derived, Dims>::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
   const ov::Tensor& x = inputs.at(0);
@@ -232,10 +200,13 @@ bool InvolutionOp<Derived, Dims>::evaluate(ov::TensorVector& outputs, const ov::
                    ": input, weight and output must be contiguous tensors");
   if (y.get_size() == 0) return true;
   const auto type = x.get_element_type();
+  // 16-bit types (the header's bfloat16, float16) read and written in their own type, the sums accumulated in
+  // float32 and each result rounded once.
   const auto run = [&](auto tag) {
     using T = decltype(tag);
-    forward<T>(x.get_shape(), w.get_shape(), ys, static_cast<const T*>(x.data()), static_cast<const T*>(w.data()),
-               static_cast<T*>(y.data()));
+    involution_nchw::forward_contiguous<Dims>(x.get_shape(), w.get_shape(), ys, m_strides, m_pads, m_dilations,
+                                              static_cast<const T*>(x.data()), static_cast<const T*>(w.data()),
+                                              static_cast<T*>(y.data()), TbbParallelFor{});
   };
   if (type == ov::element::f32) {
     run(float{});
